@@ -1,0 +1,5 @@
+"""Data sets as on-device tensors (named so as not to shadow the `datasets` package)."""
+from datasource.device_loader import DeviceLoader, random_crop
+from datasource.sources import DATASETS, ImageData, load_dataset
+
+__all__ = ["DATASETS", "ImageData", "load_dataset", "DeviceLoader", "random_crop"]

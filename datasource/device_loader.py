@@ -1,0 +1,73 @@
+"""Batches from tensors that live on the training device, augmented there.
+
+Small data sets fit on the device, so the loop never waits for a host-to-device copy or a
+worker process. Shuffling and augmentation draw from a CPU `torch.Generator` whose state is
+saved in checkpoints: a resumed run sees exactly the batches of an uninterrupted one, on any device.
+"""
+from __future__ import annotations
+
+from collections.abc import Iterator, Sequence
+
+import torch
+import torch.nn.functional as F
+
+
+class DeviceLoader:
+    def __init__(self, x: torch.Tensor, y: torch.Tensor, batch_size: int, mean: Sequence[float],
+                 std: Sequence[float], device: torch.device | str = "cpu", shuffle: bool = True,
+                 crop_padding: int = 0, hflip: bool = False, drop_last: bool = True,
+                 seed: int = 0, channels_last: bool = False) -> None:
+        if batch_size < 1:
+            raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+        if len(x) == 0:
+            raise ValueError("cannot load batches from an empty split")
+        self.device = torch.device(device)
+        self.x, self.y = x.to(self.device), y.to(self.device)
+        self.batch_size = min(batch_size, len(x))
+        self.shuffle, self.drop_last = shuffle, drop_last
+        self.crop_padding, self.hflip = crop_padding, hflip
+        self.channels_last = channels_last
+        shape = (1, -1, 1, 1)
+        self.mean = torch.tensor(mean, device=self.device).view(shape)
+        self.std = torch.tensor(std, device=self.device).view(shape)
+        self.generator = torch.Generator().manual_seed(seed)
+
+    def __len__(self) -> int:
+        n = len(self.x)
+        return n // self.batch_size if self.drop_last else -(-n // self.batch_size)
+
+    def __iter__(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+        n = len(self.x)
+        order = torch.randperm(n, generator=self.generator) if self.shuffle else torch.arange(n)
+        order = order.to(self.device)
+        for i in range(len(self)):
+            idx = order[i * self.batch_size:(i + 1) * self.batch_size]
+            yield self.transform(self.x[idx]), self.y[idx]
+
+    def transform(self, x: torch.Tensor) -> torch.Tensor:
+        x = x.float().div_(255)
+        if self.shuffle and self.crop_padding:
+            x = random_crop(x, self.crop_padding, self.generator)
+        if self.shuffle and self.hflip:
+            flip = (torch.rand(len(x), generator=self.generator) < 0.5).to(x.device)
+            x = torch.where(flip.view(-1, 1, 1, 1), x.flip(3), x)
+        x = (x - self.mean) / self.std
+        return x.contiguous(memory_format=torch.channels_last) if self.channels_last else x
+
+    def state_dict(self) -> dict:
+        return {"generator": self.generator.get_state()}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.generator.set_state(state["generator"])
+
+
+def random_crop(x: torch.Tensor, padding: int, generator: torch.Generator) -> torch.Tensor:
+    """Per-image random crop after zero padding (the CIFAR augmentation), as one gather."""
+    n, _, h, w = x.shape
+    padded = F.pad(x, (padding,) * 4)
+    dy = torch.randint(0, 2 * padding + 1, (n,), generator=generator).to(x.device)
+    dx = torch.randint(0, 2 * padding + 1, (n,), generator=generator).to(x.device)
+    rows = (dy.view(n, 1) + torch.arange(h, device=x.device)).view(n, 1, h, 1)
+    cols = (dx.view(n, 1) + torch.arange(w, device=x.device)).view(n, 1, 1, w)
+    batch = torch.arange(n, device=x.device).view(n, 1, 1, 1)
+    return padded.permute(0, 2, 3, 1)[batch, rows, cols].squeeze(1).permute(0, 3, 1, 2)

@@ -1,0 +1,137 @@
+"""Data sets as in-memory uint8 tensors (N, C, H, W), registered by name.
+
+Every source returns the same `ImageData`, so the rest of the code never branches on the data set.
+Nothing downloads unless the user asks (`data.download=true` for the torchvision data sets).
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from ops.registry import Registry
+
+DATASETS = Registry("dataset")
+
+
+@dataclass
+class ImageData:
+    name: str
+    x_train: torch.Tensor  # uint8 (N, C, H, W)
+    y_train: torch.Tensor  # int64 (N,)
+    x_test: torch.Tensor
+    y_test: torch.Tensor
+    num_classes: int
+
+    @property
+    def in_channels(self) -> int:
+        return self.x_train.shape[1]
+
+    @property
+    def image_size(self) -> int:
+        return self.x_train.shape[-1]
+
+    def channel_stats(self) -> tuple[tuple[float, ...], tuple[float, ...]]:
+        """Per-channel mean and std of the training images on the [0, 1] scale."""
+        x = self.x_train.float().div_(255)
+        return tuple(x.mean((0, 2, 3)).tolist()), tuple(x.std((0, 2, 3)).clamp_min(1e-3).tolist())
+
+
+def _from_nhwc(name, x_train, y_train, x_test, y_test, num_classes=None) -> ImageData:
+    def images(x):
+        x = torch.as_tensor(np.ascontiguousarray(x))
+        if x.dtype != torch.uint8 or x.ndim != 4:
+            raise ValueError(f"{name}: images must be uint8 NHWC, got {x.dtype} with shape {tuple(x.shape)}")
+        return x.permute(0, 3, 1, 2).contiguous()
+
+    y_train, y_test = torch.as_tensor(np.asarray(y_train), dtype=torch.long), torch.as_tensor(
+        np.asarray(y_test), dtype=torch.long)
+    classes = num_classes or int(max(y_train.max(), y_test.max())) + 1
+    return ImageData(name, images(x_train), y_train, images(x_test), y_test, classes)
+
+
+@DATASETS.register()
+def digits(path: str | None = None, **_) -> ImageData:
+    """scikit-learn's 8x8 handwritten digits (1797 images, shipped with the package).
+    A fixed stratified 80/20 split, independent of the run's seed, so results compare."""
+    from sklearn.datasets import load_digits
+    from sklearn.model_selection import train_test_split
+
+    bunch = load_digits()
+    x = np.round(bunch.images * (255 / 16)).astype(np.uint8)[..., None]  # 17 grey levels -> uint8
+    x_tr, x_te, y_tr, y_te = train_test_split(x, bunch.target, test_size=0.2, random_state=0,
+                                              stratify=bunch.target)
+    return _from_nhwc("digits", x_tr, y_tr, x_te, y_te, 10)
+
+
+@DATASETS.register()
+def npz(path: str | None = None, **_) -> ImageData:
+    """Arrays `x_train, y_train, x_test, y_test` (NHWC uint8), e.g. cifar10_subset.npz."""
+    if not path:
+        raise ValueError("data.name=npz needs data.path=<file.npz>")
+    if not Path(path).is_file():
+        raise FileNotFoundError(f"npz data file {path!r} does not exist")
+    with np.load(path) as f:
+        missing = {"x_train", "y_train", "x_test", "y_test"} - set(f.files)
+        if missing:
+            raise ValueError(f"{path}: missing arrays {sorted(missing)}; it has {sorted(f.files)}")
+        return _from_nhwc(Path(path).stem, f["x_train"], f["y_train"], f["x_test"], f["y_test"])
+
+
+def _torchvision(cls_name: str, path: str | None, download: bool) -> ImageData:
+    import torchvision
+
+    if not path:
+        raise ValueError(f"data.name={cls_name.lower()} needs data.path=<root folder>")
+    cls = getattr(torchvision.datasets, cls_name)
+    try:
+        train, test = (cls(path, train=t, download=download) for t in (True, False))
+    except RuntimeError as e:
+        raise FileNotFoundError(
+            f"{cls_name} files not found under {path!r} ({e}). Put the extracted python version "
+            f"there, or pass data.download=true to fetch it") from e
+    return _from_nhwc(cls_name.lower(), train.data, train.targets, test.data, test.targets,
+                      len(train.classes))
+
+
+@DATASETS.register()
+def cifar10(path: str | None = None, download: bool = False, **_) -> ImageData:
+    return _torchvision("CIFAR10", path, download)
+
+
+@DATASETS.register()
+def cifar100(path: str | None = None, download: bool = False, **_) -> ImageData:
+    return _torchvision("CIFAR100", path, download)
+
+
+@DATASETS.register()
+def imagefolder(path: str | None = None, image_size: int = 32, **_) -> ImageData:
+    """`path/train/<class>/*.jpg` and `path/val/<class>/*` (or `test/`), resized to
+    `image_size` and held in memory: meant for folders of up to a few hundred thousand images."""
+    from torchvision import datasets, transforms
+
+    if not path or not (Path(path) / "train").is_dir():
+        raise FileNotFoundError(f"image folder {path!r} must contain train/ and val/ (or test/)")
+    eval_dir = next((Path(path) / d for d in ("val", "test") if (Path(path) / d).is_dir()), None)
+    if eval_dir is None:
+        raise FileNotFoundError(f"image folder {path!r} has train/ but neither val/ nor test/")
+    tf = transforms.Compose([transforms.Resize(image_size), transforms.CenterCrop(image_size),
+                             transforms.PILToTensor()])
+
+    def load(folder):
+        ds = datasets.ImageFolder(str(folder), transform=tf)
+        xs, ys = zip(*ds) if len(ds) else ((), ())
+        return torch.stack(xs), torch.tensor(ys), ds.classes
+
+    x_tr, y_tr, classes = load(Path(path) / "train")
+    x_te, y_te, test_classes = load(eval_dir)
+    if test_classes != classes:
+        raise ValueError(f"{eval_dir} has classes {test_classes}, train/ has {classes}")
+    return ImageData(Path(path).name, x_tr, y_tr, x_te, y_te, len(classes))
+
+
+def load_dataset(name: str, path: str | None = None, download: bool = False,
+                 image_size: int = 32) -> ImageData:
+    return DATASETS.get(name)(path=path, download=download, image_size=image_size)

@@ -1,0 +1,143 @@
+"""The export folder: everything a user needs to rebuild and run a subnet, nothing pickled.
+
+    arch.json          the Architecture (rebuild with `export.build`)
+    model.safetensors  the weights (state_dict of the compact model)
+    config.yaml        the resolved run config
+    metrics.json       test accuracy, MACs, params, latency, ...
+    model.onnx         the same network for other runtimes (outputs checked with onnxruntime)
+    flops.txt          fvcore's per-module FLOP table
+    manifest.json      size and sha256 of every file above
+
+`load(folder)` needs only `ops/` and `export/`. It checks the manifest first, so a truncated,
+missing or modified file is named in the error instead of failing somewhere inside torch.
+The folder is written whole under a temporary name and then swapped in: an interrupted export
+never leaves a half-written folder in place of a good one.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+from pathlib import Path
+
+import torch
+import yaml
+from safetensors.torch import load_file, save_file
+
+from export.architecture import Architecture
+from export.build import CompactNet, build
+
+ARCH, WEIGHTS, CONFIG, METRICS, ONNX, FLOPS, MANIFEST = (
+    "arch.json", "model.safetensors", "config.yaml", "metrics.json", "model.onnx", "flops.txt",
+    "manifest.json")
+REQUIRED = (ARCH, WEIGHTS, METRICS)
+
+
+class ExportError(RuntimeError):
+    pass
+
+
+def _sha256(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+def save_export(folder: str | Path, model: CompactNet, config: dict, metrics: dict,
+                onnx: bool = True) -> dict:
+    """Write the export folder; returns the metrics with the export-time checks added."""
+    from export.flops import fvcore_report
+    from export.onnx_export import export_onnx, onnx_max_abs_diff
+
+    folder = Path(folder)
+    tmp = folder.with_name(f".{folder.name}.tmp-{os.getpid()}")
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir(parents=True)
+    try:
+        model = model.eval().cpu()
+        arch: Architecture = model.arch
+        (tmp / ARCH).write_text(arch.to_json())
+        save_file({k: v.detach().contiguous() for k, v in model.state_dict().items()},
+                  str(tmp / WEIGHTS), metadata={"format": "maskednas-subnet", "version": "1"})
+        (tmp / CONFIG).write_text(yaml.safe_dump(config, sort_keys=False))
+        example = torch.randn(1, arch.in_channels, arch.input_size, arch.input_size)
+        flops, params, table = fvcore_report(model, example)
+        (tmp / FLOPS).write_text(table + "\n")
+        metrics = {**metrics, "fvcore_flops": flops, "fvcore_params": params}
+        if onnx:
+            export_onnx(model, example, tmp / ONNX)
+            check = torch.randn(4, arch.in_channels, arch.input_size, arch.input_size)
+            metrics["onnx_max_abs_diff"] = onnx_max_abs_diff(model, tmp / ONNX, check)
+        (tmp / METRICS).write_text(json.dumps(metrics, indent=2))
+        manifest = {p.name: {"bytes": p.stat().st_size, "sha256": _sha256(p)}
+                    for p in sorted(tmp.iterdir())}
+        (tmp / MANIFEST).write_text(json.dumps(manifest, indent=2))
+        _swap_in(tmp, folder)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return metrics
+
+
+def _swap_in(tmp: Path, folder: Path) -> None:
+    old = folder.with_name(f".{folder.name}.old-{os.getpid()}")
+    if folder.exists():
+        folder.rename(old)
+    tmp.rename(folder)
+    shutil.rmtree(old, ignore_errors=True)
+
+
+def verify(folder: str | Path) -> dict:
+    """Check the folder against its manifest; returns the manifest."""
+    folder = Path(folder)
+    if not folder.is_dir():
+        raise ExportError(f"export folder {folder} does not exist")
+    if not (folder / MANIFEST).is_file():
+        raise ExportError(f"{folder} is not a complete export folder: {MANIFEST} is missing "
+                          f"(an export folder holds {', '.join(REQUIRED)} and {MANIFEST})")
+    try:
+        manifest = json.loads((folder / MANIFEST).read_text())
+    except json.JSONDecodeError as e:
+        raise ExportError(f"{folder / MANIFEST} is not valid JSON: {e}") from e
+    for name in REQUIRED:
+        if name not in manifest:
+            raise ExportError(f"{folder / MANIFEST} does not list the required file {name}")
+    for name, entry in manifest.items():
+        path = folder / name
+        if not path.is_file():
+            raise ExportError(f"{path} is missing (listed in {MANIFEST})")
+        size = path.stat().st_size
+        if size != entry["bytes"]:
+            raise ExportError(f"{path} has {size} bytes, expected {entry['bytes']}: truncated or "
+                              f"replaced after export")
+        if _sha256(path) != entry["sha256"]:
+            raise ExportError(f"{path} does not match its sha256 in {MANIFEST}: modified or "
+                              f"corrupted after export")
+    return manifest
+
+
+def load(folder: str | Path, device: str | torch.device = "cpu") -> CompactNet:
+    """Rebuild an exported subnet (eval mode) from its folder, without any supernet code."""
+    folder = Path(folder)
+    verify(folder)
+    try:
+        arch = Architecture.load(folder / ARCH)
+    except (ValueError, KeyError, TypeError) as e:
+        raise ExportError(f"{folder / ARCH} is not a valid architecture: {e}") from e
+    model = build(arch)
+    state = load_file(str(folder / WEIGHTS))
+    expected = model.state_dict()
+    missing, unexpected = expected.keys() - state.keys(), state.keys() - expected.keys()
+    wrong = [k for k in expected.keys() & state.keys() if expected[k].shape != state[k].shape]
+    if missing or unexpected or wrong:
+        raise ExportError(f"{folder / WEIGHTS} does not match {ARCH}: missing {sorted(missing)[:5]}, "
+                          f"unexpected {sorted(unexpected)[:5]}, wrong shape {sorted(wrong)[:5]}")
+    model.load_state_dict(state)
+    return model.eval().to(device)
+
+
+def read_metrics(folder: str | Path) -> dict:
+    return json.loads((Path(folder) / METRICS).read_text())

@@ -1,0 +1,49 @@
+"""Learnable channel masks.
+
+A mask holds one logit per channel of a channel group. Every layer whose channels are tied
+(a residual stream, the inside of one inverted-residual block) multiplies by the same gate, so
+pruning a channel removes it from all of them at once.
+
+During search the gate is sigmoid(logit / temperature); the temperature is annealed toward zero
+so that gates end near 0 or 1 and discretizing changes the network little. `harden` replaces the
+soft gate with an exact 0/1 keep vector: the "hard-masked supernet" that a slimmed model must match.
+"""
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+
+class ChannelMask(nn.Module):
+    def __init__(self, channels: int, init_logit: float = 3.0) -> None:
+        super().__init__()
+        if channels < 1:
+            raise ValueError(f"a channel mask needs at least one channel, got {channels}")
+        self.logits = nn.Parameter(torch.full((channels,), float(init_logit)))
+        self.register_buffer("keep", torch.ones(channels, dtype=torch.bool))
+        self.hard = False
+
+    @property
+    def channels(self) -> int:
+        return self.logits.numel()
+
+    def forward(self, temperature: torch.Tensor | float = 1.0) -> torch.Tensor:
+        """The gate vector, shape (channels,)."""
+        if self.hard:
+            return self.keep.to(self.logits.dtype)
+        return torch.sigmoid(self.logits / temperature)
+
+    def harden(self, keep_indices: torch.Tensor | list[int]) -> None:
+        keep = torch.zeros_like(self.keep)
+        keep[torch.as_tensor(keep_indices, dtype=torch.long, device=keep.device)] = True
+        self.keep.copy_(keep)
+        self.hard = True
+
+    def soften(self) -> None:
+        self.keep.fill_(True)
+        self.hard = False
+
+
+def apply_gate(x: torch.Tensor, gate: torch.Tensor | None) -> torch.Tensor:
+    """Scale the channels (dim 1) of an NCHW tensor by a gate vector; `None` means no mask."""
+    return x if gate is None else x * gate.view(1, -1, 1, 1).to(x.dtype)

@@ -1,0 +1,28 @@
+"""Name -> object registries that fail with the list of valid names.
+
+Built on fvcore's Registry; its `get` only says a name is missing, while a user who typed an op,
+space or dataset name wants to see what exists.
+"""
+from __future__ import annotations
+
+from typing import Any
+
+from fvcore.common.registry import Registry as _FvcoreRegistry
+
+
+class Registry(_FvcoreRegistry):
+    """fvcore Registry with explicit names and a `KeyError` that lists what is registered."""
+
+    def add(self, name: str, obj: Any) -> Any:
+        self._do_register(name, obj)
+        return obj
+
+    def get(self, name: str) -> Any:
+        if name not in self._obj_map:
+            raise KeyError(
+                f"unknown {self._name} {name!r}; registered: {', '.join(sorted(self._obj_map))}"
+            )
+        return self._obj_map[name]
+
+    def names(self) -> list[str]:
+        return list(self._obj_map)

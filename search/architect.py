@@ -1,0 +1,103 @@
+"""The architecture step of bilevel search: alpha and masks on validation batches.
+
+First order (default) differentiates the validation loss at the current weights. Second order
+(DARTS, Liu et al. 2019, eq. 7-8) differentiates through one virtual SGD step of the weights,
+w' = w - xi * (dL_train/dw + wd * w), and approximates the Hessian-vector product by central
+differences. Both run the model with `torch.func.functional_call` on dicts of tensors, so the
+model is never copied or rebuilt. Only the arch parameters receive gradients here.
+"""
+from __future__ import annotations
+
+import contextlib
+
+import torch
+from torch.func import functional_call
+
+from search.losses import cross_entropy
+from search.penalty import CostPenalty
+from supernet.cost_model import discrete_cost, expected_cost
+
+
+class Architect:
+    def __init__(self, net, penalty: CostPenalty, lr: float, weight_decay: float = 0.0,
+                 order: int = 1, betas: tuple[float, float] = (0.5, 0.999),
+                 estimator: str = "discrete", hessian_eps: float = 0.01) -> None:
+        self.net, self.penalty, self.order = net, penalty, order
+        self.hessian_eps = hessian_eps  # finite-difference step, relative to |d L_val / d w'|
+        self.cost_fn = discrete_cost if estimator == "discrete" else expected_cost
+        self.params = net.arch_parameters()
+        self.optimizer = torch.optim.Adam(self.params, lr=lr, betas=betas, weight_decay=weight_decay)
+        name_of = {id(p): n for n, p in net.named_parameters()}
+        self.arch_names = [name_of[id(p)] for p in self.params]  # same order as self.params
+        arch_ids = set(map(id, self.params))
+        self.weight_names = [n for n, p in net.named_parameters() if id(p) not in arch_ids]
+
+    def objective(self, logits: torch.Tensor, y: torch.Tensor):
+        """Validation loss + cost penalty; also returns the parts for logging."""
+        loss = cross_entropy(logits, y)
+        cost = self.cost_fn(self.net)
+        penalty = self.penalty(cost).to(loss.device)
+        return loss + penalty, loss, penalty, cost
+
+    def step(self, train_batch, val_batch, xi: float = 0.0, w_weight_decay: float = 0.0,
+             autocast=None) -> dict[str, torch.Tensor]:
+        self.optimizer.zero_grad(set_to_none=True)
+        if self.order == 1:
+            grads, stats = self.first_order_grads(val_batch, autocast)
+        else:
+            grads, stats = self.second_order_grads(train_batch, val_batch, xi, w_weight_decay, autocast)
+        for p, g in zip(self.params, grads):
+            p.grad = g
+        self.optimizer.step()
+        return stats
+
+    def first_order_grads(self, val_batch, autocast=None):
+        x, y = val_batch
+        with _maybe(autocast):
+            logits = self.net(x)
+        total, loss, penalty, cost = self.objective(logits, y)
+        grads = _grads(total, self.params)
+        return grads, _stats(logits, y, loss, penalty, cost)
+
+    def second_order_grads(self, train_batch, val_batch, xi: float, w_weight_decay: float = 0.0,
+                           autocast=None):
+        named = dict(self.net.named_parameters())
+        arch = {n: named[n] for n in self.arch_names}
+        weights = {n: named[n] for n in self.weight_names}
+
+        def train_loss(w: dict) -> torch.Tensor:
+            x, y = train_batch
+            with _maybe(autocast):
+                logits = functional_call(self.net, {**w, **arch}, (x,))
+            return cross_entropy(logits, y)
+
+        g = _grads(train_loss(weights), list(weights.values()))
+        unrolled = {n: (w - xi * (gw + w_weight_decay * w)).detach().requires_grad_()
+                    for (n, w), gw in zip(weights.items(), g)}
+        x, y = val_batch
+        with _maybe(autocast):
+            logits = functional_call(self.net, {**unrolled, **arch}, (x,))
+        total, loss, penalty, cost = self.objective(logits, y)
+        grads = _grads(total, [*arch.values(), *unrolled.values()])
+        d_arch, d_w = grads[:len(arch)], grads[len(arch):]
+
+        # d^2 L_train / (d alpha d w) . d_w  ~  (g_alpha(w + eps v) - g_alpha(w - eps v)) / (2 eps)
+        eps = self.hessian_eps / torch.cat([v.flatten() for v in d_w]).norm().clamp_min(1e-12)
+        shifted = [_grads(train_loss({n: w + s * eps * v for (n, w), v in zip(weights.items(), d_w)}),
+                          list(arch.values())) for s in (1.0, -1.0)]
+        arch_grads = [da - xi * (gp - gm) / (2 * eps) for da, gp, gm in zip(d_arch, *shifted)]
+        return arch_grads, _stats(logits, y, loss, penalty, cost)
+
+
+def _grads(output: torch.Tensor, inputs: list[torch.Tensor]) -> list[torch.Tensor]:
+    grads = torch.autograd.grad(output, inputs, allow_unused=True)
+    return [torch.zeros_like(i) if g is None else g for i, g in zip(inputs, grads)]
+
+
+def _stats(logits, y, loss, penalty, cost) -> dict[str, torch.Tensor]:
+    return {"val_loss": loss.detach(), "val_correct": (logits.argmax(1) == y).sum(),
+            "penalty": penalty.detach(), "penalised_macs": torch.as_tensor(cost.macs).detach()}
+
+
+def _maybe(autocast):
+    return autocast() if autocast is not None else contextlib.nullcontext()

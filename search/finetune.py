@@ -1,0 +1,116 @@
+"""Fine-tuning of the compact model: SGD + cosine schedule (timm), optional knowledge
+distillation from the supernet and an optional EMA copy (timm's ModelEmaV3)."""
+from __future__ import annotations
+
+import contextlib
+import math
+
+import torch
+from timm.scheduler import CosineLRScheduler
+from timm.utils import ModelEmaV3
+from tqdm import tqdm
+
+from search.loop import NonFiniteLossError
+from search.losses import cross_entropy, distillation_loss
+
+
+@torch.no_grad()
+def evaluate(model: torch.nn.Module, loader, autocast=None) -> dict[str, float]:
+    """Loss and accuracy over a whole loader (one host sync at the end)."""
+    was_training = model.training
+    model.eval()
+    sums = None
+    for x, y in loader:
+        with autocast() if autocast else contextlib.nullcontext():
+            logits = model(x)
+        batch = torch.stack([cross_entropy(logits, y, reduction="sum"),
+                             (logits.argmax(1) == y).sum().float(),
+                             torch.tensor(float(len(y)), device=y.device)])
+        sums = batch if sums is None else sums + batch
+    model.train(was_training)
+    loss, correct, n = sums.tolist()
+    return {"loss": loss / n, "acc": correct / n}
+
+
+@torch.no_grad()
+def recalibrate_batchnorm(model: torch.nn.Module, loader, batches: int = 20) -> None:
+    """Re-estimate BN running statistics of a slimmed model on training batches.
+
+    Statistics gathered in the supernet describe the soft mixture of ops; the derived network's
+    activations differ, and stale statistics alone can cost most of its accuracy before
+    fine-tuning (as slimmable networks and OFA observed)."""
+    norms = [m for m in model.modules() if isinstance(m, torch.nn.modules.batchnorm._BatchNorm)]
+    if not norms:
+        return
+    momenta = [m.momentum for m in norms]
+    for m in norms:
+        m.reset_running_stats()
+        m.momentum = None  # cumulative average over the calibration batches
+    was_training = model.training
+    model.train()
+    for i, (x, _) in enumerate(loader):
+        if i == batches:
+            break
+        model(x)
+    for m, momentum in zip(norms, momenta):
+        m.momentum = momentum
+    model.train(was_training)
+
+
+def reinitialize(model: torch.nn.Module) -> None:
+    """Fresh weights for the same architecture: the 'train from scratch' baseline."""
+    for m in model.modules():
+        if m is not model and hasattr(m, "reset_parameters"):
+            m.reset_parameters()
+
+
+def finetune(model: torch.nn.Module, cfg, train_loader, teacher: torch.nn.Module | None = None,
+             autocast=None, logger=None) -> torch.nn.Module:
+    """Train `model` in place for `cfg.epochs`; returns the model to export (the EMA copy when
+    EMA is on)."""
+    if cfg.from_scratch:
+        reinitialize(model)
+    if cfg.epochs == 0:
+        return model
+    opt = torch.optim.SGD(model.parameters(), lr=cfg.lr, momentum=cfg.momentum,
+                          weight_decay=cfg.weight_decay, nesterov=cfg.momentum > 0)
+    sched = CosineLRScheduler(opt, t_initial=cfg.epochs, lr_min=cfg.lr_min,
+                              warmup_t=cfg.warmup_epochs, warmup_lr_init=cfg.lr / 10)
+    ema = ModelEmaV3(model, decay=cfg.ema_decay) if cfg.ema_decay else None
+    use_kd = teacher is not None and cfg.kd_weight > 0
+    if use_kd:
+        teacher.eval()
+    device = next(model.parameters()).device
+    bar = tqdm(total=cfg.epochs * len(train_loader), desc="finetune", dynamic_ncols=True,
+               mininterval=1.0)
+    model.train()
+    for epoch in range(cfg.epochs):
+        sched.step(epoch)
+        sums = torch.zeros(3, device=device)
+        for x, y in train_loader:
+            with autocast() if autocast else contextlib.nullcontext():
+                logits = model(x)
+                loss = cross_entropy(logits, y)
+                if use_kd:
+                    with torch.no_grad():
+                        target = teacher(x)
+                    loss = (1 - cfg.kd_weight) * loss + cfg.kd_weight * distillation_loss(
+                        logits, target, cfg.kd_temperature)
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+            if ema is not None:
+                ema.update(model)
+            sums += torch.stack([loss.detach() * len(y), (logits.argmax(1) == y).sum().float(),
+                                 torch.tensor(float(len(y)), device=device)])
+            bar.update(1)
+        loss_sum, correct, n = sums.tolist()  # one sync per epoch
+        if not math.isfinite(loss_sum):
+            raise NonFiniteLossError(f"non-finite loss in fine-tune epoch {epoch + 1}; lower "
+                                     f"finetune.lr (now {cfg.lr})")
+        bar.set_postfix(loss=f"{loss_sum / n:.3f}", acc=f"{correct / n:.3f}")
+        if logger is not None:
+            logger.scalars({"finetune/loss": loss_sum / n, "finetune/acc": correct / n,
+                            "finetune/lr": opt.param_groups[0]["lr"]}, epoch + 1)
+    bar.close()
+    return ema.module if ema is not None else model

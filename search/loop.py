@@ -1,0 +1,187 @@
+"""The bilevel search loop (DARTS order: architecture step on a validation batch, then a
+weight step on a training batch), with warm-up, temperature annealing, logging and resume."""
+from __future__ import annotations
+
+import contextlib
+import math
+from pathlib import Path
+
+import torch
+from timm.scheduler import CosineLRScheduler
+from tqdm import tqdm
+
+from search.architect import Architect
+from search.losses import cross_entropy
+from search.checkpoint import load_checkpoint, rng_state, save_checkpoint, set_rng_state
+from search.penalty import CostPenalty, Targets
+from supernet.cost_model import discrete_cost, expected_cost
+
+
+class NonFiniteLossError(RuntimeError):
+    pass
+
+
+def temperature_at(epoch: int, search_cfg) -> float:
+    """Held at the start value during warm-up, then annealed geometrically to the end value."""
+    s = search_cfg
+    span = max(s.epochs - s.warmup_epochs - 1, 1)
+    t = min(max(epoch - s.warmup_epochs, 0) / span, 1.0)
+    return s.temperature_start * (s.temperature_end / s.temperature_start) ** t
+
+
+def autocast_factory(device: torch.device, enabled: bool):
+    """A zero-argument context factory for bf16 autocast, or None when AMP is off."""
+    if not enabled:
+        return None
+    return lambda: torch.autocast(device.type, dtype=torch.bfloat16)
+
+
+class Searcher:
+    CHECKPOINT = "search.pt"
+
+    def __init__(self, cfg, net, train_loader, val_loader, targets: Targets, run_dir: Path,
+                 logger=None, extra_state: dict | None = None) -> None:
+        self.cfg, self.net, self.logger = cfg, net, logger
+        self.train_loader, self.val_loader = train_loader, val_loader
+        self.targets, self.run_dir = targets, Path(run_dir)
+        self.extra_state = extra_state or {}
+        self.device = next(net.parameters()).device
+        self.autocast = autocast_factory(self.device, cfg.amp)
+        s = cfg.search
+        self.w_opt = torch.optim.SGD(net.weight_parameters(), lr=s.w_lr, momentum=s.w_momentum,
+                                     weight_decay=s.w_weight_decay)
+        self.w_sched = CosineLRScheduler(self.w_opt, t_initial=s.epochs, lr_min=s.w_lr_min)
+        self.architect = Architect(net, CostPenalty(targets, s.target.weight), s.arch_lr,
+                                   s.arch_weight_decay, s.order, estimator=s.target.estimator,
+                                   hessian_eps=s.hessian_eps)
+        self.epoch, self.step, self.history = 0, 0, []
+
+    @property
+    def checkpoint_path(self) -> Path:
+        return self.run_dir / self.CHECKPOINT
+
+    # -- steps ----------------------------------------------------------------------------------
+    def weight_step(self, x: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        weights = self.w_opt.param_groups[0]["params"]
+        self.w_opt.zero_grad(set_to_none=True)
+        with self.autocast() if self.autocast else contextlib.nullcontext():
+            logits = self.net(x)
+        loss = cross_entropy(logits, y)
+        loss.backward(inputs=weights)  # arch parameters get no gradient from this step
+        torch.nn.utils.clip_grad_norm_(weights, self.cfg.search.grad_clip)
+        self.w_opt.step()
+        return loss.detach(), (logits.argmax(1) == y).sum()
+
+    def arch_step(self, train_batch, val_batch) -> dict[str, torch.Tensor]:
+        return self.architect.step(train_batch, val_batch, xi=self.w_opt.param_groups[0]["lr"],
+                                   w_weight_decay=self.cfg.search.w_weight_decay,
+                                   autocast=self.autocast)
+
+    @torch.no_grad()
+    def _val_stats(self, x, y) -> tuple[torch.Tensor, torch.Tensor]:
+        logits = self.net(x)
+        return cross_entropy(logits, y), (logits.argmax(1) == y).sum()
+
+    # -- epochs ---------------------------------------------------------------------------------
+    def run_epoch(self, bar: tqdm) -> dict[str, float]:
+        s, net = self.cfg.search, self.net
+        net.train()
+        net.set_temperature(temperature_at(self.epoch, s))
+        self.w_sched.step(self.epoch)
+        search_arch = self.epoch >= s.warmup_epochs
+        # train loss, train correct, train count, val loss, val correct, val count: on device
+        sums = torch.zeros(6, device=self.device)
+        for train_batch, val_batch in zip(self.train_loader, self.val_loader):
+            if search_arch:
+                stats = self.arch_step(train_batch, val_batch)
+                val_loss, val_correct = stats["val_loss"], stats["val_correct"]
+            else:
+                val_loss, val_correct = self._val_stats(*val_batch)
+            loss, correct = self.weight_step(*train_batch)
+            n, nv = len(train_batch[1]), len(val_batch[1])
+            sums += torch.stack([loss * n, correct.float(), torch.tensor(float(n), device=self.device),
+                                 val_loss.float() * nv, val_correct.float(),
+                                 torch.tensor(float(nv), device=self.device)])
+            self.step += 1
+            bar.update(1)
+            if self.step % self.cfg.log_every == 0:
+                self._progress(bar, sums)
+        return self._epoch_metrics(sums)
+
+    def _progress(self, bar: tqdm, sums: torch.Tensor) -> None:
+        tl, tc, tn, vl, vc, vn = sums.tolist()  # one host sync per log interval
+        if not math.isfinite(tl) or not math.isfinite(vl):
+            self._stop_nonfinite()
+        with torch.no_grad():
+            macs = float(discrete_cost(self.net).macs)
+        bar.set_postfix(loss=f"{tl / tn:.3f}", acc=f"{tc / tn:.3f}", val_acc=f"{vc / vn:.3f}",
+                        macs=f"{macs:,.0f}")
+
+    def _epoch_metrics(self, sums: torch.Tensor) -> dict[str, float]:
+        tl, tc, tn, vl, vc, vn = sums.tolist()
+        if not math.isfinite(tl) or not math.isfinite(vl):
+            self._stop_nonfinite()
+        with torch.no_grad():
+            cost, discrete = expected_cost(self.net), discrete_cost(self.net)
+        return {"epoch": self.epoch, "train_loss": tl / tn, "train_acc": tc / tn,
+                "val_loss": vl / vn, "val_acc": vc / vn, "expected_macs": float(cost.macs),
+                "expected_params": float(cost.params), "discrete_macs": float(discrete.macs), "temperature": float(self.net.temperature),
+                "w_lr": self.w_opt.param_groups[0]["lr"]}
+
+    def _stop_nonfinite(self) -> None:
+        kept = (f"the last good state (epoch {self.epoch}) is kept in {self.checkpoint_path}"
+                if self.checkpoint_path.is_file() else "no checkpoint had been written yet")
+        raise NonFiniteLossError(
+            f"non-finite loss in search epoch {self.epoch + 1}; {kept}. Lower search.w_lr or "
+            f"search.arch_lr, then resume with --resume {self.run_dir}")
+
+    def run(self) -> dict[str, float]:
+        s = self.cfg.search
+        steps = min(len(self.train_loader), len(self.val_loader))  # zip stops at the shorter
+        bar = tqdm(total=s.epochs * steps, initial=self.epoch * steps, desc="search",
+                   dynamic_ncols=True, mininterval=1.0)
+        try:
+            while self.epoch < s.epochs:
+                bar.set_description(f"search {self.epoch + 1}/{s.epochs}")
+                metrics = self.run_epoch(bar)
+                self.history.append(metrics)
+                self.epoch += 1
+                self._log(metrics)
+                save_checkpoint(self.state_dict(), self.checkpoint_path)
+        finally:
+            bar.close()
+        return self.history[-1] if self.history else {}
+
+    def _log(self, m: dict[str, float]) -> None:
+        if self.logger is None:
+            return
+        e = self.epoch
+        self.logger.scalars({"loss/train": m["train_loss"], "loss/val": m["val_loss"],
+                             "acc/train": m["train_acc"], "acc/val": m["val_acc"],
+                             "lr/weights": m["w_lr"], "temperature": m["temperature"]}, e)
+        self.logger.architecture(self.net, e)
+
+    # -- checkpointing --------------------------------------------------------------------------
+    def state_dict(self) -> dict:
+        return {"kind": "search", "version": 1, "epoch": self.epoch, "step": self.step,
+                "model": self.net.state_dict(), "w_opt": self.w_opt.state_dict(),
+                "a_opt": self.architect.optimizer.state_dict(),
+                "w_sched": self.w_sched.state_dict(),
+                "loaders": {"train": self.train_loader.state_dict(),
+                            "val": self.val_loader.state_dict()},
+                "rng": rng_state(), "history": self.history,
+                "targets": {"macs": self.targets.macs, "params": self.targets.params},
+                **self.extra_state}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.net.load_state_dict(state["model"])
+        self.w_opt.load_state_dict(state["w_opt"])
+        self.architect.optimizer.load_state_dict(state["a_opt"])
+        self.w_sched.load_state_dict(state["w_sched"])
+        self.train_loader.load_state_dict(state["loaders"]["train"])
+        self.val_loader.load_state_dict(state["loaders"]["val"])
+        set_rng_state(state["rng"])
+        self.epoch, self.step, self.history = state["epoch"], state["step"], list(state["history"])
+
+    def resume(self) -> None:
+        self.load_state_dict(load_checkpoint(self.checkpoint_path, "search", self.device))

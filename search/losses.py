@@ -1,0 +1,21 @@
+"""Losses computed in at least float32: autocast hands back bf16 logits, float64 stays float64
+(the gradient checks in the tests run in float64)."""
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+
+def at_least_float32(t: torch.Tensor) -> torch.Tensor:
+    return t.to(torch.promote_types(t.dtype, torch.float32))
+
+
+def cross_entropy(logits: torch.Tensor, y: torch.Tensor, reduction: str = "mean") -> torch.Tensor:
+    return F.cross_entropy(at_least_float32(logits), y, reduction=reduction)
+
+
+def distillation_loss(student: torch.Tensor, teacher: torch.Tensor, temperature: float) -> torch.Tensor:
+    """Hinton et al.'s soft-target KL divergence, scaled by T^2 to keep gradient magnitudes."""
+    return F.kl_div(F.log_softmax(at_least_float32(student) / temperature, 1),
+                    F.softmax(at_least_float32(teacher) / temperature, 1),
+                    reduction="batchmean") * temperature ** 2

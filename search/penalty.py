@@ -1,0 +1,51 @@
+"""Cost targets and the differentiable penalty that pulls the expected cost toward them."""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+from ops import Cost
+from supernet.cost_model import dense_cost, smallest_cost
+
+
+class UnreachableTargetError(ValueError):
+    pass
+
+
+@dataclass(frozen=True)
+class Targets:
+    macs: float | None
+    params: float | None
+
+
+def resolve_targets(target, net, min_channels: int = 1) -> Targets:
+    """Absolute targets, or fractions of the dense network (its widest single path). Fails
+    before any training when a target is below the smallest network the space can reach."""
+    dense, smallest = dense_cost(net), smallest_cost(net, min_channels)
+    macs = target.macs if target.macs is not None else (
+        target.macs_fraction * dense.macs if target.macs_fraction is not None else None)
+    params = target.params if target.params is not None else (
+        target.params_fraction * dense.params if target.params_fraction is not None else None)
+    for what, value, low in (("MACs", macs, smallest.macs), ("params", params, smallest.params)):
+        if value is not None and value < low:
+            raise UnreachableTargetError(
+                f"the {what} target {value:,.0f} is below the smallest network this search space "
+                f"can reach ({low:,.0f} {what} with every layer at its cheapest op and "
+                f"{min_channels} channel(s) per group); the dense network has "
+                f"{getattr(dense, what.lower()):,.0f}")
+    return Targets(macs, params)
+
+
+class CostPenalty:
+    """weight * sum over targets of log(expected / target)^2: two-sided, scale-free."""
+
+    def __init__(self, targets: Targets, weight: float) -> None:
+        self.targets, self.weight = targets, weight
+
+    def __call__(self, cost: Cost) -> torch.Tensor:
+        total = torch.zeros(())
+        for value, target in ((cost.macs, self.targets.macs), (cost.params, self.targets.params)):
+            if target is not None:
+                total = total + torch.log(value / target) ** 2
+        return self.weight * total

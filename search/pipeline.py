@@ -1,0 +1,101 @@
+"""Setting up a search from a config: device, data splits, loaders, supernet, targets."""
+from __future__ import annotations
+
+import random
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import torch
+
+from datasource import DeviceLoader, ImageData, load_dataset
+from search.config import RunConfig, to_dict
+from search.loop import Searcher
+from search.penalty import Targets, resolve_targets
+from supernet import SPACES
+
+
+@dataclass(frozen=True)
+class DataMeta:
+    """What a model needs to know of its data; saved in checkpoints and exports."""
+    name: str
+    in_channels: int
+    num_classes: int
+    input_size: int
+    mean: tuple[float, ...]
+    std: tuple[float, ...]
+
+
+def select_device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name.startswith("cuda") and not torch.cuda.is_available():
+        raise RuntimeError(f"device={name!r} but CUDA is not available; use device=cpu or auto")
+    return torch.device(name)
+
+
+def seed_everything(seed: int) -> None:
+    random.seed(seed)
+    torch.manual_seed(seed)
+
+
+def data_meta(data: ImageData) -> DataMeta:
+    mean, std = data.channel_stats()
+    return DataMeta(data.name, data.in_channels, data.num_classes, data.image_size, mean, std)
+
+
+def split_train_val(n: int, val_fraction: float, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
+    order = torch.randperm(n, generator=torch.Generator().manual_seed(seed))
+    n_val = max(1, min(n - 1, round(n * val_fraction)))
+    return order[n_val:], order[:n_val]
+
+
+def loader(cfg: RunConfig, x, y, meta: DataMeta, device, train: bool, seed: int) -> DeviceLoader:
+    d = cfg.data
+    return DeviceLoader(x, y, d.batch_size, meta.mean, meta.std, device, shuffle=train,
+                        crop_padding=d.crop_padding, hflip=d.hflip, drop_last=train, seed=seed,
+                        channels_last=cfg.channels_last)
+
+
+def build_supernet(cfg: RunConfig, meta: DataMeta, device) -> torch.nn.Module:
+    net = SPACES.get(cfg.space)(cfg.macro, meta.in_channels, meta.num_classes, meta.input_size)
+    net = net.to(device)
+    return net.to(memory_format=torch.channels_last) if cfg.channels_last else net
+
+
+def load_data(cfg: RunConfig) -> ImageData:
+    d = cfg.data
+    return load_dataset(d.name, d.path, d.download, d.image_size)
+
+
+def prepare_search(cfg: RunConfig, run_dir: Path, data: ImageData | None = None,
+                   logger_factory=None) -> Searcher:
+    """Everything a search needs, built deterministically from the config and seed."""
+    seed_everything(cfg.seed)
+    if cfg.threads:
+        torch.set_num_threads(cfg.threads)
+    device = select_device(cfg.device)
+    data = data or load_data(cfg)
+    meta = data_meta(data)
+    net = build_supernet(cfg, meta, device)
+    targets = resolve_targets(cfg.search.target, net, cfg.derive.min_channels)
+    train_idx, val_idx = split_train_val(len(data.y_train), cfg.data.val_fraction, cfg.seed)
+    train = loader(cfg, data.x_train[train_idx], data.y_train[train_idx], meta, device, True, cfg.seed)
+    val = loader(cfg, data.x_train[val_idx], data.y_train[val_idx], meta, device, True, cfg.seed + 1)
+    logger = logger_factory(run_dir, net, targets.macs) if logger_factory else None
+    return Searcher(cfg, net, train, val, targets, run_dir, logger,
+                    extra_state={"config": to_dict(cfg), "data": asdict(meta)})
+
+
+def restore_supernet(state: dict, device) -> tuple[torch.nn.Module, RunConfig, DataMeta]:
+    """Rebuild a searched supernet from a search checkpoint (its config and data are inside)."""
+    from search.config import from_dict
+
+    cfg = from_dict(RunConfig, state["config"])
+    meta = DataMeta(**{k: tuple(v) if isinstance(v, list) else v for k, v in state["data"].items()})
+    net = build_supernet(cfg, meta, device)
+    net.load_state_dict(state["model"])
+    return net, cfg, meta
+
+
+__all__ = ["DataMeta", "Targets", "prepare_search", "restore_supernet", "select_device",
+           "seed_everything", "split_train_val", "loader", "load_data", "data_meta"]

@@ -1,0 +1,90 @@
+"""TensorBoard view of a search: how every op probability and channel mask evolves.
+
+Tags: `alpha/<layer>/<op>` (grouped per layer by a custom-scalar layout), `alpha/heatmap`,
+`mask/<group>` histograms, `channels/<group>` kept counts, `cost/expected_macs` and
+`cost/discrete_macs` against `cost/target_macs`, `loss/*`, `acc/*`, `lr/*`, `temperature`, the architecture as text, and the
+run's hyperparameters.
+"""
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+import torch  # noqa: E402
+from torch.utils.tensorboard import SummaryWriter  # noqa: E402
+from torch.utils.tensorboard.summary import hparams  # noqa: E402
+
+from supernet.cost_model import discrete_cost, expected_cost  # noqa: E402
+
+
+class SearchLogger:
+    def __init__(self, log_dir: str | Path, net, target_macs: float | None) -> None:
+        self.writer = SummaryWriter(str(log_dir))
+        self.target_macs = target_macs
+        layout = {"op probabilities": {
+            layer.name: ["Multiline", [f"alpha/{layer.name}/{op}" for op in layer.names]]
+            for layer in net.layers}}
+        layout["cost"] = {"expected MACs vs target": ["Multiline", [
+            "cost/expected_macs", "cost/discrete_macs", "cost/target_macs"]]}
+        self.writer.add_custom_scalars(layout)
+
+    def scalars(self, values: dict[str, float], step: int) -> None:
+        for tag, value in values.items():
+            self.writer.add_scalar(tag, value, step)
+
+    @torch.no_grad()
+    def architecture(self, net, epoch: int) -> None:
+        weights, gates = net.op_weights(), net.gates()
+        for layer in net.layers:
+            for op, p in zip(layer.names, weights[layer.name].tolist()):
+                self.writer.add_scalar(f"alpha/{layer.name}/{op}", p, epoch)
+        self.writer.add_figure("alpha/heatmap", heatmap(net, weights), epoch)
+        for group, g in gates.items():
+            self.writer.add_histogram(f"mask/{group}", g.float().cpu(), epoch)
+            self.writer.add_scalar(f"channels/{group}", int((g > 0.5).sum()), epoch)
+        cost = expected_cost(net)
+        self.writer.add_scalar("cost/expected_macs", float(cost.macs), epoch)
+        self.writer.add_scalar("cost/discrete_macs", float(discrete_cost(net).macs), epoch)
+        self.writer.add_scalar("cost/expected_params", float(cost.params), epoch)
+        if self.target_macs is not None:
+            self.writer.add_scalar("cost/target_macs", self.target_macs, epoch)
+        self.writer.add_text("architecture", net.describe(), epoch)
+
+    def hyperparameters(self, config: dict, metrics: dict[str, float]) -> None:
+        """Written into this run's own event file, so one run is one TensorBoard run."""
+        flat = {k: v if isinstance(v, (int, float, str, bool)) else str(v)
+                for k, v in _flatten(config).items()}
+        for summary in hparams(flat, {f"hparam/{k}": v for k, v in metrics.items()}):
+            self.writer.file_writer.add_summary(summary)
+        self.scalars({f"hparam/{k}": v for k, v in metrics.items()}, 0)
+
+    def close(self) -> None:
+        self.writer.close()
+
+
+def heatmap(net, weights: dict[str, torch.Tensor]):
+    """Layers x ops image of op probabilities (blank where an op is not a candidate)."""
+    ops = list(dict.fromkeys(op for layer in net.layers for op in layer.names))
+    grid = [[math.nan] * len(ops) for _ in net.layers]
+    for i, layer in enumerate(net.layers):
+        for op, p in zip(layer.names, weights[layer.name].tolist()):
+            grid[i][ops.index(op)] = p
+    fig, ax = plt.subplots(figsize=(1 + 0.6 * len(ops), 1 + 0.35 * len(net.layers)))
+    im = ax.imshow(grid, vmin=0, vmax=1, cmap="viridis", aspect="auto")
+    ax.set_xticks(range(len(ops)), ops, rotation=60, ha="right", fontsize=7)
+    ax.set_yticks(range(len(net.layers)), [layer.name for layer in net.layers], fontsize=7)
+    fig.colorbar(im, ax=ax, fraction=0.04)
+    fig.tight_layout()
+    return fig
+
+
+def _flatten(d: dict, prefix: str = "") -> dict:
+    out = {}
+    for k, v in d.items():
+        key = f"{prefix}{k}"
+        out.update(_flatten(v, key + ".") if isinstance(v, dict) else {key: v})
+    return out

@@ -1,0 +1,172 @@
+"""Macro search space: stem, stages of layers, each layer a mixed op with channel masks.
+
+The first layer of a stage changes resolution and width, so it picks among compute ops. Every
+other layer is residual, y = x + mask * MixedOp(x), and may pick `zero`, which removes it: depth
+is searched. All layers of a stage add into one residual stream, so they share one width mask;
+ops with an inner width (sep conv middle, inverted-residual expansion) have a mask of their own.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import torch
+from torch import nn
+
+from ops import ChannelMask, Head, MixedOp, Stem, apply_gate, get_op, is_zero
+from ops.cost import out_size
+
+DEFAULT_CANDIDATES = ["conv_3x3", "sep_conv_3x3", "sep_conv_5x5", "mbconv_k3_e3", "mbconv_k3_e6",
+                      "mbconv_k5_e3", "mbconv_k5_e6", "zero"]
+
+
+@dataclass
+class StageSpec:
+    channels: int
+    layers: int
+    stride: int = 1
+
+
+@dataclass
+class MacroSpaceConfig:
+    stem_channels: int = 16
+    stages: list[StageSpec] = field(default_factory=lambda: [
+        StageSpec(16, 2, 1), StageSpec(32, 2, 2), StageSpec(64, 2, 2)])
+    candidates: list[str] = field(default_factory=lambda: list(DEFAULT_CANDIDATES))
+    first_candidates: list[str] = field(default_factory=lambda: [
+        n for n in DEFAULT_CANDIDATES if n != "zero"])
+    mask_init: float = 1.0  # initial mask logit: gate 0.73 at temperature 1, unsaturated
+
+    def validate(self) -> None:
+        for name in (*self.candidates, *self.first_candidates):
+            get_op(name)  # KeyError listing the registered ops
+        if any(is_zero(n) for n in self.first_candidates):
+            raise ValueError("'zero' cannot be a first-layer candidate: the first layer of a stage "
+                             "changes shape and has no residual path, so 'zero' would cut the network")
+        if not self.stages:
+            raise ValueError("the macro space needs at least one stage")
+        for i, s in enumerate(self.stages):
+            if s.channels < 1 or s.layers < 1 or s.stride not in (1, 2):
+                raise ValueError(f"stage {i}: channels and layers must be >= 1 and stride 1 or 2, got {s}")
+
+
+class SearchLayer(nn.Module):
+    """One layer of the supernet: a mixed op whose output channels are gated by a shared mask."""
+
+    def __init__(self, name: str, names: list[str], c_in: int, c_out: int, stride: int,
+                 residual: bool, in_group: str, out_group: str, in_size: int) -> None:
+        super().__init__()
+        self.name, self.residual, self.stride, self.in_size = name, residual, stride, in_size
+        self.c_in, self.c_out = c_in, c_out
+        self.in_group, self.out_group = in_group, out_group
+        self.mixed = MixedOp(names, c_in, c_out, stride, tied=residual)
+        self.hidden_groups = [f"{name}-{n}" if get_op(n).has_hidden else None for n in names]
+
+    @property
+    def names(self) -> tuple[str, ...]:
+        return self.mixed.names
+
+    def forward(self, x: torch.Tensor, weights: torch.Tensor,
+                gates: dict[str, torch.Tensor]) -> torch.Tensor:
+        hidden = [gates[g] if g else None for g in self.hidden_groups]
+        out = apply_gate(self.mixed(x, weights, hidden), gates[self.out_group])
+        return x + out if self.residual else out
+
+
+class MacroSupernet(nn.Module):
+    space_name = "macro"
+
+    def __init__(self, space: MacroSpaceConfig, in_channels: int, num_classes: int,
+                 input_size: int) -> None:
+        super().__init__()
+        space.validate()
+        self.space, self.in_channels, self.num_classes = space, in_channels, num_classes
+        self.input_size = input_size
+        self.register_buffer("temperature", torch.tensor(1.0))
+        self.stem = Stem(in_channels, space.stem_channels)
+        self.masks = nn.ModuleDict({"stem": ChannelMask(space.stem_channels, space.mask_init)})
+        self.alphas = nn.ParameterDict()
+        layers, c_prev, group_prev, size = [], space.stem_channels, "stem", input_size
+        for k, stage in enumerate(space.stages, start=1):
+            group = f"s{k}"
+            self.masks[group] = ChannelMask(stage.channels, space.mask_init)
+            for j in range(stage.layers):
+                first = j == 0
+                names = space.first_candidates if first else space.candidates
+                layer = SearchLayer(f"s{k}l{j}", names, c_prev, stage.channels,
+                                    stage.stride if first else 1, residual=not first,
+                                    in_group=group_prev, out_group=group, in_size=size)
+                for n, g in zip(layer.names, layer.hidden_groups):
+                    if g:
+                        self.masks[g] = ChannelMask(get_op(n).default_hidden(c_prev), space.mask_init)
+                self.alphas[layer.name] = nn.Parameter(torch.zeros(len(names)))
+                layers.append(layer)
+                size = out_size(size, layer.stride)
+                c_prev, group_prev = stage.channels, group
+        self.layers = nn.ModuleList(layers)
+        self.head = Head(c_prev, num_classes)
+        self.final_size, self.final_group = size, group_prev
+
+    # -- parameters ---------------------------------------------------------------------------
+    def arch_parameters(self) -> list[nn.Parameter]:
+        """Op logits (alpha) and mask logits: updated on validation batches only."""
+        return [*self.alphas.values(), *(m.logits for m in self.masks.values())]
+
+    def weight_parameters(self) -> list[nn.Parameter]:
+        arch = {id(p) for p in self.arch_parameters()}
+        return [p for p in self.parameters() if id(p) not in arch]
+
+    def set_temperature(self, value: float) -> None:
+        self.temperature.fill_(value)
+
+    # -- architecture state ---------------------------------------------------------------------
+    def op_weights(self) -> dict[str, torch.Tensor]:
+        """Per layer: softmax(alpha / temperature), or one-hot on the fixed op after `fix`."""
+        out = {}
+        for layer in self.layers:
+            alpha = self.alphas[layer.name]
+            if layer.mixed.active is None:
+                out[layer.name] = torch.softmax(alpha / self.temperature, dim=0)
+            else:
+                out[layer.name] = nn.functional.one_hot(
+                    torch.tensor(layer.mixed.active, device=alpha.device), len(alpha)).to(alpha.dtype)
+        return out
+
+    def gates(self) -> dict[str, torch.Tensor]:
+        return {name: mask(self.temperature) for name, mask in self.masks.items()}
+
+    def fix(self, ops: dict[str, str], keep: dict[str, torch.Tensor]) -> None:
+        """Hard-mask the supernet: run only the chosen op per layer and keep only `keep` channels."""
+        for layer in self.layers:
+            layer.mixed.fix(layer.names.index(ops[layer.name]))
+        for name, mask in self.masks.items():
+            if name in keep:
+                mask.harden(keep[name])
+
+    def unfix(self) -> None:
+        for layer in self.layers:
+            layer.mixed.fix(None)
+        for mask in self.masks.values():
+            mask.soften()
+
+    @torch.no_grad()
+    def describe(self) -> str:
+        """The current architecture as a markdown table: the likeliest op per layer and the
+        channels whose gate is above one half."""
+        gates, weights = self.gates(), self.op_weights()
+        kept = {name: int((g > 0.5).sum()) for name, g in gates.items()}
+        rows = ["| layer | op | p(op) | channels | hidden |", "|---|---|---|---|---|",
+                f"| stem | conv_3x3 | 1.00 | {kept['stem']}/{self.masks['stem'].channels} | |"]
+        for layer in self.layers:
+            i = int(weights[layer.name].argmax())
+            hidden = layer.hidden_groups[i]
+            rows.append(f"| {layer.name} | {layer.names[i]} | {float(weights[layer.name][i]):.2f} | "
+                        f"{kept[layer.out_group]}/{layer.c_out} | "
+                        f"{f'{kept[hidden]}/{self.masks[hidden].channels}' if hidden else ''} |")
+        return "\n".join(rows)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        gates, weights = self.gates(), self.op_weights()
+        x = apply_gate(self.stem(x), gates["stem"])
+        for layer in self.layers:
+            x = layer(x, weights[layer.name], gates)
+        return self.head(x)

@@ -1,0 +1,40 @@
+"""Shared fixtures: tiny search spaces that run in milliseconds on a CPU."""
+from __future__ import annotations
+
+import pytest
+import torch
+
+from supernet import MacroSpaceConfig, MacroSupernet, StageSpec
+
+torch.set_num_threads(2)
+
+
+def tiny_space(candidates=None, first_candidates=None, **kw) -> MacroSpaceConfig:
+    cands = candidates or ["conv_3x3", "sep_conv_3x3", "mbconv_k3_e3", "zero"]
+    firsts = first_candidates or [c for c in cands if c != "zero"]
+    return MacroSpaceConfig(stem_channels=kw.get("stem", 6),
+                            stages=kw.get("stages", [StageSpec(6, 2, 1), StageSpec(10, 2, 2)]),
+                            candidates=cands, first_candidates=firsts)
+
+
+def randomize(net: MacroSupernet, seed: int = 0, batches: int = 3, size: int = 8) -> None:
+    """Random alpha and mask logits (about half the channels below zero), and BN running
+    statistics that are not the identity, so equivalence checks exercise every term."""
+    g = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for p in net.arch_parameters():
+            p.copy_(torch.randn(p.shape, generator=g) * 2)
+    net.train()
+    with torch.no_grad():
+        for _ in range(batches):
+            dtype = next(net.parameters()).dtype
+            net(torch.randn(16, net.in_channels, size, size, generator=g, dtype=dtype))
+    net.eval()
+
+
+@pytest.fixture
+def tiny_net() -> MacroSupernet:
+    torch.manual_seed(0)
+    net = MacroSupernet(tiny_space(), in_channels=1, num_classes=10, input_size=8)
+    randomize(net)
+    return net

@@ -1,0 +1,102 @@
+"""Parameter split, cost model exactness, targets."""
+import pytest
+import torch
+
+from conftest import randomize, tiny_space
+from export import build, derive
+from export.flops import fvcore_report
+from search.config import TargetConfig
+from search.penalty import UnreachableTargetError, resolve_targets
+from supernet import MacroSpaceConfig, MacroSupernet, StageSpec, dense_cost, expected_cost, smallest_cost
+from supernet.cost_model import discrete_cost
+
+
+def test_arch_and_weight_parameters_are_disjoint_and_cover_everything(tiny_net):
+    arch = {id(p) for p in tiny_net.arch_parameters()}
+    weights = {id(p) for p in tiny_net.weight_parameters()}
+    assert arch and weights and not arch & weights
+    assert arch | weights == {id(p) for p in tiny_net.parameters()}
+    # registered parameters: they live in the state_dict (and so survive DDP and checkpoints)
+    keys = tiny_net.state_dict().keys()
+    assert sum(k.startswith("alphas.") for k in keys) == len(tiny_net.layers)
+    assert sum(k.startswith("masks.") and k.endswith(".logits") for k in keys) == len(tiny_net.masks)
+
+
+def test_tied_channels_share_one_mask(tiny_net):
+    # every layer of a stage writes the stage's residual stream: one group
+    stage2 = [layer for layer in tiny_net.layers if layer.name.startswith("s2")]
+    assert {layer.out_group for layer in stage2} == {"s2"}
+    assert [layer.residual for layer in stage2] == [False, True]
+
+
+@pytest.mark.parametrize("target", [None, 0.3, 0.6])
+def test_cost_model_at_discrete_architecture_equals_fvcore(tiny_net, target):
+    dense = float(dense_cost(tiny_net).macs)
+    d = derive(tiny_net, None if target is None else target * dense)
+    tiny_net.fix(d.ops, d.keep)
+    fixed = expected_cost(tiny_net)  # alpha one-hot, masks hard
+    model = build(d.arch)
+    flops, params, _ = fvcore_report(model, torch.randn(1, 1, 8, 8))
+    assert float(fixed.macs) == d.arch.cost().macs == flops
+    assert float(fixed.params) == d.arch.cost().params == params
+
+
+def test_discrete_cost_is_the_cost_of_the_derived_network(tiny_net):
+    d = derive(tiny_net)  # no target: argmax ops, gates above one half
+    assert float(discrete_cost(tiny_net).macs) == d.arch.cost().macs
+
+
+def test_discrete_cost_has_gradients_for_alpha_and_masks(tiny_net):
+    cost = discrete_cost(tiny_net)
+    grads = torch.autograd.grad(cost.macs, tiny_net.arch_parameters(), allow_unused=True)
+    assert all(g is not None for g in grads)
+    assert sum(float(g.abs().sum()) for g in grads) > 0
+
+
+def test_expected_cost_by_hand_for_a_one_layer_space():
+    space = MacroSpaceConfig(stem_channels=4, stages=[StageSpec(8, 1, 2)],
+                             first_candidates=["conv_3x3", "skip_connect"], candidates=["zero"])
+    net = MacroSupernet(space, in_channels=3, num_classes=5, input_size=8)
+    with torch.no_grad():
+        net.alphas["s1l0"].copy_(torch.log(torch.tensor([0.25, 0.75])))
+        net.masks["stem"].logits.fill_(100.0)  # gates 1.0
+        net.masks["s1"].logits.fill_(0.0)  # gates 0.5: 4 expected channels
+    c = expected_cost(net)
+    stem = 9 * 3 * 4 * 64 + 2 * 4 * 64
+    conv = 9 * 4 * 4 * 16 + 2 * 4 * 16  # conv 3x3 stride 2 into 4 expected channels
+    proj = 1 * 4 * 4 * 16 + 2 * 4 * 16  # skip across a stride: 1x1 projection
+    head = 4 * 16 + 4 * 5
+    assert float(c.macs) == pytest.approx(stem + 0.25 * conv + 0.75 * proj + head, rel=1e-6)
+
+
+def test_fractional_and_absolute_targets(tiny_net):
+    dense = dense_cost(tiny_net)
+    t = resolve_targets(TargetConfig(macs_fraction=0.5), tiny_net)
+    assert t.macs == 0.5 * dense.macs and t.params is None
+    t = resolve_targets(TargetConfig(macs=12345, macs_fraction=0.5, params_fraction=0.5), tiny_net)
+    assert t.macs == 12345 and t.params == 0.5 * dense.params
+
+
+def test_unreachable_target_fails_with_the_smallest_reachable_figure(tiny_net):
+    smallest = smallest_cost(tiny_net).macs
+    with pytest.raises(UnreachableTargetError) as e:
+        resolve_targets(TargetConfig(macs=smallest - 1, macs_fraction=None), tiny_net)
+    assert f"{smallest:,.0f}" in str(e.value)
+    resolve_targets(TargetConfig(macs=smallest, macs_fraction=None), tiny_net)  # reachable: fine
+
+
+def test_fixed_supernet_runs_only_the_chosen_op(tiny_net):
+    d = derive(tiny_net)
+    tiny_net.fix(d.ops, d.keep)
+    weights = tiny_net.op_weights()
+    for layer in tiny_net.layers:
+        assert weights[layer.name].tolist() == [float(n == d.ops[layer.name]) for n in layer.names]
+    tiny_net.unfix()
+    assert all(abs(float(w.sum()) - 1) < 1e-6 and w.min() > 0 for w in tiny_net.op_weights().values())
+
+
+def test_invalid_space_is_rejected():
+    with pytest.raises(ValueError, match="'zero' cannot be a first-layer candidate"):
+        MacroSupernet(tiny_space(first_candidates=["zero", "conv_3x3"]), 1, 10, 8)
+    with pytest.raises(ValueError, match="stride 1 or 2"):
+        MacroSupernet(tiny_space(stages=[StageSpec(4, 1, 3)]), 1, 10, 8)
