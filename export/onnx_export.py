@@ -15,7 +15,7 @@ def export_onnx(model: torch.nn.Module, example: torch.Tensor, path: str | Path)
         warnings.simplefilter("ignore")
         torch.onnx.export(model, (example,), str(path), input_names=["input"],
                           output_names=["logits"], dynamic_shapes=({0: torch.export.Dim("batch")},),
-                          dynamo=True, verbose=False)
+                          dynamo=True, external_data=False, verbose=False)
 
 
 def onnx_max_abs_diff(model: torch.nn.Module, path: str | Path, x: torch.Tensor) -> float:

@@ -38,3 +38,20 @@ def tiny_net() -> MacroSupernet:
     net = MacroSupernet(tiny_space(), in_channels=1, num_classes=10, input_size=8)
     randomize(net)
     return net
+
+
+SMALL_RUN = [
+    "data.batch_size=128", "log_every=2",
+    "macro.stem_channels=6",
+    "macro.stages=[{channels: 6, layers: 2, stride: 1}, {channels: 10, layers: 2, stride: 2}]",
+    "macro.candidates=[conv_3x3, sep_conv_3x3, mbconv_k3_e3, zero]",
+    "macro.first_candidates=[conv_3x3, sep_conv_3x3, mbconv_k3_e3]",
+    "search.epochs=3", "search.warmup_epochs=1", "finetune.epochs=1",
+]
+
+
+def small_config(tmp_path, *overrides: str):
+    """A digits run on a tiny space: a search epoch takes well under a second."""
+    from search.config import load_config
+
+    return load_config(None, [*SMALL_RUN, f"out_dir={tmp_path}", *overrides])

@@ -1,0 +1,67 @@
+"""Wall time and results of the default `python train.py` (digits, every stage).
+
+    python benchmarks/default_run.py [--repeats 1] [extra train.py overrides...]
+
+Runs train.py in a subprocess exactly as a user would, and writes
+benchmarks/results/default_run.{json,md}.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+ROOT = Path(__file__).resolve().parents[1]
+RESULTS = ROOT / "benchmarks" / "results"
+
+
+def run_once(name: str, overrides: list[str]) -> dict:
+    run_dir = ROOT / "runs" / "bench" / name
+    run_dir.mkdir(parents=True, exist_ok=True)
+    start = time.perf_counter()
+    with open(run_dir.with_suffix(".log"), "w") as log:  # progress bars go to the log
+        subprocess.run([sys.executable, "train.py", f"name={name}", "out_dir=runs/bench", *overrides],
+                       cwd=ROOT, check=True, stdout=log, stderr=subprocess.STDOUT)
+    wall = time.perf_counter() - start
+    summary = json.loads((run_dir / "summary-export.json").read_text())
+    history = torch.load(run_dir / "search.pt", weights_only=True)["history"]
+    return {"wall_s": wall, "search_val_acc": history[-1]["val_acc"],
+            "search_expected_macs": history[-1]["expected_macs"],
+            "search_discrete_macs": history[-1]["discrete_macs"], **summary}
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__)
+    p.add_argument("--repeats", type=int, default=1)
+    p.add_argument("overrides", nargs="*")
+    args = p.parse_args()
+    runs = [run_once(f"default-{i}", args.overrides) for i in range(args.repeats)]
+    machine = {"cpu_count": os.cpu_count(), "torch_threads": torch.get_num_threads(),
+               "torch": torch.__version__, "python": platform.python_version()}
+    RESULTS.mkdir(parents=True, exist_ok=True)
+    (RESULTS / "default_run.json").write_text(json.dumps({"machine": machine, "runs": runs}, indent=2))
+    rows = ["| run | wall time | search val acc | derived MACs (target) | dense MACs | "
+            "test acc slimmed → fine-tuned | CPU latency b=64 dense → slim |",
+            "|---|---|---|---|---|---|---|"]
+    for i, r in enumerate(runs):
+        lat = r["cpu_latency_ms"]
+        rows.append(f"| {i} | {r['wall_s']:.0f} s | {r['search_val_acc']:.3f} | "
+                    f"{r['macs']:,} ({r['target_macs']:,.0f}) = {r['macs'] / r['dense_macs']:.1%} of dense | "
+                    f"{r['dense_macs']:,} | {r['slimmed_test_acc']:.4f} → {r['test_acc']:.4f} | "
+                    f"{lat['dense_b64']:.1f} → {lat['slim_b64']:.1f} ms |")
+    table = "\n".join(rows)
+    (RESULTS / "default_run.md").write_text(
+        f"Default `python train.py` on {machine['cpu_count']} CPU cores, torch {machine['torch']}\n\n"
+        f"{table}\n")
+    print(table)
+
+
+if __name__ == "__main__":
+    main()

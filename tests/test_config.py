@@ -1,0 +1,52 @@
+"""Bad input fails early with a message that says what was wrong and what is allowed."""
+import pytest
+
+from search.config import ConfigError, load_config
+from search.penalty import UnreachableTargetError
+from search.pipeline import prepare_search
+from datasource import load_dataset
+from conftest import small_config
+
+
+@pytest.mark.parametrize("override,message", [
+    ("search.epoch=3", "unknown config key 'search.epoch'; valid keys in 'search': epochs, "),
+    ("serch.epochs=3", "unknown config key 'serch'; valid keys at the top level: name, "),
+    ("search.epochs=three", "search.epochs must be int, got 'three'"),
+    ("search.order=3", "search.order must be 1 (first order) or 2"),
+    ("search.warmup_epochs=50", "search.warmup_epochs must be in [0, search.epochs="),
+    ("search.target.macs_fraction=1.5", "search.target.macs_fraction must be in (0, 1]"),
+    ("search.target.estimator=guess", "must be 'discrete' or 'expected'"),
+    ("data.val_fraction=1", "data.val_fraction must be in (0, 1)"),
+    ("macro.stages=[{channels: 8, layers: 1, stride: 4}]", "stride 1 or 2"),
+    ("macro.stages=[{channels: 8, depth: 1}]", "unknown config key 'macro.stages[0].depth'"),
+    ("search.epochs", "must look like key=value"),
+])
+def test_bad_config_values(override, message):
+    with pytest.raises((ConfigError, ValueError)) as e:
+        load_config("configs/digits.yaml", [override])
+    assert message in str(e.value)
+
+
+def test_unknown_names_list_the_registered_ones():
+    with pytest.raises(KeyError, match="unknown op 'conv_9x9'; registered: .*sep_conv_3x3"):
+        load_config(None, ["macro.candidates=[conv_9x9]"])
+    with pytest.raises(KeyError, match="unknown dataset 'mnist'; registered: .*cifar10.*digits"):
+        load_dataset("mnist")
+    with pytest.raises(ConfigError, match="does not exist"):
+        load_config("configs/nope.yaml")
+
+
+def test_data_errors_say_what_is_missing(tmp_path):
+    with pytest.raises(FileNotFoundError, match="does not exist"):
+        load_dataset("npz", str(tmp_path / "missing.npz"))
+    with pytest.raises(FileNotFoundError, match="data.download=true"):
+        load_dataset("cifar10", str(tmp_path))  # never downloads unless asked
+    with pytest.raises(FileNotFoundError, match="train/ and val/"):
+        load_dataset("imagefolder", str(tmp_path))
+
+
+def test_unreachable_target_fails_before_training(tmp_path):
+    cfg = small_config(tmp_path, "search.target.macs=10", "search.target.macs_fraction=null")
+    with pytest.raises(UnreachableTargetError, match="smallest network this search space can reach"):
+        prepare_search(cfg, tmp_path)
+    assert not (tmp_path / "search.pt").exists()

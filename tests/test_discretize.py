@@ -1,0 +1,97 @@
+"""The discretizer meets MACs targets and never empties a layer."""
+import warnings
+
+import pytest
+import torch
+
+from conftest import randomize, tiny_space
+from export import Architecture, derive
+from export.discretize import architecture_from_counts, chosen_ops
+from supernet import MacroSupernet, StageSpec
+from supernet.cost_model import full_widths
+
+
+@pytest.fixture
+def net():
+    torch.manual_seed(1)
+    space = tiny_space(candidates=["conv_3x3", "mbconv_k3_e6", "zero"], stem=16,
+                       stages=[StageSpec(16, 2, 1), StageSpec(32, 2, 2), StageSpec(48, 2, 2)])
+    net = MacroSupernet(space, 3, 10, 16)
+    randomize(net, size=16)
+    with torch.no_grad():  # expensive ops everywhere, so every target below is reachable
+        for layer in net.layers:
+            net.alphas[layer.name][layer.names.index("conv_3x3")] = 10.0
+    return net
+
+
+def full_width_macs(net) -> float:
+    """MACs of the chosen ops with every channel kept: the most any target can get."""
+    return architecture_from_counts(net, chosen_ops(net), full_widths(net)).cost().macs
+
+
+@pytest.mark.parametrize("fraction", [0.1, 0.25, 0.5, 0.75, 0.95])
+def test_meets_macs_target_within_three_percent(net, fraction):
+    target = fraction * full_width_macs(net)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # a miss would warn
+        d = derive(net, target)
+    assert abs(d.arch.cost().macs - target) <= 0.03 * target
+
+
+def test_ranks_channels_by_mask_value(net):
+    d = derive(net, 0.3 * full_width_macs(net))
+    for group, kept in d.keep.items():
+        logits = net.masks[group].logits.detach()
+        dropped = torch.ones_like(logits, dtype=torch.bool)
+        dropped[kept] = False
+        if dropped.any():
+            assert logits[kept].min() >= logits[dropped].max()
+
+
+def test_never_leaves_a_layer_empty(net):
+    with torch.no_grad():
+        for mask in net.masks.values():
+            mask.logits.fill_(-5.0)  # every gate off
+    d = derive(net, min_channels=2)
+    assert all(len(k) == 2 for k in d.keep.values())
+    for layer in d.arch.layers:
+        assert layer.c_in >= 2 and layer.c_out >= 2 and (layer.hidden is None or layer.hidden >= 2)
+
+
+def test_rounds_channel_counts_to_a_multiple(net):
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # steps of 8 channels may not land within 3%
+        d = derive(net, 0.4 * full_width_macs(net), round_to=8, min_channels=8)
+    for group, kept in d.keep.items():
+        assert len(kept) % 8 == 0 or len(kept) == net.masks[group].channels
+
+
+def test_unreachable_target_for_the_chosen_ops_warns_with_the_closest(net):
+    with pytest.warns(UserWarning, match="cannot meet the MACs target"):
+        d = derive(net, 1.5 * full_width_macs(net))
+    assert all(len(k) == net.masks[g].channels for g, k in d.keep.items())
+
+
+def test_architecture_round_trips_through_json(net):
+    arch = derive(net, 0.3 * full_width_macs(net), mean=(0.5,) * 3, std=(0.25,) * 3).arch
+    again = Architecture.from_json(arch.to_json())
+    assert again == arch and again.cost() == arch.cost()
+
+
+@pytest.mark.parametrize("change,message", [
+    ({"version": 99}, "version 99"),
+    ({"stem_channels": 5}, "c_in"),
+    ({"colour": "red"}, "unknown architecture fields"),
+])
+def test_invalid_architecture_records_are_rejected(net, change, message):
+    data = derive(net).arch.to_dict()
+    data.update(change)
+    with pytest.raises(ValueError, match=message):
+        Architecture.from_dict(data)
+
+
+def test_unknown_op_in_a_record_lists_the_registered_ops(net):
+    data = derive(net).arch.to_dict()
+    data["layers"][0]["op"] = "conv_9x9"
+    with pytest.raises(KeyError, match="registered: .*conv_3x3"):
+        Architecture.from_dict(data)

@@ -1,0 +1,92 @@
+"""Interrupted searches resume exactly; a non-finite loss stops with the last good state kept."""
+import math
+
+import pytest
+import torch
+
+from conftest import small_config
+from search.checkpoint import CheckpointError, load_checkpoint
+from search.loop import NonFiniteLossError
+from search.pipeline import prepare_search
+
+
+def interrupt_at(searcher, epoch, action):
+    run_epoch = searcher.run_epoch
+
+    def patched(bar):
+        if searcher.epoch == epoch:
+            action(searcher)
+        return run_epoch(bar)
+
+    searcher.run_epoch = patched
+
+
+def test_resumed_search_equals_uninterrupted_search(tmp_path):
+    cfg = small_config(tmp_path, "search.epochs=4")
+    straight = prepare_search(cfg, tmp_path / "straight")
+    straight.run()
+
+    first = prepare_search(cfg, tmp_path / "resumed")
+    def crash(_):
+        raise KeyboardInterrupt
+    interrupt_at(first, 2, crash)
+    with pytest.raises(KeyboardInterrupt):
+        first.run()
+    assert load_checkpoint(first.checkpoint_path, "search")["epoch"] == 2
+
+    second = prepare_search(cfg, tmp_path / "resumed")  # a new process would start like this
+    second.resume()
+    second.run()
+    for a, b in zip(straight.net.state_dict().values(), second.net.state_dict().values()):
+        assert torch.equal(a, b)
+    assert straight.history == second.history
+
+
+def test_non_finite_loss_stops_and_keeps_the_last_good_checkpoint(tmp_path):
+    cfg = small_config(tmp_path, "search.epochs=4")
+    searcher = prepare_search(cfg, tmp_path)
+
+    def poison(s):
+        with torch.no_grad():
+            s.net.stem[0].weight.fill_(math.nan)
+    interrupt_at(searcher, 2, poison)
+    with pytest.raises(NonFiniteLossError, match="last good state \\(epoch 2\\)") as e:
+        searcher.run()
+    assert str(searcher.checkpoint_path) in str(e.value)
+    state = load_checkpoint(searcher.checkpoint_path, "search")
+    assert state["epoch"] == 2
+    assert all(torch.isfinite(v).all() for v in state["model"].values() if v.is_floating_point())
+
+    resumed = prepare_search(cfg, tmp_path)
+    resumed.resume()
+    assert resumed.epoch == 2 and torch.isfinite(resumed.net.stem[0].weight).all()
+
+
+def test_checkpoints_are_written_atomically(tmp_path, monkeypatch):
+    cfg = small_config(tmp_path, "search.epochs=2", "search.warmup_epochs=0")
+    searcher = prepare_search(cfg, tmp_path)
+    searcher.run()
+    good = searcher.checkpoint_path.read_bytes()
+
+    def failing_save(obj, path, *a, **k):
+        with open(path, "wb") as f:
+            f.write(b"half a checkpoint")
+        raise OSError("disk full")
+    monkeypatch.setattr(torch, "save", failing_save)
+    with pytest.raises(OSError):
+        from search.checkpoint import save_checkpoint
+        save_checkpoint(searcher.state_dict(), searcher.checkpoint_path)
+    assert searcher.checkpoint_path.read_bytes() == good
+    assert [p.name for p in tmp_path.iterdir() if p.name.endswith(".tmp")] == []
+
+
+def test_corrupted_or_foreign_checkpoints_are_named(tmp_path):
+    path = tmp_path / "search.pt"
+    with pytest.raises(CheckpointError, match="no search checkpoint"):
+        load_checkpoint(path, "search")
+    path.write_bytes(b"garbage")
+    with pytest.raises(CheckpointError, match="truncated or corrupted"):
+        load_checkpoint(path, "search")
+    torch.save({"kind": "subnet"}, path)
+    with pytest.raises(CheckpointError, match="holds a 'subnet' checkpoint, expected 'search'"):
+        load_checkpoint(path, "search")

@@ -1,0 +1,61 @@
+"""A short search's event file holds every documented tag, with the logged values."""
+import pytest
+from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+from conftest import small_config
+from search.config import to_dict
+from search.pipeline import prepare_search
+from search.tensorboard_log import SearchLogger
+
+
+@pytest.fixture(scope="module")
+def logged_run(tmp_path_factory):
+    tmp = tmp_path_factory.mktemp("tb")
+    cfg = small_config(tmp)
+    searcher = prepare_search(cfg, tmp, logger_factory=SearchLogger)
+    searcher.run()
+    searcher.logger.hyperparameters(to_dict(cfg), {"test_acc": 0.5})
+    searcher.logger.close()
+    events = EventAccumulator(str(tmp), size_guidance={"scalars": 0, "histograms": 0,
+                                                       "images": 0, "tensors": 0}).Reload()
+    return searcher, events
+
+
+def values(events, tag):
+    return [e.value for e in events.Scalars(tag)]
+
+
+def test_op_probabilities_per_layer_and_op(logged_run):
+    searcher, events = logged_run
+    epochs = searcher.cfg.search.epochs
+    for layer in searcher.net.layers:
+        series = [values(events, f"alpha/{layer.name}/{op}") for op in layer.names]
+        assert all(len(s) == epochs for s in series)
+        for step in range(epochs):  # a distribution at every epoch
+            assert sum(s[step] for s in series) == pytest.approx(1.0, abs=1e-5)
+    assert "custom_scalars__config__" in events.Tags()["tensors"]  # the per-layer layout
+    assert "alpha/heatmap" in events.Tags()["images"]
+
+
+def test_masks_channels_and_cost_against_target(logged_run):
+    searcher, events = logged_run
+    tags = events.Tags()
+    for group, mask in searcher.net.masks.items():
+        assert f"mask/{group}" in tags["histograms"]
+        kept = values(events, f"channels/{group}")
+        assert all(0 <= k <= mask.channels for k in kept)
+    assert values(events, "cost/target_macs") == [pytest.approx(searcher.targets.macs)] * 3
+    assert values(events, "cost/expected_macs")[-1] == pytest.approx(
+        searcher.history[-1]["expected_macs"], rel=1e-6)
+    assert values(events, "cost/discrete_macs")[-1] == pytest.approx(
+        searcher.history[-1]["discrete_macs"], rel=1e-6)
+
+
+def test_losses_accuracies_text_and_hparams(logged_run):
+    searcher, events = logged_run
+    for tag, key in (("loss/train", "train_loss"), ("loss/val", "val_loss"),
+                     ("acc/train", "train_acc"), ("acc/val", "val_acc")):
+        assert values(events, tag) == pytest.approx([h[key] for h in searcher.history], rel=1e-6)
+    assert "architecture/text_summary" in events.Tags()["tensors"]
+    assert "_hparams_/experiment" in events.PluginTagToContent("hparams")
+    assert values(events, "hparam/test_acc") == [0.5]

@@ -1,0 +1,69 @@
+"""`train.py` end to end on digits: search, derive, slim, fine-tune, export, reload; then a
+second derivation from the same search with another target, without searching again."""
+import json
+
+import pytest
+import torch
+
+import train
+from conftest import SMALL_RUN
+from datasource import load_dataset, DeviceLoader
+from export import load, read_metrics
+from search.config import ConfigError
+from search.finetune import evaluate
+
+
+@pytest.fixture(scope="module")
+def run(tmp_path_factory):
+    out = tmp_path_factory.mktemp("runs")
+    # long enough for the cost penalty to steer the derived network onto the target
+    wider = "macro.stages=[{channels: 12, layers: 2, stride: 1}, {channels: 24, layers: 2, stride: 2}]"
+    metrics = train.main(["--config", "configs/digits.yaml", *SMALL_RUN, wider, "search.epochs=8",
+                          "search.warmup_epochs=2", f"out_dir={out}", "name=cli"])
+    return out / "cli", metrics
+
+
+def test_run_directory_holds_config_checkpoint_events_and_export(run):
+    run_dir, metrics = run
+    assert (run_dir / "config.yaml").is_file() and (run_dir / "search.pt").is_file()
+    assert list(run_dir.glob("events.out.tfevents.*"))
+    assert read_metrics(run_dir / "export") == json.loads((run_dir / "summary-export.json").read_text())
+    assert metrics["fvcore_flops"] == metrics["macs"]
+    assert metrics["slim_max_abs_diff"] < 1e-5
+    assert abs(metrics["macs"] - metrics["target_macs"]) <= 0.03 * metrics["target_macs"]
+    assert {"dense_b1", "dense_b64", "slim_b1", "slim_b64"} == metrics["cpu_latency_ms"].keys()
+
+
+def test_exported_model_reproduces_its_recorded_test_accuracy(run):
+    run_dir, _ = run
+    model = load(run_dir / "export")
+    metrics = read_metrics(run_dir / "export")
+    data = load_dataset("digits")
+    stats = metrics["data"]
+    test = DeviceLoader(data.x_test, data.y_test, 64, stats["mean"], stats["std"], shuffle=False,
+                        drop_last=False)
+    assert evaluate(model, test)["acc"] == metrics["test_acc"]
+
+
+def test_derive_again_with_another_target_without_searching(run):
+    run_dir, metrics = run
+    before = (run_dir / "search.pt").read_bytes()
+    target = round(0.7 * metrics["target_macs"])
+    again = train.main(["--run", str(run_dir), "--stages", "derive,export",
+                        "--export-name", "export_small", f"derive.macs={target}"])
+    assert (run_dir / "search.pt").read_bytes() == before  # the search was not touched
+    assert abs(again["macs"] - target) <= 0.03 * target
+    assert read_metrics(run_dir / "export_small")["macs"] == again["macs"]
+    assert load(run_dir / "export_small").arch.cost().macs == again["macs"]
+
+
+@pytest.mark.parametrize("args,message", [
+    (["--stages", "export,derive"], "stages must come in the order"),
+    (["--stages", "finetune"], "include 'derive'"),
+    (["--stages", "prune"], "unknown stage 'prune'"),
+    (["--run", "/nonexistent", "--stages", "derive"], "is not a run directory"),
+    (["search.epoch=2"], "unknown config key 'search.epoch'"),
+])
+def test_cli_errors(args, message):
+    with pytest.raises(ConfigError, match=message):
+        train.main(args)
