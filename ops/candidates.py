@@ -146,12 +146,21 @@ def _projection(c_in: int, c_out: int, stride: int) -> nn.Sequential:
     return nn.Sequential(nn.ReLU(), conv(c_in, c_out, 1, stride), norm(c_out, "out"))
 
 
-def _projection_cost(c_in, c_out, ho, wo) -> C.Cost:
+def _tied(c_in, c_out, stride, tied) -> bool:
+    return (c_in == c_out and stride == 1) if tied is None else bool(tied)
+
+
+def _projection_unless_tied_cost(c_in, c_out, stride, h, w, tied) -> C.Cost:
+    """Free when input and output are one channel group, else the 1x1 projection's cost."""
+    if _tied(c_in, c_out, stride, tied):
+        return C.Cost()
+    ho, wo = C.out_size(h, stride), C.out_size(w, stride)
     return C.conv(c_in, c_out, 1, ho, wo) + C.batchnorm(c_out, ho, wo)
 
 
-def _tied(c_in, c_out, stride, tied) -> bool:
-    return (c_in == c_out and stride == 1) if tied is None else bool(tied)
+def _pool(mode: str, stride: int) -> nn.Module:
+    return (nn.MaxPool2d(3, stride, 1) if mode == "max"
+            else nn.AvgPool2d(3, stride, 1, count_include_pad=False))
 
 
 class Pool(CandidateOp):
@@ -159,21 +168,15 @@ class Pool(CandidateOp):
 
     def __init__(self, c_in, c_out, stride, hidden=None, tied=None, mode="max"):
         super().__init__()
-        pool = (nn.MaxPool2d(3, stride, 1) if mode == "max"
-                else nn.AvgPool2d(3, stride, 1, count_include_pad=False))
         if _tied(c_in, c_out, stride, tied):
-            self.pre = pool
-        else:  # pool at full resolution would be wasted: the projection carries the stride
-            self.pre = nn.Sequential(nn.MaxPool2d(3, 1, 1) if mode == "max"
-                                     else nn.AvgPool2d(3, 1, 1, count_include_pad=False),
-                                     _projection(c_in, c_out, stride))
+            self.pre = _pool(mode, stride)
+        else:  # the projection carries the stride (a strided pool would drop 3/4 of the work)
+            self.pre = nn.Sequential(_pool(mode, 1), _projection(c_in, c_out, stride))
         self.post = nn.Identity()
 
     @staticmethod
     def cost(c_in, c_out, stride, h, w, hidden=None, tied=None, mode="max") -> C.Cost:
-        if _tied(c_in, c_out, stride, tied):
-            return C.Cost()
-        return _projection_cost(c_in, c_out, C.out_size(h, stride), C.out_size(w, stride))
+        return _projection_unless_tied_cost(c_in, c_out, stride, h, w, tied)
 
 
 class Skip(CandidateOp):
@@ -186,9 +189,7 @@ class Skip(CandidateOp):
 
     @staticmethod
     def cost(c_in, c_out, stride, h, w, hidden=None, tied=None) -> C.Cost:
-        if _tied(c_in, c_out, stride, tied):
-            return C.Cost()
-        return _projection_cost(c_in, c_out, C.out_size(h, stride), C.out_size(w, stride))
+        return _projection_unless_tied_cost(c_in, c_out, stride, h, w, tied)
 
 
 class Zero(CandidateOp):

@@ -1,0 +1,108 @@
+"""Dense vs exported model on the offline CIFAR-10 subset (4068 train / 1017 test images).
+
+    python benchmarks/cifar_subset.py            # configs/cifar10_subset.yaml (GPU advised)
+    python benchmarks/cifar_subset.py --cpu-small # a reduced space and budget for a 2-core CPU
+
+Runs `train.py` (search -> derive -> slim -> fine-tune -> export), then trains the dense
+reference (the supernet's widest single path) from scratch for as many epochs as the exported
+model saw in total (search + fine-tune), with the same augmentation and evaluation. Writes
+benchmarks/results/cifar_subset[-cpu-small].{json,md}.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import time
+from pathlib import Path
+
+import torch
+
+import train
+from export import load
+from export.build import build
+from export.discretize import dense_architecture
+from export.latency import latency_ms
+from search.checkpoint import load_checkpoint
+from search.config import FinetuneConfig
+from search.finetune import evaluate, finetune
+from search.loop import autocast_factory
+from search.pipeline import data_meta, load_data, loader, restore_supernet, seed_everything
+
+ROOT = Path(__file__).resolve().parents[1]
+DATA = ROOT.parent / "shared" / "data" / "cifar10_subset.npz"
+CPU_SMALL = [
+    "macro.stem_channels=16",
+    "macro.stages=[{channels: 16, layers: 2, stride: 1}, {channels: 32, layers: 2, stride: 2},"
+    " {channels: 64, layers: 2, stride: 2}]",
+    "macro.first_candidates=[conv_3x3, sep_conv_3x3, mbconv_k3_e3]",
+    "macro.candidates=[conv_3x3, sep_conv_3x3, mbconv_k3_e3, zero]",
+    "search.epochs=8", "search.warmup_epochs=2", "finetune.epochs=12", "finetune.kd_weight=0",
+    "amp=false", "derive.round_to=1", "derive.min_channels=4",
+]
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__)
+    p.add_argument("--cpu-small", action="store_true", help="reduced space and epochs for a CPU")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("overrides", nargs="*")
+    args = p.parse_args()
+    tag = "cifar_subset-cpu-small" if args.cpu_small else "cifar_subset"
+    overrides = [f"data.path={DATA}", f"seed={args.seed}", "out_dir=runs/bench", f"name={tag}-{args.seed}",
+                 *(CPU_SMALL if args.cpu_small else []), *args.overrides]
+    start = time.perf_counter()
+    ours = train.main(["--config", str(ROOT / "configs" / "cifar10_subset.yaml"), *overrides])
+    pipeline_s = time.perf_counter() - start
+
+    run_dir = ROOT / "runs" / "bench" / f"{tag}-{args.seed}"
+    state = load_checkpoint(run_dir / "search.pt", "search")
+    net, cfg, meta = restore_supernet(state, "cuda" if torch.cuda.is_available() else "cpu")
+    device = next(net.parameters()).device
+    seed_everything(cfg.seed)
+    data = load_data(cfg)
+    dense = build(dense_architecture(net, meta.mean, meta.std)).to(device)
+    if cfg.channels_last:
+        dense = dense.to(memory_format=torch.channels_last)
+    epochs = cfg.search.epochs + cfg.finetune.epochs
+    train_loader = loader(cfg, data.x_train, data.y_train, meta, device, True, cfg.seed + 2)
+    test_loader = loader(cfg, data.x_test, data.y_test, meta, device, False, 0)
+    autocast = autocast_factory(device, cfg.amp)
+    start = time.perf_counter()
+    dense = finetune(dense, FinetuneConfig(epochs=epochs, lr=cfg.finetune.lr,
+                                           weight_decay=cfg.finetune.weight_decay),
+                     train_loader, autocast=autocast)
+    dense_s = time.perf_counter() - start
+    dense_acc = evaluate(dense, test_loader, autocast)["acc"]
+    shape = (meta.in_channels, meta.input_size, meta.input_size)
+    slim_model = load(run_dir / "export", device)
+    lat = {f"{name}_b{b}_ms": latency_ms(m, (b, *shape), device=device)
+           for name, m in (("dense", dense), ("slim", slim_model)) for b in (1, 64)}
+    result = {"device": str(device), "torch": torch.__version__, "epochs_each": epochs,
+              "dense": {"macs": dense.arch.cost().macs, "params": dense.arch.cost().params,
+                        "test_acc": dense_acc, "train_s": dense_s},
+              "ours": {"macs": ours["macs"], "params": ours["params"], "test_acc": ours["test_acc"],
+                       "slimmed_test_acc": ours["slimmed_test_acc"], "pipeline_s": pipeline_s},
+              "latency": lat, "overrides": overrides}
+    out = ROOT / "benchmarks" / "results"
+    out.mkdir(parents=True, exist_ok=True)
+    (out / f"{tag}.json").write_text(json.dumps(result, indent=2))
+    d, o = result["dense"], result["ours"]
+    table = "\n".join([
+        f"CIFAR-10 subset ({len(data.y_train)} train / {len(data.y_test)} test), {result['device']}, "
+        f"torch {result['torch']}, {epochs} training epochs each, seed {args.seed}",
+        "",
+        "| model | MACs | params | test acc | latency b=1 | latency b=64 |",
+        "|---|---|---|---|---|---|",
+        f"| dense (widest path, from scratch) | {d['macs']:,} | {d['params']:,} | {d['test_acc']:.4f} | "
+        f"{lat['dense_b1_ms']:.2f} ms | {lat['dense_b64_ms']:.2f} ms |",
+        f"| searched + slimmed + fine-tuned | {o['macs']:,} ({o['macs'] / d['macs']:.1%}) | "
+        f"{o['params']:,} | {o['test_acc']:.4f} | {lat['slim_b1_ms']:.2f} ms "
+        f"({lat['dense_b1_ms'] / lat['slim_b1_ms']:.1f}x) | {lat['slim_b64_ms']:.2f} ms "
+        f"({lat['dense_b64_ms'] / lat['slim_b64_ms']:.1f}x) |",
+    ])
+    (out / f"{tag}.md").write_text(table + "\n")
+    print(table)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,68 @@
+"""Data sources and the on-device loader."""
+import numpy as np
+import pytest
+import torch
+
+from datasource import DeviceLoader, load_dataset, random_crop
+
+
+def test_npz_round_trip(tmp_path):
+    rng = np.random.default_rng(0)
+    arrays = {"x_train": rng.integers(0, 256, (20, 5, 5, 3), dtype=np.uint8),
+              "y_train": rng.integers(0, 4, 20), "x_test": rng.integers(0, 256, (6, 5, 5, 3), dtype=np.uint8),
+              "y_test": rng.integers(0, 4, 6)}
+    np.savez(tmp_path / "d.npz", **arrays)
+    data = load_dataset("npz", str(tmp_path / "d.npz"))
+    assert data.x_train.shape == (20, 3, 5, 5) and data.x_train.dtype == torch.uint8
+    assert torch.equal(data.x_train.permute(0, 2, 3, 1), torch.from_numpy(arrays["x_train"]))
+    assert data.num_classes == int(max(arrays["y_train"].max(), arrays["y_test"].max())) + 1
+
+
+def test_npz_with_missing_arrays_names_them(tmp_path):
+    np.savez(tmp_path / "d.npz", x_train=np.zeros((2, 4, 4, 3), np.uint8), y_train=np.zeros(2))
+    with pytest.raises(ValueError, match=r"missing arrays \['x_test', 'y_test'\]"):
+        load_dataset("npz", str(tmp_path / "d.npz"))
+
+
+def test_image_folder(tmp_path):
+    from PIL import Image
+    for split in ("train", "val"):
+        for label, colour in (("cat", (255, 0, 0)), ("dog", (0, 0, 255))):
+            (tmp_path / split / label).mkdir(parents=True)
+            for i in range(2):
+                Image.new("RGB", (20, 12), colour).save(tmp_path / split / label / f"{i}.png")
+    data = load_dataset("imagefolder", str(tmp_path), image_size=8)
+    assert data.x_train.shape == (4, 3, 8, 8) and data.num_classes == 2
+    assert data.y_train.tolist() == [0, 0, 1, 1]
+    assert data.x_train[0, 0].unique().tolist() == [255] and data.x_train[2, 2].unique().tolist() == [255]
+
+
+def test_digits_split_is_fixed_and_stratified():
+    a, b = load_dataset("digits"), load_dataset("digits")
+    assert torch.equal(a.y_test, b.y_test) and len(a.y_test) == 360 and len(a.y_train) == 1437
+    assert a.y_test.bincount().min() >= 35  # every class in the test set
+    assert a.x_train.max() == 255 and a.in_channels == 1 and a.image_size == 8
+
+
+def test_random_crop_shifts_each_image_within_its_padding():
+    x = torch.arange(2 * 1 * 4 * 4, dtype=torch.float).view(2, 1, 4, 4) + 1
+    out = random_crop(x, 1, torch.Generator().manual_seed(3))
+    assert out.shape == x.shape
+    for img, src in zip(out, x):
+        padded = torch.nn.functional.pad(src, (1, 1, 1, 1))
+        windows = [padded[:, i:i + 4, j:j + 4] for i in range(3) for j in range(3)]
+        assert any(torch.equal(img, w) for w in windows)
+
+
+def test_loader_normalises_and_is_reproducible():
+    x = torch.randint(0, 256, (50, 1, 6, 6), dtype=torch.uint8)
+    y = torch.arange(50)
+    make = lambda: DeviceLoader(x, y, 16, mean=(0.5,), std=(0.25,), crop_padding=1, seed=7)
+    first, second = list(make()), list(make())
+    assert len(first) == 3  # drop_last for training
+    for (xa, ya), (xb, yb) in zip(first, second):
+        assert torch.equal(xa, xb) and torch.equal(ya, yb)
+    evaluation = DeviceLoader(x, y, 16, mean=(0.5,), std=(0.25,), shuffle=False, drop_last=False)
+    xs, ys = zip(*evaluation)
+    assert torch.equal(torch.cat(ys), y)  # every image once, in order, no augmentation
+    assert torch.allclose(torch.cat(xs), (x.float() / 255 - 0.5) / 0.25)
