@@ -24,9 +24,10 @@ from export.discretize import dense_architecture
 from export.latency import latency_ms
 from export.slim import slim
 from search.checkpoint import CheckpointError, load_checkpoint
-from search.config import ConfigError, RunConfig, from_dict, load_config, to_dict, apply_override, validate
+from search.config import (ConfigError, RunConfig, apply_override, from_dict, load_config, to_dict,
+                           validate)
 from search.finetune import evaluate, finetune, recalibrate_batchnorm
-from search.loop import Searcher, autocast_factory
+from search.loop import NonFiniteLossError, Searcher, autocast_factory
 from search.penalty import Targets
 from search.pipeline import (data_meta, load_data, loader, prepare_search, restore_supernet,
                              select_device, seed_everything)
@@ -92,19 +93,18 @@ def main(argv: list[str] | None = None) -> dict:
         (run_dir / "config.yaml").write_text(yaml.safe_dump(to_dict(cfg), sort_keys=False))
     data = load_data(cfg)
     logger = None
-    timings = {}
-    start = time.perf_counter()
-
     if "search" in stages:
+        start = time.perf_counter()
         searcher = prepare_search(cfg, run_dir, data, logger_factory=SearchLogger)
         logger = searcher.logger
         if args.resume and searcher.checkpoint_path.is_file():
             searcher.resume()
             print(f"resumed {run_dir} at epoch {searcher.epoch}/{cfg.search.epochs}")
+        elif args.resume:
+            print(f"{searcher.checkpoint_path} does not exist yet: starting the search from epoch 0")
         search_metrics = searcher.run()
         net, targets = searcher.net, searcher.targets
-        timings["search_s"] = time.perf_counter() - start
-        print(f"search done in {timings['search_s']:.0f}s: val acc {search_metrics['val_acc']:.3f}, "
+        print(f"search done in {time.perf_counter() - start:.0f}s: val acc {search_metrics['val_acc']:.3f}, "
               f"MACs of the derived network {search_metrics['discrete_macs']:,.0f} "
               f"(soft expectation {search_metrics['expected_macs']:,.0f})")
     if "derive" not in stages:
@@ -130,59 +130,66 @@ def main(argv: list[str] | None = None) -> dict:
     return result
 
 
-def derive_and_export(cfg, args, run_dir, data, net, search_target, search_metrics, stages, logger):
-    seed_everything(cfg.seed)
-    device = next(net.parameters()).device
-    meta = data_meta(data)
-    autocast = autocast_factory(device, cfg.amp)
-    test = loader(cfg, data.x_test, data.y_test, meta, device, train=False, seed=0)
-    target = cfg.derive.macs if cfg.derive.macs is not None else search_target
-
-    t0 = time.perf_counter()
+def derive_and_slim(cfg, net, meta, target, probe: torch.Tensor):
+    """Derive the architecture, slim the supernet into it, and measure how far the compact
+    model is from the hard-masked supernet on a real batch (it should be ~1e-6)."""
     net.eval()
     derivation = derive(net, target, cfg.derive.tolerance, cfg.derive.round_to,
                         cfg.derive.min_channels, meta.mean, meta.std)
-    compact = slim(net, derivation)
-    x, _ = next(iter(test))
+    compact = slim(net, derivation).eval()
     with torch.no_grad():
         net.fix(derivation.ops, derivation.keep)
-        slim_gap = float((net(x) - compact.eval()(x)).abs().max())
+        gap = float((net(probe) - compact(probe)).abs().max())
         net.unfix()
-    train = loader(cfg, data.x_train, data.y_train, meta, device, train=True, seed=cfg.seed + 2)
-    recalibrate_batchnorm(compact, train)
-    slim_acc = evaluate(compact, test, autocast)["acc"]
-    print(f"derived: {derivation.arch.cost().macs:,.0f} MACs (target {target or 0:,.0f}), "
-          f"slimmed == hard-masked supernet within {slim_gap:.1e}, test acc after BN "
-          f"recalibration {slim_acc:.4f}")
+    if cfg.channels_last:
+        compact = compact.to(memory_format=torch.channels_last)
+    return derivation, compact, gap
 
+
+def cpu_latencies(models: dict[str, torch.nn.Module], shape: tuple[int, ...]) -> dict[str, float]:
+    return {f"{name}_b{batch}": latency_ms(model, (batch, *shape))
+            for name, model in models.items() for batch in (1, 64)}
+
+
+def derive_and_export(cfg, args, run_dir, data, net, search_target, search_metrics, stages, logger):
+    seed_everything(cfg.seed)
+    start = time.perf_counter()
+    device = next(net.parameters()).device
+    meta = data_meta(data)
+    autocast = autocast_factory(device, cfg.amp)
+    test_loader = loader(cfg, data.x_test, data.y_test, meta, device, train=False, seed=0)
+    train_loader = loader(cfg, data.x_train, data.y_train, meta, device, train=True, seed=cfg.seed + 2)
+    target = cfg.derive.macs if cfg.derive.macs is not None else search_target
+
+    derivation, compact, slim_gap = derive_and_slim(cfg, net, meta, target, next(iter(test_loader))[0])
+    recalibrate_batchnorm(compact, train_loader)
+    slim_acc = evaluate(compact, test_loader, autocast)["acc"]
+    cost = derivation.arch.cost()
+    print(f"derived: {cost.macs:,.0f} MACs (target {target or 0:,.0f}), slimmed == hard-masked "
+          f"supernet within {slim_gap:.1e}, test acc after BN recalibration {slim_acc:.4f}")
     if "finetune" in stages:
         # the soft supernet is the distillation teacher (used when finetune.kd_weight > 0)
-        compact = finetune(compact, cfg.finetune, train, teacher=net, autocast=autocast,
+        compact = finetune(compact, cfg.finetune, train_loader, teacher=net, autocast=autocast,
                            logger=logger)
-    test_metrics = evaluate(compact, test, autocast)
-    arch = derivation.arch
-    cost = arch.cost()
+    test_metrics = evaluate(compact, test_loader, autocast)
+
     dense = dense_architecture(net, meta.mean, meta.std)
-    dense_cost = dense.cost()
-    shape = (meta.in_channels, meta.input_size, meta.input_size)
-    lat = {}
-    for name, model in (("dense", build(dense)), ("slim", compact)):
-        for batch in (1, 64):
-            lat[f"{name}_b{batch}"] = latency_ms(model, (batch, *shape))
     metrics = {
         "test_acc": test_metrics["acc"], "test_loss": test_metrics["loss"],
         "slimmed_test_acc": slim_acc, "slim_max_abs_diff": slim_gap,
         "macs": cost.macs, "params": cost.params, "target_macs": target,
-        "dense_macs": dense_cost.macs, "dense_params": dense_cost.params,
-        "search_val_acc": search_metrics.get("val_acc"),
-        "cpu_latency_ms": lat, "data": asdict(meta), "from_scratch": cfg.finetune.from_scratch,
+        "dense_macs": dense.cost().macs, "dense_params": dense.cost().params,
+        "search_val_acc": search_metrics.get("val_acc"), "data": asdict(meta),
+        "from_scratch": cfg.finetune.from_scratch,
+        "cpu_latency_ms": cpu_latencies({"dense": build(dense), "slim": compact},
+                                        (meta.in_channels, meta.input_size, meta.input_size)),
     }
     if "export" in stages:
         metrics = save_export(run_dir / args.export_name, compact.cpu(), to_dict(cfg), metrics)
         if metrics["fvcore_flops"] != cost.macs:
             raise AssertionError(f"analytic MACs {cost.macs} != fvcore {metrics['fvcore_flops']}")
     print_summary(metrics, run_dir, args.export_name if "export" in stages else None,
-                  time.perf_counter() - t0)
+                  time.perf_counter() - start)
     (run_dir / f"summary-{args.export_name}.json").write_text(json.dumps(metrics, indent=2))
     return metrics
 
@@ -210,5 +217,6 @@ def print_summary(m: dict, run_dir: Path, export_name: str | None, seconds: floa
 if __name__ == "__main__":
     try:
         main()
-    except (ConfigError, CheckpointError, KeyError, ValueError, FileNotFoundError) as e:
+    except (ConfigError, CheckpointError, NonFiniteLossError, KeyError, ValueError,
+            FileNotFoundError) as e:  # the user's input or run: the message says what to do
         sys.exit(f"error: {e}")

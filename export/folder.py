@@ -57,18 +57,19 @@ def save_export(folder: str | Path, model: CompactNet, config: dict, metrics: di
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir(parents=True)
     try:
-        model = model.eval().cpu()
+        # exporters and safetensors want plain contiguous weights, whatever the training layout
+        model = model.eval().cpu().to(memory_format=torch.contiguous_format)
         arch: Architecture = model.arch
         (tmp / ARCH).write_text(arch.to_json())
         save_file({k: v.detach().contiguous() for k, v in model.state_dict().items()},
                   str(tmp / WEIGHTS), metadata={"format": "maskednas-subnet", "version": "1"})
         (tmp / CONFIG).write_text(yaml.safe_dump(config, sort_keys=False))
         example = torch.randn(1, arch.in_channels, arch.input_size, arch.input_size)
-        flops, params, table = fvcore_report(model, example)
+        flops, params, table = fvcore_report(model, example)  # per image
         (tmp / FLOPS).write_text(table + "\n")
         metrics = {**metrics, "fvcore_flops": flops, "fvcore_params": params}
         if onnx:
-            export_onnx(model, example, tmp / ONNX)
+            export_onnx(model, example.repeat(2, 1, 1, 1), tmp / ONNX)  # export specialises 0/1
             check = torch.randn(4, arch.in_channels, arch.input_size, arch.input_size)
             metrics["onnx_max_abs_diff"] = onnx_max_abs_diff(model, tmp / ONNX, check)
         (tmp / METRICS).write_text(json.dumps(metrics, indent=2))

@@ -40,7 +40,7 @@ class Architect:
         return loss + penalty, loss, penalty, cost
 
     def step(self, train_batch, val_batch, xi: float = 0.0, w_weight_decay: float = 0.0,
-             autocast=None) -> dict[str, torch.Tensor]:
+             autocast=contextlib.nullcontext) -> dict[str, torch.Tensor]:
         self.optimizer.zero_grad(set_to_none=True)
         if self.order == 1:
             grads, stats = self.first_order_grads(val_batch, autocast)
@@ -51,23 +51,23 @@ class Architect:
         self.optimizer.step()
         return stats
 
-    def first_order_grads(self, val_batch, autocast=None):
+    def first_order_grads(self, val_batch, autocast=contextlib.nullcontext):
         x, y = val_batch
-        with _maybe(autocast):
+        with autocast():
             logits = self.net(x)
         total, loss, penalty, cost = self.objective(logits, y)
         grads = _grads(total, self.params)
         return grads, _stats(logits, y, loss, penalty, cost)
 
     def second_order_grads(self, train_batch, val_batch, xi: float, w_weight_decay: float = 0.0,
-                           autocast=None):
+                           autocast=contextlib.nullcontext):
         named = dict(self.net.named_parameters())
         arch = {n: named[n] for n in self.arch_names}
         weights = {n: named[n] for n in self.weight_names}
 
         def train_loss(w: dict) -> torch.Tensor:
             x, y = train_batch
-            with _maybe(autocast):
+            with autocast():
                 logits = functional_call(self.net, {**w, **arch}, (x,))
             return cross_entropy(logits, y)
 
@@ -75,7 +75,7 @@ class Architect:
         unrolled = {n: (w - xi * (gw + w_weight_decay * w)).detach().requires_grad_()
                     for (n, w), gw in zip(weights.items(), g)}
         x, y = val_batch
-        with _maybe(autocast):
+        with autocast():
             logits = functional_call(self.net, {**unrolled, **arch}, (x,))
         total, loss, penalty, cost = self.objective(logits, y)
         grads = _grads(total, [*arch.values(), *unrolled.values()])
@@ -97,7 +97,3 @@ def _grads(output: torch.Tensor, inputs: list[torch.Tensor]) -> list[torch.Tenso
 def _stats(logits, y, loss, penalty, cost) -> dict[str, torch.Tensor]:
     return {"val_loss": loss.detach(), "val_correct": (logits.argmax(1) == y).sum(),
             "penalty": penalty.detach(), "penalised_macs": torch.as_tensor(cost.macs).detach()}
-
-
-def _maybe(autocast):
-    return autocast() if autocast is not None else contextlib.nullcontext()

@@ -15,20 +15,19 @@ from search.losses import cross_entropy, distillation_loss
 
 
 @torch.no_grad()
-def evaluate(model: torch.nn.Module, loader, autocast=None) -> dict[str, float]:
+def evaluate(model: torch.nn.Module, loader, autocast=contextlib.nullcontext) -> dict[str, float]:
     """Loss and accuracy over a whole loader (one host sync at the end)."""
     was_training = model.training
     model.eval()
-    sums = None
+    sums, n = 0, 0
     for x, y in loader:
-        with autocast() if autocast else contextlib.nullcontext():
+        with autocast():
             logits = model(x)
-        batch = torch.stack([cross_entropy(logits, y, reduction="sum"),
-                             (logits.argmax(1) == y).sum().float(),
-                             torch.tensor(float(len(y)), device=y.device)])
-        sums = batch if sums is None else sums + batch
+        sums = sums + torch.stack([cross_entropy(logits, y, reduction="sum"),
+                                   (logits.argmax(1) == y).sum().float()])
+        n += len(y)
     model.train(was_training)
-    loss, correct, n = sums.tolist()
+    loss, correct = sums.tolist()
     return {"loss": loss / n, "acc": correct / n}
 
 
@@ -65,7 +64,7 @@ def reinitialize(model: torch.nn.Module) -> None:
 
 
 def finetune(model: torch.nn.Module, cfg, train_loader, teacher: torch.nn.Module | None = None,
-             autocast=None, logger=None) -> torch.nn.Module:
+             autocast=contextlib.nullcontext, logger=None) -> torch.nn.Module:
     """Train `model` in place for `cfg.epochs`; returns the model to export (the EMA copy when
     EMA is on)."""
     if cfg.from_scratch:
@@ -86,9 +85,9 @@ def finetune(model: torch.nn.Module, cfg, train_loader, teacher: torch.nn.Module
     model.train()
     for epoch in range(cfg.epochs):
         sched.step(epoch)
-        sums = torch.zeros(3, device=device)
+        sums, n = torch.zeros(2, device=device), 0
         for x, y in train_loader:
-            with autocast() if autocast else contextlib.nullcontext():
+            with autocast():
                 logits = model(x)
                 loss = cross_entropy(logits, y)
                 if use_kd:
@@ -101,10 +100,10 @@ def finetune(model: torch.nn.Module, cfg, train_loader, teacher: torch.nn.Module
             opt.step()
             if ema is not None:
                 ema.update(model)
-            sums += torch.stack([loss.detach() * len(y), (logits.argmax(1) == y).sum().float(),
-                                 torch.tensor(float(len(y)), device=device)])
+            sums += torch.stack([loss.detach() * len(y), (logits.argmax(1) == y).sum().float()])
+            n += len(y)
             bar.update(1)
-        loss_sum, correct, n = sums.tolist()  # one sync per epoch
+        loss_sum, correct = sums.tolist()  # one sync per epoch
         if not math.isfinite(loss_sum):
             raise NonFiniteLossError(f"non-finite loss in fine-tune epoch {epoch + 1}; lower "
                                      f"finetune.lr (now {cfg.lr})")

@@ -30,9 +30,9 @@ def temperature_at(epoch: int, search_cfg) -> float:
 
 
 def autocast_factory(device: torch.device, enabled: bool):
-    """A zero-argument context factory for bf16 autocast, or None when AMP is off."""
+    """A zero-argument context factory: bf16 autocast when AMP is on, else a null context."""
     if not enabled:
-        return None
+        return contextlib.nullcontext
     return lambda: torch.autocast(device.type, dtype=torch.bfloat16)
 
 
@@ -64,7 +64,7 @@ class Searcher:
     def weight_step(self, x: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         weights = self.w_opt.param_groups[0]["params"]
         self.w_opt.zero_grad(set_to_none=True)
-        with self.autocast() if self.autocast else contextlib.nullcontext():
+        with self.autocast():
             logits = self.net(x)
         loss = cross_entropy(logits, y)
         loss.backward(inputs=weights)  # arch parameters get no gradient from this step
@@ -89,8 +89,8 @@ class Searcher:
         net.set_temperature(temperature_at(self.epoch, s))
         self.w_sched.step(self.epoch)
         search_arch = self.epoch >= s.warmup_epochs
-        # train loss, train correct, train count, val loss, val correct, val count: on device
-        sums = torch.zeros(6, device=self.device)
+        # summed train loss, train correct, val loss, val correct stay on the device; counts on host
+        sums, counts = torch.zeros(4, device=self.device), [0, 0]
         for train_batch, val_batch in zip(self.train_loader, self.val_loader):
             if search_arch:
                 stats = self.arch_step(train_batch, val_batch)
@@ -99,17 +99,18 @@ class Searcher:
                 val_loss, val_correct = self._val_stats(*val_batch)
             loss, correct = self.weight_step(*train_batch)
             n, nv = len(train_batch[1]), len(val_batch[1])
-            sums += torch.stack([loss * n, correct.float(), torch.tensor(float(n), device=self.device),
-                                 val_loss.float() * nv, val_correct.float(),
-                                 torch.tensor(float(nv), device=self.device)])
+            sums += torch.stack([loss * n, correct.float(), val_loss.float() * nv,
+                                 val_correct.float()])
+            counts[0] += n
+            counts[1] += nv
             self.step += 1
             bar.update(1)
             if self.step % self.cfg.log_every == 0:
-                self._progress(bar, sums)
-        return self._epoch_metrics(sums)
+                self._progress(bar, sums, counts)
+        return self._epoch_metrics(sums, counts)
 
-    def _progress(self, bar: tqdm, sums: torch.Tensor) -> None:
-        tl, tc, tn, vl, vc, vn = sums.tolist()  # one host sync per log interval
+    def _progress(self, bar: tqdm, sums: torch.Tensor, counts: list[int]) -> None:
+        (tl, tc, vl, vc), (tn, vn) = sums.tolist(), counts  # one host sync per log interval
         if not math.isfinite(tl) or not math.isfinite(vl):
             self._stop_nonfinite()
         with torch.no_grad():
@@ -117,8 +118,8 @@ class Searcher:
         bar.set_postfix(loss=f"{tl / tn:.3f}", acc=f"{tc / tn:.3f}", val_acc=f"{vc / vn:.3f}",
                         macs=f"{macs:,.0f}")
 
-    def _epoch_metrics(self, sums: torch.Tensor) -> dict[str, float]:
-        tl, tc, tn, vl, vc, vn = sums.tolist()
+    def _epoch_metrics(self, sums: torch.Tensor, counts: list[int]) -> dict[str, float]:
+        (tl, tc, vl, vc), (tn, vn) = sums.tolist(), counts
         if not math.isfinite(tl) or not math.isfinite(vl):
             self._stop_nonfinite()
         with torch.no_grad():

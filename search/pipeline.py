@@ -8,7 +8,7 @@ from pathlib import Path
 import torch
 
 from datasource import DeviceLoader, ImageData, load_dataset
-from search.config import RunConfig, to_dict
+from search.config import RunConfig, from_dict, to_dict
 from search.loop import Searcher
 from search.penalty import Targets, resolve_targets
 from supernet import SPACES
@@ -88,8 +88,6 @@ def prepare_search(cfg: RunConfig, run_dir: Path, data: ImageData | None = None,
 
 def restore_supernet(state: dict, device) -> tuple[torch.nn.Module, RunConfig, DataMeta]:
     """Rebuild a searched supernet from a search checkpoint (its config and data are inside)."""
-    from search.config import from_dict
-
     cfg = from_dict(RunConfig, state["config"])
     meta = DataMeta(**{k: tuple(v) if isinstance(v, list) else v for k, v in state["data"].items()})
     net = build_supernet(cfg, meta, device)
