@@ -67,3 +67,15 @@ def test_derive_again_with_another_target_without_searching(run):
 def test_cli_errors(args, message):
     with pytest.raises(ConfigError, match=message):
         train.main(args)
+
+
+def test_resume_continues_the_same_run(tmp_path):
+    args = ["--config", "configs/digits.yaml", "--stages", "search", *SMALL_RUN,
+            f"out_dir={tmp_path}", "name=r"]
+    train.main([*args, "search.epochs=2"])
+    run_dir = tmp_path / "r"
+    first = torch.load(run_dir / "search.pt", weights_only=True)
+    train.main(["--resume", str(run_dir), "--stages", "search", "search.epochs=3"])
+    state = torch.load(run_dir / "search.pt", weights_only=True)
+    assert state["epoch"] == 3 and state["history"][:2] == first["history"]
+    assert "epochs: 3" in (run_dir / "config.yaml").read_text()
