@@ -21,7 +21,7 @@ import yaml
 from export import derive, save_export
 from export.build import build
 from export.discretize import dense_architecture
-from export.latency import latency_ms
+from export.latency import latencies_ms
 from export.slim import slim
 from search.checkpoint import CheckpointError, load_checkpoint
 from search.config import (ConfigError, RunConfig, apply_override, from_dict, load_config, to_dict,
@@ -147,8 +147,10 @@ def derive_and_slim(cfg, net, meta, target, probe: torch.Tensor):
 
 
 def cpu_latencies(models: dict[str, torch.nn.Module], shape: tuple[int, ...]) -> dict[str, float]:
-    return {f"{name}_b{batch}": latency_ms(model, (batch, *shape))
-            for name, model in models.items() for batch in (1, 64)}
+    out = {}
+    for batch in (1, 64):
+        out.update({f"{name}_b{batch}": ms for name, ms in latencies_ms(models, (batch, *shape)).items()})
+    return out
 
 
 def derive_and_export(cfg, args, run_dir, data, net, search_target, search_metrics, stages, logger):

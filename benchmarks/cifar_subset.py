@@ -21,7 +21,7 @@ import train
 from export import load
 from export.build import build
 from export.discretize import dense_architecture
-from export.latency import latency_ms
+from export.latency import latencies_ms
 from search.checkpoint import load_checkpoint
 from search.config import FinetuneConfig
 from search.finetune import evaluate, finetune
@@ -75,8 +75,10 @@ def main() -> None:
     dense_acc = evaluate(dense, test_loader, autocast)["acc"]
     shape = (meta.in_channels, meta.input_size, meta.input_size)
     slim_model = load(run_dir / "export", device)
-    lat = {f"{name}_b{b}_ms": latency_ms(m, (b, *shape), device=device)
-           for name, m in (("dense", dense), ("slim", slim_model)) for b in (1, 64)}
+    lat = {}
+    for b in (1, 64):
+        measured = latencies_ms({"dense": dense, "slim": slim_model}, (b, *shape), device=device)
+        lat.update({f"{name}_b{b}_ms": ms for name, ms in measured.items()})
     result = {"device": str(device), "torch": torch.__version__, "epochs_each": epochs,
               "dense": {"macs": dense.arch.cost().macs, "params": dense.arch.cost().params,
                         "test_acc": dense_acc, "train_s": dense_s},

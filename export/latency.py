@@ -1,4 +1,4 @@
-"""Wall-clock latency of a model, so the real speed-up stands next to the MACs ratio."""
+"""Wall-clock latency of models, so the real speed-up stands next to the MACs ratio."""
 from __future__ import annotations
 
 import statistics
@@ -8,19 +8,24 @@ import torch
 
 
 @torch.inference_mode()
-def latency_ms(model: torch.nn.Module, shape: tuple[int, ...], repeats: int = 20,
-               warmup: int = 5, device: str | torch.device = "cpu") -> float:
-    """Median milliseconds per forward pass of a random batch of `shape`."""
-    model = model.eval().to(device)
+def latencies_ms(models: dict[str, torch.nn.Module], shape: tuple[int, ...], repeats: int = 50,
+                 warmup: int = 10, device: str | torch.device = "cpu") -> dict[str, float]:
+    """Median milliseconds per forward pass of a random batch of `shape`, for each model.
+
+    The models are timed in alternation, so a machine that slows down or speeds up during the
+    measurement (other processes, frequency scaling) biases none of them against the others."""
+    models = {name: m.eval().to(device) for name, m in models.items()}
     x = torch.randn(shape, device=device)
     sync = torch.cuda.synchronize if torch.device(device).type == "cuda" else (lambda: None)
-    for _ in range(warmup):
-        model(x)
-    times = []
+    for model in models.values():
+        for _ in range(warmup):
+            model(x)
+    times: dict[str, list[float]] = {name: [] for name in models}
     for _ in range(repeats):
-        sync()
-        start = time.perf_counter()
-        model(x)
-        sync()
-        times.append((time.perf_counter() - start) * 1e3)
-    return statistics.median(times)
+        for name, model in models.items():
+            sync()
+            start = time.perf_counter()
+            model(x)
+            sync()
+            times[name].append((time.perf_counter() - start) * 1e3)
+    return {name: statistics.median(t) for name, t in times.items()}
