@@ -60,9 +60,13 @@ def parse_stages(text: str) -> list[str]:
     return stages
 
 
+def existing_run(args) -> str | None:
+    return args.resume or args.run
+
+
 def resolve_run(args) -> tuple[RunConfig, Path]:
     """A new run from --config, or an existing run's saved config (plus overrides)."""
-    existing = args.resume or args.run
+    existing = existing_run(args)
     if args.resume and args.run:
         raise ConfigError("use either --resume (continue a run) or --run (later stages), not both")
     if existing:
@@ -88,6 +92,9 @@ def main(argv: list[str] | None = None) -> dict:
         raise ConfigError("--run reuses an earlier search: drop 'search' from --stages, "
                           "or use --resume to continue that search")
     cfg, run_dir = resolve_run(args)
+    if not existing_run(args) and (run_dir / Searcher.CHECKPOINT).exists():
+        raise ConfigError(f"{run_dir} already holds a search; continue it with --resume {run_dir}, "
+                          f"re-derive with --run {run_dir}, or pick another name=...")
     run_dir.mkdir(parents=True, exist_ok=True)
     if not args.run:  # a later-stage run keeps the search's config; overrides go to the export
         (run_dir / "config.yaml").write_text(yaml.safe_dump(to_dict(cfg), sort_keys=False))

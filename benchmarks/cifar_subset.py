@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import shutil
 import time
 from pathlib import Path
 
@@ -50,11 +51,12 @@ def main() -> None:
     tag = "cifar_subset-cpu-small" if args.cpu_small else "cifar_subset"
     overrides = [f"data.path={DATA}", f"seed={args.seed}", "out_dir=runs/bench", f"name={tag}-{args.seed}",
                  *(CPU_SMALL if args.cpu_small else []), *args.overrides]
+    run_dir = ROOT / "runs" / "bench" / f"{tag}-{args.seed}"
+    shutil.rmtree(run_dir, ignore_errors=True)  # a benchmark measures a fresh run
     start = time.perf_counter()
     ours = train.main(["--config", str(ROOT / "configs" / "cifar10_subset.yaml"), *overrides])
     pipeline_s = time.perf_counter() - start
 
-    run_dir = ROOT / "runs" / "bench" / f"{tag}-{args.seed}"
     state = load_checkpoint(run_dir / "search.pt", "search")
     net, cfg, meta = restore_supernet(state, "cuda" if torch.cuda.is_available() else "cpu")
     device = next(net.parameters()).device

@@ -11,6 +11,7 @@ import argparse
 import json
 import os
 import platform
+import shutil
 import subprocess
 import sys
 import time
@@ -24,7 +25,8 @@ RESULTS = ROOT / "benchmarks" / "results"
 
 def run_once(name: str, overrides: list[str]) -> dict:
     run_dir = ROOT / "runs" / "bench" / name
-    run_dir.mkdir(parents=True, exist_ok=True)
+    shutil.rmtree(run_dir, ignore_errors=True)  # a benchmark measures a fresh run
+    run_dir.mkdir(parents=True)
     start = time.perf_counter()
     with open(run_dir.with_suffix(".log"), "w") as log:  # progress bars go to the log
         subprocess.run([sys.executable, "train.py", f"name={name}", "out_dir=runs/bench", *overrides],

@@ -29,12 +29,14 @@ def test_tied_channels_share_one_mask(tiny_net):
     assert [layer.residual for layer in stage2] == [False, True]
 
 
+@pytest.mark.filterwarnings("ignore:the chosen ops cannot meet")  # any target: equality is the point
 @pytest.mark.parametrize("target", [None, 0.3, 0.6])
 def test_cost_model_at_discrete_architecture_equals_fvcore(tiny_net, target):
     dense = float(dense_cost(tiny_net).macs)
     d = derive(tiny_net, None if target is None else target * dense)
     tiny_net.fix(d.ops, d.keep)
-    fixed = expected_cost(tiny_net)  # alpha one-hot, masks hard
+    with torch.no_grad():
+        fixed = expected_cost(tiny_net)  # alpha one-hot, masks hard
     model = build(d.arch)
     flops, params, _ = fvcore_report(model, torch.randn(1, 1, 8, 8))
     assert float(fixed.macs) == d.arch.cost().macs == flops
@@ -43,7 +45,7 @@ def test_cost_model_at_discrete_architecture_equals_fvcore(tiny_net, target):
 
 def test_discrete_cost_is_the_cost_of_the_derived_network(tiny_net):
     d = derive(tiny_net)  # no target: argmax ops, gates above one half
-    assert float(discrete_cost(tiny_net).macs) == d.arch.cost().macs
+    assert float(discrete_cost(tiny_net).macs.detach()) == d.arch.cost().macs
 
 
 def test_discrete_cost_has_gradients_for_alpha_and_masks(tiny_net):

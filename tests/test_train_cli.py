@@ -69,6 +69,14 @@ def test_cli_errors(args, message):
         train.main(args)
 
 
+def test_a_new_run_never_overwrites_an_earlier_search(run):
+    run_dir, _ = run
+    before = (run_dir / "search.pt").read_bytes()
+    with pytest.raises(ConfigError, match="already holds a search; continue it with --resume"):
+        train.main(["--config", "configs/digits.yaml", f"out_dir={run_dir.parent}", f"name={run_dir.name}"])
+    assert (run_dir / "search.pt").read_bytes() == before
+
+
 def test_resume_continues_the_same_run(tmp_path):
     args = ["--config", "configs/digits.yaml", "--stages", "search", *SMALL_RUN,
             f"out_dir={tmp_path}", "name=r"]
