@@ -27,7 +27,7 @@ from search.checkpoint import load_checkpoint
 from search.config import FinetuneConfig
 from search.finetune import evaluate, finetune
 from search.loop import autocast_factory
-from search.pipeline import data_meta, load_data, loader, restore_supernet, seed_everything
+from search.pipeline import load_data, loader, restore_supernet, seed_everything
 
 ROOT = Path(__file__).resolve().parents[1]
 DATA = ROOT.parent / "shared" / "data" / "cifar10_subset.npz"

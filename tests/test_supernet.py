@@ -2,7 +2,7 @@
 import pytest
 import torch
 
-from conftest import randomize, tiny_space
+from conftest import tiny_space
 from export import build, derive
 from export.flops import fvcore_report
 from search.config import TargetConfig
