@@ -1,6 +1,6 @@
 """Derive a discrete architecture from a searched supernet.
 
-Ops: the highest alpha per layer. Channels: those whose mask gate is above one half. When that
+Ops: the highest alpha per layer. Channels: those whose mask gate is at least one half. When that
 misses the MACs target by more than the tolerance, all mask logits of the network are ranked
 together and a single threshold is searched (bisection: cost grows with the number of channels
 kept) so that the kept channels meet the target. No group ever keeps fewer than `min_channels`.
@@ -74,7 +74,7 @@ def derive(net, target_macs: float | None = None, tolerance: float = 0.03, round
     def macs(counts: dict[str, int]) -> float:
         return architecture_from_counts(net, ops, counts).cost().macs
 
-    counts = counts_above(0.0)  # gate > 1/2
+    counts = counts_above(0.0)  # logit >= 0: gate >= 1/2, as the penalty counts them
     if target_macs is not None and abs(macs(counts) - target_macs) > tolerance * target_macs:
         counts = _counts_for_target(counts_above, macs, logits, target_macs)
         reached = macs(counts)

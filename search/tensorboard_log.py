@@ -45,7 +45,7 @@ class SearchLogger:
         self.writer.add_figure("alpha/heatmap", heatmap(net, weights), epoch)
         for group, g in gates.items():
             self.writer.add_histogram(f"mask/{group}", g.float().cpu(), epoch)
-            self.writer.add_scalar(f"channels/{group}", int((g > 0.5).sum()), epoch)
+            self.writer.add_scalar(f"channels/{group}", int((g >= 0.5).sum()), epoch)
         cost = expected_cost(net)
         self.writer.add_scalar("cost/expected_macs", float(cost.macs), epoch)
         self.writer.add_scalar("cost/discrete_macs", float(discrete_cost(net).macs), epoch)

@@ -49,7 +49,7 @@ def _straight_through(soft: torch.Tensor, hard: torch.Tensor) -> torch.Tensor:
 
 def discrete_cost(net) -> Cost:
     """Cost of the architecture a derivation would give now (argmax op per layer, channels with
-    gate > 1/2), with straight-through gradients of the soft relaxation.
+    gate >= 1/2), with straight-through gradients of the soft relaxation.
 
     The soft expectation can meet a target with diffuse op weights (a mixture of an expensive op
     and `zero`) whose argmax network is far off it; penalising this value instead aims the
@@ -57,7 +57,7 @@ def discrete_cost(net) -> Cost:
     """
     weights = {name: _straight_through(w, torch.nn.functional.one_hot(w.argmax(), len(w)))
                for name, w in net.op_weights().items()}
-    channels = {name: _straight_through(g, g > 0.5).sum() for name, g in net.gates().items()}
+    channels = {name: _straight_through(g, g >= 0.5).sum() for name, g in net.gates().items()}
     return network_cost(net, weights, channels)
 
 

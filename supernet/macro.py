@@ -151,9 +151,9 @@ class MacroSupernet(nn.Module):
     @torch.no_grad()
     def describe(self) -> str:
         """The current architecture as a markdown table: the likeliest op per layer and the
-        channels whose gate is above one half."""
+        channels whose gate is at least one half."""
         gates, weights = self.gates(), self.op_weights()
-        kept = {name: int((g > 0.5).sum()) for name, g in gates.items()}
+        kept = {name: int((g >= 0.5).sum()) for name, g in gates.items()}
         rows = ["| layer | op | p(op) | channels | hidden |", "|---|---|---|---|---|",
                 f"| stem | conv_3x3 | 1.00 | {kept['stem']}/{self.masks['stem'].channels} | |"]
         for layer in self.layers:
