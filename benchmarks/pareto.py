@@ -1,0 +1,215 @@
+"""Accuracy against MACs: ours vs uniform width, L1-norm filter pruning, Torch-Pruning and
+random architectures, at the same MACs targets, epochs, augmentation and evaluation.
+
+    python benchmarks/pareto.py --preset digits            # 3 targets x 3 seeds
+    python benchmarks/pareto.py --preset cifar_subset      # ../shared/data/cifar10_subset.npz
+    python benchmarks/pareto.py --quick                    # tiny epochs, one seed (CI-sized)
+
+The backbone is the search space's widths with conv_3x3 in every layer (a pre-activation
+ResNet-style network); targets are fractions of its MACs. Every method trains for the same total
+number of epochs E = search + fine-tune epochs of the config: ours searches then fine-tunes
+(train.py); uniform width and random architectures train from scratch for E; L1 pruning and
+Torch-Pruning pre-train the dense backbone for the search epochs and fine-tune for the rest.
+All use the config's fine-tune learning rate and schedule. MACs and params of every final model
+are counted by fvcore on the model. Writes benchmarks/results/pareto-<preset>.{md,json,png}.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import sys
+import tempfile
+from dataclasses import replace
+from pathlib import Path
+
+import torch
+
+import train
+from export import load
+from export.build import build
+from export.discretize import architecture_from_counts, chosen_ops
+from export.flops import fvcore_report
+from export.slim import slim
+from search.baselines import (l1_filter_pruning, load_dense_weights, random_architecture,
+                              torch_pruning_magnitude, uniform_width)
+from search.config import load_config
+from search.finetune import evaluate, finetune
+from search.loop import autocast_factory
+from search.pipeline import (build_supernet, data_meta, load_data, loader, seed_everything,
+                             select_device)
+from supernet.cost_model import full_widths
+
+ROOT = Path(__file__).resolve().parents[1]
+PRESETS = {
+    "digits": ("configs/digits.yaml", []),
+    "cifar_subset": ("configs/cifar10_subset.yaml",
+                     [f"data.path={ROOT.parent / 'shared' / 'data' / 'cifar10_subset.npz'}"]),
+}
+QUICK = ["search.epochs=2", "search.warmup_epochs=1", "finetune.epochs=1"]
+FRACTIONS = (0.12, 0.25, 0.5)
+METHODS = ("ours", "uniform", "l1", "torch_pruning", "random")
+
+
+class Bench:
+    def __init__(self, config: str, overrides: list[str]) -> None:
+        self.config, self.overrides = config, overrides
+        self.cfg = load_config(ROOT / config, overrides)
+        self.data = load_data(self.cfg)
+        self.meta = data_meta(self.data)
+        self.device = select_device(self.cfg.device)
+        backbone_space = replace(self.cfg.macro, candidates=["conv_3x3"], first_candidates=["conv_3x3"])
+        self.backbone_cfg = replace(self.cfg, macro=backbone_space)
+        self.epochs = self.cfg.search.epochs + self.cfg.finetune.epochs
+        self.example = torch.randn(1, self.meta.in_channels, self.meta.input_size, self.meta.input_size)
+
+    def backbone(self):
+        return build_supernet(self.backbone_cfg, self.meta, self.device)
+
+    def dense_macs(self) -> float:
+        net = self.backbone()
+        return architecture_from_counts(net, chosen_ops(net), full_widths(net)).cost().macs
+
+    def train_eval(self, model, epochs: int, seed: int) -> float:
+        seed_everything(seed)
+        c = self.cfg
+        train_loader = loader(c, self.data.x_train, self.data.y_train, self.meta, self.device, True, seed + 2)
+        test_loader = loader(c, self.data.x_test, self.data.y_test, self.meta, self.device, False, 0)
+        autocast = autocast_factory(self.device, c.amp)
+        ft = replace(c.finetune, epochs=epochs, kd_weight=0.0, from_scratch=False, ema_decay=None)
+        model = finetune(model.to(self.device), ft, train_loader, autocast=autocast)
+        return evaluate(model, test_loader, autocast)["acc"]
+
+    def measured(self, model, acc: float) -> dict:
+        macs, params, _ = fvcore_report(model.cpu(), self.example)
+        return {"macs": macs, "params": params, "test_acc": acc}
+
+    # -- methods --------------------------------------------------------------------------------
+    def ours(self, target: float, seed: int, workdir: Path) -> dict:
+        metrics = train.main(["--config", str(ROOT / self.config), *self.overrides,
+                              f"search.target.macs={target}", "search.target.macs_fraction=null",
+                              f"seed={seed}", f"out_dir={workdir}", f"name=ours-{target:.0f}-{seed}"])
+        model = load(workdir / f"ours-{target:.0f}-{seed}" / "export")
+        return self.measured(model, metrics["test_acc"])
+
+    def uniform(self, target: float, seed: int, workdir: Path) -> dict:
+        torch.manual_seed(seed)
+        model = build(uniform_width(self.backbone(), target).arch)
+        return self.measured(model, self.train_eval(model, self.epochs, seed))
+
+    def random(self, target: float, seed: int, workdir: Path) -> dict:
+        torch.manual_seed(seed)
+        space = build_supernet(self.cfg, self.meta, self.device)
+        arch = random_architecture(space, target, torch.Generator().manual_seed(seed)).arch
+        model = build(arch)
+        return self.measured(model, self.train_eval(model, self.epochs, seed))
+
+    def _pretrained_dense(self, seed: int):
+        torch.manual_seed(seed)
+        net = self.backbone()
+        ops = chosen_ops(net)
+        dense = build(architecture_from_counts(net, ops, full_widths(net)))
+        self.train_eval(dense, self.cfg.search.epochs, seed)
+        return net, ops, dense
+
+    def l1(self, target: float, seed: int, workdir: Path) -> dict:
+        net, ops, dense = self._pretrained_dense(seed)
+        load_dense_weights(net, dense.to(self.device), ops)
+        model = slim(net, l1_filter_pruning(net, target))
+        return self.measured(model, self.train_eval(model, self.cfg.finetune.epochs, seed))
+
+    def torch_pruning(self, target: float, seed: int, workdir: Path) -> dict:
+        _, _, dense = self._pretrained_dense(seed)
+        model = torch_pruning_magnitude(dense.cpu(), self.example, target)
+        return self.measured(model, self.train_eval(model, self.cfg.finetune.epochs, seed))
+
+
+def summarize(rows: list[dict], dense_macs: float, title: str) -> str:
+    lines = [title, "", "| method | " + " | ".join(f"{f:.0%} of dense MACs" for f in FRACTIONS) + " |",
+             "|---|" + "---|" * len(FRACTIONS)]
+    for method in METHODS:
+        cells = []
+        for f in FRACTIONS:
+            runs = [r for r in rows if r["method"] == method and r["fraction"] == f]
+            if not runs:
+                cells.append("n/a")
+                continue
+            accs = [r["test_acc"] for r in runs]
+            std = statistics.stdev(accs) if len(accs) > 1 else 0.0
+            macs = statistics.mean(r["macs"] for r in runs)
+            cells.append(f"{100 * statistics.mean(accs):.2f} ± {100 * std:.2f} "
+                         f"({macs / dense_macs:.1%})")
+        lines.append(f"| {method} | " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def plot(rows: list[dict], dense_macs: float, path: Path, title: str) -> None:
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(6, 4))
+    for method in METHODS:
+        points = []
+        for f in FRACTIONS:
+            runs = [r for r in rows if r["method"] == method and r["fraction"] == f]
+            if runs:
+                accs = [100 * r["test_acc"] for r in runs]
+                points.append((statistics.mean(r["macs"] for r in runs) / 1e6, statistics.mean(accs),
+                               statistics.stdev(accs) if len(accs) > 1 else 0.0))
+        if points:
+            x, y, e = zip(*points)
+            ax.errorbar(x, y, yerr=e, marker="o", capsize=3, label=method)
+    ax.set_xlabel("MACs (millions, fvcore)")
+    ax.set_ylabel("test accuracy (%)")
+    ax.set_title(title, fontsize=9)
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
+def main(argv: list[str] | None = None) -> list[dict]:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--preset", choices=sorted(PRESETS), default="digits")
+    p.add_argument("--quick", action="store_true", help="tiny epochs and one seed")
+    p.add_argument("--seeds", type=int, default=3)
+    p.add_argument("--methods", default=",".join(METHODS))
+    p.add_argument("--out", default=str(ROOT / "benchmarks" / "results"))
+    args = p.parse_args(sys.argv[1:] if argv is None else argv)
+    methods = args.methods.split(",")
+    unknown = set(methods) - set(METHODS)
+    if unknown:
+        p.error(f"unknown method(s) {sorted(unknown)}; choose from {', '.join(METHODS)}")
+    config, overrides = PRESETS[args.preset]
+    overrides = [*overrides, *(QUICK if args.quick else [])]
+    seeds = range(1 if args.quick else args.seeds)
+    bench = Bench(config, overrides)
+    dense = bench.dense_macs()
+    rows = []
+    with tempfile.TemporaryDirectory() as tmp:
+        for f in FRACTIONS:
+            for seed in seeds:
+                for method in methods:
+                    result = getattr(bench, method)(f * dense, seed, Path(tmp))
+                    rows.append({"method": method, "fraction": f, "seed": seed,
+                                 "target_macs": f * dense, **result})
+                    print(f"{method:>14} {f:.0%} seed {seed}: {result['test_acc']:.4f} at "
+                          f"{result['macs']:,} MACs", flush=True)
+    name = f"pareto-{args.preset}{'-quick' if args.quick else ''}"
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    title = (f"{args.preset}: test accuracy (mean ± std over {len(seeds)} seed(s)), MACs as % of the "
+             f"dense backbone ({dense:,.0f}); {bench.epochs} epochs per method")
+    (out / f"{name}.json").write_text(json.dumps({"dense_macs": dense, "epochs": bench.epochs,
+                                                  "rows": rows}, indent=2))
+    table = summarize(rows, dense, title)
+    (out / f"{name}.md").write_text(table + "\n")
+    plot(rows, dense, out / f"{name}.png", title)
+    print(table)
+    return rows
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,110 @@
+"""Baselines at equal MACs, built from the same machinery as the search.
+
+A backbone is the supernet of a space whose only candidate is one op (e.g. conv_3x3): its masks
+are the prunable channel groups, so uniform width scaling and L1-norm filter pruning (Li et al.,
+2017) are channel selections handed to the same slimmer, and a random architecture is random op
+and mask logits handed to the same discretizer. Torch-Pruning's magnitude pruner (optional
+`bench` extra) works on the trained compact model itself.
+"""
+from __future__ import annotations
+
+import math
+
+import torch
+from torch import nn
+
+from export.discretize import Derivation, architecture_from_counts, chosen_ops, derive, used_groups
+from export.slim import copy_selected
+
+
+def _ratio_for_target(macs_at, target: float, iterations: int = 40) -> float:
+    """Largest keep ratio r in (0, 1] with macs_at(r) <= target (MACs grow with r)."""
+    lo, hi = 0.0, 1.0
+    if macs_at(hi) <= target:
+        return hi
+    for _ in range(iterations):
+        mid = (lo + hi) / 2
+        lo, hi = (mid, hi) if macs_at(mid) <= target else (lo, mid)
+    return lo
+
+
+def _scaled_counts(net, groups, ratio: float) -> dict[str, int]:
+    return {g: max(1, math.ceil(ratio * net.masks[g].channels)) for g in groups}
+
+
+def uniformly_scaled_counts(net, target_macs: float) -> tuple[dict[str, str], dict[str, int]]:
+    """The chosen ops, and every group's width scaled by the one factor that meets the target."""
+    ops = chosen_ops(net)
+    groups = used_groups(net, ops)
+    ratio = _ratio_for_target(lambda r: architecture_from_counts(
+        net, ops, _scaled_counts(net, groups, r)).cost().macs, target_macs)
+    return ops, _scaled_counts(net, groups, ratio)
+
+
+def uniform_width(net, target_macs: float) -> Derivation:
+    """Every channel group scaled by one factor, chosen so the network meets the target."""
+    ops, counts = uniformly_scaled_counts(net, target_macs)
+    keep = {g: torch.arange(n) for g, n in counts.items()}
+    return Derivation(architecture_from_counts(net, ops, counts), ops, keep)
+
+
+@torch.no_grad()
+def filter_l1_scores(net, ops: dict[str, str]) -> dict[str, torch.Tensor]:
+    """Per channel of each group: the summed L1 norm of the filters that write it."""
+    scores = {g: torch.zeros(net.masks[g].channels) for g in used_groups(net, ops)}
+    scores["stem"] += net.stem[0].weight.abs().sum((1, 2, 3)).cpu()
+    for layer in net.layers:
+        name = ops[layer.name]
+        groups = {"out": layer.out_group,
+                  "hidden": layer.hidden_groups[layer.names.index(name)]}
+        for m in layer.mixed.candidates[name].modules():
+            if isinstance(m, nn.Conv2d) and m.groups == 1 and m.channel_roles[1] in groups:
+                scores[groups[m.channel_roles[1]]] += m.weight.abs().sum((1, 2, 3)).cpu()
+    return scores
+
+
+def l1_filter_pruning(net, target_macs: float) -> Derivation:
+    """Li et al. (2017): the same fraction of every layer's filters, smallest L1 norms first.
+    `net` must hold the trained dense weights (see `load_dense_weights`)."""
+    ops, counts = uniformly_scaled_counts(net, target_macs)
+    scores = filter_l1_scores(net, ops)
+    keep = {g: torch.sort(torch.topk(scores[g], n).indices).values for g, n in counts.items()}
+    return Derivation(architecture_from_counts(net, ops, counts), ops, keep)
+
+
+def random_architecture(net, target_macs: float, generator: torch.Generator) -> Derivation:
+    """Ops drawn uniformly per layer and channels ranked at random, cut to the target by the
+    discretizer. Drawing many and keeping the best is random search; mutating is evolution."""
+    with torch.no_grad():
+        for p in net.arch_parameters():
+            p.copy_(torch.rand(p.shape, generator=generator))
+    return derive(net, target_macs)
+
+
+@torch.no_grad()
+def load_dense_weights(net, compact: nn.Module, ops: dict[str, str]) -> None:
+    """Copy a trained full-width compact model back into the supernet's chosen ops."""
+    copy_selected(compact.stem, net.stem, {})
+    for layer, trained in zip(net.layers, compact.layers):
+        if hasattr(trained, "op"):
+            copy_selected(trained.op, layer.mixed.candidates[ops[layer.name]], {})
+    copy_selected(compact.head, net.head, {})
+
+
+def torch_pruning_magnitude(model: nn.Module, example: torch.Tensor, target_macs: float,
+                            steps: int = 50) -> nn.Module:
+    """Torch-Pruning's magnitude pruner with global ranking, stepped until the model's MACs
+    (counted by fvcore) reach the target. Prunes `model` in place and returns it."""
+    import torch_pruning as tp
+
+    from export.flops import fvcore_report
+
+    head = [m for m in model.modules() if isinstance(m, nn.Linear)]
+    pruner = tp.pruner.MagnitudePruner(model, example, importance=tp.importance.MagnitudeImportance(p=1),
+                                       global_pruning=True, pruning_ratio=0.95, iterative_steps=steps,
+                                       ignored_layers=head)
+    for _ in range(steps):
+        if fvcore_report(model, example)[0] <= target_macs:
+            break
+        pruner.step()
+    return model

@@ -1,0 +1,104 @@
+"""Baselines at equal MACs: uniform width, L1-norm filter pruning, random architectures,
+Torch-Pruning, and the benchmark that compares them with ours (quick mode)."""
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from conftest import randomize, tiny_space
+from export import build
+from export.discretize import architecture_from_counts, chosen_ops
+from export.flops import fvcore_report
+from export.slim import slim
+from search.baselines import (filter_l1_scores, l1_filter_pruning, load_dense_weights,
+                              random_architecture, torch_pruning_magnitude, uniform_width)
+from supernet import MacroSupernet, StageSpec
+from supernet.cost_model import full_widths
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture
+def backbone():
+    torch.manual_seed(0)
+    space = tiny_space(candidates=["conv_3x3"], first_candidates=["conv_3x3"], stem=16,
+                       stages=[StageSpec(16, 2, 1), StageSpec(32, 2, 2)])
+    return MacroSupernet(space, 1, 10, 8)
+
+
+def dense_macs(net) -> float:
+    return architecture_from_counts(net, chosen_ops(net), full_widths(net)).cost().macs
+
+
+@pytest.mark.parametrize("fraction", [0.25, 0.5])
+def test_uniform_width_scales_every_group_alike_under_the_target(backbone, fraction):
+    target = fraction * dense_macs(backbone)
+    d = uniform_width(backbone, target)
+    assert 0.85 * target <= d.arch.cost().macs <= target
+    ratios = [len(k) / backbone.masks[g].channels for g, k in d.keep.items()]
+    assert max(ratios) - min(ratios) <= 1 / 16 + 1e-9  # one factor, up to rounding
+
+
+def test_l1_pruning_keeps_the_largest_filters(backbone):
+    with torch.no_grad():  # make channel j of every group have L1 norm growing with j
+        for m in backbone.modules():
+            if isinstance(m, torch.nn.Conv2d):
+                m.weight.copy_(torch.arange(m.out_channels, dtype=torch.float).view(-1, 1, 1, 1)
+                               .expand_as(m.weight))
+    d = l1_filter_pruning(backbone, 0.3 * dense_macs(backbone))
+    scores = filter_l1_scores(backbone, d.ops)
+    for group, kept in d.keep.items():
+        assert kept.tolist() == list(range(backbone.masks[group].channels - len(kept),
+                                           backbone.masks[group].channels))
+        assert torch.equal(scores[group], scores[group].sort().values)  # the rigged ordering
+
+
+def test_dense_weights_round_trip_through_the_backbone(backbone):
+    randomize(backbone)
+    ops = chosen_ops(backbone)
+    trained = build(architecture_from_counts(backbone, ops, full_widths(backbone))).eval()
+    with torch.no_grad():
+        for p in trained.parameters():
+            p.normal_()
+    load_dense_weights(backbone, trained, ops)
+    d = uniform_width(backbone, dense_macs(backbone))  # target = dense: keeps everything
+    x = torch.randn(3, 1, 8, 8)
+    with torch.no_grad():
+        assert torch.allclose(slim(backbone, d).eval()(x), trained(x), atol=1e-5)
+
+
+def test_random_architectures_meet_the_target_and_differ_by_seed():
+    space = tiny_space(stem=16, stages=[StageSpec(16, 2, 1), StageSpec(32, 2, 2)])
+    net = MacroSupernet(space, 1, 10, 8)
+    target = 0.15 * dense_macs(net)  # reachable whichever ops are drawn
+    archs = [random_architecture(net, target, torch.Generator().manual_seed(s)).arch
+             for s in range(3)]
+    assert all(abs(a.cost().macs - target) <= 0.03 * target for a in archs)
+    assert len({a.to_json() for a in archs}) == 3
+
+
+def test_torch_pruning_reaches_the_target(backbone):
+    model = build(architecture_from_counts(backbone, chosen_ops(backbone), full_widths(backbone)))
+    example = torch.randn(1, 1, 8, 8)
+    target = 0.4 * dense_macs(backbone)
+    pruned = torch_pruning_magnitude(model, example, target)
+    macs = fvcore_report(pruned, example)[0]
+    assert 0.7 * target <= macs <= target
+    assert pruned(torch.randn(2, 1, 8, 8)).shape == (2, 10)
+
+
+def test_pareto_benchmark_quick_mode(tmp_path):
+    """The whole comparison, tiny epochs, one seed: every method at every target."""
+    subprocess.run([sys.executable, "benchmarks/pareto.py", "--quick", "--out", str(tmp_path)],
+                   cwd=ROOT, check=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    import json
+    result = json.loads((tmp_path / "pareto-digits-quick.json").read_text())
+    methods = {r["method"] for r in result["rows"]}
+    assert methods == {"ours", "uniform", "l1", "torch_pruning", "random"}
+    assert len(result["rows"]) == 15
+    for r in result["rows"]:
+        assert r["macs"] <= 1.03 * r["target_macs"] and 0.0 <= r["test_acc"] <= 1.0
+    assert (tmp_path / "pareto-digits-quick.png").stat().st_size > 0
+    assert "| torch_pruning |" in (tmp_path / "pareto-digits-quick.md").read_text()
