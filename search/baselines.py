@@ -74,7 +74,8 @@ def l1_filter_pruning(net, target_macs: float) -> Derivation:
 
 def random_architecture(net, target_macs: float, generator: torch.Generator) -> Derivation:
     """Ops drawn uniformly per layer and channels ranked at random, cut to the target by the
-    discretizer. Drawing many and keeping the best is random search; mutating is evolution."""
+    discretizer (this overwrites `net`'s alpha and mask logits). Drawing many and keeping the
+    best is random search; mutating is evolution."""
     with torch.no_grad():
         for p in net.arch_parameters():
             p.copy_(torch.rand(p.shape, generator=generator))

@@ -109,25 +109,29 @@ class Searcher:
                 self._progress(bar, sums, counts)
         return self._epoch_metrics(sums, counts)
 
-    def _progress(self, bar: tqdm, sums: torch.Tensor, counts: list[int]) -> None:
-        (tl, tc, vl, vc), (tn, vn) = sums.tolist(), counts  # one host sync per log interval
-        if not math.isfinite(tl) or not math.isfinite(vl):
+    def _means(self, sums: torch.Tensor, counts: list[int]) -> tuple[float, float, float, float]:
+        """Train loss, train acc, val loss, val acc so far: one host sync, and the place where a
+        non-finite loss stops the search."""
+        (tl, tc, vl, vc), (tn, vn) = sums.tolist(), counts
+        if not (math.isfinite(tl) and math.isfinite(vl)):
             self._stop_nonfinite()
+        return tl / tn, tc / tn, vl / vn, vc / vn
+
+    def _progress(self, bar: tqdm, sums: torch.Tensor, counts: list[int]) -> None:
+        loss, acc, _, val_acc = self._means(sums, counts)
         with torch.no_grad():
             macs = float(discrete_cost(self.net).macs)
-        bar.set_postfix(loss=f"{tl / tn:.3f}", acc=f"{tc / tn:.3f}", val_acc=f"{vc / vn:.3f}",
+        bar.set_postfix(loss=f"{loss:.3f}", acc=f"{acc:.3f}", val_acc=f"{val_acc:.3f}",
                         macs=f"{macs:,.0f}")
 
     def _epoch_metrics(self, sums: torch.Tensor, counts: list[int]) -> dict[str, float]:
-        (tl, tc, vl, vc), (tn, vn) = sums.tolist(), counts
-        if not math.isfinite(tl) or not math.isfinite(vl):
-            self._stop_nonfinite()
+        train_loss, train_acc, val_loss, val_acc = self._means(sums, counts)
         with torch.no_grad():
             cost, discrete = expected_cost(self.net), discrete_cost(self.net)
-        return {"epoch": self.epoch, "train_loss": tl / tn, "train_acc": tc / tn,
-                "val_loss": vl / vn, "val_acc": vc / vn, "expected_macs": float(cost.macs),
-                "expected_params": float(cost.params), "discrete_macs": float(discrete.macs), "temperature": float(self.net.temperature),
-                "w_lr": self.w_opt.param_groups[0]["lr"]}
+        return {"epoch": self.epoch, "train_loss": train_loss, "train_acc": train_acc,
+                "val_loss": val_loss, "val_acc": val_acc, "expected_macs": float(cost.macs),
+                "expected_params": float(cost.params), "discrete_macs": float(discrete.macs),
+                "temperature": float(self.net.temperature), "w_lr": self.w_opt.param_groups[0]["lr"]}
 
     def _stop_nonfinite(self) -> None:
         kept = (f"the last good state (epoch {self.epoch}) is kept in {self.checkpoint_path}"
