@@ -128,6 +128,11 @@ def _convert(value: Any, hint: Any, key: str) -> Any:
         return [_convert(v, args[0], f"{key}[{i}]") for i, v in enumerate(value)]
     if hint is float and isinstance(value, (int, float)) and not isinstance(value, bool):
         return float(value)
+    if hint is float and isinstance(value, str):  # YAML 1.1 reads 3e5 (no dot) as a string
+        try:
+            return float(value)
+        except ValueError:
+            pass
     if hint in (int, str, bool) and type(value) is hint:
         return value
     raise ConfigError(f"{key} must be {getattr(hint, '__name__', hint)}, got {value!r}")

@@ -27,6 +27,13 @@ def test_bad_config_values(override, message):
     assert message in str(e.value)
 
 
+def test_scientific_notation_is_a_number():
+    cfg = load_config(None, ["search.target.macs=3e5", "search.w_lr=1e-3"])
+    assert cfg.search.target.macs == 300000.0 and cfg.search.w_lr == 0.001
+    with pytest.raises(ConfigError, match="search.w_lr must be float, got 'fast'"):
+        load_config(None, ["search.w_lr=fast"])
+
+
 def test_unknown_names_list_the_registered_ones():
     with pytest.raises(KeyError, match="unknown op 'conv_9x9'; registered: .*sep_conv_3x3"):
         load_config(None, ["macro.candidates=[conv_9x9]"])
