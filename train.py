@@ -45,7 +45,7 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
                    help=f"comma-separated subset of {','.join(STAGES)}, in that order")
     p.add_argument("--export-name", default="export", help="export folder name inside the run dir")
     p.add_argument("overrides", nargs="*", help="config overrides, e.g. search.epochs=10")
-    return p.parse_args(argv)
+    return p.parse_intermixed_args(argv)  # overrides may stand before and after options
 
 
 def parse_stages(text: str) -> list[str]:

@@ -57,6 +57,11 @@ def test_derive_again_with_another_target_without_searching(run):
     assert load(run_dir / "export_small").arch.cost().macs == again["macs"]
 
 
+def test_overrides_may_stand_around_options():
+    args = train.parse_args(["search.epochs=3", "--config", "c.yaml", "seed=1", "--stages", "search"])
+    assert args.overrides == ["search.epochs=3", "seed=1"] and args.config == "c.yaml"
+
+
 @pytest.mark.parametrize("args,message", [
     (["--stages", "export,derive"], "stages must come in the order"),
     (["--stages", "finetune"], "include 'derive'"),
