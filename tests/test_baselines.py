@@ -33,10 +33,10 @@ def dense_macs(net) -> float:
 
 
 @pytest.mark.parametrize("fraction", [0.25, 0.5])
-def test_uniform_width_scales_every_group_alike_under_the_target(backbone, fraction):
+def test_uniform_width_scales_every_group_alike_near_the_target(backbone, fraction):
     target = fraction * dense_macs(backbone)
     d = uniform_width(backbone, target)
-    assert 0.85 * target <= d.arch.cost().macs <= target
+    assert abs(d.arch.cost().macs - target) <= 0.1 * target  # one width step on 16 channels
     ratios = [len(k) / backbone.masks[g].channels for g, k in d.keep.items()]
     assert max(ratios) - min(ratios) <= 1 / 16 + 1e-9  # one factor, up to rounding
 
@@ -85,7 +85,7 @@ def test_torch_pruning_reaches_the_target(backbone):
     target = 0.4 * dense_macs(backbone)
     pruned = torch_pruning_magnitude(model, example, target)
     macs = fvcore_report(pruned, example)[0]
-    assert 0.7 * target <= macs <= target
+    assert 0.9 * target <= macs <= target
     assert pruned(torch.randn(2, 1, 8, 8)).shape == (2, 10)
 
 
@@ -98,7 +98,8 @@ def test_pareto_benchmark_quick_mode(tmp_path):
     methods = {r["method"] for r in result["rows"]}
     assert methods == {"ours", "uniform", "l1", "torch_pruning", "random"}
     assert len(result["rows"]) == 15
-    for r in result["rows"]:
-        assert r["macs"] <= 1.03 * r["target_macs"] and 0.0 <= r["test_acc"] <= 1.0
+    for r in result["rows"]:  # every method at the same budget, up to one width step
+        assert abs(r["macs"] - r["target_macs"]) <= 0.1 * r["target_macs"], r
+        assert 0.0 <= r["test_acc"] <= 1.0
     assert (tmp_path / "pareto-digits-quick.png").stat().st_size > 0
     assert "| torch_pruning |" in (tmp_path / "pareto-digits-quick.md").read_text()
