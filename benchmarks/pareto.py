@@ -20,6 +20,7 @@ import json
 import statistics
 import sys
 import tempfile
+import textwrap
 from dataclasses import replace
 from pathlib import Path
 
@@ -162,7 +163,7 @@ def plot(rows: list[dict], dense_macs: float, path: Path, title: str) -> None:
             ax.errorbar(x, y, yerr=e, marker="o", capsize=3, label=method)
     ax.set_xlabel("MACs (millions, fvcore)")
     ax.set_ylabel("test accuracy (%)")
-    ax.set_title(title, fontsize=9)
+    ax.set_title(textwrap.fill(title, 80), fontsize=8)
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8)
     fig.tight_layout()
