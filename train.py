@@ -183,11 +183,12 @@ def derive_and_export(cfg, args, run_dir, data, net, search_target, search_metri
     test_metrics = evaluate(compact, test_loader, autocast)
 
     dense = dense_architecture(net, meta.mean, meta.std)
+    dense_cost = dense.cost()
     metrics = {
         "test_acc": test_metrics["acc"], "test_loss": test_metrics["loss"],
         "slimmed_test_acc": slim_acc, "slim_max_abs_diff": slim_gap,
         "macs": cost.macs, "params": cost.params, "target_macs": target,
-        "dense_macs": dense.cost().macs, "dense_params": dense.cost().params,
+        "dense_macs": dense_cost.macs, "dense_params": dense_cost.params,
         "search_val_acc": search_metrics.get("val_acc"), "data": asdict(meta),
         "from_scratch": cfg.finetune.from_scratch,
         "cpu_latency_ms": cpu_latencies({"dense": build(dense), "slim": compact},
