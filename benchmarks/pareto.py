@@ -29,7 +29,7 @@ import torch
 import train
 from export import load
 from export.build import build
-from export.discretize import architecture_from_counts, chosen_ops
+from export.discretize import chosen_ops, dense_architecture
 from export.flops import fvcore_report
 from export.slim import slim
 from search.baselines import (l1_filter_pruning, load_dense_weights, random_architecture,
@@ -39,7 +39,6 @@ from search.finetune import evaluate, finetune
 from search.loop import autocast_factory
 from search.pipeline import (build_supernet, data_meta, load_data, loader, seed_everything,
                              select_device)
-from supernet.cost_model import full_widths
 
 ROOT = Path(__file__).resolve().parents[1]
 PRESETS = {
@@ -68,8 +67,7 @@ class Bench:
         return build_supernet(self.backbone_cfg, self.meta, self.device)
 
     def dense_macs(self) -> float:
-        net = self.backbone()
-        return architecture_from_counts(net, chosen_ops(net), full_widths(net)).cost().macs
+        return dense_architecture(self.backbone()).cost().macs
 
     def train_eval(self, model, epochs: int, seed: int) -> float:
         seed_everything(seed)
@@ -109,7 +107,7 @@ class Bench:
         torch.manual_seed(seed)
         net = self.backbone()
         ops = chosen_ops(net)
-        dense = build(architecture_from_counts(net, ops, full_widths(net)))
+        dense = build(dense_architecture(net))  # one candidate op: the widest path is the backbone
         self.train_eval(dense, self.cfg.search.epochs, seed)
         return net, ops, dense
 
