@@ -20,6 +20,7 @@ import yaml
 
 from export import derive, save_export
 from export.build import build
+from export.architecture import evaluation_architecture
 from export.discretize import dense_architecture
 from export.latency import latencies_ms
 from export.slim import slim
@@ -176,6 +177,14 @@ def derive_and_export(cfg, args, run_dir, data, net, search_target, search_metri
     cost = derivation.arch.cost()
     print(f"derived: {cost.macs:,.0f} MACs (target {target or 0:,.0f}), slimmed == hard-masked "
           f"supernet within {slim_gap:.1e}, test acc after BN recalibration {slim_acc:.4f}")
+    if cfg.derive.eval_cells:  # DARTS protocol: the genotype in a larger network, from scratch
+        arch = evaluation_architecture(derivation.arch, cfg.derive.eval_cells,
+                                       cfg.derive.eval_channels)
+        compact, cost = build(arch).to(device), arch.cost()
+        if cfg.channels_last:
+            compact = compact.to(memory_format=torch.channels_last)
+        print(f"evaluation network: {len(arch.cells)} cells, {cfg.derive.eval_channels} channels, "
+              f"{cost.macs:,.0f} MACs, {cost.params:,.0f} params, trained from scratch")
     if "finetune" in stages:
         # the soft supernet is the distillation teacher (used when finetune.kd_weight > 0)
         compact = finetune(compact, cfg.finetune, train_loader, teacher=net, autocast=autocast,
@@ -190,7 +199,7 @@ def derive_and_export(cfg, args, run_dir, data, net, search_target, search_metri
         "macs": cost.macs, "params": cost.params, "target_macs": target,
         "dense_macs": dense_cost.macs, "dense_params": dense_cost.params,
         "search_val_acc": search_metrics.get("val_acc"), "data": asdict(meta),
-        "from_scratch": cfg.finetune.from_scratch,
+        "from_scratch": cfg.finetune.from_scratch or bool(cfg.derive.eval_cells),
         "cpu_latency_ms": cpu_latencies({"dense": build(dense), "slim": compact},
                                         (meta.in_channels, meta.input_size, meta.input_size)),
     }

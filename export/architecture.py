@@ -2,7 +2,9 @@
 
 Plain, frozen data that round-trips through JSON. It holds everything `build` needs (op per
 layer and kept channel counts) and what a reader wants to see (kernel, stride, dilation), plus the
-input preprocessing so an exported model can be used without the training code.
+input preprocessing so an exported model can be used without the training code. Macro-space
+networks are a chain of `layers`; DARTS-space networks a chain of `cells` (see export/cells.py),
+whose genotype `genotype()` returns in DARTS' format.
 """
 from __future__ import annotations
 
@@ -10,6 +12,7 @@ import json
 from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 
+from export.cells import CellChoice, EdgeChoice, cell_chain, genotype_of
 from ops import Cost, Head, Stem, get_op, is_zero
 from ops.cost import out_size
 
@@ -43,6 +46,7 @@ class Architecture:
     std: tuple[float, ...] = ()
     space: str = "macro"
     version: int = FORMAT_VERSION
+    cells: tuple[CellChoice, ...] = ()
 
     def __post_init__(self) -> None:
         self.validate()
@@ -51,6 +55,8 @@ class Architecture:
         if self.version != FORMAT_VERSION:
             raise ValueError(f"architecture format version {self.version} is not supported "
                              f"(this code reads version {FORMAT_VERSION})")
+        if self.cells:
+            return self._validate_cells()
         c_prev = self.stem_channels
         for i, layer in enumerate(self.layers):
             spec = get_op(layer.op)  # KeyError listing the registered ops
@@ -65,9 +71,28 @@ class Architecture:
                                  f"{spec.dilation}, the record says {layer.kernel} and {layer.dilation}")
             c_prev = layer.c_out
 
+    def _validate_cells(self) -> None:
+        if self.layers:
+            raise ValueError("an architecture has either layers (macro space) or cells (DARTS "
+                             "space), not both")
+        ins, reduce_prev, size = [self.stem_channels] * 2, False, self.input_size
+        for k, cell in enumerate(self.cells):
+            cell.validate(k, ins[0], ins[1], reduce_prev)
+            if cell.reduction and size % 2:
+                raise ValueError(f"cell {k} reduces a {size}x{size} input; sizes must halve evenly")
+            ins, reduce_prev, size = [ins[1], cell.out_channels], cell.reduction, cell.out_size(size)
+
     @property
     def out_channels(self) -> int:
+        if self.cells:
+            return self.cells[-1].out_channels
         return self.layers[-1].c_out if self.layers else self.stem_channels
+
+    def genotype(self) -> dict[str, list]:
+        """DARTS genotype of a cell network: normal/reduce [(op, source), ...] and concats."""
+        if not self.cells:
+            raise ValueError(f"a {self.space} architecture has layers, not cells: no genotype")
+        return genotype_of(self.cells)
 
     # -- JSON -----------------------------------------------------------------------------------
     def to_dict(self) -> dict:
@@ -81,6 +106,10 @@ class Architecture:
             raise ValueError(f"unknown architecture fields {sorted(unknown)}; expected {sorted(known)}")
         data = dict(data)
         data["layers"] = tuple(LayerChoice(**layer) for layer in data.get("layers", ()))
+        data["cells"] = tuple(
+            CellChoice(**{**cell, "edges": tuple(EdgeChoice(**e) for e in cell["edges"]),
+                          "concat": tuple(cell.get("concat", (2, 3, 4, 5)))})
+            for cell in data.get("cells", ()))
         data["mean"], data["std"] = tuple(data.get("mean", ())), tuple(data.get("std", ()))
         return cls(**data)
 
@@ -100,6 +129,9 @@ class Architecture:
         """Exact MACs and params of the compact model (fvcore's convention, see ops/cost.py)."""
         size = self.input_size
         total = Stem.cost(self.in_channels, self.stem_channels, size, size)
+        for cell in self.cells:
+            total = total + cell.cost(size)
+            size = cell.out_size(size)
         for layer in self.layers:
             if not layer.removed:
                 total = total + get_op(layer.op).cost(layer.c_in, layer.c_out, layer.stride, size,
@@ -108,10 +140,40 @@ class Architecture:
         return total + Head.cost(self.out_channels, self.num_classes, size, size)
 
     def summary(self) -> str:
-        """A markdown table of the layers, for logs and TensorBoard."""
+        """A markdown table of the layers (or cells), for logs and TensorBoard."""
+        if self.cells:
+            rows = ["| cell | type | c_in0 | c_in1 | channels | edges (op <- source) |",
+                    "|---|---|---|---|---|---|"]
+            rows += [f"| {k} | {'reduce' if c.reduction else 'normal'} | {c.c_in0} | {c.c_in1} | "
+                     f"{c.channels} | {', '.join(f'{e.op}<-{e.source}' for e in c.edges)} |"
+                     for k, c in enumerate(self.cells)]
+            return "\n".join(rows)
         rows = ["| layer | op | c_in | c_out | hidden | stride |", "|---|---|---|---|---|---|"]
         rows.append(f"| stem | conv_3x3 | {self.in_channels} | {self.stem_channels} | | 1 |")
         for i, l in enumerate(self.layers):
             op = "(removed)" if l.removed else l.op
             rows.append(f"| {i} | {op} | {l.c_in} | {l.c_out} | {l.hidden or ''} | {l.stride} |")
         return "\n".join(rows)
+
+
+def evaluation_architecture(arch: Architecture, cells: int = 20, channels: int = 36,
+                            stem_multiplier: int = 3) -> Architecture:
+    """The DARTS evaluation network of a searched cell architecture: its genotype in `cells`
+    cells (reductions at 1/3 and 2/3 depth) of `channels` initial width, doubled at each
+    reduction. It is trained from scratch, as in the DARTS protocol."""
+    genotype = arch.genotype()
+    if "normal" not in genotype or "reduce" not in genotype:
+        raise ValueError("the evaluation network needs both a normal and a reduction cell genotype")
+    if channels < 2 or channels % 2 or cells < 1:
+        raise ValueError(f"evaluation cells must be >= 1 and channels even, got {cells}, {channels}")
+    reductions = {cells // 3, 2 * cells // 3}
+    widths, c = [], channels
+    for k in range(cells):
+        c = 2 * c if k in reductions else c
+        widths.append(c)
+    multiplier = len(genotype["normal_concat"])
+    chain = cell_chain(stem_multiplier * channels, widths, [k in reductions for k in range(cells)],
+                       genotype, multiplier)
+    return Architecture(arch.in_channels, arch.input_size, arch.num_classes,
+                        stem_multiplier * channels, (), arch.mean, arch.std, space=arch.space,
+                        cells=chain)

@@ -5,7 +5,9 @@ import torch
 from torch import nn
 
 from export.architecture import Architecture, LayerChoice
-from ops import Head, Stem, build_op
+from export.cells import CellChoice
+from ops import FactorizedReduce, Head, Stem, build_op
+from ops.candidates import ReLUConvBN
 
 
 class CompactLayer(nn.Module):
@@ -19,8 +21,30 @@ class CompactLayer(nn.Module):
         return x + self.op(x) if self.residual else self.op(x)
 
 
+class CompactCell(nn.Module):
+    """A derived DARTS cell: each node sums its two edges; the output concatenates the nodes."""
+
+    def __init__(self, choice: CellChoice) -> None:
+        super().__init__()
+        c = choice.channels
+        self.preprocess0 = (FactorizedReduce(choice.c_in0, c) if choice.reduce_in0
+                            else ReLUConvBN(choice.c_in0, c, 1, kernel=1))
+        self.preprocess1 = ReLUConvBN(choice.c_in1, c, 1, kernel=1)
+        self.edges = nn.ModuleList(build_op(e.op, c, c, e.stride, hidden=c, tied=True)
+                                   for e in choice.edges)
+        self.sources, self.concat = [e.source for e in choice.edges], list(choice.concat)
+
+    def forward(self, s0: torch.Tensor, s1: torch.Tensor) -> torch.Tensor:
+        states = [self.preprocess0(s0), self.preprocess1(s1)]
+        for i in range(0, len(self.edges), 2):
+            states.append(self.edges[i](states[self.sources[i]])
+                          + self.edges[i + 1](states[self.sources[i + 1]]))
+        return torch.cat([states[j] for j in self.concat], dim=1)
+
+
 class CompactNet(nn.Module):
-    """The searched network as plain layers; removed layers become `nn.Identity`."""
+    """The searched network as plain modules: a chain of layers (removed layers become
+    `nn.Identity`), or of cells that each read the outputs of the two cells before them."""
 
     def __init__(self, arch: Architecture) -> None:
         super().__init__()
@@ -28,10 +52,15 @@ class CompactNet(nn.Module):
         self.stem = Stem(arch.in_channels, arch.stem_channels)
         self.layers = nn.Sequential(
             *[nn.Identity() if c.removed else CompactLayer(c) for c in arch.layers])
+        self.cells = nn.ModuleList(CompactCell(c) for c in arch.cells)
         self.head = Head(arch.out_channels, arch.num_classes)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.head(self.layers(self.stem(x)))
+        x = self.layers(self.stem(x))
+        s0 = s1 = x
+        for cell in self.cells:
+            s0, s1 = s1, cell(s0, s1)
+        return self.head(s1)
 
 
 def build(arch: Architecture) -> CompactNet:

@@ -1,12 +1,14 @@
 """Derive a discrete architecture from a searched supernet.
 
-Ops: the highest alpha per layer. Channels: those whose mask gate is at least one half. When that
+Ops: the space's rule (macro: the highest alpha per layer; DARTS: per node the two strongest
+edges, each with its strongest non-zero op). Channels: those whose mask gate is at least one half. When that
 misses the MACs target by more than the tolerance, all mask logits of the network are ranked
 together and a single threshold is searched (bisection: cost grows with the number of channels
 kept) so that the kept channels meet the target. No group ever keeps fewer than `min_channels`.
 """
 from __future__ import annotations
 
+import math
 import warnings
 from dataclasses import dataclass
 
@@ -14,33 +16,32 @@ import torch
 from timm.layers import make_divisible
 
 from export.architecture import Architecture, LayerChoice
+from export.cells import cell_chain
 from ops import get_op
 
 
 @dataclass
 class Derivation:
     arch: Architecture
-    ops: dict[str, str]  # supernet layer name -> chosen op
+    ops: dict  # macro: layer name -> op; DARTS: the genotype {"normal": [(op, source)], ...}
     keep: dict[str, torch.Tensor]  # channel group -> kept channel indices, ascending
 
 
-def chosen_ops(net) -> dict[str, str]:
-    return {layer.name: layer.names[int(net.alphas[layer.name].argmax())] for layer in net.layers}
+def chosen_ops(net) -> dict:
+    return net.derive_ops()
 
 
-def used_groups(net, ops: dict[str, str]) -> list[str]:
-    """Channel groups the derived network has: stem, stages, inner widths of the chosen ops."""
-    groups = {"stem"}
-    for layer in net.layers:
-        groups |= {layer.in_group, layer.out_group}
-        g = layer.hidden_groups[layer.names.index(ops[layer.name])]
-        if g:
-            groups.add(g)
-    return [name for name in net.masks if name in groups]
+def used_groups(net, ops) -> list[str]:
+    """Channel groups the derived network has."""
+    return net.used_groups(ops)
 
 
-def architecture_from_counts(net, ops: dict[str, str], counts: dict[str, int],
-                             mean=(), std=()) -> Architecture:
+def architecture_from_counts(net, ops, counts: dict[str, int], mean=(), std=()) -> Architecture:
+    if net.space_name == "darts":
+        cells = cell_chain(counts["stem"], [counts[c.group] for c in net.cells],
+                           [c.reduction for c in net.cells], ops, net.multiplier)
+        return Architecture(net.in_channels, net.input_size, net.num_classes, counts["stem"], (),
+                            tuple(mean), tuple(std), space=net.space_name, cells=cells)
     layers = []
     for layer in net.layers:
         op = ops[layer.name]
@@ -53,7 +54,7 @@ def architecture_from_counts(net, ops: dict[str, str], counts: dict[str, int],
 
 
 def _round(count: int, size: int, round_to: int, min_channels: int) -> int:
-    count = max(count, min_channels)
+    count = max(count, min_channels, round_to)
     if round_to > 1:
         count = make_divisible(count, round_to)
     return min(count, size)
@@ -68,7 +69,8 @@ def derive(net, target_macs: float | None = None, tolerance: float = 0.03, round
         logits = {g: net.masks[g].logits.detach().float().cpu() for g in used_groups(net, ops)}
 
     def counts_above(threshold: float) -> dict[str, int]:
-        return {g: _round(int((lg >= threshold).sum()), lg.numel(), round_to, min_channels)
+        return {g: _round(int((lg >= threshold).sum()), lg.numel(),
+                          _lcm(round_to, net.channel_step(g)), min_channels)
                 for g, lg in logits.items()}
 
     def macs(counts: dict[str, int]) -> float:
@@ -81,7 +83,7 @@ def derive(net, target_macs: float | None = None, tolerance: float = 0.03, round
         if abs(reached - target_macs) > tolerance * target_macs:
             warnings.warn(f"the chosen ops cannot meet the MACs target {target_macs:,.0f} within "
                           f"{tolerance:.0%}: the closest is {reached:,.0f} MACs", stacklevel=2)
-    keep = {g: torch.sort(torch.topk(lg, counts[g]).indices).values for g, lg in logits.items()}
+    keep = {g: net.keep_channels(g, lg, counts[g]) for g, lg in logits.items()}
     return Derivation(architecture_from_counts(net, ops, counts, mean, std), ops, keep)
 
 
@@ -101,14 +103,15 @@ def _counts_for_target(counts_above, macs, logits, target: float) -> dict[str, i
     return min(candidates, key=lambda c: abs(macs(c) - target))
 
 
+def _lcm(a: int, b: int) -> int:
+    return a * b // math.gcd(a, b)
+
+
 def dense_architecture(net, mean=(), std=()) -> Architecture:
-    """The supernet's widest single path (full widths, most expensive op per layer) as an
+    """The supernet's widest single path (full widths, most expensive choice everywhere) as an
     Architecture: the dense reference for MACs, params and latency."""
-    from supernet.cost_model import full_widths, layer_op_costs
+    from supernet.cost_model import full_widths, single_path_weights
 
     widths = full_widths(net)
-    ops = {}
-    for layer in net.layers:
-        costs = [float(c.macs) for c in layer_op_costs(layer, widths)]
-        ops[layer.name] = layer.names[costs.index(max(costs))]
+    ops = net.derive_ops(single_path_weights(net, widths, largest=True))
     return architecture_from_counts(net, ops, widths, mean, std)

@@ -179,16 +179,47 @@ class Pool(CandidateOp):
         return _projection_unless_tied_cost(c_in, c_out, stride, h, w, tied)
 
 
+class FactorizedReduce(nn.Module):
+    """DARTS' stride-2 identity: two 1x1 stride-2 convs, one on pixels at even and one at odd
+    offsets, concatenated. `out_a`/`out_b` are the two halves of the output group, so a pruned
+    compact model keeps the same number of channels in each half."""
+
+    def __init__(self, c_in: int, c_out: int) -> None:
+        super().__init__()
+        if c_out % 2:
+            raise ValueError(f"FactorizedReduce splits its output in halves: c_out must be even, "
+                             f"got {c_out}")
+        self.act = nn.ReLU()
+        self.conv_a = conv(c_in, c_out // 2, 1, 2, roles=("in", "out_a"))
+        self.conv_b = conv(c_in, c_out // 2, 1, 2, roles=("in", "out_b"))
+        self.norm = norm(c_out, "out")
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = self.act(x)
+        return self.norm(torch.cat([self.conv_a(x), self.conv_b(x[:, :, 1:, 1:])], dim=1))
+
+    @staticmethod
+    def cost(c_in, c_out, h: int, w: int) -> C.Cost:
+        ho, wo = C.out_size(h, 2), C.out_size(w, 2)
+        return C.conv(c_in, c_out, 1, ho, wo) + C.batchnorm(c_out, ho, wo)  # two halves of c_out
+
+
 class Skip(CandidateOp):
-    """Identity; untied (stride or width change), a ReLU-1x1 conv-BN projection."""
+    """Identity. Tied at stride 2 (a DARTS reduction edge): FactorizedReduce, which keeps the
+    channel group. Untied (width change): a ReLU-1x1 conv-BN projection."""
 
     def __init__(self, c_in, c_out, stride, hidden=None, tied=None):
         super().__init__()
-        self.pre = nn.Identity() if _tied(c_in, c_out, stride, tied) else _projection(c_in, c_out, stride)
+        if not _tied(c_in, c_out, stride, tied):
+            self.pre = _projection(c_in, c_out, stride)
+        else:
+            self.pre = nn.Identity() if stride == 1 else FactorizedReduce(c_in, c_out)
         self.post = nn.Identity()
 
     @staticmethod
     def cost(c_in, c_out, stride, h, w, hidden=None, tied=None) -> C.Cost:
+        if _tied(c_in, c_out, stride, tied) and stride == 2:
+            return FactorizedReduce.cost(c_in, c_out, h, w)
         return _projection_unless_tied_cost(c_in, c_out, stride, h, w, tied)
 
 

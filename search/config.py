@@ -14,6 +14,7 @@ from typing import Any
 
 import yaml
 
+from supernet.darts import DartsSpaceConfig
 from supernet.macro import MacroSpaceConfig
 
 
@@ -49,7 +50,7 @@ class TargetConfig:
 @dataclass
 class SearchConfig:
     epochs: int = 30
-    warmup_epochs: int = 5  # weights only: the architecture is frozen
+    warmup_epochs: int = 5  # weights only: the architecture is frozen (also against DARTS' skip collapse)
     order: int = 1  # 1: first-order DARTS; 2: unrolled step with finite-difference Hessian
     hessian_eps: float = 0.01  # second order: finite-difference step / |dL_val/dw'| (DARTS)
     w_lr: float = 0.05
@@ -70,6 +71,10 @@ class DeriveConfig:
     tolerance: float = 0.03
     round_to: int = 1
     min_channels: int = 1
+    # DARTS space: train the searched cells in a larger evaluation network from scratch (the
+    # DARTS protocol uses 20 cells of 36 channels) instead of fine-tuning the slimmed search net
+    eval_cells: int | None = None
+    eval_channels: int = 36
 
 
 @dataclass
@@ -96,8 +101,9 @@ class RunConfig:
     channels_last: bool = False
     log_every: int = 10  # steps between progress updates (each costs one host sync)
     threads: int | None = None  # torch CPU threads
-    space: str = "macro"
+    space: str = "macro"  # macro | darts: the section of that name configures it
     macro: MacroSpaceConfig = field(default_factory=MacroSpaceConfig)
+    darts: DartsSpaceConfig = field(default_factory=DartsSpaceConfig)
     data: DataConfig = field(default_factory=DataConfig)
     search: SearchConfig = field(default_factory=SearchConfig)
     derive: DeriveConfig = field(default_factory=DeriveConfig)
@@ -201,6 +207,8 @@ def validate(cfg: RunConfig) -> None:
         (s.target.estimator in ("discrete", "expected"),
          f"search.target.estimator must be 'discrete' or 'expected', got {s.target.estimator!r}"),
         (cfg.derive.round_to >= 1, f"derive.round_to must be >= 1, got {cfg.derive.round_to}"),
+        (cfg.derive.eval_cells is None or cfg.space == "darts",
+         f"derive.eval_cells builds a DARTS evaluation network; space is {cfg.space!r}"),
     ]
     for frac_key in ("macs_fraction", "params_fraction"):
         frac = getattr(s.target, frac_key)
@@ -209,4 +217,14 @@ def validate(cfg: RunConfig) -> None:
     for ok, message in checks:
         if not ok:
             raise ConfigError(message)
-    cfg.macro.validate()
+    if cfg.space not in SPACE_SECTIONS:
+        raise ConfigError(f"unknown space {cfg.space!r}; spaces are {', '.join(SPACE_SECTIONS)}")
+    space_config(cfg).validate()
+
+
+SPACE_SECTIONS = ("macro", "darts")
+
+
+def space_config(cfg: RunConfig):
+    """The config section of the chosen search space."""
+    return getattr(cfg, cfg.space)

@@ -21,12 +21,18 @@ class NonFiniteLossError(RuntimeError):
     pass
 
 
+def progress_at(epoch: int, search_cfg) -> float:
+    """Fraction of the architecture search done at the start of `epoch`: 0 through warm-up,
+    1 in the last epoch."""
+    s = search_cfg
+    span = max(s.epochs - s.warmup_epochs - 1, 1)
+    return min(max(epoch - s.warmup_epochs, 0) / span, 1.0)
+
+
 def temperature_at(epoch: int, search_cfg) -> float:
     """Held at the start value during warm-up, then annealed geometrically to the end value."""
     s = search_cfg
-    span = max(s.epochs - s.warmup_epochs - 1, 1)
-    t = min(max(epoch - s.warmup_epochs, 0) / span, 1.0)
-    return s.temperature_start * (s.temperature_end / s.temperature_start) ** t
+    return s.temperature_start * (s.temperature_end / s.temperature_start) ** progress_at(epoch, s)
 
 
 def autocast_factory(device: torch.device, enabled: bool):
@@ -87,6 +93,7 @@ class Searcher:
         s, net = self.cfg.search, self.net
         net.train()
         net.set_temperature(temperature_at(self.epoch, s))
+        net.set_progress(progress_at(self.epoch, s))
         self.w_sched.step(self.epoch)
         search_arch = self.epoch >= s.warmup_epochs
         # summed train loss, train correct, val loss, val correct stay on the device; counts on host
@@ -131,7 +138,8 @@ class Searcher:
         return {"epoch": self.epoch, "train_loss": train_loss, "train_acc": train_acc,
                 "val_loss": val_loss, "val_acc": val_acc, "expected_macs": float(cost.macs),
                 "expected_params": float(cost.params), "discrete_macs": float(discrete.macs),
-                "temperature": float(self.net.temperature), "w_lr": self.w_opt.param_groups[0]["lr"]}
+                "temperature": float(self.net.temperature), "w_lr": self.w_opt.param_groups[0]["lr"],
+                **self.net.arch_stats()}
 
     def _stop_nonfinite(self) -> None:
         kept = (f"the last good state (epoch {self.epoch}) is kept in {self.checkpoint_path}"

@@ -8,7 +8,7 @@ from pathlib import Path
 import torch
 
 from datasource import DeviceLoader, ImageData, load_dataset
-from search.config import RunConfig, from_dict, to_dict
+from search.config import RunConfig, from_dict, space_config, to_dict
 from search.loop import Searcher
 from search.penalty import Targets, resolve_targets
 from supernet import SPACES
@@ -57,7 +57,8 @@ def loader(cfg: RunConfig, x, y, meta: DataMeta, device, train: bool, seed: int)
 
 
 def build_supernet(cfg: RunConfig, meta: DataMeta, device) -> torch.nn.Module:
-    net = SPACES.get(cfg.space)(cfg.macro, meta.in_channels, meta.num_classes, meta.input_size)
+    net = SPACES.get(cfg.space)(space_config(cfg), meta.in_channels, meta.num_classes,
+                                meta.input_size)
     net = net.to(device)
     return net.to(memory_format=torch.channels_last) if cfg.channels_last else net
 
@@ -92,6 +93,7 @@ def restore_supernet(state: dict, device) -> tuple[torch.nn.Module, RunConfig, D
     meta = DataMeta(**{k: tuple(v) if isinstance(v, list) else v for k, v in state["data"].items()})
     net = build_supernet(cfg, meta, device)
     net.load_state_dict(state["model"])
+    net.set_progress(1.0)  # the searched state: schedules (e.g. DARTS' auxiliary skip) at their end
     return net, cfg, meta
 
 

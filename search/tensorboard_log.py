@@ -1,9 +1,11 @@
 """TensorBoard view of a search: how every op probability and channel mask evolves.
 
-Tags: `alpha/<layer>/<op>` (grouped per layer by a custom-scalar layout), `alpha/heatmap`,
-`mask/<group>` histograms, `channels/<group>` kept counts, `cost/expected_macs` and
-`cost/discrete_macs` against `cost/target_macs`, `loss/*`, `acc/*`, `lr/*`, `temperature`, the architecture as text, and the
-run's hyperparameters.
+Tags: `alpha/<choice>/<op>` (a choice is a macro layer or a DARTS edge such as `normal/n1<-s0`;
+grouped per choice by a custom-scalar layout), `alpha/heatmap`, `mask/<group>` histograms,
+`channels/<group>` kept counts, `cost/expected_macs` and `cost/discrete_macs` against
+`cost/target_macs`, the space's own statistics (DARTS: `skips/normal`, `skips/reduce`),
+`loss/*`, `acc/*`, `lr/*`, `temperature`, the architecture as text, and the run's
+hyperparameters.
 """
 from __future__ import annotations
 
@@ -25,9 +27,10 @@ class SearchLogger:
     def __init__(self, log_dir: str | Path, net, target_macs: float | None) -> None:
         self.writer = SummaryWriter(str(log_dir))
         self.target_macs = target_macs
+        rows = net.choice_rows(net.op_weights())
         layout = {"op probabilities": {
-            layer.name: ["Multiline", [f"alpha/{layer.name}/{op}" for op in layer.names]]
-            for layer in net.layers}}
+            row: ["Multiline", [f"alpha/{row}/{op}" for op in names]]
+            for row, (names, _) in rows.items()}}
         layout["cost"] = {"expected MACs vs target": ["Multiline", [
             "cost/expected_macs", "cost/discrete_macs", "cost/target_macs"]]}
         self.writer.add_custom_scalars(layout)
@@ -38,11 +41,11 @@ class SearchLogger:
 
     @torch.no_grad()
     def architecture(self, net, epoch: int) -> None:
-        weights, gates = net.op_weights(), net.gates()
-        for layer in net.layers:
-            for op, p in zip(layer.names, weights[layer.name].tolist()):
-                self.writer.add_scalar(f"alpha/{layer.name}/{op}", p, epoch)
-        self.writer.add_figure("alpha/heatmap", heatmap(net, weights), epoch)
+        rows, gates = net.choice_rows(net.op_weights()), net.gates()
+        for row, (names, weights) in rows.items():
+            for op, p in zip(names, weights.tolist()):
+                self.writer.add_scalar(f"alpha/{row}/{op}", p, epoch)
+        self.writer.add_figure("alpha/heatmap", heatmap(rows), epoch)
         for group, g in gates.items():
             self.writer.add_histogram(f"mask/{group}", g.float().cpu(), epoch)
             self.writer.add_scalar(f"channels/{group}", int((g >= 0.5).sum()), epoch)
@@ -52,6 +55,7 @@ class SearchLogger:
         self.writer.add_scalar("cost/expected_params", float(cost.params), epoch)
         if self.target_macs is not None:
             self.writer.add_scalar("cost/target_macs", self.target_macs, epoch)
+        self.scalars(net.arch_stats(), epoch)
         self.writer.add_text("architecture", net.describe(), epoch)
 
     def hyperparameters(self, config: dict, metrics: dict[str, float]) -> None:
@@ -66,17 +70,17 @@ class SearchLogger:
         self.writer.close()
 
 
-def heatmap(net, weights: dict[str, torch.Tensor]):
-    """Layers x ops image of op probabilities (blank where an op is not a candidate)."""
-    ops = list(dict.fromkeys(op for layer in net.layers for op in layer.names))
-    grid = [[math.nan] * len(ops) for _ in net.layers]
-    for i, layer in enumerate(net.layers):
-        for op, p in zip(layer.names, weights[layer.name].tolist()):
+def heatmap(rows: dict[str, tuple[tuple[str, ...], torch.Tensor]]):
+    """Choices x ops image of op probabilities (blank where an op is not a candidate)."""
+    ops = list(dict.fromkeys(op for names, _ in rows.values() for op in names))
+    grid = [[math.nan] * len(ops) for _ in rows]
+    for i, (names, weights) in enumerate(rows.values()):
+        for op, p in zip(names, weights.tolist()):
             grid[i][ops.index(op)] = p
-    fig, ax = plt.subplots(figsize=(1 + 0.6 * len(ops), 1 + 0.35 * len(net.layers)))
+    fig, ax = plt.subplots(figsize=(1 + 0.6 * len(ops), 1 + 0.35 * len(rows)))
     im = ax.imshow(grid, vmin=0, vmax=1, cmap="viridis", aspect="auto")
     ax.set_xticks(range(len(ops)), ops, rotation=60, ha="right", fontsize=7)
-    ax.set_yticks(range(len(net.layers)), [layer.name for layer in net.layers], fontsize=7)
+    ax.set_yticks(range(len(rows)), list(rows), fontsize=7)
     fig.colorbar(im, ax=ax, fraction=0.04)
     fig.tight_layout()
     return fig

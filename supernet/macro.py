@@ -13,7 +13,9 @@ import torch
 from torch import nn
 
 from ops import ChannelMask, Head, MixedOp, Stem, apply_gate, get_op, is_zero
-from ops.cost import out_size
+from ops.cost import Cost, out_size
+from supernet.base import Supernet
+from supernet.cost_model import layer_op_costs
 
 DEFAULT_CANDIDATES = ["conv_3x3", "sep_conv_3x3", "sep_conv_5x5", "mbconv_k3_e3", "mbconv_k3_e6",
                       "mbconv_k5_e3", "mbconv_k5_e6", "zero"]
@@ -72,7 +74,7 @@ class SearchLayer(nn.Module):
         return x + out if self.residual else out
 
 
-class MacroSupernet(nn.Module):
+class MacroSupernet(Supernet):
     space_name = "macro"
 
     def __init__(self, space: MacroSpaceConfig, in_channels: int, num_classes: int,
@@ -81,10 +83,8 @@ class MacroSupernet(nn.Module):
         space.validate()
         self.space, self.in_channels, self.num_classes = space, in_channels, num_classes
         self.input_size = input_size
-        self.register_buffer("temperature", torch.tensor(1.0))
         self.stem = Stem(in_channels, space.stem_channels)
-        self.masks = nn.ModuleDict({"stem": ChannelMask(space.stem_channels, space.mask_init)})
-        self.alphas = nn.ParameterDict()
+        self.masks["stem"] = ChannelMask(space.stem_channels, space.mask_init)
         layers, c_prev, group_prev, size = [], space.stem_channels, "stem", input_size
         for k, stage in enumerate(space.stages, start=1):
             group = f"s{k}"
@@ -106,18 +106,6 @@ class MacroSupernet(nn.Module):
         self.head = Head(c_prev, num_classes)
         self.final_size, self.final_group = size, group_prev
 
-    # -- parameters ---------------------------------------------------------------------------
-    def arch_parameters(self) -> list[nn.Parameter]:
-        """Op logits (alpha) and mask logits: updated on validation batches only."""
-        return [*self.alphas.values(), *(m.logits for m in self.masks.values())]
-
-    def weight_parameters(self) -> list[nn.Parameter]:
-        arch = {id(p) for p in self.arch_parameters()}
-        return [p for p in self.parameters() if id(p) not in arch]
-
-    def set_temperature(self, value: float) -> None:
-        self.temperature.fill_(value)
-
     # -- architecture state ---------------------------------------------------------------------
     def op_weights(self) -> dict[str, torch.Tensor]:
         """Per layer: softmax(alpha / temperature), or one-hot on the fixed op after `fix`."""
@@ -131,8 +119,43 @@ class MacroSupernet(nn.Module):
                     torch.tensor(layer.mixed.active, device=alpha.device), len(alpha)).to(alpha.dtype)
         return out
 
-    def gates(self) -> dict[str, torch.Tensor]:
-        return {name: mask(self.temperature) for name, mask in self.masks.items()}
+    def select(self, weights: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        """One-hot on the highest-weighted op of every layer (`zero` included: depth is searched)."""
+        return {name: nn.functional.one_hot(w.argmax(), len(w)).to(w.dtype)
+                for name, w in weights.items()}
+
+    def derive_ops(self, weights: dict[str, torch.Tensor] | None = None) -> dict[str, str]:
+        """Layer name -> chosen op (the highest alpha, or the highest of `weights`)."""
+        weights = self.alphas if weights is None else weights
+        return {layer.name: layer.names[int(weights[layer.name].argmax())] for layer in self.layers}
+
+    def used_groups(self, ops: dict[str, str]) -> list[str]:
+        """Channel groups the derived network has: stem, stages, inner widths of the chosen ops."""
+        groups = {"stem"}
+        for layer in self.layers:
+            groups |= {layer.in_group, layer.out_group}
+            g = layer.hidden_groups[layer.names.index(ops[layer.name])]
+            if g:
+                groups.add(g)
+        return [name for name in self.masks if name in groups]
+
+    def choice_rows(self, weights) -> dict[str, tuple[tuple[str, ...], torch.Tensor]]:
+        """Per layer: its op names and weights (for logging)."""
+        return {layer.name: (layer.names, weights[layer.name]) for layer in self.layers}
+
+    def op_scores(self, widths: dict[str, int]) -> dict[str, torch.Tensor]:
+        """MACs of every candidate of every layer at these widths."""
+        return {layer.name: torch.tensor([float(c.macs) for c in layer_op_costs(layer, widths)],
+                                         dtype=torch.float64) for layer in self.layers}
+
+    def cost(self, weights, channels) -> Cost:
+        """Cost given per-layer op weights (probabilities or one-hot) and group widths."""
+        total = Stem.cost(self.in_channels, channels["stem"], self.input_size, self.input_size)
+        for layer in self.layers:
+            for w, c in zip(weights[layer.name], layer_op_costs(layer, channels)):
+                total = total + c * w
+        return total + Head.cost(channels[self.final_group], self.num_classes, self.final_size,
+                                 self.final_size)
 
     def fix(self, ops: dict[str, str], keep: dict[str, torch.Tensor]) -> None:
         """Hard-mask the supernet: run only the chosen op per layer and keep only `keep` channels."""
