@@ -113,8 +113,7 @@ def test_discrete_cost_is_the_cost_of_the_derived_cells():
         net.alphas["reduce"].normal_()
         for c in net.cells:  # even counts with one channel per half: what derivation keeps
             half = c.channels // 2
-            net.masks[c.group].logits.copy_(torch.tensor([1.0, -1, -1] * 2)[:c.channels].repeat(
-                c.channels // 6 or 1)[:c.channels])
+            net.masks[c.group].logits.copy_(torch.tensor([1.0, -1.0, -1.0]).repeat(c.channels // 3))
             assert int((net.masks[c.group].logits[:half] > 0).sum()) == int(
                 (net.masks[c.group].logits[half:] > 0).sum())
     d = derive(net)
