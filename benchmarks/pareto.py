@@ -29,7 +29,7 @@ import torch
 import train
 from export import load
 from export.build import build
-from export.discretize import chosen_ops, dense_architecture
+from export.discretize import dense_architecture
 from export.flops import fvcore_report
 from export.slim import slim
 from search.baselines import (l1_filter_pruning, load_dense_weights, random_architecture,
@@ -106,7 +106,7 @@ class Bench:
     def _pretrained_dense(self, seed: int):
         torch.manual_seed(seed)
         net = self.backbone()
-        ops = chosen_ops(net)
+        ops = net.derive_ops()
         dense = build(dense_architecture(net))  # one candidate op: the widest path is the backbone
         self.train_eval(dense, self.cfg.search.epochs, seed)
         return net, ops, dense

@@ -27,15 +27,6 @@ class Derivation:
     keep: dict[str, torch.Tensor]  # channel group -> kept channel indices, ascending
 
 
-def chosen_ops(net) -> dict:
-    return net.derive_ops()
-
-
-def used_groups(net, ops) -> list[str]:
-    """Channel groups the derived network has."""
-    return net.used_groups(ops)
-
-
 def architecture_from_counts(net, ops, counts: dict[str, int], mean=(), std=()) -> Architecture:
     if net.space_name == "darts":
         cells = cell_chain(counts["stem"], [counts[c.group] for c in net.cells],
@@ -54,7 +45,7 @@ def architecture_from_counts(net, ops, counts: dict[str, int], mean=(), std=()) 
 
 
 def _round(count: int, size: int, round_to: int, min_channels: int) -> int:
-    count = max(count, min_channels, round_to)
+    count = max(count, min_channels)
     if round_to > 1:
         count = make_divisible(count, round_to)
     return min(count, size)
@@ -65,12 +56,12 @@ def derive(net, target_macs: float | None = None, tolerance: float = 0.03, round
     if min_channels < 1:
         raise ValueError(f"min_channels must be >= 1, got {min_channels}")
     with torch.no_grad():
-        ops = chosen_ops(net)
-        logits = {g: net.masks[g].logits.detach().float().cpu() for g in used_groups(net, ops)}
+        ops = net.derive_ops()
+        logits = {g: net.masks[g].logits.detach().float().cpu() for g in net.used_groups(ops)}
 
     def counts_above(threshold: float) -> dict[str, int]:
         return {g: _round(int((lg >= threshold).sum()), lg.numel(),
-                          _lcm(round_to, net.channel_step(g)), min_channels)
+                          math.lcm(round_to, net.channel_step(g)), min_channels)
                 for g, lg in logits.items()}
 
     def macs(counts: dict[str, int]) -> float:
@@ -101,10 +92,6 @@ def _counts_for_target(counts_above, macs, logits, target: float) -> dict[str, i
             hi = mid
     candidates = [counts_above(ranked[lo - 1]), counts_above(ranked[hi - 1])]
     return min(candidates, key=lambda c: abs(macs(c) - target))
-
-
-def _lcm(a: int, b: int) -> int:
-    return a * b // math.gcd(a, b)
 
 
 def dense_architecture(net, mean=(), std=()) -> Architecture:

@@ -13,7 +13,7 @@ import math
 import torch
 from torch import nn
 
-from export.discretize import Derivation, architecture_from_counts, chosen_ops, derive, used_groups
+from export.discretize import Derivation, architecture_from_counts, derive
 from export.slim import copy_selected
 
 
@@ -35,8 +35,8 @@ def _scaled_counts(net, groups, ratio: float) -> dict[str, int]:
 
 def uniformly_scaled_counts(net, target_macs: float) -> tuple[dict[str, str], dict[str, int]]:
     """The chosen ops, and every group's width scaled by the one factor closest to the target."""
-    ops = chosen_ops(net)
-    groups = used_groups(net, ops)
+    ops = net.derive_ops()
+    groups = net.used_groups(ops)
     ratio = _ratio_for_target(lambda r: architecture_from_counts(
         net, ops, _scaled_counts(net, groups, r)).cost().macs, target_macs)
     return ops, _scaled_counts(net, groups, ratio)
@@ -52,7 +52,7 @@ def uniform_width(net, target_macs: float) -> Derivation:
 @torch.no_grad()
 def filter_l1_scores(net, ops: dict[str, str]) -> dict[str, torch.Tensor]:
     """Per channel of each group: the summed L1 norm of the filters that write it."""
-    scores = {g: torch.zeros(net.masks[g].channels) for g in used_groups(net, ops)}
+    scores = {g: torch.zeros(net.masks[g].channels) for g in net.used_groups(ops)}
     scores["stem"] += net.stem[0].weight.abs().sum((1, 2, 3)).cpu()
     for layer in net.layers:
         name = ops[layer.name]

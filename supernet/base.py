@@ -18,8 +18,11 @@ from torch import nn
 class Supernet(nn.Module):
     space_name = "?"
 
-    def __init__(self) -> None:
+    def __init__(self, space, in_channels: int, num_classes: int, input_size: int) -> None:
         super().__init__()
+        space.validate()
+        self.space, self.in_channels, self.num_classes = space, in_channels, num_classes
+        self.input_size = input_size
         self.register_buffer("temperature", torch.tensor(1.0))
         self.masks = nn.ModuleDict()
         self.alphas = nn.ParameterDict()

@@ -119,10 +119,8 @@ class DartsSupernet(Supernet):
 
     def __init__(self, space: DartsSpaceConfig, in_channels: int, num_classes: int,
                  input_size: int) -> None:
-        super().__init__()
-        space.validate()
-        self.space, self.in_channels, self.num_classes = space, in_channels, num_classes
-        self.input_size, self.names = input_size, tuple(space.candidates)
+        super().__init__(space, in_channels, num_classes, input_size)
+        self.names = tuple(space.candidates)
         self.aux_skip = space.aux_skip
         self.multiplier = space.nodes  # every node is concatenated into the cell output
         c_stem = space.stem_multiplier * space.channels

@@ -79,10 +79,7 @@ class MacroSupernet(Supernet):
 
     def __init__(self, space: MacroSpaceConfig, in_channels: int, num_classes: int,
                  input_size: int) -> None:
-        super().__init__()
-        space.validate()
-        self.space, self.in_channels, self.num_classes = space, in_channels, num_classes
-        self.input_size = input_size
+        super().__init__(space, in_channels, num_classes, input_size)
         self.stem = Stem(in_channels, space.stem_channels)
         self.masks["stem"] = ChannelMask(space.stem_channels, space.mask_init)
         layers, c_prev, group_prev, size = [], space.stem_channels, "stem", input_size

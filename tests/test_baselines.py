@@ -9,7 +9,7 @@ import torch
 
 from conftest import randomize, tiny_space
 from export import build
-from export.discretize import architecture_from_counts, chosen_ops
+from export.discretize import architecture_from_counts
 from export.flops import fvcore_report
 from export.slim import slim
 from search.baselines import (filter_l1_scores, l1_filter_pruning, load_dense_weights,
@@ -29,7 +29,7 @@ def backbone():
 
 
 def dense_macs(net) -> float:
-    return architecture_from_counts(net, chosen_ops(net), full_widths(net)).cost().macs
+    return architecture_from_counts(net, net.derive_ops(), full_widths(net)).cost().macs
 
 
 @pytest.mark.parametrize("fraction", [0.25, 0.5])
@@ -57,7 +57,7 @@ def test_l1_pruning_keeps_the_largest_filters(backbone):
 
 def test_dense_weights_round_trip_through_the_backbone(backbone):
     randomize(backbone)
-    ops = chosen_ops(backbone)
+    ops = backbone.derive_ops()
     trained = build(architecture_from_counts(backbone, ops, full_widths(backbone))).eval()
     with torch.no_grad():
         for p in trained.parameters():
@@ -80,7 +80,7 @@ def test_random_architectures_meet_the_target_and_differ_by_seed():
 
 
 def test_torch_pruning_reaches_the_target(backbone):
-    model = build(architecture_from_counts(backbone, chosen_ops(backbone), full_widths(backbone)))
+    model = build(architecture_from_counts(backbone, backbone.derive_ops(), full_widths(backbone)))
     example = torch.randn(1, 1, 8, 8)
     target = 0.4 * dense_macs(backbone)
     pruned = torch_pruning_magnitude(model, example, target)

@@ -6,7 +6,7 @@ import torch
 
 from conftest import randomize, tiny_space
 from export import Architecture, derive
-from export.discretize import architecture_from_counts, chosen_ops
+from export.discretize import architecture_from_counts
 from supernet import MacroSupernet, StageSpec
 from supernet.cost_model import full_widths
 
@@ -26,7 +26,7 @@ def net():
 
 def full_width_macs(net) -> float:
     """MACs of the chosen ops with every channel kept: the most any target can get."""
-    return architecture_from_counts(net, chosen_ops(net), full_widths(net)).cost().macs
+    return architecture_from_counts(net, net.derive_ops(), full_widths(net)).cost().macs
 
 
 @pytest.mark.parametrize("fraction", [0.1, 0.25, 0.5, 0.75, 0.95])
