@@ -168,7 +168,8 @@ def derive_and_export(cfg, args, run_dir, data, net, search_target, search_metri
     meta = data_meta(data)
     autocast = autocast_factory(device, cfg.amp)
     test_loader = loader(cfg, data.x_test, data.y_test, meta, device, train=False, seed=0)
-    train_loader = loader(cfg, data.x_train, data.y_train, meta, device, train=True, seed=cfg.seed + 2)
+    train_loader = loader(cfg, data.x_train, data.y_train, meta, device, train=True, seed=cfg.seed + 2,
+                          cutout=cfg.finetune.cutout)
     target = cfg.derive.macs if cfg.derive.macs is not None else search_target
 
     derivation, compact, slim_gap = derive_and_slim(cfg, net, meta, target, next(iter(test_loader))[0])

@@ -7,7 +7,10 @@ a training batch) of a search space on random inputs: ms/step, images/s, peak me
 The step is the search loop's own (`Searcher.arch_step` + `Searcher.weight_step`), with the
 default space config (DARTS: 8 cells, 16 channels, 32x32 inputs, 10 classes). cudnn.benchmark
 is on. Peak memory is `torch.cuda.max_memory_allocated` on a GPU and the process's peak RSS on a
-CPU. Writes benchmarks/results/search_step-<device>-<space>-b<batch>-<precision>[-cl]-o<order>.json.
+CPU. It also counts the aten ops one step dispatches (views excluded, optimizers in their
+multi-tensor form as on a GPU): on a GPU each is at least one kernel launch, and launches, not
+arithmetic, set the step time of this space. Pass `darts.fused=false` for the per-edge schedule.
+Writes benchmarks/results/search_step-<device>-<space>-b<batch>-<precision>[-cl]-o<order>[-peredge].json.
 """
 from __future__ import annotations
 
@@ -21,6 +24,7 @@ import time
 from pathlib import Path
 
 import torch
+from torch.utils._python_dispatch import TorchDispatchMode
 
 from search.config import load_config
 from search.loop import Searcher
@@ -47,6 +51,18 @@ def parse_args(argv=None) -> argparse.Namespace:
     return p.parse_args(argv)
 
 
+class OpCounter(TorchDispatchMode):
+    """Counts the aten ops dispatched inside it (forward, backward, optimizer), views excluded."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.ops = 0
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        self.ops += not func.is_view
+        return func(*args, **(kwargs or {}))
+
+
 def peak_memory_gib(device: torch.device) -> float:
     if device.type == "cuda":
         return torch.cuda.max_memory_allocated(device) / 2 ** 30
@@ -68,6 +84,8 @@ def main(argv=None) -> dict:
     net = build_supernet(cfg, meta, device).train()
     targets = resolve_targets(cfg.search.target, net, cfg.derive.min_channels)
     searcher = Searcher(cfg, net, None, None, targets, Path(tempfile.mkdtemp()))
+    for opt in (searcher.w_opt, searcher.architect.optimizer):
+        opt.param_groups[0]["foreach"] = True  # what a GPU runs; the CPU default loops per tensor
     memory_format = torch.channels_last if args.channels_last else torch.contiguous_format
 
     def batch():
@@ -83,6 +101,9 @@ def main(argv=None) -> dict:
 
     for i in range(args.warmup):
         step(i)
+    counter = OpCounter()
+    with counter:
+        step(args.warmup)
     if device.type == "cuda":
         torch.cuda.synchronize(device)
         torch.cuda.reset_peak_memory_stats(device)
@@ -97,6 +118,7 @@ def main(argv=None) -> dict:
     result = {
         "space": args.space, "batch": args.batch, "precision": args.precision,
         "channels_last": args.channels_last, "order": args.order, "ms_per_step": round(ms, 2),
+        "ops_per_step": counter.ops,
         "images_per_s": round(2 * args.batch / (ms / 1000), 1),  # a step reads a train and a val batch
         "peak_memory_gib": round(peak_memory_gib(device), 3),
         "peak_memory_kind": "cuda max allocated" if device.type == "cuda" else "process peak RSS",
@@ -104,14 +126,15 @@ def main(argv=None) -> dict:
         "threads": torch.get_num_threads(), "torch": torch.__version__, "steps": args.steps,
         "overrides": args.overrides,
     }
+    per_edge = args.space == "darts" and not cfg.darts.fused
     name = (f"search_step-{device.type}-{args.space}-b{args.batch}-{args.precision}"
-            f"{'-cl' if args.channels_last else ''}-o{args.order}.json")
+            f"{'-cl' if args.channels_last else ''}-o{args.order}{'-peredge' if per_edge else ''}.json")
     args.out.mkdir(parents=True, exist_ok=True)
     (args.out / name).write_text(json.dumps(result, indent=2))
     print(f"{args.space} b={args.batch} {args.precision}{' channels_last' if args.channels_last else ''} "
           f"order {args.order} on {result['device']}: {ms:.1f} ms/step, "
           f"{result['images_per_s']:.0f} images/s, peak {result['peak_memory_gib']:.2f} GiB "
-          f"({result['peak_memory_kind']})")
+          f"({result['peak_memory_kind']}), {counter.ops:,} aten ops/step")
     return result
 
 

@@ -16,7 +16,7 @@ class DeviceLoader:
     def __init__(self, x: torch.Tensor, y: torch.Tensor, batch_size: int, mean: Sequence[float],
                  std: Sequence[float], device: torch.device | str = "cpu", shuffle: bool = True,
                  crop_padding: int = 0, hflip: bool = False, drop_last: bool = True,
-                 seed: int = 0, channels_last: bool = False) -> None:
+                 seed: int = 0, channels_last: bool = False, cutout: int = 0) -> None:
         if batch_size < 1:
             raise ValueError(f"batch_size must be >= 1, got {batch_size}")
         if len(x) == 0:
@@ -25,7 +25,7 @@ class DeviceLoader:
         self.x, self.y = x.to(self.device), y.to(self.device)
         self.batch_size = min(batch_size, len(x))
         self.shuffle, self.drop_last = shuffle, drop_last
-        self.crop_padding, self.hflip = crop_padding, hflip
+        self.crop_padding, self.hflip, self.cutout = crop_padding, hflip, cutout
         self.channels_last = channels_last
         shape = (1, -1, 1, 1)
         self.mean = torch.tensor(mean, device=self.device).view(shape)
@@ -52,6 +52,8 @@ class DeviceLoader:
             flip = (torch.rand(len(x), generator=self.generator) < 0.5).to(x.device)
             x = torch.where(flip.view(-1, 1, 1, 1), x.flip(3), x)
         x = (x - self.mean) / self.std
+        if self.shuffle and self.cutout:
+            x = cutout(x, self.cutout, self.generator)
         return x.contiguous(memory_format=torch.channels_last) if self.channels_last else x
 
     def state_dict(self) -> dict:
@@ -71,3 +73,15 @@ def random_crop(x: torch.Tensor, padding: int, generator: torch.Generator) -> to
     cols = (dx.view(n, 1) + torch.arange(w, device=x.device)).view(n, 1, 1, w)
     batch = torch.arange(n, device=x.device).view(n, 1, 1, 1)
     return padded.permute(0, 2, 3, 1)[batch, rows, cols].squeeze(1).permute(0, 3, 1, 2)
+
+
+def cutout(x: torch.Tensor, size: int, generator: torch.Generator) -> torch.Tensor:
+    """Zero one size x size square per image (DeVries & Taylor, 2017, as DARTS applies it: after
+    normalisation, centred anywhere in the image, clipped at the borders)."""
+    n, _, h, w = x.shape
+    top = torch.randint(0, h, (n, 1, 1, 1), generator=generator).to(x.device) - size // 2
+    left = torch.randint(0, w, (n, 1, 1, 1), generator=generator).to(x.device) - size // 2
+    rows = torch.arange(h, device=x.device).view(1, 1, h, 1)
+    cols = torch.arange(w, device=x.device).view(1, 1, 1, w)
+    inside = (rows >= top) & (rows < top + size) & (cols >= left) & (cols < left + size)
+    return x.masked_fill(inside, 0.0)

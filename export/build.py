@@ -2,12 +2,13 @@
 from __future__ import annotations
 
 import torch
+from timm.layers import DropPath
 from torch import nn
 
 from export.architecture import Architecture, LayerChoice
 from export.cells import CellChoice
-from ops import FactorizedReduce, Head, Stem, build_op
-from ops.candidates import ReLUConvBN
+from ops import FactorizedReduce, Head, Stem, build_op, get_op
+from ops.candidates import ReLUConvBN, Skip
 
 
 class CompactLayer(nn.Module):
@@ -16,9 +17,10 @@ class CompactLayer(nn.Module):
         self.residual = choice.residual
         self.op = build_op(choice.op, choice.c_in, choice.c_out, choice.stride,
                            hidden=choice.hidden, tied=choice.residual)
+        self.drop_path = DropPath(0.0)  # stochastic depth of the residual branch (training only)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return x + self.op(x) if self.residual else self.op(x)
+        return x + self.drop_path(self.op(x)) if self.residual else self.op(x)
 
 
 class CompactCell(nn.Module):
@@ -33,12 +35,18 @@ class CompactCell(nn.Module):
         self.edges = nn.ModuleList(build_op(e.op, c, c, e.stride, hidden=c, tied=True)
                                    for e in choice.edges)
         self.sources, self.concat = [e.source for e in choice.edges], list(choice.concat)
+        # DARTS' evaluation drop-path: every edge but an identity may be dropped (training only)
+        self.drop_path = DropPath(0.0)
+        self.droppable = [not (get_op(e.op).cls is Skip and e.stride == 1) for e in choice.edges]
+
+    def edge(self, e: int, states: list[torch.Tensor]) -> torch.Tensor:
+        y = self.edges[e](states[self.sources[e]])
+        return self.drop_path(y) if self.droppable[e] else y
 
     def forward(self, s0: torch.Tensor, s1: torch.Tensor) -> torch.Tensor:
         states = [self.preprocess0(s0), self.preprocess1(s1)]
         for i in range(0, len(self.edges), 2):
-            states.append(self.edges[i](states[self.sources[i]])
-                          + self.edges[i + 1](states[self.sources[i + 1]]))
+            states.append(self.edge(i, states) + self.edge(i + 1, states))
         return torch.cat([states[j] for j in self.concat], dim=1)
 
 
@@ -65,3 +73,10 @@ class CompactNet(nn.Module):
 
 def build(arch: Architecture) -> CompactNet:
     return CompactNet(arch)
+
+
+def set_drop_path(model: nn.Module, prob: float) -> None:
+    """Drop probability of every cell edge and residual branch (0: off; eval mode never drops)."""
+    for m in model.modules():
+        if isinstance(m, DropPath):
+            m.drop_prob = prob

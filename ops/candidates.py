@@ -16,6 +16,7 @@ Ops follow DARTS' ReLU-Conv-BN order; inverted residuals follow MobileNetV2.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from itertools import islice
 from typing import Any
 
 import torch
@@ -44,6 +45,40 @@ def norm(channels: int, role: str) -> nn.BatchNorm2d:
     return tag(nn.BatchNorm2d(channels), role)
 
 
+class SharedInput:
+    """One tensor that several ops read, with the work they would all repeat on it: ReLU(x), and
+    the outputs of parameter-free ops (pooling, identity), which are the same for every reader."""
+
+    def __init__(self, x: torch.Tensor) -> None:
+        self.x = x
+        self._relu: torch.Tensor | None = None
+        self._outputs: dict[Any, torch.Tensor] = {}
+
+    @property
+    def relu(self) -> torch.Tensor:
+        if self._relu is None:
+            self._relu = torch.relu(self.x)
+        return self._relu
+
+    def shared_output(self, key: Any, op: nn.Module) -> torch.Tensor:
+        """op(x) for a parameter-free op, computed by the first caller with this key."""
+        if key not in self._outputs:
+            self._outputs[key] = op(self.x)
+        return self._outputs[key]
+
+
+def run_after_shared_relu(module: nn.Module, inp: SharedInput) -> torch.Tensor:
+    """module(inp.x), taking the leading ReLU of `module` (if it has one) from `inp`."""
+    if isinstance(module, nn.Sequential) and len(module) and isinstance(module[0], nn.ReLU):
+        x = inp.relu
+        for layer in islice(module, 1, None):
+            x = layer(x)
+        return x
+    if isinstance(module, FactorizedReduce):
+        return module.after_relu(inp.relu)
+    return module(inp.x)
+
+
 class CandidateOp(nn.Module):
     """An op with an optional inner channel group gated between `pre` and `post`."""
 
@@ -51,6 +86,10 @@ class CandidateOp(nn.Module):
 
     def forward(self, x: torch.Tensor, hidden_gate: torch.Tensor | None = None) -> torch.Tensor:
         return self.post(apply_gate(self.pre(x), hidden_gate))
+
+    def forward_shared(self, inp: SharedInput, hidden_gate: torch.Tensor | None = None) -> torch.Tensor:
+        """forward(inp.x), with the leading ReLU shared among all ops that read `inp`."""
+        return self.post(apply_gate(run_after_shared_relu(self.pre, inp), hidden_gate))
 
     @staticmethod
     def default_hidden(c_in: int, **kwargs: Any) -> int | None:
@@ -195,7 +234,9 @@ class FactorizedReduce(nn.Module):
         self.norm = norm(c_out, "out")
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        x = self.act(x)
+        return self.after_relu(self.act(x))
+
+    def after_relu(self, x: torch.Tensor) -> torch.Tensor:
         return self.norm(torch.cat([self.conv_a(x), self.conv_b(x[:, :, 1:, 1:])], dim=1))
 
     @staticmethod

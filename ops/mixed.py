@@ -1,4 +1,5 @@
-"""The DARTS mixed op: a softmax-weighted sum of candidate ops on one edge."""
+"""The DARTS mixed op: a softmax-weighted sum of candidate ops on one edge; and that sum over
+many terms as one contraction."""
 from __future__ import annotations
 
 from collections.abc import Sequence
@@ -17,6 +18,9 @@ class MixedOp(nn.Module):
         self.names = tuple(names)
         self.candidates = nn.ModuleDict(
             {name: build_op(name, c_in, c_out, stride, tied=tied) for name in self.names})
+        # Parameter-free ops (pooling, identity) give the same output on every edge reading one input
+        self.parameter_free = [not any(True for _ in op.parameters())
+                               for op in self.candidates.values()]
         # After discretization only the chosen op runs (set by `fix`); weights stay one-hot.
         self.active: int | None = None
 
@@ -35,3 +39,16 @@ class MixedOp(nn.Module):
             zero = next(op for op in self.candidates.values() if isinstance(op, Zero))
             out = zero(x)
         return out
+
+
+def weighted_sum(weights: torch.Tensor, terms: Sequence[torch.Tensor]) -> torch.Tensor:
+    """sum_k weights[k] * terms[k] for equal-shaped NCHW terms, as one stack and one matrix-vector
+    product: two kernels forward and three backward for any number of terms, where a chain of
+    multiplies and adds launches two per term each way. A channels_last input stays channels_last."""
+    channels_last = terms[0].dim() == 4 and not terms[0].is_contiguous() and \
+        terms[0].is_contiguous(memory_format=torch.channels_last)
+    if channels_last:  # NHWC views are contiguous: the stack and the product keep that layout
+        terms = [t.permute(0, 2, 3, 1) for t in terms]
+    stacked = torch.stack(terms)
+    out = (weights.to(stacked.dtype) @ stacked.flatten(1)).view(stacked.shape[1:])
+    return out.permute(0, 3, 1, 2) if channels_last else out

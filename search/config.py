@@ -89,6 +89,11 @@ class FinetuneConfig:
     kd_weight: float = 0.0  # knowledge distillation from the supernet
     kd_temperature: float = 4.0
     ema_decay: float | None = None  # e.g. 0.999 for a timm ModelEmaV3 copy
+    # DARTS' evaluation protocol (0.2, 0.4, 16 there): drop-path probability reached in the last
+    # epoch (cell edges, residual branches), auxiliary head loss weight (cell networks), cutout size
+    drop_path: float = 0.0
+    aux_weight: float = 0.0
+    cutout: int = 0
 
 
 @dataclass
@@ -194,7 +199,7 @@ def load_config(path: str | Path | None = None, overrides: list[str] = ()) -> Ru
 
 
 def validate(cfg: RunConfig) -> None:
-    s = cfg.search
+    s, f = cfg.search, cfg.finetune
     checks = [
         (s.epochs >= 1, f"search.epochs must be >= 1, got {s.epochs}"),
         (0 <= s.warmup_epochs <= s.epochs,
@@ -209,6 +214,11 @@ def validate(cfg: RunConfig) -> None:
         (cfg.derive.round_to >= 1, f"derive.round_to must be >= 1, got {cfg.derive.round_to}"),
         (cfg.derive.eval_cells is None or cfg.space == "darts",
          f"derive.eval_cells builds a DARTS evaluation network; space is {cfg.space!r}"),
+        (0 <= f.drop_path < 1, f"finetune.drop_path must be in [0, 1), got {f.drop_path}"),
+        (f.aux_weight >= 0, f"finetune.aux_weight must be >= 0, got {f.aux_weight}"),
+        (f.aux_weight == 0 or cfg.space == "darts",
+         f"finetune.aux_weight adds DARTS' auxiliary head to a cell network; space is {cfg.space!r}"),
+        (f.cutout >= 0, f"finetune.cutout must be >= 0 pixels, got {f.cutout}"),
     ]
     for frac_key in ("macs_fraction", "params_fraction"):
         frac = getattr(s.target, frac_key)

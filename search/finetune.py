@@ -1,5 +1,6 @@
 """Fine-tuning of the compact model: SGD + cosine schedule (timm), optional knowledge
-distillation from the supernet and an optional EMA copy (timm's ModelEmaV3)."""
+distillation from the supernet, an optional EMA copy (timm's ModelEmaV3), and DARTS' evaluation
+regularisers for cell networks (drop-path rising linearly over the epochs, auxiliary head)."""
 from __future__ import annotations
 
 import contextlib
@@ -10,6 +11,8 @@ from timm.scheduler import CosineLRScheduler
 from timm.utils import ModelEmaV3
 from tqdm import tqdm
 
+from export.build import set_drop_path
+from search.auxiliary import AuxiliaryTap
 from search.loop import NonFiniteLossError
 from search.losses import cross_entropy, distillation_loss
 
@@ -71,11 +74,13 @@ def finetune(model: torch.nn.Module, cfg, train_loader, teacher: torch.nn.Module
         reinitialize(model)
     if cfg.epochs == 0:
         return model
-    opt = torch.optim.SGD(model.parameters(), lr=cfg.lr, momentum=cfg.momentum,
+    ema = ModelEmaV3(model, decay=cfg.ema_decay) if cfg.ema_decay else None
+    aux = AuxiliaryTap(model, model.arch.num_classes) if cfg.aux_weight else None
+    params = [*model.parameters(), *(aux.head.parameters() if aux else ())]
+    opt = torch.optim.SGD(params, lr=cfg.lr, momentum=cfg.momentum,
                           weight_decay=cfg.weight_decay, nesterov=cfg.momentum > 0)
     sched = CosineLRScheduler(opt, t_initial=cfg.epochs, lr_min=cfg.lr_min,
                               warmup_t=cfg.warmup_epochs, warmup_lr_init=cfg.lr / 10)
-    ema = ModelEmaV3(model, decay=cfg.ema_decay) if cfg.ema_decay else None
     use_kd = teacher is not None and cfg.kd_weight > 0
     if use_kd:
         teacher.eval()
@@ -85,11 +90,14 @@ def finetune(model: torch.nn.Module, cfg, train_loader, teacher: torch.nn.Module
     model.train()
     for epoch in range(cfg.epochs):
         sched.step(epoch)
-        sums, n = torch.zeros(2, device=device), 0
+        set_drop_path(model, cfg.drop_path * epoch / cfg.epochs)  # DARTS' linear schedule
+        sums, n = torch.zeros(3, device=device), 0
         for x, y in train_loader:
             with autocast():
                 logits = model(x)
                 loss = cross_entropy(logits, y)
+                aux_loss = cross_entropy(aux.logits(), y) if aux else loss.new_zeros(())
+                loss = loss + cfg.aux_weight * aux_loss
                 if use_kd:
                     with torch.no_grad():
                         target = teacher(x)
@@ -100,16 +108,21 @@ def finetune(model: torch.nn.Module, cfg, train_loader, teacher: torch.nn.Module
             opt.step()
             if ema is not None:
                 ema.update(model)
-            sums += torch.stack([loss.detach() * len(y), (logits.argmax(1) == y).sum().float()])
+            sums += torch.stack([loss.detach() * len(y), (logits.argmax(1) == y).sum().float(),
+                                 aux_loss.detach() * len(y)])
             n += len(y)
             bar.update(1)
-        loss_sum, correct = sums.tolist()  # one sync per epoch
+        loss_sum, correct, aux_sum = sums.tolist()  # one sync per epoch
         if not math.isfinite(loss_sum):
             raise NonFiniteLossError(f"non-finite loss in fine-tune epoch {epoch + 1}; lower "
                                      f"finetune.lr (now {cfg.lr})")
         bar.set_postfix(loss=f"{loss_sum / n:.3f}", acc=f"{correct / n:.3f}")
         if logger is not None:
             logger.scalars({"finetune/loss": loss_sum / n, "finetune/acc": correct / n,
-                            "finetune/lr": opt.param_groups[0]["lr"]}, epoch + 1)
+                            "finetune/lr": opt.param_groups[0]["lr"],
+                            **({"finetune/aux_loss": aux_sum / n} if aux else {})}, epoch + 1)
     bar.close()
+    set_drop_path(model, 0.0)
+    if aux is not None:
+        aux.remove()  # the exported model carries no trace of the auxiliary head
     return ema.module if ema is not None else model

@@ -26,8 +26,9 @@ from dataclasses import dataclass, field
 import torch
 from torch import nn
 
-from ops import ChannelMask, Cost, FactorizedReduce, Head, MixedOp, Stem, apply_gate, get_op, is_zero
-from ops.candidates import ReLUConvBN
+from ops import (ChannelMask, Cost, FactorizedReduce, Head, MixedOp, SharedInput, Stem, apply_gate,
+                 get_op, is_zero, weighted_sum)
+from ops.candidates import ReLUConvBN, Zero
 from ops.cost import out_size
 from supernet.base import Supernet
 
@@ -45,6 +46,7 @@ class DartsSpaceConfig:
     candidates: list[str] = field(default_factory=lambda: list(DARTS_PRIMITIVES))
     mask_init: float = 1.0
     aux_skip: float = 0.0  # DARTS- auxiliary skip weight at the start (0: off; the paper uses 1)
+    fused: bool = True  # SearchCell's fused schedule; False runs the reference per-edge one
 
     def reduction_cells(self) -> tuple[int, ...]:
         return tuple(sorted({self.cells // 3, 2 * self.cells // 3}))
@@ -78,14 +80,22 @@ def state_name(j: int) -> str:
 
 
 class SearchCell(nn.Module):
-    """One cell of the supernet. `in_groups` are the (channel group, copies) its inputs hold."""
+    """One cell of the supernet. `in_groups` are the (channel group, copies) its inputs hold.
+
+    Two schedules compute the same function. Per edge (`fused=False`, as the reference DARTS
+    code): every mixed op runs all its candidates on its input and sums them. Fused (default):
+    the work all edges from one state share is done once (the ReLU that starts every conv op,
+    pooling, identity), and each node sums the outputs of all its edges' ops in one contraction
+    with their weights. In a search step (tens of thousands of small kernels) that cuts kernel
+    launches and saved activations without changing the math."""
 
     def __init__(self, index: int, reduction: bool, reduce_prev: bool, c_in: tuple[int, int],
-                 channels: int, in_groups, size: int, names: list[str], nodes: int) -> None:
+                 channels: int, in_groups, size: int, names: list[str], nodes: int,
+                 fused: bool = True) -> None:
         super().__init__()
         self.group, self.kind = f"c{index}", "reduce" if reduction else "normal"
         self.reduction, self.reduce_prev, self.in_groups = reduction, reduce_prev, in_groups
-        self.channels, self.nodes, self.size = channels, nodes, size
+        self.channels, self.nodes, self.size, self.fused = channels, nodes, size, fused
         self.out_size = out_size(size, 2) if reduction else size
         self.preprocess0 = (FactorizedReduce(c_in[0], channels) if reduce_prev
                             else ReLUConvBN(c_in[0], channels, 1, kernel=1))
@@ -94,24 +104,70 @@ class SearchCell(nn.Module):
         self.strides = [2 if reduction and j < 2 else 1 for j in self.sources]
         self.edges = nn.ModuleList(MixedOp(names, channels, channels, s, tied=True)
                                    for s in self.strides)
+        self.n_ops = len(names)
         self.has_hidden = [get_op(n).has_hidden for n in names]
         self.kept_edges: list[bool] | None = None  # set by `fix`: edges of the derived cell
+        self._plan_terms()
+
+    def fix(self, rows: torch.Tensor | None) -> None:
+        """Run only the edges with a non-zero row of the one-hot (edges, ops) `rows`, each with its
+        op; `None` runs every edge and op again."""
+        self.kept_edges = None if rows is None else rows.sum(1).bool().tolist()
+        for e, mixed in enumerate(self.edges):
+            mixed.fix(None if rows is None else
+                      int(rows[e].argmax()) if self.kept_edges[e] else None)
+        self._plan_terms()
+
+    def _plan_terms(self) -> None:
+        """Per node, the (edge, op) pairs that run, and their flat indices into the weight matrix
+        (a buffer, so the forward pass does no host-to-device copy)."""
+        self.terms = []
+        for i, (start, end) in enumerate(node_edges(self.nodes)):
+            pairs = [(e, o) for e in range(start, end)
+                     if self.kept_edges is None or self.kept_edges[e]
+                     for o, op in enumerate(self.edges[e].candidates.values())
+                     if not isinstance(op, Zero) and self.edges[e].active in (None, o)]
+            self.terms.append(pairs)
+            index = torch.tensor([e * self.n_ops + o for e, o in pairs], dtype=torch.long)
+            old = getattr(self, f"terms{i}", None)
+            self.register_buffer(f"terms{i}", index if old is None else index.to(old.device),
+                                 persistent=False)
 
     def forward(self, s0, s1, weights: torch.Tensor, gate: torch.Tensor, aux_skip: float):
         states = [apply_gate(self.preprocess0(s0), gate), apply_gate(self.preprocess1(s1), gate)]
         hidden = [gate if h else None for h in self.has_hidden]  # sep conv middles follow the cell
-        for start, end in node_edges(self.nodes):
-            node = None
-            for e in range(start, end):
-                if self.kept_edges is not None and not self.kept_edges[e]:
-                    continue
-                x = states[self.sources[e]]
-                y = self.edges[e](x, weights[e], hidden)
-                if aux_skip and self.strides[e] == 1:
-                    y = y + aux_skip * x
-                node = y if node is None else node + y
-            states.append(apply_gate(node, gate))
+        node_fn = self._node_fused if self.fused else self._node_per_edge
+        # what the edges read: the states themselves, or each wrapped with its shared work
+        inputs = [SharedInput(x) for x in states] if self.fused else states
+        for i, (start, end) in enumerate(node_edges(self.nodes)):
+            node = node_fn(i, inputs, weights, hidden)
+            if aux_skip:
+                for e in range(start, end):
+                    if self.strides[e] == 1 and (self.kept_edges is None or self.kept_edges[e]):
+                        node = node + aux_skip * states[self.sources[e]]
+            node = apply_gate(node, gate)
+            states.append(node)
+            if self.fused:
+                inputs.append(SharedInput(node))
         return torch.cat(states[2:], dim=1)
+
+    def _node_per_edge(self, i, states, weights, hidden):
+        node = None
+        for e in range(*node_edges(self.nodes)[i]):
+            if self.kept_edges is None or self.kept_edges[e]:
+                y = self.edges[e](states[self.sources[e]], weights[e], hidden)
+                node = y if node is None else node + y
+        return node
+
+    def _node_fused(self, i, inputs, weights, hidden):
+        outputs = []
+        for e, o in self.terms[i]:
+            op, inp = self.edges[e].candidates[self.edges[e].names[o]], inputs[self.sources[e]]
+            if self.edges[e].parameter_free[o]:  # the same on every edge reading this state
+                outputs.append(inp.shared_output((o, self.strides[e]), op))
+            else:
+                outputs.append(op.forward_shared(inp, hidden[o]))
+        return weighted_sum(weights.flatten()[getattr(self, f"terms{i}")], outputs)
 
 
 class DartsSupernet(Supernet):
@@ -138,7 +194,8 @@ class DartsSupernet(Supernet):
                                      f"space needs input sizes that halve evenly (e.g. 32)")
                 c *= 2
             cell = SearchCell(k, reduction, reduce_prev, (ins[0][1], ins[1][1]), c,
-                              (ins[0][0], ins[1][0]), size, space.candidates, space.nodes)
+                              (ins[0][0], ins[1][0]), size, space.candidates, space.nodes,
+                              space.fused)
             self.masks[cell.group] = ChannelMask(c, space.mask_init)
             cells.append(cell)
             ins = [ins[1], ((cell.group, self.multiplier), self.multiplier * c)]
@@ -229,10 +286,7 @@ class DartsSupernet(Supernet):
                 hot[self.edge_index(i // 2, source), self.names.index(op)] = 1.0
             self.fixed_weights[kind] = hot
         for cell in self.cells:
-            rows = self.fixed_weights[cell.kind]
-            cell.kept_edges = rows.sum(1).bool().tolist()
-            for e, mixed in enumerate(cell.edges):
-                mixed.fix(int(rows[e].argmax()) if cell.kept_edges[e] else None)
+            cell.fix(self.fixed_weights[cell.kind])
         for name, mask in self.masks.items():
             if name in keep:
                 mask.harden(keep[name])
@@ -240,9 +294,7 @@ class DartsSupernet(Supernet):
     def unfix(self) -> None:
         self.fixed_weights = None
         for cell in self.cells:
-            cell.kept_edges = None
-            for mixed in cell.edges:
-                mixed.fix(None)
+            cell.fix(None)
         for mask in self.masks.values():
             mask.soften()
 

@@ -67,7 +67,8 @@ def test_tensorboard_has_every_edge_and_the_skip_counts(tmp_path):
 
 def test_train_py_darts_search_to_evaluation_network_export(tmp_path):
     result = train.main([*TINY_DARTS, "search.epochs=2", "search.warmup_epochs=1",
-                         "finetune.epochs=1", f"out_dir={tmp_path}",
+                         "finetune.epochs=2", f"out_dir={tmp_path}", "finetune.drop_path=0.2",
+                         "finetune.aux_weight=0.4", "finetune.cutout=4",
                          "name=run", "derive.eval_cells=4", "derive.eval_channels=6"])
     folder = tmp_path / "run" / "export"
     model = load(folder)

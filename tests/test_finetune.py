@@ -1,10 +1,11 @@
-"""Fine-tuning switches: from scratch, knowledge distillation, EMA, BN recalibration."""
+"""Fine-tuning switches: from scratch, knowledge distillation, EMA, BN recalibration, drop-path."""
 import copy
 
 import pytest
 import torch
 
 from export import derive
+from export.build import CompactLayer, set_drop_path
 from export.slim import slim
 from search.config import FinetuneConfig
 from search.finetune import evaluate, finetune, recalibrate_batchnorm
@@ -80,3 +81,18 @@ def test_batchnorm_recalibration_matches_the_data_statistics(compact):
     stem_out = torch.cat([compact.stem[0](x) for x, _ in data])
     assert torch.allclose(bn.running_mean, stem_out.mean((0, 2, 3)), atol=1e-5)
     assert bn.momentum == 0.1 and not compact.training
+
+
+def test_drop_path_on_residual_layers_drops_their_branches_in_training_only(compact):
+    residual = [i for i, m in enumerate(compact.layers) if isinstance(m, CompactLayer) and m.residual]
+    assert residual
+    without = copy.deepcopy(compact)
+    for i in residual:
+        without.layers[i] = torch.nn.Identity()
+    x = torch.randn(8, 1, 8, 8)
+    set_drop_path(compact, 1.0)  # every residual branch dropped: the layers become identities
+    compact.eval()
+    with torch.no_grad():
+        assert not torch.allclose(compact(x), without.eval()(x))  # eval never drops
+        compact.train(), without.train()
+        torch.testing.assert_close(compact(x), without(x))
