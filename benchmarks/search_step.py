@@ -24,10 +24,10 @@ import time
 from pathlib import Path
 
 import torch
-from torch.utils._python_dispatch import TorchDispatchMode
 
 from search.config import load_config
 from search.loop import Searcher
+from search.op_count import OpCounter
 from search.penalty import resolve_targets
 from search.pipeline import DataMeta, build_supernet, select_device
 
@@ -49,18 +49,6 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--out", type=Path, default=RESULTS, help="folder for the JSON result")
     p.add_argument("overrides", nargs="*", help="config overrides, e.g. darts.cells=5")
     return p.parse_args(argv)
-
-
-class OpCounter(TorchDispatchMode):
-    """Counts the aten ops dispatched inside it (forward, backward, optimizer), views excluded."""
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.ops = 0
-
-    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
-        self.ops += not func.is_view
-        return func(*args, **(kwargs or {}))
 
 
 def peak_memory_gib(device: torch.device) -> float:

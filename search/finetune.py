@@ -74,7 +74,7 @@ def finetune(model: torch.nn.Module, cfg, train_loader, teacher: torch.nn.Module
         reinitialize(model)
     if cfg.epochs == 0:
         return model
-    ema = ModelEmaV3(model, decay=cfg.ema_decay) if cfg.ema_decay else None
+    ema = ModelEmaV3(model, decay=cfg.ema_decay) if cfg.ema_decay else None  # before the aux hook
     aux = AuxiliaryTap(model, model.arch.num_classes) if cfg.aux_weight else None
     params = [*model.parameters(), *(aux.head.parameters() if aux else ())]
     opt = torch.optim.SGD(params, lr=cfg.lr, momentum=cfg.momentum,
@@ -96,13 +96,13 @@ def finetune(model: torch.nn.Module, cfg, train_loader, teacher: torch.nn.Module
             with autocast():
                 logits = model(x)
                 loss = cross_entropy(logits, y)
-                aux_loss = cross_entropy(aux.logits(), y) if aux else loss.new_zeros(())
-                loss = loss + cfg.aux_weight * aux_loss
                 if use_kd:
                     with torch.no_grad():
                         target = teacher(x)
                     loss = (1 - cfg.kd_weight) * loss + cfg.kd_weight * distillation_loss(
                         logits, target, cfg.kd_temperature)
+                aux_loss = cross_entropy(aux.logits(), y) if aux else loss.new_zeros(())
+                loss = loss + cfg.aux_weight * aux_loss
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()

@@ -9,7 +9,7 @@ from export.build import set_drop_path
 from search.auxiliary import AuxiliaryTap
 from search.config import ConfigError, FinetuneConfig, load_config
 from search.finetune import finetune
-from tests.test_darts import set_genotype_alphas, tiny_darts
+from test_darts import set_genotype_alphas, tiny_darts
 
 MIXED = {kind: [("sep_conv_3x3", 0), ("skip_connect", 1), ("skip_connect", 0), ("dil_conv_3x3", 2),
                 ("max_pool_3x3", 1), ("skip_connect", 3), ("avg_pool_3x3", 4), ("sep_conv_5x5", 2)]

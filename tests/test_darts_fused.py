@@ -3,9 +3,9 @@ computes what the reference per-edge schedule computes, with fewer dispatched op
 import pytest
 import torch
 
-from benchmarks.search_step import OpCounter
 from export import derive
-from tests.test_darts import randomize_darts, tiny_darts
+from search.op_count import OpCounter
+from test_darts import randomize_darts, tiny_darts
 
 DEVICES = ["cpu", pytest.param("cuda", marks=pytest.mark.skipif(
     not torch.cuda.is_available(), reason="needs a CUDA GPU"))]
