@@ -87,7 +87,7 @@ class SearchCell(nn.Module):
     the work all edges from one state share is done once (the ReLU that starts every conv op,
     pooling, identity), and each node sums the outputs of all its edges' ops in one contraction
     with their weights. In a search step (tens of thousands of small kernels) that cuts kernel
-    launches and saved activations without changing the math."""
+    launches and saved activations; only the order of float sums differs."""
 
     def __init__(self, index: int, reduction: bool, reduce_prev: bool, c_in: tuple[int, int],
                  channels: int, in_groups, size: int, names: list[str], nodes: int,
