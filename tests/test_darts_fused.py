@@ -79,3 +79,21 @@ def test_fused_schedule_dispatches_far_fewer_ops():
             loss_and_grads(net, x, y)
         counts.append(counter.ops)
     assert counts[1] < 0.65 * counts[0], counts
+
+
+def test_a_node_of_zero_ops_gives_zeros_in_both_schedules():
+    per_edge, fused = twin_supernets("cpu")
+    d = derive(per_edge)
+    ops = {k: list(v) for k, v in d.ops.items()}
+    ops["normal"][0] = ("zero", ops["normal"][0][1])  # node 0: both edges 'zero'
+    ops["normal"][1] = ("zero", ops["normal"][1][1])
+    for net in (per_edge, fused):
+        net.fix(ops, d.keep)
+    assert fused.cells[0].terms[0] == []
+    cell = fused.cells[0]
+    outputs = []
+    cell.register_forward_hook(lambda m, i, out: outputs.append(out[:, :cell.channels]))
+    x = torch.randn(4, 3, 8, 8)
+    with torch.no_grad():
+        torch.testing.assert_close(fused(x), per_edge(x), rtol=1e-5, atol=1e-6)
+    assert not outputs[0].any()  # node 0 of cell 0 is all zeros
