@@ -168,8 +168,7 @@ def derive_and_export(cfg, args, run_dir, data, net, search_target, search_metri
     meta = data_meta(data)
     autocast = autocast_factory(device, cfg.amp)
     test_loader = loader(cfg, data.x_test, data.y_test, meta, device, train=False, seed=0)
-    train_loader = loader(cfg, data.x_train, data.y_train, meta, device, train=True, seed=cfg.seed + 2,
-                          cutout=cfg.finetune.cutout)
+    train_loader = loader(cfg, data.x_train, data.y_train, meta, device, train=True, seed=cfg.seed + 2)
     target = cfg.derive.macs if cfg.derive.macs is not None else search_target
 
     derivation, compact, slim_gap = derive_and_slim(cfg, net, meta, target, next(iter(test_loader))[0])
@@ -187,6 +186,7 @@ def derive_and_export(cfg, args, run_dir, data, net, search_target, search_metri
         print(f"evaluation network: {len(arch.cells)} cells, {cfg.derive.eval_channels} channels, "
               f"{cost.macs:,.0f} MACs, {cost.params:,.0f} params, trained from scratch")
     if "finetune" in stages:
+        train_loader.cutout = cfg.finetune.cutout  # fine-tune batches only, not BN recalibration
         # the soft supernet is the distillation teacher (used when finetune.kd_weight > 0)
         compact = finetune(compact, cfg.finetune, train_loader, teacher=net, autocast=autocast,
                            logger=logger)

@@ -11,6 +11,11 @@ from ops import Cost, FactorizedReduce, get_op, is_zero
 from ops.cost import batchnorm, conv, out_size
 
 
+def edge_stride(reduction: bool, source: int) -> int:
+    """Edges from the cell inputs of a reduction cell halve the resolution; all others keep it."""
+    return 2 if reduction and source < 2 else 1
+
+
 @dataclass(frozen=True)
 class EdgeChoice:
     op: str
@@ -70,7 +75,7 @@ class CellChoice:
                 raise ValueError(f"{where}, node {node}: 'zero' is not an edge of a derived cell")
             if not 0 <= e.source < node + 2:
                 raise ValueError(f"{where}, node {node}: source {e.source} must be in [0, {node + 1}]")
-            stride = 2 if self.reduction and e.source < 2 else 1
+            stride = edge_stride(self.reduction, e.source)
             if e.stride != stride:
                 raise ValueError(f"{where}, node {node}: an edge from state {e.source} has stride "
                                  f"{stride}, the record says {e.stride}")
@@ -86,7 +91,7 @@ def edges_from_genotype(pairs, reduction: bool) -> tuple[EdgeChoice, ...]:
     edges = []
     for op, source in pairs:
         spec = get_op(op)
-        edges.append(EdgeChoice(op, int(source), 2 if reduction and source < 2 else 1,
+        edges.append(EdgeChoice(op, int(source), edge_stride(reduction, source),
                                 spec.kernel, spec.dilation))
     return tuple(edges)
 

@@ -49,12 +49,11 @@ def split_train_val(n: int, val_fraction: float, seed: int) -> tuple[torch.Tenso
     return order[n_val:], order[:n_val]
 
 
-def loader(cfg: RunConfig, x, y, meta: DataMeta, device, train: bool, seed: int,
-           cutout: int = 0) -> DeviceLoader:
+def loader(cfg: RunConfig, x, y, meta: DataMeta, device, train: bool, seed: int) -> DeviceLoader:
     d = cfg.data
     return DeviceLoader(x, y, d.batch_size, meta.mean, meta.std, device, shuffle=train,
                         crop_padding=d.crop_padding, hflip=d.hflip, drop_last=train, seed=seed,
-                        channels_last=cfg.channels_last, cutout=cutout)
+                        channels_last=cfg.channels_last)
 
 
 def build_supernet(cfg: RunConfig, meta: DataMeta, device) -> torch.nn.Module:

@@ -100,6 +100,7 @@ class SearchCell(nn.Module):
         self.preprocess0 = (FactorizedReduce(c_in[0], channels) if reduce_prev
                             else ReLUConvBN(c_in[0], channels, 1, kernel=1))
         self.preprocess1 = ReLUConvBN(c_in[1], channels, 1, kernel=1)
+        self.spans = node_edges(nodes)  # per node, its incoming edges [start, end)
         self.sources = [j for i in range(nodes) for j in range(i + 2)]
         self.strides = [2 if reduction and j < 2 else 1 for j in self.sources]
         self.edges = nn.ModuleList(MixedOp(names, channels, channels, s, tied=True)
@@ -122,7 +123,7 @@ class SearchCell(nn.Module):
         """Per node, the (edge, op) pairs that run, and their flat indices into the weight matrix
         (a buffer, so the forward pass does no host-to-device copy)."""
         self.terms = []
-        for i, (start, end) in enumerate(node_edges(self.nodes)):
+        for i, (start, end) in enumerate(self.spans):
             pairs = [(e, o) for e in range(start, end)
                      if self.kept_edges is None or self.kept_edges[e]
                      for o, op in enumerate(self.edges[e].candidates.values())
@@ -139,7 +140,7 @@ class SearchCell(nn.Module):
         node_fn = self._node_fused if self.fused else self._node_per_edge
         # what the edges read: the states themselves, or each wrapped with its shared work
         inputs = [SharedInput(x) for x in states] if self.fused else states
-        for i, (start, end) in enumerate(node_edges(self.nodes)):
+        for i, (start, end) in enumerate(self.spans):
             node = node_fn(i, inputs, weights, hidden)
             if aux_skip:
                 for e in range(start, end):
@@ -153,7 +154,7 @@ class SearchCell(nn.Module):
 
     def _node_per_edge(self, i, states, weights, hidden):
         node = None
-        for e in range(*node_edges(self.nodes)[i]):
+        for e in range(*self.spans[i]):
             if self.kept_edges is None or self.kept_edges[e]:
                 y = self.edges[e](states[self.sources[e]], weights[e], hidden)
                 node = y if node is None else node + y
