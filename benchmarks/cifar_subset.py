@@ -18,16 +18,12 @@ from pathlib import Path
 
 import torch
 
-import train
-from export import load
-from export.build import build
-from export.discretize import dense_architecture
+from export import build, load
 from export.latency import latencies_ms
+from pipeline import load_config, run
+from pipeline.config import FinetuneConfig
+from pipeline.setup import TrainingContext, load_data, restore_supernet, seed_everything
 from search.checkpoint import load_checkpoint
-from search.config import FinetuneConfig
-from search.finetune import evaluate, finetune
-from search.loop import autocast_factory
-from search.pipeline import load_data, loader, restore_supernet, seed_everything
 
 ROOT = Path(__file__).resolve().parents[1]
 DATA = ROOT.parent / "shared" / "data" / "cifar10_subset.npz"
@@ -49,12 +45,12 @@ def main() -> None:
     p.add_argument("overrides", nargs="*")
     args = p.parse_args()
     tag = "cifar_subset-cpu-small" if args.cpu_small else "cifar_subset"
-    overrides = [f"data.path={DATA}", f"seed={args.seed}", "out_dir=runs/bench", f"name={tag}-{args.seed}",
-                 *(CPU_SMALL if args.cpu_small else []), *args.overrides]
+    overrides = [f"data.path={DATA}", f"seed={args.seed}", *(CPU_SMALL if args.cpu_small else []),
+                 *args.overrides]
     run_dir = ROOT / "runs" / "bench" / f"{tag}-{args.seed}"
     shutil.rmtree(run_dir, ignore_errors=True)  # a benchmark measures a fresh run
     start = time.perf_counter()
-    ours = train.main(["--config", str(ROOT / "configs" / "cifar10_subset.yaml"), *overrides])
+    ours = run(load_config(ROOT / "configs" / "cifar10_subset.yaml", overrides), run_dir)
     pipeline_s = time.perf_counter() - start
 
     state = load_checkpoint(run_dir / "search.pt", "search")
@@ -62,19 +58,14 @@ def main() -> None:
     device = next(net.parameters()).device
     seed_everything(cfg.seed)
     data = load_data(cfg)
-    dense = build(dense_architecture(net, meta.mean, meta.std)).to(device)
-    if cfg.channels_last:
-        dense = dense.to(memory_format=torch.channels_last)
+    ctx = TrainingContext(cfg, data, device)
+    dense = build(net.dense_architecture(meta.mean, meta.std))
     epochs = cfg.search.epochs + cfg.finetune.epochs
-    train_loader = loader(cfg, data.x_train, data.y_train, meta, device, True, cfg.seed + 2)
-    test_loader = loader(cfg, data.x_test, data.y_test, meta, device, False, 0)
-    autocast = autocast_factory(device, cfg.amp)
     start = time.perf_counter()
-    dense = finetune(dense, FinetuneConfig(epochs=epochs, lr=cfg.finetune.lr,
-                                           weight_decay=cfg.finetune.weight_decay),
-                     train_loader, autocast=autocast)
+    dense = ctx.train(dense, FinetuneConfig(epochs=epochs, lr=cfg.finetune.lr,
+                                            weight_decay=cfg.finetune.weight_decay))
     dense_s = time.perf_counter() - start
-    dense_acc = evaluate(dense, test_loader, autocast)["acc"]
+    dense_acc = ctx.evaluate(dense)["acc"]
     shape = (meta.in_channels, meta.input_size, meta.input_size)
     slim_model = load(run_dir / "export", device)
     lat = {}

@@ -26,19 +26,13 @@ from pathlib import Path
 
 import torch
 
-import train
-from export import load
-from export.build import build
-from export.discretize import dense_architecture
-from export.flops import fvcore_report
-from export.slim import slim
-from search.baselines import (l1_filter_pruning, load_dense_weights, random_architecture,
+from derive import slim
+from derive.baselines import (l1_filter_pruning, load_dense_weights, random_architecture,
                               torch_pruning_magnitude, uniform_width)
-from search.config import load_config
-from search.finetune import evaluate, finetune
-from search.loop import autocast_factory
-from search.pipeline import (build_supernet, data_meta, load_data, loader, seed_everything,
-                             select_device)
+from export import build, load
+from export.flops import fvcore_report
+from pipeline import load_config, run
+from pipeline.setup import TrainingContext, build_supernet, load_data, seed_everything, select_device
 
 ROOT = Path(__file__).resolve().parents[1]
 PRESETS = {
@@ -56,10 +50,12 @@ class Bench:
         self.config, self.overrides = config, overrides
         self.cfg = load_config(ROOT / config, overrides)
         self.data = load_data(self.cfg)
-        self.meta = data_meta(self.data)
         self.device = select_device(self.cfg.device)
-        backbone_space = replace(self.cfg.macro, candidates=["conv_3x3"], first_candidates=["conv_3x3"])
-        self.backbone_cfg = replace(self.cfg, macro=backbone_space)
+        self.ctx = TrainingContext(self.cfg, self.data, self.device)
+        self.meta = self.ctx.meta
+        backbone_space = replace(self.cfg.space_config, candidates=["conv_3x3"],
+                                 first_candidates=["conv_3x3"])
+        self.backbone_cfg = replace(self.cfg, space_config=backbone_space)
         self.epochs = self.cfg.search.epochs + self.cfg.finetune.epochs
         self.example = torch.randn(1, self.meta.in_channels, self.meta.input_size, self.meta.input_size)
 
@@ -67,17 +63,14 @@ class Bench:
         return build_supernet(self.backbone_cfg, self.meta, self.device)
 
     def dense_macs(self) -> float:
-        return dense_architecture(self.backbone()).cost().macs
+        return self.backbone().dense_architecture().cost().macs
 
     def train_eval(self, model, epochs: int, seed: int) -> float:
         seed_everything(seed)
-        c = self.cfg
-        train_loader = loader(c, self.data.x_train, self.data.y_train, self.meta, self.device, True, seed + 2)
-        test_loader = loader(c, self.data.x_test, self.data.y_test, self.meta, self.device, False, 0)
-        autocast = autocast_factory(self.device, c.amp)
-        ft = replace(c.finetune, epochs=epochs, kd_weight=0.0, from_scratch=False, ema_decay=None)
-        model = finetune(model.to(self.device), ft, train_loader, autocast=autocast)
-        return evaluate(model, test_loader, autocast)["acc"]
+        ft = replace(self.cfg.finetune, epochs=epochs, kd_weight=0.0, from_scratch=False,
+                     ema_decay=None)
+        model = self.ctx.train(model, ft, train_loader=self.ctx.train_loader(seed + 2))
+        return self.ctx.evaluate(model)["acc"]
 
     def measured(self, model, acc: float) -> dict:
         macs, params, _ = fvcore_report(model.cpu(), self.example)
@@ -85,10 +78,11 @@ class Bench:
 
     # -- methods --------------------------------------------------------------------------------
     def ours(self, target: float, seed: int, workdir: Path) -> dict:
-        metrics = train.main(["--config", str(ROOT / self.config), *self.overrides,
-                              f"search.target.macs={target}", "search.target.macs_fraction=null",
-                              f"seed={seed}", f"out_dir={workdir}", f"name=ours-{target:.0f}-{seed}"])
-        model = load(workdir / f"ours-{target:.0f}-{seed}" / "export")
+        cfg = load_config(ROOT / self.config, [*self.overrides, f"search.target.macs={target}",
+                                               "search.target.macs_fraction=null", f"seed={seed}"])
+        run_dir = workdir / f"ours-{target:.0f}-{seed}"
+        metrics = run(cfg, run_dir, data=self.data)
+        model = load(run_dir / "export")
         return self.measured(model, metrics["test_acc"])
 
     def uniform(self, target: float, seed: int, workdir: Path) -> dict:
@@ -107,7 +101,7 @@ class Bench:
         torch.manual_seed(seed)
         net = self.backbone()
         ops = net.derive_ops()
-        dense = build(dense_architecture(net))  # one candidate op: the widest path is the backbone
+        dense = build(net.dense_architecture())  # one candidate op: the widest path is the backbone
         self.train_eval(dense, self.cfg.search.epochs, seed)
         return net, ops, dense
 

@@ -25,11 +25,11 @@ from pathlib import Path
 
 import torch
 
-from search.config import load_config
+from pipeline.config import load_config
+from pipeline.setup import DataMeta, build_supernet, select_device
 from search.loop import Searcher
 from search.op_count import OpCounter
 from search.penalty import resolve_targets
-from search.pipeline import DataMeta, build_supernet, select_device
 
 RESULTS = Path(__file__).resolve().parents[1] / "benchmarks" / "results"
 
@@ -114,7 +114,7 @@ def main(argv=None) -> dict:
         "threads": torch.get_num_threads(), "torch": torch.__version__, "steps": args.steps,
         "overrides": args.overrides,
     }
-    per_edge = args.space == "darts" and not cfg.darts.fused
+    per_edge = not getattr(cfg.space_config, "fused", True)
     name = (f"search_step-{device.type}-{args.space}-b{args.batch}-{args.precision}"
             f"{'-cl' if args.channels_last else ''}-o{args.order}{'-peredge' if per_edge else ''}.json")
     args.out.mkdir(parents=True, exist_ok=True)

@@ -12,7 +12,7 @@ import json
 from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 
-from export.cells import CellChoice, EdgeChoice, cell_chain, genotype_of
+from export.cells import CellChoice, EdgeChoice, cell_chain, genotype_of, reduction_cells
 from ops import Cost, Head, Stem, get_op, is_zero
 from ops.cost import out_size
 
@@ -139,22 +139,6 @@ class Architecture:
             size = out_size(size, layer.stride)
         return total + Head.cost(self.out_channels, self.num_classes, size, size)
 
-    def summary(self) -> str:
-        """A markdown table of the layers (or cells), for logs and TensorBoard."""
-        if self.cells:
-            rows = ["| cell | type | c_in0 | c_in1 | channels | edges (op <- source) |",
-                    "|---|---|---|---|---|---|"]
-            rows += [f"| {k} | {'reduce' if c.reduction else 'normal'} | {c.c_in0} | {c.c_in1} | "
-                     f"{c.channels} | {', '.join(f'{e.op}<-{e.source}' for e in c.edges)} |"
-                     for k, c in enumerate(self.cells)]
-            return "\n".join(rows)
-        rows = ["| layer | op | c_in | c_out | hidden | stride |", "|---|---|---|---|---|---|"]
-        rows.append(f"| stem | conv_3x3 | {self.in_channels} | {self.stem_channels} | | 1 |")
-        for i, l in enumerate(self.layers):
-            op = "(removed)" if l.removed else l.op
-            rows.append(f"| {i} | {op} | {l.c_in} | {l.c_out} | {l.hidden or ''} | {l.stride} |")
-        return "\n".join(rows)
-
 
 def evaluation_architecture(arch: Architecture, cells: int = 20, channels: int = 36,
                             stem_multiplier: int = 3) -> Architecture:
@@ -166,7 +150,7 @@ def evaluation_architecture(arch: Architecture, cells: int = 20, channels: int =
         raise ValueError("the evaluation network needs both a normal and a reduction cell genotype")
     if channels < 2 or channels % 2 or cells < 1:
         raise ValueError(f"evaluation cells must be >= 1 and channels even, got {cells}, {channels}")
-    reductions = {cells // 3, 2 * cells // 3}
+    reductions = reduction_cells(cells)
     widths, c = [], channels
     for k in range(cells):
         c = 2 * c if k in reductions else c

@@ -7,8 +7,21 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from ops import Cost, FactorizedReduce, get_op, is_zero
+from ops import Cost, get_op, is_zero
 from ops.cost import batchnorm, conv, out_size
+
+
+def reduction_cells(cells: int) -> tuple[int, ...]:
+    """Indices of the reduction cells in a chain of `cells`: at 1/3 and 2/3 depth, as in DARTS."""
+    return tuple(sorted({cells // 3, 2 * cells // 3}))
+
+
+def preprocess_cost(c_in, channels, size) -> Cost:
+    """Bringing one cell input of `c_in` channels to the cell's width at the cell's input
+    resolution `size`: a 1x1 conv + BN, or FactorizedReduce from twice that resolution, which
+    costs exactly the same (two 1x1 convs of half the width each). Widths and `size` may be
+    tensors (the supernet's cost runs over all cells at once)."""
+    return conv(c_in, channels, 1, size, size) + batchnorm(channels, size, size)
 
 
 def edge_stride(reduction: bool, source: int) -> int:
@@ -45,11 +58,8 @@ class CellChoice:
 
     def cost(self, size: int) -> Cost:
         """Exact MACs and params at input resolution `size` (fvcore's convention)."""
-        total = Cost()
-        for c_in, reduce in ((self.c_in0, self.reduce_in0), (self.c_in1, False)):
-            total = total + (FactorizedReduce.cost(c_in, self.channels, 2 * size, 2 * size) if reduce
-                             else conv(c_in, self.channels, 1, size, size)
-                             + batchnorm(self.channels, size, size))
+        total = (preprocess_cost(self.c_in0, self.channels, size)
+                 + preprocess_cost(self.c_in1, self.channels, size))
         for e in self.edges:
             s = size if e.source < 2 else self.out_size(size)
             total = total + get_op(e.op).cost(self.channels, self.channels, e.stride, s, s,

@@ -7,11 +7,17 @@ pruning a channel removes it from all of them at once.
 During search the gate is sigmoid(logit / temperature); the temperature is annealed toward zero
 so that gates end near 0 or 1 and discretizing changes the network little. `harden` replaces the
 soft gate with an exact 0/1 keep vector: the "hard-masked supernet" that a slimmed model must match.
+
+The one rule for which channels a network keeps: logit >= 0 (gate >= 1/2 at every temperature),
+read from the logits so that the rounding of a float32 sigmoid never decides it.
 """
 from __future__ import annotations
 
 import torch
 from torch import nn
+
+
+KEEP_LOGIT = 0.0  # a channel whose mask logit is at least this is kept
 
 
 class ChannelMask(nn.Module):
@@ -32,6 +38,10 @@ class ChannelMask(nn.Module):
         if self.hard:
             return self.keep.to(self.logits.dtype)
         return torch.sigmoid(self.logits / temperature)
+
+    def kept(self) -> torch.Tensor:
+        """Boolean vector of the channels a derivation keeps now (the hard keep set once hardened)."""
+        return self.keep.clone() if self.hard else self.logits.detach() >= KEEP_LOGIT
 
     def harden(self, keep_indices: torch.Tensor | list[int]) -> None:
         keep = torch.zeros_like(self.keep)

@@ -21,10 +21,11 @@ class MixedOp(nn.Module):
         # Parameter-free ops (pooling, identity) give the same output on every edge reading one input
         self.parameter_free = [not any(True for _ in op.parameters())
                                for op in self.candidates.values()]
-        # After discretization only the chosen op runs (set by `fix`); weights stay one-hot.
+        # In a hard-masked supernet only the chosen op runs (set by `restrict`)
         self.active: int | None = None
 
-    def fix(self, index: int | None) -> None:
+    def restrict(self, index: int | None) -> None:
+        """Run only candidate `index` (`None`: all of them)."""
         self.active = index
 
     def forward(self, x: torch.Tensor, weights: torch.Tensor,

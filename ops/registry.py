@@ -17,6 +17,10 @@ class Registry(_FvcoreRegistry):
         self._do_register(name, obj)
         return obj
 
+    def named(self, name: str):
+        """Decorator: register the decorated object under `name`."""
+        return lambda obj: self.add(name, obj)
+
     def get(self, name: str) -> Any:
         if name not in self._obj_map:
             raise KeyError(

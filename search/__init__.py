@@ -1,2 +1,2 @@
-"""Bilevel search: config, architect (alpha and masks), cost penalty, loop, checkpoints,
-TensorBoard logging and fine-tuning. Heavy modules are imported where they are used."""
+"""Bilevel search: the architect (alpha and masks on validation batches, first or second order),
+the cost penalty, the search loop, checkpoints and TensorBoard logging."""

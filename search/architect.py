@@ -13,9 +13,9 @@ import contextlib
 import torch
 from torch.func import functional_call
 
-from search.losses import cross_entropy
 from search.penalty import CostPenalty
-from supernet.cost_model import discrete_cost, expected_cost
+from supernet.cost_model import ESTIMATORS
+from training.losses import cross_entropy
 
 
 class Architect:
@@ -24,7 +24,7 @@ class Architect:
                  estimator: str = "discrete", hessian_eps: float = 0.01) -> None:
         self.net, self.penalty, self.order = net, penalty, order
         self.hessian_eps = hessian_eps  # finite-difference step, relative to |d L_val / d w'|
-        self.cost_fn = discrete_cost if estimator == "discrete" else expected_cost
+        self.cost_fn = ESTIMATORS.get(estimator)
         self.params = net.arch_parameters()
         self.optimizer = torch.optim.Adam(self.params, lr=lr, betas=betas, weight_decay=weight_decay)
         name_of = {id(p): n for n, p in net.named_parameters()}

@@ -2,7 +2,6 @@
 weight step on a training batch), with warm-up, temperature annealing, logging and resume."""
 from __future__ import annotations
 
-import contextlib
 import math
 from pathlib import Path
 
@@ -11,14 +10,11 @@ from timm.scheduler import CosineLRScheduler
 from tqdm import tqdm
 
 from search.architect import Architect
-from search.losses import cross_entropy
 from search.checkpoint import load_checkpoint, rng_state, save_checkpoint, set_rng_state
 from search.penalty import CostPenalty, Targets
 from supernet.cost_model import discrete_cost, expected_cost
-
-
-class NonFiniteLossError(RuntimeError):
-    pass
+from training.autocast import autocast_factory
+from training.losses import NonFiniteLossError, cross_entropy
 
 
 def progress_at(epoch: int, search_cfg) -> float:
@@ -33,13 +29,6 @@ def temperature_at(epoch: int, search_cfg) -> float:
     """Held at the start value during warm-up, then annealed geometrically to the end value."""
     s = search_cfg
     return s.temperature_start * (s.temperature_end / s.temperature_start) ** progress_at(epoch, s)
-
-
-def autocast_factory(device: torch.device, enabled: bool):
-    """A zero-argument context factory: bf16 autocast when AMP is on, else a null context."""
-    if not enabled:
-        return contextlib.nullcontext
-    return lambda: torch.autocast(device.type, dtype=torch.bfloat16)
 
 
 class Searcher:

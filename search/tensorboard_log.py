@@ -42,13 +42,14 @@ class SearchLogger:
     @torch.no_grad()
     def architecture(self, net, epoch: int) -> None:
         rows, gates = net.choice_rows(net.op_weights()), net.gates()
+        kept = {group: mask.kept() for group, mask in net.masks.items()}
         for row, (names, weights) in rows.items():
             for op, p in zip(names, weights.tolist()):
                 self.writer.add_scalar(f"alpha/{row}/{op}", p, epoch)
         self.writer.add_figure("alpha/heatmap", heatmap(rows), epoch)
         for group, g in gates.items():
             self.writer.add_histogram(f"mask/{group}", g.float().cpu(), epoch)
-            self.writer.add_scalar(f"channels/{group}", int((g >= 0.5).sum()), epoch)
+            self.writer.add_scalar(f"channels/{group}", int(kept[group].sum()), epoch)
         cost = expected_cost(net)
         self.writer.add_scalar("cost/expected_macs", float(cost.macs), epoch)
         self.writer.add_scalar("cost/discrete_macs", float(discrete_cost(net).macs), epoch)

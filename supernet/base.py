@@ -1,22 +1,51 @@
-"""What every search space gives the search loop, the cost model and the discretizer.
+"""The search-space protocol: what every space gives the search loop, the cost model, the
+discretizer and the slimmer. Nothing outside `supernet/` asks a space for its name or reads its
+internals; it calls these methods.
 
-A space owns its op logits (`alphas`), its channel masks (`masks`) and one temperature shared by
-the alpha softmax and the mask sigmoids. Op weights are kept in the space's own layout (a vector
-per macro layer, an edges x ops matrix per DARTS cell type); the space knows how to
+A space owns its op logits (`alphas`), its channel masks (`masks`, one per channel group) and one
+temperature shared by the alpha softmax and the mask sigmoids. Op weights are kept in the space's
+own layout (a vector per macro layer, an edges x ops matrix per DARTS cell type), as a dict of
+tensors. A derivation is the space's `Ops` (plain data: which op each choice took) plus the kept
+channel indices of every group it uses.
 
-  select(weights)         -> the one-hot weights of the architecture a derivation would give,
-  cost(weights, widths)   -> MACs and params, exact at one-hot weights and integer widths,
-  op_scores(widths, ...)  -> every candidate's MACs, to find the widest and the cheapest network,
-  derive_ops(weights)     -> that architecture's ops as plain data (used by `export/`).
+To add a space: subclass `Supernet`, implement the abstract methods, and decorate the class with
+`@register_space("name", ConfigDataclass)`; its config section in YAML is then `name:`.
 """
 from __future__ import annotations
+
+import abc
+import contextlib
+from collections.abc import Iterator, Mapping
+from typing import Any
 
 import torch
 from torch import nn
 
+from export.architecture import Architecture
+from ops import Cost, Registry
 
-class Supernet(nn.Module):
-    space_name = "?"
+Ops = Any  # a derivation's ops as plain data (macro: {layer: op}; DARTS: the genotype)
+OpWeights = dict[str, torch.Tensor]  # the space's op weights (probabilities or one-hot)
+Widths = Mapping[str, Any]  # channel group -> width (int, float or 0-d tensor)
+Index = torch.Tensor | None  # kept channel indices; None keeps every channel
+CopyPlan = list[tuple[nn.Module, nn.Module, dict[str, Index]]]
+
+SPACES = Registry("search space")
+
+
+def register_space(name: str, config_class: type):
+    """Class decorator: make a space selectable as `space: name`, configured by the YAML section
+    `name:` whose keys are the fields of `config_class`."""
+    def add(cls: type[Supernet]) -> type[Supernet]:
+        cls.space_name, cls.config_class = name, config_class
+        return SPACES.add(name, cls)
+    return add
+
+
+class Supernet(nn.Module, abc.ABC):
+    space_name = "?"  # set by `register_space`; recorded in every Architecture
+    config_class: type = object
+    cell_based = False  # derived networks are cells with a genotype (DARTS' evaluation protocol)
 
     def __init__(self, space, in_channels: int, num_classes: int, input_size: int) -> None:
         super().__init__()
@@ -44,9 +73,12 @@ class Supernet(nn.Module):
         """Fraction of the architecture search done, in [0, 1]; spaces with a schedule of their
         own (the DARTS space's decaying auxiliary skip) follow it."""
 
-    # -- architecture state ---------------------------------------------------------------------
+    # -- channel masks ----------------------------------------------------------------------------
     def gates(self) -> dict[str, torch.Tensor]:
         return {name: mask(self.temperature) for name, mask in self.masks.items()}
+
+    def full_widths(self) -> dict[str, int]:
+        return {name: mask.channels for name, mask in self.masks.items()}
 
     def keep_channels(self, group: str, logits: torch.Tensor, count: int) -> torch.Tensor:
         """Indices (ascending) of the `count` channels of `group` to keep: the highest logits."""
@@ -56,6 +88,94 @@ class Supernet(nn.Module):
         """Kept counts of `group` are multiples of this (2 where an op splits it in halves)."""
         return 1
 
+    # -- op weights and derivation (abstract) ---------------------------------------------------
+    @abc.abstractmethod
+    def op_weights(self) -> OpWeights:
+        """softmax(alpha / temperature) per choice, or one-hot on the ops `restrict_ops` set."""
+
+    @abc.abstractmethod
+    def select(self, weights: OpWeights) -> OpWeights:
+        """One-hot weights of the architecture a derivation would give from `weights`. Must not
+        read values back to the host: the penalty calls it in every architecture step."""
+
+    @abc.abstractmethod
+    def derive_ops(self, weights: OpWeights | None = None) -> Ops:
+        """The derived ops as plain data (from `weights`, default the current op weights)."""
+
+    @abc.abstractmethod
+    def used_groups(self, ops: Ops) -> list[str]:
+        """The channel groups the network of `ops` has (the others are not derived)."""
+
+    @abc.abstractmethod
+    def choice_rows(self, weights: OpWeights) -> dict[str, tuple[tuple[str, ...], torch.Tensor]]:
+        """Per choice (for logging): its op names and their weights."""
+
+    @abc.abstractmethod
+    def describe(self) -> str:
+        """The current architecture as a markdown table (TensorBoard text)."""
+
     def arch_stats(self) -> dict[str, float]:
         """Numbers about the current architecture worth logging every epoch."""
         return {}
+
+    # -- cost (abstract) --------------------------------------------------------------------------
+    @abc.abstractmethod
+    def cost(self, weights: OpWeights, widths: Widths) -> Cost:
+        """MACs and params: the expectation over every choice's op weights of each op's exact
+        cost at these widths. Exact at one-hot weights and integer widths (fvcore's count of the
+        compact model), differentiable in both."""
+
+    @abc.abstractmethod
+    def op_scores(self, widths: Widths) -> OpWeights:
+        """Every candidate's MACs at these widths, in the layout of `op_weights`: `select` of
+        these (or of their negatives) gives the most (least) expensive derivable network."""
+
+    def single_path_weights(self, widths: Widths, largest: bool) -> OpWeights:
+        scores = self.op_scores(widths)
+        return self.select({k: v if largest else -v for k, v in scores.items()})
+
+    # -- architecture records and slimming (abstract) -------------------------------------------
+    @abc.abstractmethod
+    def architecture(self, ops: Ops, widths: Mapping[str, int], mean=(), std=()) -> Architecture:
+        """The `Architecture` record of `ops` at these kept widths (what `export.build` builds)."""
+
+    def dense_architecture(self, mean=(), std=()) -> Architecture:
+        """The widest single path: every group at full width, every choice its most expensive
+        op. Fractional targets and speed-up figures refer to it."""
+        widths = self.full_widths()
+        return self.architecture(self.derive_ops(self.single_path_weights(widths, largest=True)),
+                                 widths, mean, std)
+
+    @abc.abstractmethod
+    def copy_plan(self, model: nn.Module, arch: Architecture,
+                  keep: Mapping[str, torch.Tensor]) -> CopyPlan:
+        """(supernet module, compact module, role -> kept indices) for every part of the compact
+        model `export.build(arch)` whose weights come from the supernet. Modules are matched by
+        name inside each pair; roles are the `channel_roles` tags of `ops/`."""
+
+    # -- hard masking ---------------------------------------------------------------------------
+    @abc.abstractmethod
+    def restrict_ops(self, ops: Ops | None) -> None:
+        """Run only the ops of `ops` (their op weights one-hot); `None` runs every op again."""
+
+    def hard_mask(self, ops: Ops, keep: Mapping[str, torch.Tensor]) -> None:
+        """The hard-masked supernet of a derivation: only its ops run and only `keep` channels
+        pass, so in eval mode it computes what the slimmed model computes."""
+        self.restrict_ops(ops)
+        for name, mask in self.masks.items():
+            if name in keep:
+                mask.harden(keep[name])
+
+    def soft_mask(self) -> None:
+        """Undo `hard_mask`: every op and every soft gate again."""
+        self.restrict_ops(None)
+        for mask in self.masks.values():
+            mask.soften()
+
+    @contextlib.contextmanager
+    def hard_masked(self, ops: Ops, keep: Mapping[str, torch.Tensor]) -> Iterator[Supernet]:
+        self.hard_mask(ops, keep)
+        try:
+            yield self
+        finally:
+            self.soft_mask()

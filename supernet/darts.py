@@ -26,11 +26,13 @@ from dataclasses import dataclass, field
 import torch
 from torch import nn
 
+from export.architecture import Architecture
+from export.cells import cell_chain, edge_stride, preprocess_cost, reduction_cells
 from ops import (ChannelMask, Cost, FactorizedReduce, Head, MixedOp, SharedInput, Stem, apply_gate,
                  get_op, is_zero, weighted_sum)
 from ops.candidates import ReLUConvBN, Zero
 from ops.cost import out_size
-from supernet.base import Supernet
+from supernet.base import CopyPlan, Supernet, register_space
 
 DARTS_PRIMITIVES = ["zero", "max_pool_3x3", "avg_pool_3x3", "skip_connect", "sep_conv_3x3",
                     "sep_conv_5x5", "dil_conv_3x3", "dil_conv_5x5"]
@@ -47,9 +49,6 @@ class DartsSpaceConfig:
     mask_init: float = 1.0
     aux_skip: float = 0.0  # DARTS- auxiliary skip weight at the start (0: off; the paper uses 1)
     fused: bool = True  # SearchCell's fused schedule; False runs the reference per-edge one
-
-    def reduction_cells(self) -> tuple[int, ...]:
-        return tuple(sorted({self.cells // 3, 2 * self.cells // 3}))
 
     def validate(self) -> None:
         for name in self.candidates:
@@ -102,20 +101,20 @@ class SearchCell(nn.Module):
         self.preprocess1 = ReLUConvBN(c_in[1], channels, 1, kernel=1)
         self.spans = node_edges(nodes)  # per node, its incoming edges [start, end)
         self.sources = [j for i in range(nodes) for j in range(i + 2)]
-        self.strides = [2 if reduction and j < 2 else 1 for j in self.sources]
+        self.strides = [edge_stride(reduction, j) for j in self.sources]
         self.edges = nn.ModuleList(MixedOp(names, channels, channels, s, tied=True)
                                    for s in self.strides)
         self.n_ops = len(names)
         self.has_hidden = [get_op(n).has_hidden for n in names]
-        self.kept_edges: list[bool] | None = None  # set by `fix`: edges of the derived cell
+        self.kept_edges: list[bool] | None = None  # set by `restrict`: edges of the derived cell
         self._plan_terms()
 
-    def fix(self, rows: torch.Tensor | None) -> None:
+    def restrict(self, rows: torch.Tensor | None) -> None:
         """Run only the edges with a non-zero row of the one-hot (edges, ops) `rows`, each with its
         op; `None` runs every edge and op again."""
         self.kept_edges = None if rows is None else rows.sum(1).bool().tolist()
         for e, mixed in enumerate(self.edges):
-            mixed.fix(None if rows is None else
+            mixed.restrict(None if rows is None else
                       int(rows[e].argmax()) if self.kept_edges[e] else None)
         self._plan_terms()
 
@@ -173,8 +172,9 @@ class SearchCell(nn.Module):
         return weighted_sum(weights.flatten()[getattr(self, f"terms{i}")], outputs)
 
 
+@register_space("darts", DartsSpaceConfig)
 class DartsSupernet(Supernet):
-    space_name = "darts"
+    cell_based = True
 
     def __init__(self, space: DartsSpaceConfig, in_channels: int, num_classes: int,
                  input_size: int) -> None:
@@ -185,7 +185,7 @@ class DartsSupernet(Supernet):
         c_stem = space.stem_multiplier * space.channels
         self.stem = Stem(in_channels, c_stem)
         self.masks["stem"] = ChannelMask(c_stem, space.mask_init)
-        reductions = space.reduction_cells()
+        reductions = reduction_cells(space.cells)
         cells, c, size = [], space.channels, input_size
         ins = [(("stem", 1), c_stem), (("stem", 1), c_stem)]  # (group, copies), channels
         reduce_prev = False
@@ -221,7 +221,7 @@ class DartsSupernet(Supernet):
     # -- op weights, selection, derivation ------------------------------------------------------
     def op_weights(self) -> dict[str, torch.Tensor]:
         """Per cell type, an (edges, ops) matrix: softmax(alpha / temperature) row by row, or the
-        one-hot matrix of the derived cell after `fix`."""
+        one-hot matrix of the derived cell after `restrict_ops`."""
         if self.fixed_weights is not None:
             return self.fixed_weights
         return {k: torch.softmax(a / self.temperature, dim=-1) for k, a in self.alphas.items()}
@@ -278,28 +278,45 @@ class DartsSupernet(Supernet):
         second = torch.topk(logits[half:], count // 2).indices + half
         return torch.sort(torch.cat([first, second])).values
 
-    def fix(self, genotype, keep: dict[str, torch.Tensor]) -> None:
-        """Hard-mask the supernet: only the derived edges run their chosen op, and only `keep`
-        channels pass."""
-        n_edges, device = len(self.cells[0].sources), self.temperature.device
-        self.fixed_weights = {}
-        for kind in KINDS:
-            hot = torch.zeros(n_edges, len(self.names), device=device)
-            for i, (op, source) in enumerate(genotype[kind]):
-                hot[self.edge_index(i // 2, source), self.names.index(op)] = 1.0
-            self.fixed_weights[kind] = hot
+    def restrict_ops(self, genotype: dict[str, list] | None) -> None:
+        """Run only the derived edges of `genotype`, each with its op (`None`: every edge)."""
+        if genotype is None:
+            self.fixed_weights = None
+        else:
+            n_edges, device = len(self.cells[0].sources), self.temperature.device
+            self.fixed_weights = {}
+            for kind in KINDS:
+                hot = torch.zeros(n_edges, len(self.names), device=device)
+                for i, (op, source) in enumerate(genotype[kind]):
+                    hot[self.edge_index(i // 2, source), self.names.index(op)] = 1.0
+                self.fixed_weights[kind] = hot
         for cell in self.cells:
-            cell.fix(self.fixed_weights[cell.kind])
-        for name, mask in self.masks.items():
-            if name in keep:
-                mask.harden(keep[name])
+            cell.restrict(None if genotype is None else self.fixed_weights[cell.kind])
 
-    def unfix(self) -> None:
-        self.fixed_weights = None
-        for cell in self.cells:
-            cell.fix(None)
-        for mask in self.masks.values():
-            mask.soften()
+    # -- records and slimming -------------------------------------------------------------------
+    def architecture(self, genotype: dict[str, list], widths, mean=(), std=()) -> Architecture:
+        cells = cell_chain(widths["stem"], [widths[c.group] for c in self.cells],
+                           [c.reduction for c in self.cells], genotype, self.multiplier)
+        return Architecture(self.in_channels, self.input_size, self.num_classes, widths["stem"], (),
+                            tuple(mean), tuple(std), space=self.space_name, cells=cells)
+
+    def copy_plan(self, model, arch: Architecture, keep) -> CopyPlan:
+        def input_index(group: str, n: int) -> torch.Tensor:
+            return copies(keep[group], self.masks[group].channels, n)
+
+        plan = [(self.stem, model.stem, {"out": keep["stem"]})]
+        for cell, compact, choice in zip(self.cells, model.cells, arch.cells):
+            g = cell.group
+            out = {"out": keep[g], "hidden": keep[g], **halves(keep[g], cell.channels)}
+            for k, (pre, compact_pre) in enumerate(((cell.preprocess0, compact.preprocess0),
+                                                    (cell.preprocess1, compact.preprocess1))):
+                plan.append((pre, compact_pre, {"in": input_index(*cell.in_groups[k]), **out}))
+            for i, (edge, compact_edge) in enumerate(zip(choice.edges, compact.edges)):
+                mixed = cell.edges[self.edge_index(i // 2, edge.source)]
+                plan.append((mixed.candidates[edge.op], compact_edge, {"in": keep[g], **out}))
+        last = self.cells[-1]
+        plan.append((self.head, model.head, {"in": input_index(last.group, self.multiplier)}))
+        return plan
 
     def arch_stats(self) -> dict[str, float]:
         """Skip connections in the derived cells: DARTS' collapse shows as this count rising."""
@@ -316,8 +333,8 @@ class DartsSupernet(Supernet):
 
     @torch.no_grad()
     def describe(self) -> str:
-        genotype, gates = self.derive_ops(), self.gates()
-        kept = {name: int((g >= 0.5).sum()) for name, g in gates.items()}
+        genotype = self.derive_ops()
+        kept = {name: int(mask.kept().sum()) for name, mask in self.masks.items()}
         rows = ["| cell | type | channels | edges (op <- source) |", "|---|---|---|---|",
                 f"| stem | | {kept['stem']}/{self.masks['stem'].channels} | |"]
         for k, cell in enumerate(self.cells):
@@ -348,7 +365,7 @@ class DartsSupernet(Supernet):
         self.register_buffer("edge_cost_coeff", coeff, persistent=False)
         self.register_buffer("cell_kind", torch.tensor([KINDS.index(c.kind) for c in self.cells]),
                              persistent=False)
-        self.register_buffer("input_area", torch.tensor([float(c.size ** 2) for c in self.cells],
+        self.register_buffer("input_side", torch.tensor([float(c.size) for c in self.cells],
                                                         dtype=torch.float64), persistent=False)
         self.register_buffer("input_copies", torch.tensor(
             [[m for _, m in c.in_groups] for c in self.cells], dtype=torch.float64), persistent=False)
@@ -364,12 +381,10 @@ class DartsSupernet(Supernet):
         per_cell = (w * self.edge_cost_coeff).sum((-1, -2))  # (4, cells): a, b for MACs, params
         macs = (per_cell[0] * c ** 2 + per_cell[1] * c).sum()
         params = (per_cell[2] * c ** 2 + per_cell[3] * c).sum()
-        # preprocessing: per input a 1x1 conv (or FactorizedReduce, same cost) + BN to width c,
-        # at the cell's input resolution
         c_in = self._widths(channels, [g for cell in self.cells for g, _ in cell.in_groups])
-        c_in = (c_in.view(-1, 2) * self.input_copies).sum(1)
-        macs = macs + ((c_in * c + 4 * c) * self.input_area).sum()
-        params = params + (c_in * c + 4 * c).sum()
+        c_in = c_in.view(-1, 2) * self.input_copies  # (cells, 2): widths of both inputs
+        pre = preprocess_cost(c_in[:, 0], c, self.input_side) + preprocess_cost(c_in[:, 1], c, self.input_side)
+        macs, params = macs + pre.macs.sum(), params + pre.params.sum()
         last = self.multiplier * channels[self.cells[-1].group]
         fixed = (Stem.cost(self.in_channels, channels["stem"], self.input_size, self.input_size)
                  + Head.cost(last, self.num_classes, self.final_size, self.final_size))
@@ -392,3 +407,18 @@ class DartsSupernet(Supernet):
         for cell in self.cells:
             s0, s1 = s1, cell(s0, s1, weights[cell.kind], gates[cell.group], aux)
         return self.head(s1)
+
+
+def halves(keep: torch.Tensor, channels: int) -> dict[str, torch.Tensor]:
+    """Kept indices of the two halves of a group, as FactorizedReduce's two convs write them."""
+    half = channels // 2
+    a, b = keep[keep < half], keep[keep >= half] - half
+    if len(a) != len(b):
+        raise ValueError(f"FactorizedReduce needs as many kept channels in each half of its "
+                         f"output, got {len(a)} and {len(b)}")
+    return {"out_a": a, "out_b": b}
+
+
+def copies(keep: torch.Tensor, channels: int, n: int) -> torch.Tensor:
+    """Kept indices of a concatenation of `n` tensors of one group (a cell's output)."""
+    return torch.cat([keep + i * channels for i in range(n)])

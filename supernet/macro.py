@@ -12,10 +12,10 @@ from dataclasses import dataclass, field
 import torch
 from torch import nn
 
+from export.architecture import Architecture, LayerChoice
 from ops import ChannelMask, Head, MixedOp, Stem, apply_gate, get_op, is_zero
 from ops.cost import Cost, out_size
-from supernet.base import Supernet
-from supernet.cost_model import layer_op_costs
+from supernet.base import CopyPlan, Supernet, register_space
 
 DEFAULT_CANDIDATES = ["conv_3x3", "sep_conv_3x3", "sep_conv_5x5", "mbconv_k3_e3", "mbconv_k3_e6",
                       "mbconv_k5_e3", "mbconv_k5_e6", "zero"]
@@ -51,6 +51,15 @@ class MacroSpaceConfig:
                 raise ValueError(f"stage {i}: channels and layers must be >= 1 and stride 1 or 2, got {s}")
 
 
+def layer_op_costs(layer: "SearchLayer", channels) -> list[Cost]:
+    """Cost of every candidate of a layer at the given group widths."""
+    size = layer.in_size
+    return [get_op(name).cost(channels[layer.in_group], channels[layer.out_group], layer.stride,
+                              size, size, hidden=channels[group] if group else None,
+                              tied=layer.residual)
+            for name, group in zip(layer.names, layer.hidden_groups)]
+
+
 class SearchLayer(nn.Module):
     """One layer of the supernet: a mixed op whose output channels are gated by a shared mask."""
 
@@ -74,9 +83,8 @@ class SearchLayer(nn.Module):
         return x + out if self.residual else out
 
 
+@register_space("macro", MacroSpaceConfig)
 class MacroSupernet(Supernet):
-    space_name = "macro"
-
     def __init__(self, space: MacroSpaceConfig, in_channels: int, num_classes: int,
                  input_size: int) -> None:
         super().__init__(space, in_channels, num_classes, input_size)
@@ -154,26 +162,40 @@ class MacroSupernet(Supernet):
         return total + Head.cost(channels[self.final_group], self.num_classes, self.final_size,
                                  self.final_size)
 
-    def fix(self, ops: dict[str, str], keep: dict[str, torch.Tensor]) -> None:
-        """Hard-mask the supernet: run only the chosen op per layer and keep only `keep` channels."""
+    def restrict_ops(self, ops: dict[str, str] | None) -> None:
         for layer in self.layers:
-            layer.mixed.fix(layer.names.index(ops[layer.name]))
-        for name, mask in self.masks.items():
-            if name in keep:
-                mask.harden(keep[name])
+            layer.mixed.restrict(None if ops is None else layer.names.index(ops[layer.name]))
 
-    def unfix(self) -> None:
+    # -- records and slimming -------------------------------------------------------------------
+    def architecture(self, ops: dict[str, str], widths, mean=(), std=()) -> Architecture:
+        layers = []
         for layer in self.layers:
-            layer.mixed.fix(None)
-        for mask in self.masks.values():
-            mask.soften()
+            op = ops[layer.name]
+            spec, group = get_op(op), layer.hidden_groups[layer.names.index(op)]
+            layers.append(LayerChoice(op, widths[layer.in_group], widths[layer.out_group],
+                                      layer.stride, layer.residual,
+                                      widths[group] if group else None, spec.kernel, spec.dilation))
+        return Architecture(self.in_channels, self.input_size, self.num_classes, widths["stem"],
+                            tuple(layers), tuple(mean), tuple(std), space=self.space_name)
+
+    def copy_plan(self, model, arch: Architecture, keep) -> CopyPlan:
+        plan = [(self.stem, model.stem, {"out": keep["stem"]})]
+        for layer, compact, choice in zip(self.layers, model.layers, arch.layers):
+            if choice.removed:
+                continue
+            hidden = layer.hidden_groups[layer.names.index(choice.op)]
+            plan.append((layer.mixed.candidates[choice.op], compact.op,
+                         {"in": keep[layer.in_group], "out": keep[layer.out_group],
+                          "hidden": keep[hidden] if hidden else None}))
+        plan.append((self.head, model.head, {"in": keep[self.final_group]}))
+        return plan
 
     @torch.no_grad()
     def describe(self) -> str:
         """The current architecture as a markdown table: the likeliest op per layer and the
         channels whose gate is at least one half."""
-        gates, weights = self.gates(), self.op_weights()
-        kept = {name: int((g >= 0.5).sum()) for name, g in gates.items()}
+        weights = self.op_weights()
+        kept = {name: int(mask.kept().sum()) for name, mask in self.masks.items()}
         rows = ["| layer | op | p(op) | channels | hidden |", "|---|---|---|---|---|",
                 f"| stem | conv_3x3 | 1.00 | {kept['stem']}/{self.masks['stem'].channels} | |"]
         for layer in self.layers:

@@ -40,18 +40,21 @@ def tiny_net() -> MacroSupernet:
     return net
 
 
-SMALL_RUN = [
-    "data.batch_size=128", "log_every=2",
+RUN_BASICS = ["data.batch_size=128", "log_every=2", "search.epochs=3", "search.warmup_epochs=1",
+              "finetune.epochs=1"]
+SMALL_MACRO = [
     "macro.stem_channels=6",
     "macro.stages=[{channels: 6, layers: 2, stride: 1}, {channels: 10, layers: 2, stride: 2}]",
     "macro.candidates=[conv_3x3, sep_conv_3x3, mbconv_k3_e3, zero]",
     "macro.first_candidates=[conv_3x3, sep_conv_3x3, mbconv_k3_e3]",
-    "search.epochs=3", "search.warmup_epochs=1", "finetune.epochs=1",
 ]
+SMALL_RUN = [*RUN_BASICS, *SMALL_MACRO]  # a digits run on a tiny macro space
 
 
 def small_config(tmp_path, *overrides: str):
-    """A digits run on a tiny space: a search epoch takes well under a second."""
-    from search.config import load_config
+    """A digits run on a tiny space (the macro one unless the overrides choose another): a
+    search epoch takes well under a second."""
+    from pipeline.config import load_config
 
-    return load_config(None, [*SMALL_RUN, f"out_dir={tmp_path}", *overrides])
+    space = [*RUN_BASICS] if any(o.startswith("space=") for o in overrides) else [*SMALL_RUN]
+    return load_config(None, [*space, f"out_dir={tmp_path}", *overrides])

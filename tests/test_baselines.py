@@ -9,13 +9,11 @@ import torch
 
 from conftest import randomize, tiny_space
 from export import build
-from export.discretize import architecture_from_counts
 from export.flops import fvcore_report
-from export.slim import slim
-from search.baselines import (filter_l1_scores, l1_filter_pruning, load_dense_weights,
+from derive.slim import slim
+from derive.baselines import (filter_l1_scores, l1_filter_pruning, load_dense_weights,
                               random_architecture, torch_pruning_magnitude, uniform_width)
 from supernet import MacroSupernet, StageSpec
-from supernet.cost_model import full_widths
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -29,7 +27,7 @@ def backbone():
 
 
 def dense_macs(net) -> float:
-    return architecture_from_counts(net, net.derive_ops(), full_widths(net)).cost().macs
+    return net.architecture(net.derive_ops(), net.full_widths()).cost().macs
 
 
 @pytest.mark.parametrize("fraction", [0.25, 0.5])
@@ -58,7 +56,7 @@ def test_l1_pruning_keeps_the_largest_filters(backbone):
 def test_dense_weights_round_trip_through_the_backbone(backbone):
     randomize(backbone)
     ops = backbone.derive_ops()
-    trained = build(architecture_from_counts(backbone, ops, full_widths(backbone))).eval()
+    trained = build(backbone.architecture(ops, backbone.full_widths())).eval()
     with torch.no_grad():
         for p in trained.parameters():
             p.normal_()
@@ -80,7 +78,7 @@ def test_random_architectures_meet_the_target_and_differ_by_seed():
 
 
 def test_torch_pruning_reaches_the_target(backbone):
-    model = build(architecture_from_counts(backbone, backbone.derive_ops(), full_widths(backbone)))
+    model = build(backbone.architecture(backbone.derive_ops(), backbone.full_widths()))
     example = torch.randn(1, 1, 8, 8)
     target = 0.4 * dense_macs(backbone)
     pruned = torch_pruning_magnitude(model, example, target)

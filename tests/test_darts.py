@@ -3,11 +3,11 @@ the skip-collapse remedy and its statistics."""
 import pytest
 import torch
 
-from export import Architecture, build, derive
+from export import Architecture, build
+from derive import derive
 from export.architecture import evaluation_architecture
-from export.discretize import dense_architecture
 from export.flops import fvcore_report
-from export.slim import slim
+from derive.slim import slim
 from supernet import DartsSpaceConfig, DartsSupernet, dense_cost, discrete_cost, expected_cost
 from supernet.darts import DARTS_PRIMITIVES
 
@@ -91,7 +91,7 @@ def test_slimmed_cells_equal_the_hard_masked_supernet(op):
     d = derive(net)
     assert all(len(d.keep[c.group]) < c.channels for c in net.cells)  # widths really are pruned
     model = slim(net, d).eval()
-    net.fix(d.ops, d.keep)
+    net.hard_mask(d.ops, d.keep)
     x = torch.randn(4, 3, 8, 8)
     with torch.no_grad():
         expected, got = net(x), model(x)
@@ -139,7 +139,7 @@ def test_cell_widths_are_kept_in_pairs_across_the_halves():
 
 def test_dense_reference_is_the_most_expensive_derivable_cell_network():
     net = tiny_darts()
-    dense = dense_architecture(net)
+    dense = net.dense_architecture()
     assert dense.cost().macs == dense_cost(net).macs
     assert {op for op, _ in dense.genotype()["normal"]} == {"sep_conv_5x5"}
     assert [c.channels for c in dense.cells] == [cell.channels for cell in net.cells]
@@ -206,7 +206,7 @@ def test_auxiliary_skip_decays_to_zero_and_is_off_in_the_fixed_network():
         assert not torch.allclose(with_aux, without)
         net.set_progress(0.0)
         d = derive(net)
-        net.fix(d.ops, d.keep)
+        net.hard_mask(d.ops, d.keep)
         assert torch.allclose(slim(net, d).eval()(x), net(x), atol=1e-5)
 
 

@@ -4,11 +4,12 @@ import torch
 from timm.layers import DropPath
 
 from datasource.device_loader import DeviceLoader
-from export import build, derive
+from export import build
+from derive import derive
 from export.build import set_drop_path
-from search.auxiliary import AuxiliaryTap
-from search.config import ConfigError, FinetuneConfig, load_config
-from search.finetune import finetune
+from training.auxiliary import AuxiliaryTap
+from pipeline.config import ConfigError, FinetuneConfig, load_config
+from training.finetune import finetune
 from test_darts import set_genotype_alphas, tiny_darts
 
 MIXED = {kind: [("sep_conv_3x3", 0), ("skip_connect", 1), ("skip_connect", 0), ("dil_conv_3x3", 2),

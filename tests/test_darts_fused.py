@@ -3,7 +3,7 @@ computes what the reference per-edge schedule computes, with fewer dispatched op
 import pytest
 import torch
 
-from export import derive
+from derive import derive
 from search.op_count import OpCounter
 from test_darts import randomize_darts, tiny_darts
 
@@ -60,12 +60,12 @@ def test_fused_schedule_runs_only_the_derived_cells_once_fixed():
     per_edge, fused = twin_supernets("cpu")
     d = derive(per_edge)
     for net in (per_edge, fused):
-        net.fix(d.ops, d.keep)
+        net.hard_mask(d.ops, d.keep)
     assert all(len(pairs) == 2 for cell in fused.cells for pairs in cell.terms)  # 2 edges, 1 op each
     x = torch.randn(4, 3, 8, 8)
     with torch.no_grad():
         torch.testing.assert_close(fused(x), per_edge(x), rtol=1e-5, atol=1e-6)
-    fused.unfix()
+    fused.soft_mask()
     assert all(len(pairs) == (i + 2) * 7 for cell in fused.cells for i, pairs in enumerate(cell.terms))
 
 
@@ -88,7 +88,7 @@ def test_a_node_of_zero_ops_gives_zeros_in_both_schedules():
     ops["normal"][0] = ("zero", ops["normal"][0][1])  # node 0: both edges 'zero'
     ops["normal"][1] = ("zero", ops["normal"][1][1])
     for net in (per_edge, fused):
-        net.fix(ops, d.keep)
+        net.hard_mask(ops, d.keep)
     assert fused.cells[0].terms[0] == []
     cell = fused.cells[0]
     outputs = []

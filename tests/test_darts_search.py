@@ -9,11 +9,10 @@ import pytest
 import torch
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
-import train
 from conftest import small_config
 from export import load
-from search.config import ConfigError, load_config
-from search.pipeline import prepare_search
+from pipeline import ConfigError, load_config, run
+from pipeline.setup import prepare_search
 from search.tensorboard_log import SearchLogger
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -66,10 +65,11 @@ def test_tensorboard_has_every_edge_and_the_skip_counts(tmp_path):
 
 
 def test_train_py_darts_search_to_evaluation_network_export(tmp_path):
-    result = train.main([*TINY_DARTS, "search.epochs=2", "search.warmup_epochs=1",
-                         "finetune.epochs=2", f"out_dir={tmp_path}", "finetune.drop_path=0.2",
-                         "finetune.aux_weight=0.4", "finetune.cutout=4",
-                         "name=run", "derive.eval_cells=4", "derive.eval_channels=6"])
+    cfg = load_config(None, [*TINY_DARTS, "search.epochs=2", "search.warmup_epochs=1",
+                             "finetune.epochs=2", "finetune.drop_path=0.2",
+                             "finetune.aux_weight=0.4", "finetune.cutout=4",
+                             "derive.eval_cells=4", "derive.eval_channels=6"])
+    result = run(cfg, tmp_path / "run")
     folder = tmp_path / "run" / "export"
     model = load(folder)
     assert len(model.arch.cells) == 4 and model.arch.cells[0].channels == 6

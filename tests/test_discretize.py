@@ -5,10 +5,9 @@ import pytest
 import torch
 
 from conftest import randomize, tiny_space
-from export import Architecture, derive
-from export.discretize import architecture_from_counts
+from export import Architecture
+from derive import derive
 from supernet import MacroSupernet, StageSpec
-from supernet.cost_model import full_widths
 
 
 @pytest.fixture
@@ -26,7 +25,7 @@ def net():
 
 def full_width_macs(net) -> float:
     """MACs of the chosen ops with every channel kept: the most any target can get."""
-    return architecture_from_counts(net, net.derive_ops(), full_widths(net)).cost().macs
+    return net.architecture(net.derive_ops(), net.full_widths()).cost().macs
 
 
 @pytest.mark.parametrize("fraction", [0.1, 0.25, 0.5, 0.75, 0.95])

@@ -9,9 +9,10 @@ import pytest
 import torch
 
 from conftest import randomize, tiny_space
-from export import ExportError, derive, load, read_metrics, save_export
+from export import ExportError, load, read_metrics, save_export
+from derive import derive
 from export.folder import ARCH, MANIFEST, WEIGHTS, verify
-from export.slim import slim
+from derive.slim import slim
 from supernet import MacroSupernet, dense_cost
 
 ROOT = Path(__file__).resolve().parents[1]

@@ -4,11 +4,11 @@ import copy
 import pytest
 import torch
 
-from export import derive
+from derive import derive
 from export.build import CompactLayer, set_drop_path
-from export.slim import slim
-from search.config import FinetuneConfig
-from search.finetune import evaluate, finetune, recalibrate_batchnorm
+from derive.slim import slim
+from pipeline.config import FinetuneConfig
+from training.finetune import evaluate, finetune, recalibrate_batchnorm
 from datasource import load_dataset
 
 

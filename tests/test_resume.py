@@ -6,8 +6,8 @@ import torch
 
 from conftest import small_config
 from search.checkpoint import CheckpointError, load_checkpoint
-from search.loop import NonFiniteLossError
-from search.pipeline import prepare_search
+from training.losses import NonFiniteLossError
+from pipeline.setup import prepare_search
 
 
 def interrupt_at(searcher, epoch, action):

@@ -3,8 +3,8 @@ import pytest
 import torch
 
 from conftest import randomize, tiny_space
-from export import derive
-from export.slim import slim
+from derive import derive
+from derive.slim import slim
 from ops import OPS, is_zero
 from supernet import MacroSupernet, StageSpec
 
@@ -35,7 +35,7 @@ def test_slimmed_model_equals_hard_masked_supernet(op):
     pruned = {g: len(k) for g, k in d.keep.items() if len(k) < net.masks[g].channels}
     assert {"s1", "s2"} <= pruned.keys()  # residual streams really are pruned
     model = slim(net, d).eval()
-    net.fix(d.ops, d.keep)
+    net.hard_mask(d.ops, d.keep)
     x = torch.randn(4, 3, 9, 9)
     with torch.no_grad():
         expected, got = net(x), model(x)

@@ -3,9 +3,10 @@ import pytest
 import torch
 
 from conftest import tiny_space
-from export import build, derive
+from export import build
+from derive import derive
 from export.flops import fvcore_report
-from search.config import TargetConfig
+from pipeline.config import TargetConfig
 from search.penalty import UnreachableTargetError, resolve_targets
 from supernet import MacroSpaceConfig, MacroSupernet, StageSpec, dense_cost, expected_cost, smallest_cost
 from supernet.cost_model import discrete_cost
@@ -34,7 +35,7 @@ def test_tied_channels_share_one_mask(tiny_net):
 def test_cost_model_at_discrete_architecture_equals_fvcore(tiny_net, target):
     dense = float(dense_cost(tiny_net).macs)
     d = derive(tiny_net, None if target is None else target * dense)
-    tiny_net.fix(d.ops, d.keep)
+    tiny_net.hard_mask(d.ops, d.keep)
     with torch.no_grad():
         fixed = expected_cost(tiny_net)  # alpha one-hot, masks hard
     model = build(d.arch)
@@ -92,11 +93,11 @@ def test_unreachable_target_fails_with_the_smallest_reachable_figure(tiny_net):
 
 def test_fixed_supernet_runs_only_the_chosen_op(tiny_net):
     d = derive(tiny_net)
-    tiny_net.fix(d.ops, d.keep)
+    tiny_net.hard_mask(d.ops, d.keep)
     weights = tiny_net.op_weights()
     for layer in tiny_net.layers:
         assert weights[layer.name].tolist() == [float(n == d.ops[layer.name]) for n in layer.names]
-    tiny_net.unfix()
+    tiny_net.soft_mask()
     with torch.no_grad():
         soft = tiny_net.op_weights().values()
     assert all(abs(float(w.sum()) - 1) < 1e-6 and w.min() > 0 for w in soft)

@@ -3,8 +3,8 @@ import pytest
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
 from conftest import small_config
-from search.config import to_dict
-from search.pipeline import prepare_search
+from pipeline.config import to_dict
+from pipeline.setup import prepare_search
 from search.tensorboard_log import SearchLogger
 
 

@@ -12,9 +12,8 @@ from timm.utils import ModelEmaV3
 from tqdm import tqdm
 
 from export.build import set_drop_path
-from search.auxiliary import AuxiliaryTap
-from search.loop import NonFiniteLossError
-from search.losses import cross_entropy, distillation_loss
+from training.auxiliary import AuxiliaryTap
+from training.losses import NonFiniteLossError, cross_entropy, distillation_loss
 
 
 @torch.no_grad()

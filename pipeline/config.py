@@ -2,6 +2,8 @@
 
 Unknown keys and ill-typed values fail with the dotted key and the list of valid keys, before
 anything runs. The resolved config is written into the run directory and into every checkpoint.
+The search space's section is found through the space registry: `space: NAME` selects a
+registered space, and the top-level section `NAME:` holds the fields of its config dataclass.
 """
 from __future__ import annotations
 
@@ -14,8 +16,7 @@ from typing import Any
 
 import yaml
 
-from supernet.darts import DartsSpaceConfig
-from supernet.macro import MacroSpaceConfig
+from supernet import ESTIMATORS, SPACES
 
 
 class ConfigError(ValueError):
@@ -106,13 +107,16 @@ class RunConfig:
     channels_last: bool = False
     log_every: int = 10  # steps between progress updates (each costs one host sync)
     threads: int | None = None  # torch CPU threads
-    space: str = "macro"  # macro | darts: the section of that name configures it
-    macro: MacroSpaceConfig = field(default_factory=MacroSpaceConfig)
-    darts: DartsSpaceConfig = field(default_factory=DartsSpaceConfig)
+    space: str = "macro"  # a registered search space; the section of that name configures it
+    space_config: Any = None  # that section, as the space's config dataclass (see `from_dict`)
     data: DataConfig = field(default_factory=DataConfig)
     search: SearchConfig = field(default_factory=SearchConfig)
     derive: DeriveConfig = field(default_factory=DeriveConfig)
     finetune: FinetuneConfig = field(default_factory=FinetuneConfig)
+
+    def __post_init__(self) -> None:
+        if self.space_config is None and self.space in SPACES.names():
+            self.space_config = SPACES.get(self.space).config_class()
 
 
 def _convert(value: Any, hint: Any, key: str) -> Any:
@@ -151,14 +155,42 @@ def _convert(value: Any, hint: Any, key: str) -> Any:
 
 def from_dict(cls: type, data: dict, prefix: str = "") -> Any:
     """Build dataclass `cls` from a nested dict, rejecting unknown keys and wrong types."""
+    if cls is RunConfig:
+        return _run_config(data)
+    return _build(cls, data, prefix)
+
+
+def _build(cls: type, data: dict, prefix: str = "", exclude: tuple[str, ...] = (),
+           also_valid: tuple[str, ...] = ()) -> Any:
     hints = typing.get_type_hints(cls)
-    names = [f.name for f in dataclasses.fields(cls)]
+    names = [f.name for f in dataclasses.fields(cls) if f.name not in exclude]
     unknown = [k for k in data if k not in names]
     if unknown:
         where = f"in '{prefix}'" if prefix else "at the top level"
         raise ConfigError(f"unknown config key '{_join(prefix, unknown[0])}'; valid keys {where}: "
-                          f"{', '.join(names)}")
+                          f"{', '.join([*names, *also_valid])}")
     return cls(**{k: _convert(v, hints[k], _join(prefix, k)) for k, v in data.items()})
+
+
+def _run_config(data: dict) -> RunConfig:
+    """The top level: the chosen space's section is parsed with that space's config class."""
+    data = dict(data)
+    space = data.get("space", RunConfig.space)
+    if not isinstance(space, str) or space not in SPACES.names():
+        raise ConfigError(f"unknown space {space!r}; spaces are {', '.join(SPACES.names())}")
+    if "space_config" in data:
+        raise ConfigError(f"'space_config' is not a config key: configure the space in the "
+                          f"section named after it ('{space}:')")
+    other = [k for k in data if k in SPACES.names() and k != space]
+    if other:
+        raise ConfigError(f"section '{other[0]}' configures the {other[0]} space, but space is "
+                          f"{space!r}; set space={other[0]} or remove the section")
+    section = data.pop(space, None) or {}
+    if not isinstance(section, dict):
+        raise ConfigError(f"{space} must be a mapping, got {section!r}")
+    cfg = _build(RunConfig, data, exclude=("space_config",), also_valid=(space,))
+    cfg.space_config = from_dict(SPACES.get(space).config_class, section, space)
+    return cfg
 
 
 def _join(prefix: str, key: str) -> str:
@@ -166,7 +198,18 @@ def _join(prefix: str, key: str) -> str:
 
 
 def to_dict(cfg: Any) -> dict:
-    return dataclasses.asdict(cfg)
+    """Plain data; for a RunConfig, the space's section under its name (as in YAML)."""
+    if not isinstance(cfg, RunConfig):
+        return dataclasses.asdict(cfg)
+    out = {}
+    for f in dataclasses.fields(cfg):
+        value = getattr(cfg, f.name)
+        if f.name == "space_config":
+            continue
+        out[f.name] = dataclasses.asdict(value) if dataclasses.is_dataclass(value) else value
+        if f.name == "space":
+            out[value] = dataclasses.asdict(cfg.space_config)
+    return out
 
 
 def apply_override(data: dict, assignment: str) -> None:
@@ -200,6 +243,7 @@ def load_config(path: str | Path | None = None, overrides: list[str] = ()) -> Ru
 
 def validate(cfg: RunConfig) -> None:
     s, f = cfg.search, cfg.finetune
+    cell_based = SPACES.get(cfg.space).cell_based
     checks = [
         (s.epochs >= 1, f"search.epochs must be >= 1, got {s.epochs}"),
         (0 <= s.warmup_epochs <= s.epochs,
@@ -209,15 +253,18 @@ def validate(cfg: RunConfig) -> None:
         (0 < cfg.data.val_fraction < 1, f"data.val_fraction must be in (0, 1), got {cfg.data.val_fraction}"),
         (cfg.data.batch_size >= 1, f"data.batch_size must be >= 1, got {cfg.data.batch_size}"),
         (cfg.finetune.epochs >= 0, f"finetune.epochs must be >= 0, got {cfg.finetune.epochs}"),
-        (s.target.estimator in ("discrete", "expected"),
-         f"search.target.estimator must be 'discrete' or 'expected', got {s.target.estimator!r}"),
+        (s.target.estimator in ESTIMATORS.names(),
+         f"search.target.estimator must be one of {', '.join(ESTIMATORS.names())}, "
+         f"got {s.target.estimator!r}"),
         (cfg.derive.round_to >= 1, f"derive.round_to must be >= 1, got {cfg.derive.round_to}"),
-        (cfg.derive.eval_cells is None or cfg.space == "darts",
-         f"derive.eval_cells builds a DARTS evaluation network; space is {cfg.space!r}"),
+        (cfg.derive.eval_cells is None or cell_based,
+         f"derive.eval_cells builds a DARTS evaluation network of cells; the {cfg.space!r} space "
+         f"has no cells"),
         (0 <= f.drop_path < 1, f"finetune.drop_path must be in [0, 1), got {f.drop_path}"),
         (f.aux_weight >= 0, f"finetune.aux_weight must be >= 0, got {f.aux_weight}"),
-        (f.aux_weight == 0 or cfg.space == "darts",
-         f"finetune.aux_weight adds DARTS' auxiliary head to a cell network; space is {cfg.space!r}"),
+        (f.aux_weight == 0 or cell_based,
+         f"finetune.aux_weight adds DARTS' auxiliary head to a cell network; the {cfg.space!r} "
+         f"space has no cells"),
         (f.cutout >= 0, f"finetune.cutout must be >= 0 pixels, got {f.cutout}"),
     ]
     for frac_key in ("macs_fraction", "params_fraction"):
@@ -227,14 +274,4 @@ def validate(cfg: RunConfig) -> None:
     for ok, message in checks:
         if not ok:
             raise ConfigError(message)
-    if cfg.space not in SPACE_SECTIONS:
-        raise ConfigError(f"unknown space {cfg.space!r}; spaces are {', '.join(SPACE_SECTIONS)}")
-    space_config(cfg).validate()
-
-
-SPACE_SECTIONS = ("macro", "darts")
-
-
-def space_config(cfg: RunConfig):
-    """The config section of the chosen search space."""
-    return getattr(cfg, cfg.space)
+    cfg.space_config.validate()

@@ -6,6 +6,10 @@ import torch
 import torch.nn.functional as F
 
 
+class NonFiniteLossError(RuntimeError):
+    """A loss became NaN or infinite: training stops (the last good checkpoint is kept)."""
+
+
 def at_least_float32(t: torch.Tensor) -> torch.Tensor:
     return t.to(torch.promote_types(t.dtype, torch.float32))
 

@@ -1,6 +1,6 @@
 """Baselines at equal MACs, built from the same machinery as the search.
 
-A backbone is the supernet of a space whose only candidate is one op (e.g. conv_3x3): its masks
+A backbone is the macro supernet whose only candidate is one op (e.g. conv_3x3): its masks
 are the prunable channel groups, so uniform width scaling and L1-norm filter pruning (Li et al.,
 2017) are channel selections handed to the same slimmer, and a random architecture is random op
 and mask logits handed to the same discretizer. Torch-Pruning's magnitude pruner (optional
@@ -13,8 +13,8 @@ import math
 import torch
 from torch import nn
 
-from export.discretize import Derivation, architecture_from_counts, derive
-from export.slim import copy_selected
+from derive.discretize import Derivation, derive
+from derive.slim import copy_selected
 
 
 def _ratio_for_target(macs_at, target: float, iterations: int = 40) -> float:
@@ -37,8 +37,8 @@ def uniformly_scaled_counts(net, target_macs: float) -> tuple[dict[str, str], di
     """The chosen ops, and every group's width scaled by the one factor closest to the target."""
     ops = net.derive_ops()
     groups = net.used_groups(ops)
-    ratio = _ratio_for_target(lambda r: architecture_from_counts(
-        net, ops, _scaled_counts(net, groups, r)).cost().macs, target_macs)
+    ratio = _ratio_for_target(
+        lambda r: net.architecture(ops, _scaled_counts(net, groups, r)).cost().macs, target_macs)
     return ops, _scaled_counts(net, groups, ratio)
 
 
@@ -46,7 +46,7 @@ def uniform_width(net, target_macs: float) -> Derivation:
     """Every channel group scaled by one factor, chosen so the network is closest to the target."""
     ops, counts = uniformly_scaled_counts(net, target_macs)
     keep = {g: torch.arange(n) for g, n in counts.items()}
-    return Derivation(architecture_from_counts(net, ops, counts), ops, keep)
+    return Derivation(net.architecture(ops, counts), ops, keep)
 
 
 @torch.no_grad()
@@ -70,7 +70,7 @@ def l1_filter_pruning(net, target_macs: float) -> Derivation:
     ops, counts = uniformly_scaled_counts(net, target_macs)
     scores = filter_l1_scores(net, ops)
     keep = {g: torch.sort(torch.topk(scores[g], n).indices).values for g, n in counts.items()}
-    return Derivation(architecture_from_counts(net, ops, counts), ops, keep)
+    return Derivation(net.architecture(ops, counts), ops, keep)
 
 
 def random_architecture(net, target_macs: float, generator: torch.Generator) -> Derivation:

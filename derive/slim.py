@@ -10,10 +10,9 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from derive.discretize import Derivation
 from export.build import CompactNet, build
-from export.discretize import Derivation
-
-Index = torch.Tensor | None  # kept indices; None keeps every channel (image in, classes out)
+from supernet.base import Index  # kept indices; None keeps every channel (image in, classes out)
 
 
 def _take(t: torch.Tensor, dim: int, idx: Index) -> torch.Tensor:
@@ -70,55 +69,10 @@ def copy_selected(src: nn.Module, dst: nn.Module, index: dict[str, Index]) -> No
         COPIERS[type(d)](s, d, *(index.get(role) for role in roles))
 
 
-def halves(keep: torch.Tensor, channels: int) -> dict[str, torch.Tensor]:
-    """Kept indices of the two halves of a group, as FactorizedReduce's two convs write them."""
-    half = channels // 2
-    a, b = keep[keep < half], keep[keep >= half] - half
-    if len(a) != len(b):
-        raise ValueError(f"FactorizedReduce needs as many kept channels in each half of its "
-                         f"output, got {len(a)} and {len(b)}")
-    return {"out_a": a, "out_b": b}
-
-
-def copies(keep: torch.Tensor, channels: int, n: int) -> torch.Tensor:
-    """Kept indices of a concatenation of `n` tensors of one group (a cell's output)."""
-    return torch.cat([keep + i * channels for i in range(n)])
-
-
 def slim(net, derivation: Derivation) -> CompactNet:
-    """The compact model of `derivation`, holding the supernet's kept weights."""
-    keep = derivation.keep
+    """The compact model of `derivation`, holding the supernet's kept weights: the space says
+    which of its modules feed which compact module with which channels (`net.copy_plan`)."""
     model = build(derivation.arch).to(next(net.parameters()).device)
-    copy_selected(net.stem, model.stem, {"out": keep["stem"]})
-    if derivation.arch.cells:
-        return _slim_cells(net, model, derivation)
-    for layer, compact, choice in zip(net.layers, model.layers, derivation.arch.layers):
-        if choice.removed:
-            continue
-        i = layer.names.index(choice.op)
-        hidden = layer.hidden_groups[i]
-        copy_selected(layer.mixed.candidates[choice.op], compact.op,
-                      {"in": keep[layer.in_group], "out": keep[layer.out_group],
-                       "hidden": keep[hidden] if hidden else None})
-    copy_selected(net.head, model.head, {"in": keep[net.final_group]})
-    return model
-
-
-def _slim_cells(net, model: CompactNet, derivation: Derivation) -> CompactNet:
-    keep = derivation.keep
-
-    def input_index(group: str, n: int) -> torch.Tensor:
-        return copies(keep[group], net.masks[group].channels, n)
-
-    for cell, compact, choice in zip(net.cells, model.cells, derivation.arch.cells):
-        g = cell.group
-        out = {"out": keep[g], "hidden": keep[g], **halves(keep[g], cell.channels)}
-        for k, (pre, compact_pre) in enumerate(((cell.preprocess0, compact.preprocess0),
-                                                (cell.preprocess1, compact.preprocess1))):
-            copy_selected(pre, compact_pre, {"in": input_index(*cell.in_groups[k]), **out})
-        for i, (edge, compact_edge) in enumerate(zip(choice.edges, compact.edges)):
-            mixed = cell.edges[net.edge_index(i // 2, edge.source)]
-            copy_selected(mixed.candidates[edge.op], compact_edge, {"in": keep[g], **out})
-    last = net.cells[-1]
-    copy_selected(net.head, model.head, {"in": input_index(last.group, net.multiplier)})
+    for src, dst, index in net.copy_plan(model, derivation.arch, derivation.keep):
+        copy_selected(src, dst, index)
     return model

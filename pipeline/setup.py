@@ -1,4 +1,5 @@
-"""Setting up a search from a config: device, data splits, loaders, supernet, targets."""
+"""Setting up from a config: device, data, loaders, the supernet, a search, and the context in
+which compact models are trained and evaluated."""
 from __future__ import annotations
 
 import random
@@ -8,10 +9,12 @@ from pathlib import Path
 import torch
 
 from datasource import DeviceLoader, ImageData, load_dataset
-from search.config import RunConfig, from_dict, space_config, to_dict
+from pipeline.config import FinetuneConfig, RunConfig, from_dict, to_dict
 from search.loop import Searcher
 from search.penalty import Targets, resolve_targets
 from supernet import SPACES
+from training.autocast import autocast_factory
+from training.finetune import evaluate, finetune
 
 
 @dataclass(frozen=True)
@@ -57,7 +60,7 @@ def loader(cfg: RunConfig, x, y, meta: DataMeta, device, train: bool, seed: int)
 
 
 def build_supernet(cfg: RunConfig, meta: DataMeta, device) -> torch.nn.Module:
-    net = SPACES.get(cfg.space)(space_config(cfg), meta.in_channels, meta.num_classes,
+    net = SPACES.get(cfg.space)(cfg.space_config, meta.in_channels, meta.num_classes,
                                 meta.input_size)
     net = net.to(device)
     return net.to(memory_format=torch.channels_last) if cfg.channels_last else net
@@ -97,5 +100,41 @@ def restore_supernet(state: dict, device) -> tuple[torch.nn.Module, RunConfig, D
     return net, cfg, meta
 
 
-__all__ = ["DataMeta", "Targets", "prepare_search", "restore_supernet", "select_device",
-           "seed_everything", "split_train_val", "loader", "load_data", "data_meta"]
+class TrainingContext:
+    """Loaders, precision and device of a run, for training and evaluating compact models with
+    the run's augmentation and schedule: what the fine-tune stage and every baseline share."""
+
+    def __init__(self, cfg: RunConfig, data: ImageData, device: torch.device) -> None:
+        self.cfg, self.data, self.device = cfg, data, device
+        self.meta = data_meta(data)
+        self.autocast = autocast_factory(device, cfg.amp)
+        self.test_loader = loader(cfg, data.x_test, data.y_test, self.meta, device, train=False,
+                                  seed=0)
+
+    def train_loader(self, seed: int | None = None) -> DeviceLoader:
+        seed = self.cfg.seed + 2 if seed is None else seed
+        return loader(self.cfg, self.data.x_train, self.data.y_train, self.meta, self.device,
+                      train=True, seed=seed)
+
+    def prepare(self, model: torch.nn.Module) -> torch.nn.Module:
+        """On the run's device, in the run's memory format."""
+        model = model.to(self.device)
+        return model.to(memory_format=torch.channels_last) if self.cfg.channels_last else model
+
+    def train(self, model: torch.nn.Module, cfg: FinetuneConfig | None = None, teacher=None,
+              logger=None, train_loader: DeviceLoader | None = None) -> torch.nn.Module:
+        """Fine-tune (or train from scratch, per `cfg`) on the whole training set."""
+        cfg = cfg or self.cfg.finetune
+        train_loader = train_loader or self.train_loader()
+        train_loader.cutout = cfg.cutout  # training batches only
+        return finetune(self.prepare(model), cfg, train_loader, teacher=teacher,
+                        autocast=self.autocast, logger=logger)
+
+    def evaluate(self, model: torch.nn.Module) -> dict[str, float]:
+        """Loss and accuracy on the test split."""
+        return evaluate(model, self.test_loader, self.autocast)
+
+
+__all__ = ["DataMeta", "Targets", "TrainingContext", "prepare_search", "restore_supernet",
+           "select_device", "seed_everything", "split_train_val", "loader", "load_data",
+           "data_meta", "build_supernet"]

@@ -1,0 +1,202 @@
+"""The pipeline as a library: search -> derive -> slim -> BN recalibration -> fine-tune -> export
+-> summary, for one resolved config and one run directory.
+
+    from pipeline import load_config, run
+    metrics = run(load_config("configs/digits.yaml", ["search.epochs=5"]), Path("runs/x"))
+
+`train.py` adds argument parsing, run-directory rules and error messages on top; the benchmarks
+call `run` (or the stage functions) directly.
+"""
+from __future__ import annotations
+
+import json
+import sys
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import torch
+
+from datasource import ImageData
+from derive import Derivation, derive, slim
+from export import save_export
+from export.architecture import evaluation_architecture
+from export.build import build
+from export.latency import latencies_ms
+from pipeline.config import ConfigError, RunConfig, to_dict
+from pipeline.setup import (DataMeta, TrainingContext, load_data, prepare_search, restore_supernet,
+                            seed_everything, select_device)
+from pipeline.summary import summary_table
+from search.checkpoint import load_checkpoint
+from search.loop import Searcher
+from search.penalty import Targets
+from search.tensorboard_log import SearchLogger
+from supernet import Supernet
+from training.finetune import recalibrate_batchnorm
+
+STAGES = ("search", "derive", "finetune", "export")
+Report = Callable[[str], None]
+
+
+def check_stages(stages: Sequence[str]) -> list[str]:
+    """The stages to run, validated: known names, in pipeline order, derive before its users."""
+    stages = list(stages)
+    unknown = [s for s in stages if s not in STAGES]
+    if unknown:
+        raise ConfigError(f"unknown stage {unknown[0]!r}; stages are {', '.join(STAGES)}")
+    if stages != sorted(stages, key=STAGES.index):
+        raise ConfigError(f"stages must come in the order {','.join(STAGES)}, got {','.join(stages)}")
+    if {"finetune", "export"} & set(stages) and "derive" not in stages:
+        raise ConfigError("finetune and export work on a derived model: include 'derive'")
+    return stages
+
+
+@dataclass
+class SearchOutcome:
+    net: Supernet
+    targets: Targets
+    metrics: dict  # the last search epoch's (empty if none ran)
+    logger: SearchLogger | None = None  # the run's TensorBoard writer, still open
+
+
+@dataclass
+class Slimmed:
+    derivation: Derivation
+    model: torch.nn.Module
+    gap: float  # max |slimmed - hard-masked supernet| on a real batch (should be ~1e-6)
+
+
+def search(cfg: RunConfig, run_dir: Path, data: ImageData, resume: bool = False,
+           tensorboard: bool = True, report: Report = print) -> SearchOutcome:
+    """Run (or resume) the bilevel search; the checkpoint is `run_dir/search.pt`. The returned
+    TensorBoard logger stays open for the later stages (close it when done)."""
+    start = time.perf_counter()
+    searcher = prepare_search(cfg, run_dir, data,
+                              logger_factory=SearchLogger if tensorboard else None)
+    if resume and searcher.checkpoint_path.is_file():
+        searcher.resume()
+        report(f"resumed {run_dir} at epoch {searcher.epoch}/{cfg.search.epochs}")
+    elif resume:
+        report(f"{searcher.checkpoint_path} does not exist yet: starting the search from epoch 0")
+    metrics = searcher.run()
+    report(f"search done in {time.perf_counter() - start:.0f}s: val acc {metrics['val_acc']:.3f}, "
+           f"MACs of the derived network {metrics['discrete_macs']:,.0f} "
+           f"(soft expectation {metrics['expected_macs']:,.0f})")
+    return SearchOutcome(searcher.net, searcher.targets, metrics, searcher.logger)
+
+
+def load_search(cfg: RunConfig, run_dir: Path) -> SearchOutcome:
+    """The searched supernet of an earlier run, from its checkpoint."""
+    state = load_checkpoint(run_dir / Searcher.CHECKPOINT, "search", select_device(cfg.device))
+    if state["epoch"] < cfg.search.epochs:
+        print(f"warning: the search in {run_dir} stopped at epoch {state['epoch']}/"
+              f"{cfg.search.epochs}; deriving from it anyway", file=sys.stderr)
+    net, _, _ = restore_supernet(state, select_device(cfg.device))
+    return SearchOutcome(net, Targets(**state["targets"]),
+                         state["history"][-1] if state["history"] else {})
+
+
+def derive_and_slim(cfg: RunConfig, net: Supernet, meta: DataMeta, target: float | None,
+                    probe: torch.Tensor) -> Slimmed:
+    """Derive the architecture, slim the supernet into it, and measure how far the compact
+    model is from the hard-masked supernet on a real batch."""
+    net.eval()
+    derivation = derive(net, target, cfg.derive.tolerance, cfg.derive.round_to,
+                        cfg.derive.min_channels, meta.mean, meta.std)
+    compact = slim(net, derivation).eval()
+    with torch.no_grad(), net.hard_masked(derivation.ops, derivation.keep):
+        gap = float((net(probe) - compact(probe)).abs().max())
+    if cfg.channels_last:
+        compact = compact.to(memory_format=torch.channels_last)
+    return Slimmed(derivation, compact, gap)
+
+
+def cpu_latencies(models: dict[str, torch.nn.Module], shape: tuple[int, ...]) -> dict[str, float]:
+    out = {}
+    for batch in (1, 64):
+        out.update({f"{name}_b{batch}": ms for name, ms in latencies_ms(models, (batch, *shape)).items()})
+    return out
+
+
+def derive_and_export(cfg: RunConfig, run_dir: Path, data: ImageData, searched: SearchOutcome,
+                      stages: Sequence[str], export_name: str = "export",
+                      logger: SearchLogger | None = None, report: Report = print) -> dict:
+    """Every stage after the search; returns the metrics (also written to
+    `run_dir/summary-<export_name>.json`)."""
+    seed_everything(cfg.seed)
+    start = time.perf_counter()
+    net = searched.net
+    ctx = TrainingContext(cfg, data, next(net.parameters()).device)
+    train_loader = ctx.train_loader()
+    target = cfg.derive.macs if cfg.derive.macs is not None else searched.targets.macs
+
+    slimmed = derive_and_slim(cfg, net, ctx.meta, target, next(iter(ctx.test_loader))[0])
+    compact = slimmed.model
+    recalibrate_batchnorm(compact, train_loader)
+    slim_acc = ctx.evaluate(compact)["acc"]
+    cost = slimmed.derivation.arch.cost()
+    report(f"derived: {cost.macs:,.0f} MACs (target {target or 0:,.0f}), slimmed == hard-masked "
+           f"supernet within {slimmed.gap:.1e}, test acc after BN recalibration {slim_acc:.4f}")
+    if cfg.derive.eval_cells:  # DARTS protocol: the genotype in a larger network, from scratch
+        arch = evaluation_architecture(slimmed.derivation.arch, cfg.derive.eval_cells,
+                                       cfg.derive.eval_channels)
+        compact, cost = ctx.prepare(build(arch)), arch.cost()
+        report(f"evaluation network: {len(arch.cells)} cells, {cfg.derive.eval_channels} channels, "
+               f"{cost.macs:,.0f} MACs, {cost.params:,.0f} params, trained from scratch")
+    if "finetune" in stages:
+        # the soft supernet is the distillation teacher (used when finetune.kd_weight > 0)
+        compact = ctx.train(compact, teacher=net, logger=logger, train_loader=train_loader)
+    test_metrics = ctx.evaluate(compact)
+
+    meta = ctx.meta
+    dense = net.dense_architecture(meta.mean, meta.std)
+    dense_cost = dense.cost()
+    metrics = {
+        "test_acc": test_metrics["acc"], "test_loss": test_metrics["loss"],
+        "slimmed_test_acc": slim_acc, "slim_max_abs_diff": slimmed.gap,
+        "macs": cost.macs, "params": cost.params, "target_macs": target,
+        "dense_macs": dense_cost.macs, "dense_params": dense_cost.params,
+        "search_val_acc": searched.metrics.get("val_acc"), "data": asdict(meta),
+        "from_scratch": cfg.finetune.from_scratch or bool(cfg.derive.eval_cells),
+        "cpu_latency_ms": cpu_latencies({"dense": build(dense), "slim": compact},
+                                        (meta.in_channels, meta.input_size, meta.input_size)),
+    }
+    if "export" in stages:
+        metrics = save_export(run_dir / export_name, compact.cpu(), to_dict(cfg), metrics)
+        if metrics["fvcore_flops"] != cost.macs:
+            raise AssertionError(f"analytic MACs {cost.macs} != fvcore {metrics['fvcore_flops']}")
+    report(summary_table(metrics))
+    if "export" in stages:
+        report(f"exported to {run_dir / export_name} (export.load(...) rebuilds it); "
+               f"TensorBoard: tensorboard --logdir {run_dir.parent}")
+    report(f"derive + fine-tune + export took {time.perf_counter() - start:.0f}s")
+    (run_dir / f"summary-{export_name}.json").write_text(json.dumps(metrics, indent=2))
+    return metrics
+
+
+def run(cfg: RunConfig, run_dir: str | Path, stages: Sequence[str] = STAGES, *,
+        resume: bool = False, export_name: str = "export", data: ImageData | None = None,
+        report: Report = print) -> dict:
+    """Run `stages` of the pipeline for `cfg` in `run_dir`. Without 'search', the supernet comes
+    from the run's checkpoint. Returns the metrics of the derived model ({} without 'derive')."""
+    stages, run_dir = check_stages(stages), Path(run_dir)
+    data = data or load_data(cfg)
+    logger = None
+    if "search" in stages:
+        searched = search(cfg, run_dir, data, resume, report=report)
+        logger = searched.logger
+    try:
+        if "derive" not in stages:
+            return {}
+        if "search" not in stages:
+            searched = load_search(cfg, run_dir)
+        metrics = derive_and_export(cfg, run_dir, data, searched, stages, export_name, logger,
+                                    report)
+        if logger:
+            logger.hyperparameters(to_dict(cfg), {"test_acc": metrics["test_acc"],
+                                                  "macs": metrics["macs"]})
+        return metrics
+    finally:
+        if logger:
+            logger.close()

@@ -1,0 +1,18 @@
+"""The table a run prints at its end: dense reference against the exported model."""
+from __future__ import annotations
+
+
+def summary_table(m: dict) -> str:
+    lat = m["cpu_latency_ms"]
+    rows = [
+        ("", "dense (widest path)", "exported"),
+        ("MACs", f"{m['dense_macs']:,}", f"{m['macs']:,} ({m['macs'] / m['dense_macs']:.1%})"),
+        ("params", f"{m['dense_params']:,}", f"{m['params']:,} ({m['params'] / m['dense_params']:.1%})"),
+        ("CPU latency b=1", f"{lat['dense_b1']:.2f} ms", f"{lat['slim_b1']:.2f} ms "
+         f"({lat['dense_b1'] / lat['slim_b1']:.1f}x faster)"),
+        ("CPU latency b=64", f"{lat['dense_b64']:.2f} ms", f"{lat['slim_b64']:.2f} ms "
+         f"({lat['dense_b64'] / lat['slim_b64']:.1f}x faster)"),
+        ("test accuracy", "", f"{m['slimmed_test_acc']:.4f} slimmed -> {m['test_acc']:.4f} fine-tuned"),
+    ]
+    width = [max(len(r[i]) for r in rows) for i in range(3)]
+    return "\n".join("  ".join(c.ljust(w) for c, w in zip(r, width)).rstrip() for r in rows)
