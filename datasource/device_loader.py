@@ -2,7 +2,9 @@
 
 Small data sets fit on the device, so the loop never waits for a host-to-device copy or a
 worker process. Shuffling and augmentation draw from a CPU `torch.Generator` whose state is
-saved in checkpoints: a resumed run sees exactly the batches of an uninterrupted one, on any device.
+saved in checkpoints: a resumed run sees exactly the batches of an uninterrupted one, and a CPU
+and a GPU run draw the same ones. The draws reach the device from pinned memory without blocking
+(`to_device`): a copy from pageable memory would synchronise the GPU on every batch.
 """
 from __future__ import annotations
 
@@ -39,7 +41,7 @@ class DeviceLoader:
     def __iter__(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
         n = len(self.x)
         order = torch.randperm(n, generator=self.generator) if self.shuffle else torch.arange(n)
-        order = order.to(self.device)
+        order = to_device(order, self.device)
         for i in range(len(self)):
             idx = order[i * self.batch_size:(i + 1) * self.batch_size]
             yield self.transform(self.x[idx]), self.y[idx]
@@ -49,7 +51,7 @@ class DeviceLoader:
         if self.shuffle and self.crop_padding:
             x = random_crop(x, self.crop_padding, self.generator)
         if self.shuffle and self.hflip:
-            flip = (torch.rand(len(x), generator=self.generator) < 0.5).to(x.device)
+            flip = to_device(torch.rand(len(x), generator=self.generator) < 0.5, x.device)
             x = torch.where(flip.view(-1, 1, 1, 1), x.flip(3), x)
         x = (x - self.mean) / self.std
         if self.shuffle and self.cutout:
@@ -63,12 +65,20 @@ class DeviceLoader:
         self.generator.set_state(state["generator"])
 
 
+def to_device(t: torch.Tensor, device: torch.device) -> torch.Tensor:
+    """A small CPU tensor on `device` without a host sync: staged in pinned memory and copied
+    asynchronously (the caching host allocator keeps the buffer alive until the copy is done)."""
+    if device.type == "cpu":
+        return t
+    return t.pin_memory().to(device, non_blocking=True)
+
+
 def random_crop(x: torch.Tensor, padding: int, generator: torch.Generator) -> torch.Tensor:
     """Per-image random crop after zero padding (the CIFAR augmentation), as one gather."""
     n, _, h, w = x.shape
     padded = F.pad(x, (padding,) * 4)
-    dy = torch.randint(0, 2 * padding + 1, (n,), generator=generator).to(x.device)
-    dx = torch.randint(0, 2 * padding + 1, (n,), generator=generator).to(x.device)
+    dy = to_device(torch.randint(0, 2 * padding + 1, (n,), generator=generator), x.device)
+    dx = to_device(torch.randint(0, 2 * padding + 1, (n,), generator=generator), x.device)
     rows = (dy.view(n, 1) + torch.arange(h, device=x.device)).view(n, 1, h, 1)
     cols = (dx.view(n, 1) + torch.arange(w, device=x.device)).view(n, 1, 1, w)
     batch = torch.arange(n, device=x.device).view(n, 1, 1, 1)
@@ -77,10 +87,14 @@ def random_crop(x: torch.Tensor, padding: int, generator: torch.Generator) -> to
 
 def cutout(x: torch.Tensor, size: int, generator: torch.Generator) -> torch.Tensor:
     """Zero one size x size square per image (DeVries & Taylor, 2017, as DARTS applies it: after
-    normalisation, centred anywhere in the image, clipped at the borders)."""
+    normalisation, centred anywhere in the image, clipped at the borders).
+
+    Not timm's `RandomErasing`: it draws an area fraction and aspect ratio per image and keeps
+    the rectangle inside the image (not DARTS' fixed, clipped square), and it draws positions
+    from Python's `random`, outside the loader's checkpointed generator (resume would differ)."""
     n, _, h, w = x.shape
-    top = torch.randint(0, h, (n, 1, 1, 1), generator=generator).to(x.device) - size // 2
-    left = torch.randint(0, w, (n, 1, 1, 1), generator=generator).to(x.device) - size // 2
+    top = to_device(torch.randint(0, h, (n, 1, 1, 1), generator=generator), x.device) - size // 2
+    left = to_device(torch.randint(0, w, (n, 1, 1, 1), generator=generator), x.device) - size // 2
     rows = torch.arange(h, device=x.device).view(1, 1, h, 1)
     cols = torch.arange(w, device=x.device).view(1, 1, 1, w)
     inside = (rows >= top) & (rows < top + size) & (cols >= left) & (cols < left + size)

@@ -2,23 +2,26 @@
 
 Ops: the space's rule (`net.derive_ops()`; macro: the highest alpha per layer; DARTS: per node the
 two strongest edges, each with its strongest non-zero op). Channels: those each mask keeps
-(logit >= 0, gate >= 1/2). When that
-misses the MACs target by more than the tolerance, all mask logits of the network are ranked
-together and a single threshold is searched (bisection: cost grows with the number of channels
-kept) so that the kept channels meet the target. No group ever keeps fewer than `min_channels`.
+(logit >= 0, gate >= 1/2). When that misses the MACs target by more than the tolerance, all mask
+logits of the network are ranked together and a single threshold is searched (bisection: cost
+grows with the number of channels kept) so that the kept channels meet the target. No group ever
+keeps fewer than `min_channels`.
+
+When the chosen ops are too cheap to reach the target even at full width (a short or
+over-penalised search), `promote_ops` moves the least confident choices to costlier ops: op
+scores are tilted by lambda * log(1 + MACs), and the smallest lambda whose full-width network
+reaches the target is taken (bisection), so the choices whose alpha margins are smallest flip first.
 """
 from __future__ import annotations
 
-import math
 import warnings
 from dataclasses import dataclass
 from typing import Any
 
 import torch
-from timm.layers import make_divisible
 
 from export.architecture import Architecture
-from ops.masks import KEEP_LOGIT
+from ops.masks import KEEP_LOGIT, WidthRounding
 
 
 @dataclass
@@ -28,24 +31,20 @@ class Derivation:
     keep: dict[str, torch.Tensor]  # channel group -> kept channel indices, ascending
 
 
-def _round(count: int, size: int, round_to: int, min_channels: int) -> int:
-    count = max(count, min_channels)
-    if round_to > 1:
-        count = make_divisible(count, round_to)
-    return min(count, size)
-
-
 def derive(net, target_macs: float | None = None, tolerance: float = 0.03, round_to: int = 1,
-           min_channels: int = 1, mean=(), std=()) -> Derivation:
+           min_channels: int = 1, mean=(), std=(), promote_ops: bool = True) -> Derivation:
     if min_channels < 1:
         raise ValueError(f"min_channels must be >= 1, got {min_channels}")
     with torch.no_grad():
         ops = net.derive_ops()
+        if promote_ops and target_macs is not None:
+            ops = _ops_reaching(net, ops, (1 - tolerance) * target_macs)
         logits = {g: net.masks[g].logits.detach().float().cpu() for g in net.used_groups(ops)}
 
+    rounding = WidthRounding(round_to, min_channels)
+
     def counts_above(threshold: float) -> dict[str, int]:
-        return {g: _round(int((lg >= threshold).sum()), lg.numel(),
-                          math.lcm(round_to, net.channel_step(g)), min_channels)
+        return {g: rounding(int((lg >= threshold).sum()), lg.numel(), net.channel_step(g))
                 for g, lg in logits.items()}
 
     def macs(counts: dict[str, int]) -> float:
@@ -60,6 +59,34 @@ def derive(net, target_macs: float | None = None, tolerance: float = 0.03, round
                           f"{tolerance:.0%}: the closest is {reached:,.0f} MACs", stacklevel=2)
     keep = {g: net.keep_channels(g, lg, counts[g]) for g, lg in logits.items()}
     return Derivation(net.architecture(ops, counts, mean, std), ops, keep)
+
+
+def _ops_reaching(net, ops, floor: float, iterations: int = 40):
+    """`ops`, or, if their full-width network has fewer than `floor` MACs, the ops of the
+    least-tilted scores logit + lambda * log(1 + MACs) whose full-width network reaches it."""
+    widths = net.full_widths()
+
+    def full_macs(candidate) -> float:
+        return net.architecture(candidate, widths).cost().macs
+
+    if full_macs(ops) >= floor:
+        return ops
+    logits = {k: v.detach().double().cpu() for k, v in net.op_logits().items()}
+    cost = {k: torch.log1p(v.double().cpu()) for k, v in net.op_scores(widths).items()}
+    tilted = lambda lam: net.derive_ops({k: logits[k] + lam * cost[k] for k in logits})
+    lo, hi = 0.0, 1.0
+    while full_macs(tilted(hi)) < floor:
+        hi *= 2
+        if hi > 1e6:  # even the costliest choices cannot reach it: keep the searched ops
+            return ops
+    for _ in range(iterations):
+        mid = (lo + hi) / 2
+        lo, hi = (lo, mid) if full_macs(tilted(mid)) >= floor else (mid, hi)
+    promoted = tilted(hi)
+    warnings.warn(f"the searched ops reach only {full_macs(ops):,.0f} MACs at full width, below "
+                  f"the target; the least confident choices were moved to costlier ops "
+                  f"({full_macs(promoted):,.0f} MACs at full width)", stacklevel=3)
+    return promoted
 
 
 def _counts_for_target(counts_above, macs, logits, target: float) -> dict[str, int]:

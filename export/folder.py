@@ -32,6 +32,9 @@ ARCH, WEIGHTS, CONFIG, METRICS, ONNX, FLOPS, MANIFEST = (
     "arch.json", "model.safetensors", "config.yaml", "metrics.json", "model.onnx", "flops.txt",
     "manifest.json")
 REQUIRED = (ARCH, WEIGHTS, METRICS)
+# ONNX Runtime must reproduce PyTorch's logits to this fraction of their largest magnitude (fp32
+# kernels differ in summation order by ~1e-6 of the scale; a wrong graph is off by far more)
+ONNX_TOLERANCE = 1e-4
 
 
 class ExportError(RuntimeError):
@@ -71,7 +74,14 @@ def save_export(folder: str | Path, model: CompactNet, config: dict, metrics: di
         if onnx:
             export_onnx(model, example.repeat(2, 1, 1, 1), tmp / ONNX)  # export specialises 0/1
             check = torch.randn(4, arch.in_channels, arch.input_size, arch.input_size)
-            metrics["onnx_max_abs_diff"] = onnx_max_abs_diff(model, tmp / ONNX, check)
+            with torch.no_grad():
+                scale = float(model(check).abs().max())
+            diff = onnx_max_abs_diff(model, tmp / ONNX, check)
+            if not diff <= ONNX_TOLERANCE * max(scale, 1.0):
+                raise ExportError(f"ONNX Runtime's outputs differ from PyTorch's by {diff:.3g} "
+                                  f"(largest logit {scale:.3g}; allowed {ONNX_TOLERANCE:g} of "
+                                  f"it): the ONNX graph is wrong, so nothing was exported")
+            metrics["onnx_max_abs_diff"] = diff
         (tmp / METRICS).write_text(json.dumps(metrics, indent=2))
         manifest = {p.name: {"bytes": p.stat().st_size, "sha256": _sha256(p)}
                     for p in sorted(tmp.iterdir())}

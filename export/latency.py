@@ -1,10 +1,18 @@
 """Wall-clock latency of models, so the real speed-up stands next to the MACs ratio."""
 from __future__ import annotations
 
+import logging
 import statistics
-import time
 
 import torch
+
+# importing torch.utils.benchmark loads cpp_extension, which warns on machines without a CUDA
+# toolkit although nothing here compiles; keep that line out of every run's output
+_cpp_log = logging.getLogger("torch.utils.cpp_extension")
+_level, _cpp_log.level = _cpp_log.level, logging.ERROR
+from torch.utils.benchmark import Timer  # noqa: E402
+
+_cpp_log.setLevel(_level)
 
 
 @torch.inference_mode()
@@ -12,20 +20,17 @@ def latencies_ms(models: dict[str, torch.nn.Module], shape: tuple[int, ...], rep
                  warmup: int = 10, device: str | torch.device = "cpu") -> dict[str, float]:
     """Median milliseconds per forward pass of a random batch of `shape`, for each model.
 
-    The models are timed in alternation, so a machine that slows down or speeds up during the
-    measurement (other processes, frequency scaling) biases none of them against the others."""
-    models = {name: m.eval().to(device) for name, m in models.items()}
+    Each run is timed by `torch.utils.benchmark.Timer` (CUDA synchronisation, the process's
+    thread count); the models are timed in alternation, one run each per round, so a machine
+    that slows down or speeds up during the measurement (other processes, frequency scaling)
+    biases none of them against the others."""
     x = torch.randn(shape, device=device)
-    sync = torch.cuda.synchronize if torch.device(device).type == "cuda" else (lambda: None)
-    for model in models.values():
-        for _ in range(warmup):
-            model(x)
+    timers = {name: Timer("model(x)", globals={"model": m.eval().to(device), "x": x},
+                          num_threads=torch.get_num_threads()) for name, m in models.items()}
+    for timer in timers.values():
+        timer.timeit(warmup)
     times: dict[str, list[float]] = {name: [] for name in models}
     for _ in range(repeats):
-        for name, model in models.items():
-            sync()
-            start = time.perf_counter()
-            model(x)
-            sync()
-            times[name].append((time.perf_counter() - start) * 1e3)
+        for name, timer in timers.items():
+            times[name].append(timer.timeit(1).median * 1e3)
     return {name: statistics.median(t) for name, t in times.items()}

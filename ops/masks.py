@@ -13,6 +13,9 @@ read from the logits so that the rounding of a float32 sigmoid never decides it.
 """
 from __future__ import annotations
 
+import math
+from dataclasses import dataclass
+
 import torch
 from torch import nn
 
@@ -57,3 +60,25 @@ class ChannelMask(nn.Module):
 def apply_gate(x: torch.Tensor, gate: torch.Tensor | None) -> torch.Tensor:
     """Scale the channels (dim 1) of an NCHW tensor by a gate vector; `None` means no mask."""
     return x if gate is None else x * gate.view(1, -1, 1, 1).to(x.dtype)
+
+
+@dataclass(frozen=True)
+class WidthRounding:
+    """How a derivation turns a count of kept channels into a width: at least `min_channels`,
+    a multiple of `round_to` (and of the group's own step) by timm's `make_divisible` rule, at
+    most the group's size. The discretizer and the penalty's discrete cost both apply it, so the
+    cost the search is pulled by is the cost of the network it will derive."""
+
+    round_to: int = 1
+    min_channels: int = 1
+
+    def __call__(self, count, size: int, step: int = 1):
+        """The width for `count` kept channels (an int, or a tensor on any device: no sync)."""
+        divisor = math.lcm(self.round_to, step)
+        exact = isinstance(count, int)
+        count = torch.as_tensor(count).clamp(min=self.min_channels)
+        if divisor > 1:  # timm.layers.make_divisible(count, divisor), in tensor ops
+            rounded = ((count + divisor / 2) // divisor * divisor).clamp(min=divisor)
+            count = torch.where(rounded < 0.9 * count, rounded + divisor, rounded)
+        count = count.clamp(max=size)
+        return int(count) if exact else count

@@ -60,7 +60,8 @@ class SearchConfig:
     w_weight_decay: float = 3e-4
     grad_clip: float = 5.0
     arch_lr: float = 0.1  # short searches: measured on digits, 0.03 left alpha near uniform
-    arch_weight_decay: float = 0.0
+    arch_weight_decay: float = 0.0  # on alpha only
+    mask_weight_decay: float = 0.0  # on mask logits: decay pulls them toward the keep threshold
     temperature_start: float = 1.0
     temperature_end: float = 0.01  # cold enough that the last epochs train a discrete network
     target: TargetConfig = field(default_factory=TargetConfig)
@@ -72,6 +73,9 @@ class DeriveConfig:
     tolerance: float = 0.03
     round_to: int = 1
     min_channels: int = 1
+    # when the searched ops are too cheap for the target at full width, move the least
+    # confident choices to costlier ops (false: keep the ops, derive the closest network)
+    promote_ops: bool = True
     # DARTS space: train the searched cells in a larger evaluation network from scratch (the
     # DARTS protocol uses 20 cells of 36 channels) instead of fine-tuning the slimmed search net
     eval_cells: int | None = None
@@ -248,6 +252,8 @@ def validate(cfg: RunConfig) -> None:
         (s.epochs >= 1, f"search.epochs must be >= 1, got {s.epochs}"),
         (0 <= s.warmup_epochs <= s.epochs,
          f"search.warmup_epochs must be in [0, search.epochs={s.epochs}], got {s.warmup_epochs}"),
+        (s.arch_weight_decay >= 0 and s.mask_weight_decay >= 0,
+         "search.arch_weight_decay and search.mask_weight_decay must be >= 0"),
         (s.order in (1, 2), f"search.order must be 1 (first order) or 2 (second order), got {s.order}"),
         (s.temperature_end > 0 and s.temperature_start > 0, "search temperatures must be > 0"),
         (0 < cfg.data.val_fraction < 1, f"data.val_fraction must be in (0, 1), got {cfg.data.val_fraction}"),

@@ -102,8 +102,9 @@ def derive_and_slim(cfg: RunConfig, net: Supernet, meta: DataMeta, target: float
     """Derive the architecture, slim the supernet into it, and measure how far the compact
     model is from the hard-masked supernet on a real batch."""
     net.eval()
-    derivation = derive(net, target, cfg.derive.tolerance, cfg.derive.round_to,
-                        cfg.derive.min_channels, meta.mean, meta.std)
+    d = cfg.derive
+    derivation = derive(net, target, d.tolerance, d.round_to, d.min_channels, meta.mean, meta.std,
+                        promote_ops=d.promote_ops)
     compact = slim(net, derivation).eval()
     with torch.no_grad(), net.hard_masked(derivation.ops, derivation.keep):
         gap = float((net(probe) - compact(probe)).abs().max())

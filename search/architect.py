@@ -9,24 +9,35 @@ model is never copied or rebuilt. Only the arch parameters receive gradients her
 from __future__ import annotations
 
 import contextlib
+import functools
 
 import torch
 from torch.func import functional_call
 
+from ops import WidthRounding
 from search.penalty import CostPenalty
 from supernet.cost_model import ESTIMATORS
 from training.losses import cross_entropy
 
 
 class Architect:
+    """Adam over alpha (weight decay `weight_decay`, DARTS' 1e-3) and mask logits (their own
+    `mask_weight_decay`, 0 unless asked for: decay pulls a logit toward 0, which is gate 1/2,
+    the keep/prune threshold, and would undo the masks' decisions)."""
+
     def __init__(self, net, penalty: CostPenalty, lr: float, weight_decay: float = 0.0,
                  order: int = 1, betas: tuple[float, float] = (0.5, 0.999),
-                 estimator: str = "discrete", hessian_eps: float = 0.01) -> None:
+                 estimator: str = "discrete", hessian_eps: float = 0.01,
+                 rounding: WidthRounding = WidthRounding(), mask_weight_decay: float = 0.0) -> None:
         self.net, self.penalty, self.order = net, penalty, order
         self.hessian_eps = hessian_eps  # finite-difference step, relative to |d L_val / d w'|
-        self.cost_fn = ESTIMATORS.get(estimator)
+        self.cost_fn = functools.partial(ESTIMATORS.get(estimator), rounding=rounding)
         self.params = net.arch_parameters()
-        self.optimizer = torch.optim.Adam(self.params, lr=lr, betas=betas, weight_decay=weight_decay)
+        alphas = list(net.alphas.values())
+        masks = [m.logits for m in net.masks.values()]
+        self.optimizer = torch.optim.Adam(
+            [{"params": alphas, "weight_decay": weight_decay},
+             {"params": masks, "weight_decay": mask_weight_decay}], lr=lr, betas=betas)
         name_of = {id(p): n for n, p in net.named_parameters()}
         self.arch_names = [name_of[id(p)] for p in self.params]  # same order as self.params
         arch_ids = set(map(id, self.params))

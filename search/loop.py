@@ -2,6 +2,7 @@
 weight step on a training batch), with warm-up, temperature annealing, logging and resume."""
 from __future__ import annotations
 
+import functools
 import math
 from pathlib import Path
 
@@ -9,6 +10,7 @@ import torch
 from timm.scheduler import CosineLRScheduler
 from tqdm import tqdm
 
+from ops import WidthRounding
 from search.architect import Architect
 from search.checkpoint import load_checkpoint, rng_state, save_checkpoint, set_rng_state
 from search.penalty import CostPenalty, Targets
@@ -46,9 +48,12 @@ class Searcher:
         self.w_opt = torch.optim.SGD(net.weight_parameters(), lr=s.w_lr, momentum=s.w_momentum,
                                      weight_decay=s.w_weight_decay)
         self.w_sched = CosineLRScheduler(self.w_opt, t_initial=s.epochs, lr_min=s.w_lr_min)
+        rounding = WidthRounding(cfg.derive.round_to, cfg.derive.min_channels)
+        self.discrete_cost = functools.partial(discrete_cost, rounding=rounding)
         self.architect = Architect(net, CostPenalty(targets, s.target.weight), s.arch_lr,
                                    s.arch_weight_decay, s.order, estimator=s.target.estimator,
-                                   hessian_eps=s.hessian_eps)
+                                   hessian_eps=s.hessian_eps, rounding=rounding,
+                                   mask_weight_decay=s.mask_weight_decay)
         self.epoch, self.step, self.history = 0, 0, []
 
     @property
@@ -116,25 +121,36 @@ class Searcher:
     def _progress(self, bar: tqdm, sums: torch.Tensor, counts: list[int]) -> None:
         loss, acc, _, val_acc = self._means(sums, counts)
         with torch.no_grad():
-            macs = float(discrete_cost(self.net).macs)
+            macs = float(self.discrete_cost(self.net).macs)
         bar.set_postfix(loss=f"{loss:.3f}", acc=f"{acc:.3f}", val_acc=f"{val_acc:.3f}",
                         macs=f"{macs:,.0f}")
 
     def _epoch_metrics(self, sums: torch.Tensor, counts: list[int]) -> dict[str, float]:
         train_loss, train_acc, val_loss, val_acc = self._means(sums, counts)
         with torch.no_grad():
-            cost, discrete = expected_cost(self.net), discrete_cost(self.net)
+            cost, discrete = expected_cost(self.net), self.discrete_cost(self.net)
         return {"epoch": self.epoch, "train_loss": train_loss, "train_acc": train_acc,
                 "val_loss": val_loss, "val_acc": val_acc, "expected_macs": float(cost.macs),
                 "expected_params": float(cost.params), "discrete_macs": float(discrete.macs),
                 "temperature": float(self.net.temperature), "w_lr": self.w_opt.param_groups[0]["lr"],
                 **self.net.arch_stats()}
 
-    def _stop_nonfinite(self) -> None:
+    def _check_finite_state(self) -> None:
+        """Weights, alpha, masks, buffers and both optimisers' state must be finite: the last
+        update of an epoch can break them while every loss of the epoch was finite. One sync."""
+        tensors = [*self.net.parameters(), *self.net.buffers()]
+        for opt in (self.w_opt, self.architect.optimizer):
+            tensors += [v for state in opt.state.values() for v in state.values()
+                        if torch.is_tensor(v) and v.is_floating_point()]
+        finite = torch.stack([torch.isfinite(t).all() for t in tensors if t.is_floating_point()])
+        if not bool(finite.all()):
+            self._stop_nonfinite("parameters or optimiser state")
+
+    def _stop_nonfinite(self, what: str = "loss") -> None:
         kept = (f"the last good state (epoch {self.epoch}) is kept in {self.checkpoint_path}"
                 if self.checkpoint_path.is_file() else "no checkpoint had been written yet")
         raise NonFiniteLossError(
-            f"non-finite loss in search epoch {self.epoch + 1}; {kept}. Lower search.w_lr or "
+            f"non-finite {what} in search epoch {self.epoch + 1}; {kept}. Lower search.w_lr or "
             f"search.arch_lr, then resume with --resume {self.run_dir}")
 
     def run(self) -> dict[str, float]:
@@ -146,6 +162,7 @@ class Searcher:
             while self.epoch < s.epochs:
                 bar.set_description(f"search {self.epoch + 1}/{s.epochs}")
                 metrics = self.run_epoch(bar)
+                self._check_finite_state()  # before the save: never overwrite a good checkpoint
                 self.history.append(metrics)
                 self.epoch += 1
                 self._log(metrics)
@@ -161,7 +178,8 @@ class Searcher:
         self.logger.scalars({"loss/train": m["train_loss"], "loss/val": m["val_loss"],
                              "acc/train": m["train_acc"], "acc/val": m["val_acc"],
                              "lr/weights": m["w_lr"], "temperature": m["temperature"]}, e)
-        self.logger.architecture(self.net, e)
+        self.logger.architecture(self.net, e, {k: m[k] for k in (
+            "expected_macs", "discrete_macs", "expected_params")})
 
     # -- checkpointing --------------------------------------------------------------------------
     def state_dict(self) -> dict:

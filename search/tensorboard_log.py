@@ -20,7 +20,6 @@ import torch  # noqa: E402
 from torch.utils.tensorboard import SummaryWriter  # noqa: E402
 from torch.utils.tensorboard.summary import hparams  # noqa: E402
 
-from supernet.cost_model import discrete_cost, expected_cost  # noqa: E402
 
 
 class SearchLogger:
@@ -40,7 +39,9 @@ class SearchLogger:
             self.writer.add_scalar(tag, value, step)
 
     @torch.no_grad()
-    def architecture(self, net, epoch: int) -> None:
+    def architecture(self, net, epoch: int, costs: dict[str, float]) -> None:
+        """Op probabilities, masks and kept channels of `net`; `costs` holds the epoch's
+        expected_macs, discrete_macs and expected_params (as the search loop computed them)."""
         rows, gates = net.choice_rows(net.op_weights()), net.gates()
         kept = {group: mask.kept() for group, mask in net.masks.items()}
         for row, (names, weights) in rows.items():
@@ -50,10 +51,8 @@ class SearchLogger:
         for group, g in gates.items():
             self.writer.add_histogram(f"mask/{group}", g.float().cpu(), epoch)
             self.writer.add_scalar(f"channels/{group}", int(kept[group].sum()), epoch)
-        cost = expected_cost(net)
-        self.writer.add_scalar("cost/expected_macs", float(cost.macs), epoch)
-        self.writer.add_scalar("cost/discrete_macs", float(discrete_cost(net).macs), epoch)
-        self.writer.add_scalar("cost/expected_params", float(cost.params), epoch)
+        for name, value in costs.items():
+            self.writer.add_scalar(f"cost/{name}", value, epoch)
         if self.target_macs is not None:
             self.writer.add_scalar("cost/target_macs", self.target_macs, epoch)
         self.scalars(net.arch_stats(), epoch)

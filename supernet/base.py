@@ -93,14 +93,23 @@ class Supernet(nn.Module, abc.ABC):
     def op_weights(self) -> OpWeights:
         """softmax(alpha / temperature) per choice, or one-hot on the ops `restrict_ops` set."""
 
-    @abc.abstractmethod
-    def select(self, weights: OpWeights) -> OpWeights:
-        """One-hot weights of the architecture a derivation would give from `weights`. Must not
-        read values back to the host: the penalty calls it in every architecture step."""
+    def op_logits(self) -> OpWeights:
+        """What derivation ranks, free of the temperature: log-probabilities at temperature 1,
+        in float64. (A float32 softmax at T = 0.01 saturates, and ranking its exact ties by index
+        would change the derived network; a float32 log-softmax rounds alphas 1e-7 apart, as
+        Adam's first step leaves them, to ties.) Spaces return their fixed one-hot weights while
+        hard-masked."""
+        return {k: torch.log_softmax(a.double(), dim=-1) for k, a in self.alphas.items()}
 
     @abc.abstractmethod
-    def derive_ops(self, weights: OpWeights | None = None) -> Ops:
-        """The derived ops as plain data (from `weights`, default the current op weights)."""
+    def select(self, scores: OpWeights) -> OpWeights:
+        """One-hot weights of the architecture a derivation gives from `scores` (op logits, op
+        weights or op costs: larger is stronger). Must not read values back to the host: the
+        penalty calls it in every architecture step."""
+
+    @abc.abstractmethod
+    def derive_ops(self, scores: OpWeights | None = None) -> Ops:
+        """The derived ops as plain data (from `scores`, default `op_logits()`)."""
 
     @abc.abstractmethod
     def used_groups(self, ops: Ops) -> list[str]:

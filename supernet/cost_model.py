@@ -9,14 +9,16 @@ from __future__ import annotations
 
 import torch
 
-from ops import Cost, Registry
+from ops import Cost, Registry, WidthRounding
 
-ESTIMATORS = Registry("cost estimator")  # search.target.estimator: name -> cost of a supernet
+# search.target.estimator: name -> f(net, rounding) -> the cost the penalty reads
+ESTIMATORS = Registry("cost estimator")
 
 
 @ESTIMATORS.named("expected")
-def expected_cost(net) -> Cost:
-    """Expected MACs and params under the current alpha and masks (differentiable)."""
+def expected_cost(net, rounding: WidthRounding | None = None) -> Cost:
+    """Expected MACs and params under the current alpha and masks (differentiable). Widths are
+    the soft sums of the gates, so `rounding` (a rule for whole channel counts) does not apply."""
     channels = {name: gate.sum() for name, gate in net.gates().items()}
     return net.cost(net.op_weights(), channels)
 
@@ -27,20 +29,22 @@ def _straight_through(soft: torch.Tensor, hard: torch.Tensor) -> torch.Tensor:
 
 
 @ESTIMATORS.named("discrete")
-def discrete_cost(net) -> Cost:
-    """Cost of the architecture a derivation would give now (the space's `select` of the op
-    weights, the channels each mask keeps), with straight-through gradients of the soft relaxation.
+def discrete_cost(net, rounding: WidthRounding = WidthRounding()) -> Cost:
+    """Cost of the architecture a derivation would give now (the space's `select` of its op
+    logits; the channels each mask keeps, rounded to a width as the discretizer rounds them:
+    `min_channels`, `round_to`, the group's own step), with straight-through gradients of the
+    soft relaxation.
 
     The soft expectation can meet a target with diffuse op weights (a mixture of an expensive op
     and `zero`) whose derived network is far off it; penalising this value instead aims the
     penalty at the network that will actually be derived and pushes on its masks too.
     """
     soft = net.op_weights()
-    hard = net.select(soft)
+    hard = net.select(net.op_logits())
     weights = {k: _straight_through(w, hard[k]) for k, w in soft.items()}
     gates = net.gates()
-    channels = {name: _straight_through(gates[name], mask.kept()).sum()
-                for name, mask in net.masks.items()}
+    channels = {name: _straight_through(gates[name].sum(), rounding(
+        mask.kept().sum(), mask.channels, net.channel_step(name))) for name, mask in net.masks.items()}
     return net.cost(weights, channels)
 
 

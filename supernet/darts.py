@@ -226,6 +226,9 @@ class DartsSupernet(Supernet):
             return self.fixed_weights
         return {k: torch.softmax(a / self.temperature, dim=-1) for k, a in self.alphas.items()}
 
+    def op_logits(self) -> dict[str, torch.Tensor]:
+        return self.fixed_weights if self.fixed_weights is not None else super().op_logits()
+
     def _strongest(self, w: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         nonzero = w.masked_fill(self.zero_ops.to(w.device), float("-inf"))
         strength, best = nonzero.max(dim=-1)
@@ -236,11 +239,11 @@ class DartsSupernet(Supernet):
         return [torch.sort(strength[a:b], descending=True, stable=True).indices[:2] + a
                 for a, b in node_edges(self.space.nodes)]
 
-    def select(self, weights: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    def select(self, scores: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
         """One-hot rows on the strongest non-zero op of each node's two strongest edges; rows of
         dropped edges are all zero. Stays on the device (no host sync)."""
         out = {}
-        for kind, w in weights.items():
+        for kind, w in scores.items():
             strength, best = self._strongest(w)
             keep = torch.zeros_like(strength, dtype=torch.bool)
             keep[torch.cat(self._kept_edges(strength))] = True
@@ -248,13 +251,14 @@ class DartsSupernet(Supernet):
         return out
 
     @torch.no_grad()
-    def derive_ops(self, weights: dict[str, torch.Tensor] | None = None) -> dict[str, list]:
+    def derive_ops(self, scores: dict[str, torch.Tensor] | None = None) -> dict[str, list]:
         """The genotype: per cell type, two (op, source) pairs per node, strongest edge first
-        (sources 0 and 1 are the cell inputs, 2.. the nodes), as DARTS' `genotype()` gives it."""
-        weights = self.op_weights() if weights is None else weights
+        (sources 0 and 1 are the cell inputs, 2.. the nodes), as DARTS' `genotype()` gives it:
+        edges ranked by their best non-zero op's probability at temperature 1 (`op_logits`)."""
+        scores = self.op_logits() if scores is None else scores
         genotype = {}
         for kind in KINDS:
-            strength, best = self._strongest(weights[kind].float().cpu())
+            strength, best = self._strongest(scores[kind].double().cpu())
             sources = self.cells[0].sources
             genotype[kind] = [(self.names[int(best[e])], sources[e])
                               for top in self._kept_edges(strength) for e in top.tolist()]

@@ -113,7 +113,7 @@ class MacroSupernet(Supernet):
 
     # -- architecture state ---------------------------------------------------------------------
     def op_weights(self) -> dict[str, torch.Tensor]:
-        """Per layer: softmax(alpha / temperature), or one-hot on the fixed op after `fix`."""
+        """Per layer: softmax(alpha / temperature), or one-hot on the op `restrict_ops` set."""
         out = {}
         for layer in self.layers:
             alpha = self.alphas[layer.name]
@@ -124,15 +124,20 @@ class MacroSupernet(Supernet):
                     torch.tensor(layer.mixed.active, device=alpha.device), len(alpha)).to(alpha.dtype)
         return out
 
-    def select(self, weights: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-        """One-hot on the highest-weighted op of every layer (`zero` included: depth is searched)."""
-        return {name: nn.functional.one_hot(w.argmax(), len(w)).to(w.dtype)
-                for name, w in weights.items()}
+    def op_logits(self) -> dict[str, torch.Tensor]:
+        logits, weights = super().op_logits(), self.op_weights()
+        return {layer.name: logits[layer.name] if layer.mixed.active is None else weights[layer.name]
+                for layer in self.layers}
 
-    def derive_ops(self, weights: dict[str, torch.Tensor] | None = None) -> dict[str, str]:
-        """Layer name -> chosen op (the highest alpha, or the highest of `weights`)."""
-        weights = self.alphas if weights is None else weights
-        return {layer.name: layer.names[int(weights[layer.name].argmax())] for layer in self.layers}
+    def select(self, scores: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        """One-hot on the highest-scored op of every layer (`zero` included: depth is searched)."""
+        return {name: nn.functional.one_hot(w.argmax(), len(w)).to(w.dtype)
+                for name, w in scores.items()}
+
+    def derive_ops(self, scores: dict[str, torch.Tensor] | None = None) -> dict[str, str]:
+        """Layer name -> chosen op (the highest alpha, or the highest of `scores`)."""
+        scores = self.op_logits() if scores is None else scores
+        return {layer.name: layer.names[int(scores[layer.name].argmax())] for layer in self.layers}
 
     def used_groups(self, ops: dict[str, str]) -> list[str]:
         """Channel groups the derived network has: stem, stages, inner widths of the chosen ops."""

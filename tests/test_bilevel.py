@@ -4,7 +4,8 @@ import torch
 import torch.nn.functional as F
 from torch.func import functional_call
 
-from conftest import randomize, tiny_space
+from conftest import randomize, small_config, tiny_space
+from pipeline.setup import prepare_search
 from search.architect import Architect
 from search.penalty import CostPenalty, Targets
 from supernet import MacroSupernet, dense_cost, expected_cost
@@ -34,21 +35,38 @@ def setup():
     return net, penalty
 
 
-def weight_step(net, batch):
-    opt = torch.optim.SGD(net.weight_parameters(), lr=0.1, momentum=0.9)
-    x, y = batch
-    F.cross_entropy(net(x), y).backward(inputs=net.weight_parameters())
-    opt.step()
-
-
-def test_weight_step_changes_no_architecture_parameter(setup):
-    net, _ = setup
-    train, _ = batches()
+def test_searchers_weight_step_changes_no_architecture_parameter(tmp_path):
+    """The search loop's own weight step (`Searcher.weight_step`), on a real search setup."""
+    searcher = prepare_search(small_config(tmp_path), tmp_path)
+    net = searcher.net.train()
+    train = next(iter(searcher.train_loader))
     arch, weights = snapshot(net.arch_parameters()), snapshot(net.weight_parameters())
-    weight_step(net, train)
+    loss, correct = searcher.weight_step(*train)
+    assert torch.isfinite(loss) and 0 <= int(correct) <= len(train[1])
     assert not any(changed(arch, net.arch_parameters()))
     assert sum(changed(weights, net.weight_parameters())) > 0.9 * len(weights)
     assert all(p.grad is None for p in net.arch_parameters())
+
+
+@pytest.mark.parametrize("overrides,alpha_decay,mask_decay", [
+    (["search.arch_weight_decay=0.001"], 0.001, 0.0),
+    (["search.arch_weight_decay=0.001", "search.mask_weight_decay=0.01"], 0.001, 0.01),
+])
+def test_architecture_weight_decay_reaches_mask_logits_only_when_asked(tmp_path, overrides,
+                                                                       alpha_decay, mask_decay):
+    """Decay pulls a mask logit toward 0 (gate 1/2, the keep threshold): alpha's decay must not
+    apply to the masks. With no gradient, one Adam step moves a parameter only by its decay."""
+    searcher = prepare_search(small_config(tmp_path, *overrides), tmp_path)
+    net, opt = searcher.net, searcher.architect.optimizer
+    assert [g["weight_decay"] for g in opt.param_groups] == [alpha_decay, mask_decay]
+    with torch.no_grad():
+        for p in net.arch_parameters():
+            p.fill_(2.0)
+            p.grad = torch.zeros_like(p)
+    opt.step()
+    alphas_moved = [bool((p != 2.0).all()) for p in net.alphas.values()]
+    masks_moved = [bool((m.logits != 2.0).all()) for m in net.masks.values()]
+    assert all(alphas_moved) and all(masks_moved) == (mask_decay > 0) and any(masks_moved) == (mask_decay > 0)
 
 
 @pytest.mark.parametrize("order", [1, 2])

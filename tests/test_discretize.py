@@ -67,8 +67,12 @@ def test_rounds_channel_counts_to_a_multiple(net):
 
 def test_unreachable_target_for_the_chosen_ops_warns_with_the_closest(net):
     with pytest.warns(UserWarning, match="cannot meet the MACs target"):
-        d = derive(net, 1.5 * full_width_macs(net))
+        d = derive(net, 1.5 * full_width_macs(net), promote_ops=False)
     assert all(len(k) == net.masks[g].channels for g, k in d.keep.items())
+    dense = net.dense_architecture().cost().macs
+    with pytest.warns(UserWarning, match="cannot meet the MACs target"):  # not even the densest
+        d = derive(net, 1.5 * dense)
+    assert d.ops == net.derive_ops()
 
 
 def test_architecture_round_trips_through_json(net):
@@ -94,3 +98,30 @@ def test_unknown_op_in_a_record_lists_the_registered_ops(net):
     data["layers"][0]["op"] = "conv_9x9"
     with pytest.raises(KeyError, match="registered: .*conv_3x3"):
         Architecture.from_dict(data)
+
+
+def test_ops_too_cheap_for_the_target_are_promoted_least_confident_first(net):
+    """Every residual layer leans to 'zero' (removed), one of them barely: a target its
+    full-width network cannot reach promotes that layer first, and then meets the target."""
+    residual = [layer for layer in net.layers if layer.residual]
+    with torch.no_grad():
+        for i, layer in enumerate(residual):
+            a = net.alphas[layer.name]
+            a.zero_()
+            a[layer.names.index("zero")] = 0.1 if i == 0 else 5.0 + i
+            a[layer.names.index("conv_3x3")] = 0.0
+            a[layer.names.index("mbconv_k3_e6")] = -3.0
+    searched = net.derive_ops()
+    assert all(searched[layer.name] == "zero" for layer in residual)
+    cheap = net.architecture(searched, net.full_widths()).cost().macs
+    one_more = dict(searched, **{residual[0].name: "conv_3x3"})
+    target = 0.97 * net.architecture(one_more, net.full_widths()).cost().macs
+    assert cheap < 0.9 * target
+    with pytest.warns(UserWarning, match="least confident choices were moved to costlier ops"):
+        d = derive(net, target)
+    assert d.ops[residual[0].name] == "conv_3x3"  # the barely-removed layer comes back ...
+    assert all(d.ops[layer.name] == "zero" for layer in residual[1:])  # ... and only it
+    assert abs(d.arch.cost().macs - target) <= 0.03 * target
+    with pytest.warns(UserWarning, match="cannot meet the MACs target"):
+        kept = derive(net, target, promote_ops=False)
+    assert kept.ops == searched

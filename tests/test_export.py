@@ -128,3 +128,38 @@ def test_re_export_replaces_the_folder_whole(exported, tiny_net):
     assert not (folder / "stale.txt").exists() and not (folder / "model.onnx").exists()
     assert read_metrics(folder)["test_acc"] == 0.9
     load(folder)
+
+
+def test_darts_cells_export_through_onnx_and_agree(tmp_path):
+    """FactorizedReduce's strided slice and the cell concatenations through the ONNX exporter."""
+    import onnxruntime
+    from test_darts import DARTS_V2, randomize_darts, set_genotype_alphas, tiny_darts
+
+    torch.manual_seed(0)
+    net = tiny_darts()
+    randomize_darts(net)
+    reduce = [("skip_connect", 0), *DARTS_V2["reduce"][1:]]  # a stride-2 skip: FactorizedReduce
+    set_genotype_alphas(net, {"normal": DARTS_V2["normal"], "reduce": reduce})
+    model = slim(net, derive(net)).eval()
+    assert any(e.op == "skip_connect" and e.stride == 2 for c in model.arch.cells for e in c.edges)
+    assert any(c.reduce_in0 for c in model.arch.cells)  # and as the input of a cell after a reduction
+    metrics = save_export(tmp_path / "export", model, {}, {})
+    assert metrics["onnx_max_abs_diff"] < 1e-5
+    session = onnxruntime.InferenceSession(str(tmp_path / "export" / "model.onnx"),
+                                           providers=["CPUExecutionProvider"])
+    x = torch.randn(3, 3, 8, 8)
+    with torch.no_grad():
+        torch.testing.assert_close(torch.from_numpy(session.run(None, {"input": x.numpy()})[0]),
+                                   model(x), rtol=0, atol=1e-5)
+
+
+def test_an_onnx_graph_that_disagrees_fails_the_export_and_writes_nothing(exported, monkeypatch):
+    import export.onnx_export
+
+    folder, model, _, _ = exported
+    before = {p.name: p.read_bytes() for p in folder.iterdir()}
+    monkeypatch.setattr(export.onnx_export, "onnx_max_abs_diff", lambda *a: 0.5)
+    with pytest.raises(ExportError, match="ONNX Runtime's outputs differ from PyTorch's by 0.5"):
+        save_export(folder, model, {}, {"test_acc": 0.1})
+    assert {p.name: p.read_bytes() for p in folder.iterdir()} == before  # the old export stands
+    assert [p.name for p in folder.parent.iterdir() if p.name.startswith(".export")] == []

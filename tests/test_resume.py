@@ -90,3 +90,26 @@ def test_corrupted_or_foreign_checkpoints_are_named(tmp_path):
     torch.save({"kind": "subnet"}, path)
     with pytest.raises(CheckpointError, match="holds a 'subnet' checkpoint, expected 'search'"):
         load_checkpoint(path, "search")
+
+
+def test_parameters_poisoned_by_the_last_step_of_an_epoch_are_never_saved(tmp_path):
+    """Every loss of the epoch is finite (each is computed before its update); only the state
+    after the last weight step is not. The save must not replace the good checkpoint with it."""
+    cfg = small_config(tmp_path, "search.epochs=3")
+    searcher = prepare_search(cfg, tmp_path)
+    steps_per_epoch = min(len(searcher.train_loader), len(searcher.val_loader))
+    weight_step = searcher.weight_step
+
+    def poisoned_last_step(x, y):
+        out = weight_step(x, y)
+        if searcher.epoch == 1 and searcher.step == 2 * steps_per_epoch - 1:
+            with torch.no_grad():
+                searcher.net.stem[0].weight[0, 0, 0, 0] = math.inf
+        return out
+    searcher.weight_step = poisoned_last_step
+    with pytest.raises(NonFiniteLossError, match="non-finite parameters or optimiser state in "
+                                                 "search epoch 2; the last good state \\(epoch 1\\)"):
+        searcher.run()
+    state = load_checkpoint(searcher.checkpoint_path, "search")
+    assert state["epoch"] == 1
+    assert all(torch.isfinite(v).all() for v in state["model"].values() if v.is_floating_point())

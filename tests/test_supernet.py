@@ -2,7 +2,8 @@
 import pytest
 import torch
 
-from conftest import tiny_space
+from conftest import randomize, tiny_space
+from ops import WidthRounding
 from export import build
 from derive import derive
 from export.flops import fvcore_report
@@ -108,3 +109,40 @@ def test_invalid_space_is_rejected():
         MacroSupernet(tiny_space(first_candidates=["zero", "conv_3x3"]), 1, 10, 8)
     with pytest.raises(ValueError, match="stride 1 or 2"):
         MacroSupernet(tiny_space(stages=[StageSpec(4, 1, 3)]), 1, 10, 8)
+
+
+@pytest.mark.parametrize("round_to,min_channels", [(1, 1), (4, 4), (8, 8), (3, 2)])
+def test_penalty_prices_the_widths_the_discretizer_keeps(round_to, min_channels):
+    """An unbalanced mask pattern (1 to all channels kept per group): the penalty's discrete
+    cost, with the run's rounding, is the derived network's cost, exactly."""
+    torch.manual_seed(0)
+    net = MacroSupernet(tiny_space(stem=16, stages=[StageSpec(16, 2, 1), StageSpec(24, 2, 2)]),
+                        1, 10, 8)
+    randomize(net)
+    g = torch.Generator().manual_seed(1)
+    with torch.no_grad():
+        for i, mask in enumerate(net.masks.values()):
+            kept = 1 + i * 5 % mask.channels  # a different count in every group
+            mask.logits.copy_(torch.where(torch.randperm(mask.channels, generator=g) < kept, 1.0, -1.0))
+    rounding = WidthRounding(round_to, min_channels)
+    d = derive(net, round_to=round_to, min_channels=min_channels)
+    assert float(discrete_cost(net, rounding).macs.detach()) == d.arch.cost().macs
+    assert float(discrete_cost(net, rounding).params.detach()) == d.arch.cost().params
+
+
+def test_selection_follows_alpha_through_near_ties():
+    """Adam's first step leaves alphas 1e-7 apart (these five are measured on digits); a float32
+    log-softmax rounds them to ties, so selection ranks in float64 and follows alpha."""
+    net = MacroSupernet(tiny_space(candidates=["conv_3x3", "sep_conv_3x3", "mbconv_k3_e3", "zero",
+                                               "mbconv_k3_e6"]), 1, 10, 8)
+    layer = next(layer for layer in net.layers if layer.residual)
+    near = torch.tensor([0.0999998226761818, 0.09999987483024597, 0.0999995693564415,
+                         -0.09999995678663254, 0.09999993443489075])
+    with torch.no_grad():
+        net.alphas[layer.name].copy_(near)
+    rounded = torch.log_softmax(near, -1)  # float32: the order this would lose
+    assert not bool(rounded[4] > rounded[:4].max())
+    for t in (1.0, 0.01):
+        net.set_temperature(t)
+        assert net.derive_ops()[layer.name] == "mbconv_k3_e6"
+        assert int(net.select(net.op_logits())[layer.name].argmax()) == 4

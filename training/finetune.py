@@ -4,10 +4,12 @@ regularisers for cell networks (drop-path rising linearly over the epochs, auxil
 from __future__ import annotations
 
 import contextlib
+import itertools
 import math
 
 import torch
 from timm.scheduler import CosineLRScheduler
+from torch.optim.swa_utils import update_bn
 from timm.utils import ModelEmaV3
 from tqdm import tqdm
 
@@ -35,27 +37,13 @@ def evaluate(model: torch.nn.Module, loader, autocast=contextlib.nullcontext) ->
 
 @torch.no_grad()
 def recalibrate_batchnorm(model: torch.nn.Module, loader, batches: int = 20) -> None:
-    """Re-estimate BN running statistics of a slimmed model on training batches.
+    """Re-estimate BN running statistics of a slimmed model on `batches` training batches
+    (torch's `update_bn`: a cumulative average, in training mode, then the mode restored).
 
     Statistics gathered in the supernet describe the soft mixture of ops; the derived network's
     activations differ, and stale statistics alone can cost most of its accuracy before
     fine-tuning (as slimmable networks and OFA observed)."""
-    norms = [m for m in model.modules() if isinstance(m, torch.nn.modules.batchnorm._BatchNorm)]
-    if not norms:
-        return
-    momenta = [m.momentum for m in norms]
-    for m in norms:
-        m.reset_running_stats()
-        m.momentum = None  # cumulative average over the calibration batches
-    was_training = model.training
-    model.train()
-    for i, (x, _) in enumerate(loader):
-        if i == batches:
-            break
-        model(x)
-    for m, momentum in zip(norms, momenta):
-        m.momentum = momentum
-    model.train(was_training)
+    update_bn(itertools.islice(loader, batches), model)
 
 
 def reinitialize(model: torch.nn.Module) -> None:

@@ -1,0 +1,46 @@
+"""No host syncs where the hot loop runs: batches with augmentation, and whole search steps.
+CUDA only (`torch.cuda.set_sync_debug_mode("error")` raises on any synchronising call); skipped
+without a GPU."""
+import pytest
+import torch
+
+from conftest import small_config
+from datasource import DeviceLoader
+from pipeline.setup import prepare_search
+
+cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+
+
+@pytest.fixture
+def sync_errors():
+    torch.cuda.synchronize()
+    torch.cuda.set_sync_debug_mode("error")
+    yield
+    torch.cuda.set_sync_debug_mode("default")
+
+
+@cuda
+def test_augmented_batches_reach_the_gpu_without_a_sync(sync_errors):
+    x = torch.randint(0, 256, (64, 3, 8, 8), dtype=torch.uint8)
+    loader = DeviceLoader(x, torch.arange(64), 16, (0.5,) * 3, (0.25,) * 3, device="cuda",
+                          crop_padding=2, hflip=True, cutout=3, seed=0)
+    batches = [b for b in loader]
+    assert len(batches) == 4 and batches[0][0].is_cuda
+
+
+@cuda
+@pytest.mark.parametrize("space", [[], ["space=darts", "darts.channels=4", "darts.cells=3",
+                                        "darts.stem_multiplier=2"]])
+def test_search_steps_do_not_sync(tmp_path, space):
+    searcher = prepare_search(small_config(tmp_path, "device=cuda", "search.warmup_epochs=0", *space),
+                              tmp_path)
+    batches = list(zip(searcher.train_loader, searcher.val_loader))[:3]
+    searcher.net.train()
+    torch.cuda.synchronize()
+    torch.cuda.set_sync_debug_mode("error")
+    try:
+        for train, val in batches:
+            searcher.arch_step(train, val)
+            searcher.weight_step(*train)
+    finally:
+        torch.cuda.set_sync_debug_mode("default")
