@@ -7,7 +7,8 @@
                     --export-name export_200k        # re-derive an earlier search, no new search
 
 This file is the command-line front only (arguments, run directories, error messages); the
-stages are the library function `pipeline.run`.
+stages are the library function `pipeline.run`. Every check runs before anything is written:
+a command that fails leaves no folder and changes no file.
 """
 from __future__ import annotations
 
@@ -19,10 +20,12 @@ from pathlib import Path
 import yaml
 
 from pipeline import STAGES, ConfigError, RunConfig, check_stages, load_config, run, to_dict
-from pipeline.config import apply_override, from_dict, validate
-from search.checkpoint import CheckpointError
+from pipeline.config import (LATER_STAGES_MAY_CHANGE, RESUME_MAY_CHANGE, apply_override,
+                             check_changes, from_dict, is_plain_name, plain_name_error, read_yaml,
+                             validate)
+from pipeline.setup import load_data, preflight, select_device
+from search.checkpoint import load_checkpoint
 from search.loop import Searcher
-from training.losses import NonFiniteLossError
 
 
 def parse_args(argv: list[str]) -> argparse.Namespace:
@@ -33,33 +36,47 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     p.add_argument("--stages", default=",".join(STAGES),
                    help=f"comma-separated subset of {','.join(STAGES)}, in that order")
     p.add_argument("--export-name", default="export", help="export folder name inside the run dir")
+    p.add_argument("--debug", action="store_true", help="show the traceback of an error")
     p.add_argument("overrides", nargs="*", help="config overrides, e.g. search.epochs=10")
     return p.parse_intermixed_args(argv)  # overrides may stand before and after options
 
 
 def resolve_run(args) -> tuple[RunConfig, Path]:
-    """A new run from --config, or an existing run's saved config (plus overrides)."""
+    """A new run from --config, or an existing run's saved config plus the overrides it may
+    take (see pipeline.config: RESUME_MAY_CHANGE, LATER_STAGES_MAY_CHANGE)."""
     existing = args.resume or args.run
     if args.resume and args.run:
         raise ConfigError("use either --resume (continue a run) or --run (later stages), not both")
-    if existing:
-        run_dir = Path(existing)
-        if not (run_dir / "config.yaml").is_file():
-            raise ConfigError(f"{run_dir} is not a run directory: it has no config.yaml")
-        data = yaml.safe_load((run_dir / "config.yaml").read_text())
-        for assignment in args.overrides:
-            apply_override(data, assignment)
-        cfg = from_dict(RunConfig, data)
-        validate(cfg)
-        return cfg, run_dir
-    cfg = load_config(args.config, args.overrides)
-    cfg.name = cfg.name or f"{Path(args.config).stem}-{time.strftime('%Y%m%d-%H%M%S')}"
-    return cfg, Path(cfg.out_dir) / cfg.name
+    if not existing:
+        cfg = load_config(args.config, args.overrides)
+        cfg.name = cfg.name or f"{Path(args.config).stem}-{time.strftime('%Y%m%d-%H%M%S')}"
+        return cfg, Path(cfg.out_dir) / cfg.name
+    run_dir = Path(existing)
+    if not (run_dir / "config.yaml").is_file():
+        raise ConfigError(f"{run_dir} is not a run directory: it has no config.yaml")
+    data = read_yaml(run_dir / "config.yaml")
+    before = from_dict(RunConfig, data)
+    checkpoint = run_dir / Searcher.CHECKPOINT
+    if checkpoint.is_file():  # the config the search really ran with
+        before = from_dict(RunConfig, load_checkpoint(checkpoint, "search")["config"])
+    elif args.run:
+        raise ConfigError(f"{run_dir} has no search checkpoint ({checkpoint.name}) to derive from; "
+                          f"finish its search with --resume {run_dir}")
+    for assignment in args.overrides:
+        apply_override(data, assignment)
+    cfg = from_dict(RunConfig, data)
+    validate(cfg)
+    mode, allowed = (("--resume", RESUME_MAY_CHANGE) if args.resume
+                     else ("--run", LATER_STAGES_MAY_CHANGE))
+    check_changes(before, cfg, allowed, mode)
+    return cfg, run_dir
 
 
 def main(argv: list[str] | None = None) -> dict:
     args = parse_args(sys.argv[1:] if argv is None else argv)
     stages = check_stages([s.strip() for s in args.stages.split(",") if s.strip()])
+    if not is_plain_name(args.export_name):
+        raise ConfigError(plain_name_error("--export-name", args.export_name))
     if args.run and "search" in stages:
         raise ConfigError("--run reuses an earlier search: drop 'search' from --stages, "
                           "or use --resume to continue that search")
@@ -67,15 +84,31 @@ def main(argv: list[str] | None = None) -> dict:
     if not (args.resume or args.run) and (run_dir / Searcher.CHECKPOINT).exists():
         raise ConfigError(f"{run_dir} already holds a search; continue it with --resume {run_dir}, "
                           f"re-derive with --run {run_dir}, or pick another name=...")
+    select_device(cfg.device)
+    data = load_data(cfg)  # every split checked
+    if "search" in stages:
+        preflight(cfg, data)  # the supernet and its targets
     run_dir.mkdir(parents=True, exist_ok=True)
     if not args.run:  # a later-stage run keeps the search's config; overrides go to the export
         (run_dir / "config.yaml").write_text(yaml.safe_dump(to_dict(cfg), sort_keys=False))
-    return run(cfg, run_dir, stages, resume=bool(args.resume), export_name=args.export_name)
+    return run(cfg, run_dir, stages, resume=bool(args.resume), export_name=args.export_name,
+               data=data)
+
+
+def one_line(e: BaseException) -> str:
+    """The error's own message on one line (a KeyError's without its quotes)."""
+    text = e.args[0] if isinstance(e, KeyError) and e.args else str(e)
+    return " ".join(str(text).split()) or type(e).__name__
 
 
 if __name__ == "__main__":
     try:
         main()
-    except (ConfigError, CheckpointError, NonFiniteLossError, KeyError, ValueError,
-            FileNotFoundError) as e:  # the user's input or run: the message says what to do
-        sys.exit(f"error: {e}")
+    except KeyboardInterrupt:
+        sys.exit("interrupted; continue with --resume <run dir> (the last epoch's checkpoint is kept)")
+    except Exception as e:  # noqa: BLE001: every failure ends in one line; --debug shows where
+        if "--debug" in sys.argv:
+            raise
+        ours = isinstance(e, (ValueError, KeyError, OSError, RuntimeError))
+        sys.exit(f"error: {one_line(e)}" if ours else
+                 f"error: {type(e).__name__}: {one_line(e)} (rerun with --debug for the traceback)")

@@ -6,11 +6,13 @@ Nothing downloads unless the user asks (`data.download=true` for the torchvision
 from __future__ import annotations
 
 from dataclasses import dataclass
+import zipfile
 from pathlib import Path
 
 import numpy as np
 import torch
 
+from datasource.checks import DataError, check_splits, labels, nhwc_images
 from ops.registry import Registry
 
 DATASETS = Registry("dataset")
@@ -40,16 +42,10 @@ class ImageData:
 
 
 def _from_nhwc(name, x_train, y_train, x_test, y_test, num_classes=None) -> ImageData:
-    def images(x):
-        x = torch.as_tensor(np.ascontiguousarray(x))
-        if x.dtype != torch.uint8 or x.ndim != 4:
-            raise ValueError(f"{name}: images must be uint8 NHWC, got {x.dtype} with shape {tuple(x.shape)}")
-        return x.permute(0, 3, 1, 2).contiguous()
-
-    y_train, y_test = torch.as_tensor(np.asarray(y_train), dtype=torch.long), torch.as_tensor(
-        np.asarray(y_test), dtype=torch.long)
-    classes = num_classes or int(max(y_train.max(), y_test.max())) + 1
-    return ImageData(name, images(x_train), y_train, images(x_test), y_test, classes)
+    """NHWC uint8 arrays and integer labels, checked (see datasource/checks.py)."""
+    arrays = (nhwc_images(name, "x_train", x_train), labels(name, "y_train", y_train),
+              nhwc_images(name, "x_test", x_test), labels(name, "y_test", y_test))
+    return ImageData(name, *arrays, check_splits(name, *arrays, num_classes))
 
 
 @DATASETS.register()
@@ -73,11 +69,17 @@ def npz(path: str | None = None, **_) -> ImageData:
         raise ValueError("data.name=npz needs data.path=<file.npz>")
     if not Path(path).is_file():
         raise FileNotFoundError(f"npz data file {path!r} does not exist")
-    with np.load(path) as f:
-        missing = {"x_train", "y_train", "x_test", "y_test"} - set(f.files)
-        if missing:
-            raise ValueError(f"{path}: missing arrays {sorted(missing)}; it has {sorted(f.files)}")
-        return _from_nhwc(Path(path).stem, f["x_train"], f["y_train"], f["x_test"], f["y_test"])
+    try:
+        with np.load(path) as f:
+            missing = {"x_train", "y_train", "x_test", "y_test"} - set(f.files)
+            if missing:
+                raise DataError(f"{path}: missing arrays {sorted(missing)}; it has {sorted(f.files)}")
+            arrays = {k: f[k] for k in ("x_train", "y_train", "x_test", "y_test")}
+    except (OSError, ValueError, zipfile.BadZipFile, EOFError) as e:
+        if isinstance(e, DataError):
+            raise
+        raise DataError(f"{path} is not a readable .npz file of plain arrays: {e}") from e
+    return _from_nhwc(Path(path).stem, **arrays)
 
 
 def _torchvision(cls_name: str, path: str | None, download: bool) -> ImageData:
@@ -121,15 +123,20 @@ def imagefolder(path: str | None = None, image_size: int = 32, **_) -> ImageData
                              transforms.PILToTensor()])
 
     def load(folder):
-        ds = datasets.ImageFolder(str(folder), transform=tf)
-        xs, ys = zip(*ds) if len(ds) else ((), ())
+        try:
+            ds = datasets.ImageFolder(str(folder), transform=tf)
+            xs, ys = zip(*ds)
+        except (FileNotFoundError, OSError, ValueError) as e:  # no class folders, no images, bad files
+            raise DataError(f"image folder {folder}: {e}") from e
         return torch.stack(xs), torch.tensor(ys), ds.classes
 
     x_tr, y_tr, classes = load(Path(path) / "train")
     x_te, y_te, test_classes = load(eval_dir)
     if test_classes != classes:
         raise ValueError(f"{eval_dir} has classes {test_classes}, train/ has {classes}")
-    return ImageData(Path(path).name, x_tr, y_tr, x_te, y_te, len(classes))
+    name = Path(path).name
+    return ImageData(name, x_tr, y_tr, x_te, y_te,
+                     check_splits(name, x_tr, y_tr, x_te, y_te, len(classes)))
 
 
 def load_dataset(name: str, path: str | None = None, download: bool = False,

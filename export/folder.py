@@ -56,6 +56,9 @@ def save_export(folder: str | Path, model: CompactNet, config: dict, metrics: di
     from export.onnx_export import export_onnx, onnx_max_abs_diff
 
     folder = Path(folder)
+    if folder.exists() and not (folder.is_dir() and (folder / MANIFEST).is_file()):
+        raise ExportError(f"{folder} exists and is not an export folder (no {MANIFEST}); an export "
+                          f"replaces only an earlier export: choose another export name")
     tmp = folder.with_name(f".{folder.name}.tmp-{os.getpid()}")
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir(parents=True)
@@ -111,12 +114,21 @@ def verify(folder: str | Path) -> dict:
                           f"(an export folder holds {', '.join(REQUIRED)} and {MANIFEST})")
     try:
         manifest = json.loads((folder / MANIFEST).read_text())
-    except json.JSONDecodeError as e:
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
         raise ExportError(f"{folder / MANIFEST} is not valid JSON: {e}") from e
+    if not isinstance(manifest, dict):
+        raise ExportError(f"{folder / MANIFEST} must map file names to their size and sha256")
     for name in REQUIRED:
         if name not in manifest:
             raise ExportError(f"{folder / MANIFEST} does not list the required file {name}")
     for name, entry in manifest.items():
+        if Path(name).name != name or name in (".", "..", MANIFEST) or "\\" in name:
+            raise ExportError(f"{folder / MANIFEST} lists {name!r}: entries must be plain file "
+                              f"names inside the export folder")
+        if not (isinstance(entry, dict) and isinstance(entry.get("bytes"), int)
+                and isinstance(entry.get("sha256"), str)):
+            raise ExportError(f"{folder / MANIFEST}: the entry for {name} must be "
+                              f'{{"bytes": <int>, "sha256": <hex>}}, got {entry!r}')
         path = folder / name
         if not path.is_file():
             raise ExportError(f"{path} is missing (listed in {MANIFEST})")
@@ -139,7 +151,10 @@ def load(folder: str | Path, device: str | torch.device = "cpu") -> CompactNet:
     except (ValueError, KeyError, TypeError) as e:
         raise ExportError(f"{folder / ARCH} is not a valid architecture: {e}") from e
     model = build(arch)
-    state = load_file(str(folder / WEIGHTS))
+    try:
+        state = load_file(str(folder / WEIGHTS))
+    except Exception as e:  # safetensors raises its own error type for a malformed header
+        raise ExportError(f"{folder / WEIGHTS} is not a readable safetensors file: {e}") from e
     expected = model.state_dict()
     missing, unexpected = expected.keys() - state.keys(), state.keys() - expected.keys()
     wrong = [k for k in expected.keys() & state.keys() if expected[k].shape != state[k].shape]
@@ -151,4 +166,9 @@ def load(folder: str | Path, device: str | torch.device = "cpu") -> CompactNet:
 
 
 def read_metrics(folder: str | Path) -> dict:
-    return json.loads((Path(folder) / METRICS).read_text())
+    """The export's recorded metrics, after checking the folder against its manifest."""
+    verify(folder)
+    try:
+        return json.loads((Path(folder) / METRICS).read_text())
+    except json.JSONDecodeError as e:
+        raise ExportError(f"{Path(folder) / METRICS} is not valid JSON: {e}") from e

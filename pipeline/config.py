@@ -8,6 +8,7 @@ registered space, and the top-level section `NAME:` holds the fields of its conf
 from __future__ import annotations
 
 import dataclasses
+import re
 import types
 import typing
 from dataclasses import dataclass, field
@@ -181,7 +182,7 @@ def _run_config(data: dict) -> RunConfig:
     data = dict(data)
     space = data.get("space", RunConfig.space)
     if not isinstance(space, str) or space not in SPACES.names():
-        raise ConfigError(f"unknown space {space!r}; spaces are {', '.join(SPACES.names())}")
+        raise ConfigError(f"unknown space {space!r}; spaces are {', '.join(sorted(SPACES.names()))}")
     if "space_config" in data:
         raise ConfigError(f"'space_config' is not a config key: configure the space in the "
                           f"section named after it ('{space}:')")
@@ -227,17 +228,30 @@ def apply_override(data: dict, assignment: str) -> None:
         node = node.setdefault(p, {})
         if not isinstance(node, dict):
             raise ConfigError(f"cannot set {key}: '{p}' is not a section")
-    node[leaf] = yaml.safe_load(raw)
+    try:
+        node[leaf] = yaml.safe_load(raw)
+    except yaml.YAMLError as e:
+        raise ConfigError(f"override {assignment!r}: the value is not valid YAML "
+                          f"({' '.join(str(e).split())})") from e
+
+
+def read_yaml(path: str | Path) -> dict:
+    """A config file as a dict; a missing, unreadable or malformed file is named."""
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError(f"config file {str(path)!r} does not exist")
+    try:
+        data = yaml.safe_load(path.read_text()) or {}
+    except (yaml.YAMLError, UnicodeDecodeError) as e:
+        raise ConfigError(f"{path} is not valid YAML: {' '.join(str(e).split())}") from e
+    if not isinstance(data, dict):
+        raise ConfigError(f"{path}: a config file must be a mapping of sections, got "
+                          f"{type(data).__name__}")
+    return data
 
 
 def load_config(path: str | Path | None = None, overrides: list[str] = ()) -> RunConfig:
-    data: dict = {}
-    if path is not None:
-        if not Path(path).is_file():
-            raise ConfigError(f"config file {str(path)!r} does not exist")
-        data = yaml.safe_load(Path(path).read_text()) or {}
-        if not isinstance(data, dict):
-            raise ConfigError(f"{path}: a config file must be a mapping of sections")
+    data = read_yaml(path) if path is not None else {}
     for assignment in overrides:
         apply_override(data, assignment)
     cfg = from_dict(RunConfig, data)
@@ -245,39 +259,134 @@ def load_config(path: str | Path | None = None, overrides: list[str] = ()) -> Ru
     return cfg
 
 
+@dataclass(frozen=True)
+class Range:
+    """An allowed interval for a number; None: unbounded on that side."""
+    low: float | None = None
+    high: float | None = None
+    low_open: bool = False
+    high_open: bool = False
+
+    def __contains__(self, v) -> bool:
+        return ((self.low is None or (v > self.low if self.low_open else v >= self.low)) and
+                (self.high is None or (v < self.high if self.high_open else v <= self.high)))
+
+    def __str__(self) -> str:
+        if self.low is not None and self.high is not None:
+            return (f"in {'(' if self.low_open else '['}{self.low:g}, {self.high:g}"
+                    f"{')' if self.high_open else ']'}")
+        if self.low is not None:
+            return f"{'>' if self.low_open else '>='} {self.low:g}"
+        return f"{'<' if self.high_open else '<='} {self.high:g}"
+
+
+AT_LEAST_0, AT_LEAST_1, POSITIVE = Range(0), Range(1), Range(0, low_open=True)
+UNIT, PROBABILITY = Range(0, 1, low_open=True), Range(0, 1, high_open=True)
+# Every number's allowed range, in one place (a None value of an optional key is always allowed)
+RANGES: dict[str, Range] = {
+    "seed": AT_LEAST_0, "log_every": AT_LEAST_1, "threads": AT_LEAST_1,
+    "data.image_size": AT_LEAST_1, "data.batch_size": AT_LEAST_1,
+    "data.val_fraction": Range(0, 1, low_open=True, high_open=True), "data.crop_padding": AT_LEAST_0,
+    "search.epochs": AT_LEAST_1, "search.warmup_epochs": AT_LEAST_0,
+    "search.hessian_eps": POSITIVE, "search.w_lr": POSITIVE, "search.w_lr_min": AT_LEAST_0,
+    "search.w_momentum": PROBABILITY, "search.w_weight_decay": AT_LEAST_0,
+    "search.grad_clip": POSITIVE, "search.arch_lr": POSITIVE, "search.arch_weight_decay": AT_LEAST_0,
+    "search.mask_weight_decay": AT_LEAST_0, "search.temperature_start": POSITIVE,
+    "search.temperature_end": POSITIVE,
+    "search.target.macs": POSITIVE, "search.target.macs_fraction": UNIT,
+    "search.target.params": POSITIVE, "search.target.params_fraction": UNIT,
+    "search.target.weight": AT_LEAST_0,
+    "derive.macs": POSITIVE, "derive.tolerance": Range(0, 1, high_open=True),
+    "derive.round_to": AT_LEAST_1, "derive.min_channels": AT_LEAST_1, "derive.eval_cells": AT_LEAST_1,
+    "derive.eval_channels": Range(2),
+    "finetune.epochs": AT_LEAST_0, "finetune.lr": POSITIVE, "finetune.lr_min": AT_LEAST_0,
+    "finetune.momentum": PROBABILITY, "finetune.weight_decay": AT_LEAST_0,
+    "finetune.warmup_epochs": AT_LEAST_0, "finetune.kd_weight": Range(0, 1),
+    "finetune.kd_temperature": POSITIVE, "finetune.ema_decay": Range(0, 1, True, True),
+    "finetune.drop_path": PROBABILITY, "finetune.aux_weight": AT_LEAST_0, "finetune.cutout": AT_LEAST_0,
+}
+
+
+def _get(cfg: Any, key: str) -> Any:
+    for part in key.split("."):
+        cfg = getattr(cfg, part)
+    return cfg
+
+
 def validate(cfg: RunConfig) -> None:
+    """Every range in RANGES, then the rules that tie keys together."""
+    for key, allowed in RANGES.items():
+        value = _get(cfg, key)
+        if value is not None and value not in allowed:
+            raise ConfigError(f"{key} must be {allowed}, got {value!r}")
     s, f = cfg.search, cfg.finetune
     cell_based = SPACES.get(cfg.space).cell_based
     checks = [
-        (s.epochs >= 1, f"search.epochs must be >= 1, got {s.epochs}"),
-        (0 <= s.warmup_epochs <= s.epochs,
+        (s.warmup_epochs <= s.epochs,
          f"search.warmup_epochs must be in [0, search.epochs={s.epochs}], got {s.warmup_epochs}"),
-        (s.arch_weight_decay >= 0 and s.mask_weight_decay >= 0,
-         "search.arch_weight_decay and search.mask_weight_decay must be >= 0"),
         (s.order in (1, 2), f"search.order must be 1 (first order) or 2 (second order), got {s.order}"),
-        (s.temperature_end > 0 and s.temperature_start > 0, "search temperatures must be > 0"),
-        (0 < cfg.data.val_fraction < 1, f"data.val_fraction must be in (0, 1), got {cfg.data.val_fraction}"),
-        (cfg.data.batch_size >= 1, f"data.batch_size must be >= 1, got {cfg.data.batch_size}"),
-        (cfg.finetune.epochs >= 0, f"finetune.epochs must be >= 0, got {cfg.finetune.epochs}"),
+        (f.warmup_epochs <= max(f.epochs, 0),
+         f"finetune.warmup_epochs must be in [0, finetune.epochs={f.epochs}], got {f.warmup_epochs}"),
         (s.target.estimator in ESTIMATORS.names(),
-         f"search.target.estimator must be one of {', '.join(ESTIMATORS.names())}, "
+         f"search.target.estimator must be one of {', '.join(sorted(ESTIMATORS.names()))}, "
          f"got {s.target.estimator!r}"),
-        (cfg.derive.round_to >= 1, f"derive.round_to must be >= 1, got {cfg.derive.round_to}"),
         (cfg.derive.eval_cells is None or cell_based,
          f"derive.eval_cells builds a DARTS evaluation network of cells; the {cfg.space!r} space "
          f"has no cells"),
-        (0 <= f.drop_path < 1, f"finetune.drop_path must be in [0, 1), got {f.drop_path}"),
-        (f.aux_weight >= 0, f"finetune.aux_weight must be >= 0, got {f.aux_weight}"),
         (f.aux_weight == 0 or cell_based,
          f"finetune.aux_weight adds DARTS' auxiliary head to a cell network; the {cfg.space!r} "
          f"space has no cells"),
-        (f.cutout >= 0, f"finetune.cutout must be >= 0 pixels, got {f.cutout}"),
+        (cfg.device == "auto" or cfg.device == "cpu" or cfg.device == "cuda"
+         or (cfg.device.startswith("cuda:") and cfg.device[5:].isdigit()),
+         f"device must be auto, cpu, cuda or cuda:N, got {cfg.device!r}"),
     ]
-    for frac_key in ("macs_fraction", "params_fraction"):
-        frac = getattr(s.target, frac_key)
-        checks.append((frac is None or 0 < frac <= 1,
-                       f"search.target.{frac_key} must be in (0, 1], got {frac}"))
+    for name_key in ("name",):
+        value = getattr(cfg, name_key)
+        checks.append((value is None or is_plain_name(value), plain_name_error(name_key, value)))
     for ok, message in checks:
         if not ok:
             raise ConfigError(message)
     cfg.space_config.validate()
+
+
+_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]*")
+
+
+def is_plain_name(name: str) -> bool:
+    """A run or export name is one folder name: letters, digits, '.', '_', '-', no path."""
+    return isinstance(name, str) and len(name) <= 128 and bool(_NAME.fullmatch(name))
+
+
+def plain_name_error(what: str, name) -> str:
+    return (f"{what} must be a plain folder name (letters, digits, '.', '_', '-'; starting with a "
+            f"letter or digit; no '/' and no '..'), got {name!r}")
+
+
+# What an existing run may change. `--resume` continues the same search: its learning rates,
+# length and logging may change, nothing that shapes the supernet, the data or the objective.
+# `--run` derives again from a finished search: only the later stages' settings may change.
+RESUME_MAY_CHANGE = ("search.epochs", "search.w_lr", "search.w_lr_min", "search.arch_lr",
+                     "log_every", "threads", "device", "derive.", "finetune.")
+LATER_STAGES_MAY_CHANGE = ("log_every", "threads", "device", "seed", "amp", "channels_last",
+                           "derive.", "finetune.")
+
+
+def _flat(d: dict, prefix: str = "") -> dict:
+    out = {}
+    for k, v in d.items():
+        out.update(_flat(v, f"{prefix}{k}.") if isinstance(v, dict) else {f"{prefix}{k}": v})
+    return out
+
+
+def check_changes(before: RunConfig, after: RunConfig, allowed: tuple[str, ...], mode: str) -> None:
+    """Refuse, naming the key, any change from `before` to `after` outside `allowed` (keys, or
+    section prefixes ending in '.')."""
+    old, new = _flat(to_dict(before)), _flat(to_dict(after))
+    changed = sorted(k for k in old.keys() | new.keys() if old.get(k) != new.get(k))
+    refused = [k for k in changed if not any(k == a or (a.endswith(".") and k.startswith(a))
+                                             for a in allowed)]
+    if refused:
+        k = refused[0]
+        raise ConfigError(f"{mode} cannot change {k} (the run has {old.get(k)!r}, this asks for "
+                          f"{new.get(k)!r}); it may change {', '.join(a + '*' if a.endswith('.') else a for a in allowed)}. "
+                          f"Start a new run (another name=...) to change it")

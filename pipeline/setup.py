@@ -9,7 +9,7 @@ from pathlib import Path
 import torch
 
 from datasource import DeviceLoader, ImageData, load_dataset
-from pipeline.config import FinetuneConfig, RunConfig, from_dict, to_dict
+from pipeline.config import ConfigError, FinetuneConfig, RunConfig, from_dict, to_dict
 from search.loop import Searcher
 from search.penalty import Targets, resolve_targets
 from supernet import SPACES
@@ -32,8 +32,11 @@ def select_device(name: str) -> torch.device:
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     if name.startswith("cuda") and not torch.cuda.is_available():
-        raise RuntimeError(f"device={name!r} but CUDA is not available; use device=cpu or auto")
-    return torch.device(name)
+        raise ConfigError(f"device={name!r} but CUDA is not available here; use device=cpu or auto")
+    device = torch.device(name)
+    if device.type == "cuda" and device.index is not None and device.index >= torch.cuda.device_count():
+        raise ConfigError(f"device={name!r} but this machine has {torch.cuda.device_count()} GPU(s)")
+    return device
 
 
 def seed_everything(seed: int) -> None:
@@ -90,6 +93,15 @@ def prepare_search(cfg: RunConfig, run_dir: Path, data: ImageData | None = None,
                     extra_state={"config": to_dict(cfg), "data": asdict(meta)})
 
 
+def preflight(cfg: RunConfig, data: ImageData) -> None:
+    """What can fail in setting up a search, checked before a run writes anything: the device,
+    the supernet of this space on this data, and the cost targets against it."""
+    meta = data_meta(data)
+    net = build_supernet(cfg, meta, torch.device("cpu"))
+    resolve_targets(cfg.search.target, net, cfg.derive.min_channels)
+    select_device(cfg.device)
+
+
 def restore_supernet(state: dict, device) -> tuple[torch.nn.Module, RunConfig, DataMeta]:
     """Rebuild a searched supernet from a search checkpoint (its config and data are inside)."""
     cfg = from_dict(RunConfig, state["config"])
@@ -135,6 +147,6 @@ class TrainingContext:
         return evaluate(model, self.test_loader, self.autocast)
 
 
-__all__ = ["DataMeta", "Targets", "TrainingContext", "prepare_search", "restore_supernet",
+__all__ = ["DataMeta", "Targets", "TrainingContext", "prepare_search", "preflight", "restore_supernet",
            "select_device", "seed_everything", "split_train_val", "loader", "load_data",
            "data_meta", "build_supernet"]

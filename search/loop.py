@@ -186,7 +186,6 @@ class Searcher:
         return {"kind": "search", "version": 1, "epoch": self.epoch, "step": self.step,
                 "model": self.net.state_dict(), "w_opt": self.w_opt.state_dict(),
                 "a_opt": self.architect.optimizer.state_dict(),
-                "w_sched": self.w_sched.state_dict(),
                 "loaders": {"train": self.train_loader.state_dict(),
                             "val": self.val_loader.state_dict()},
                 "rng": rng_state(), "history": self.history,
@@ -197,7 +196,11 @@ class Searcher:
         self.net.load_state_dict(state["model"])
         self.w_opt.load_state_dict(state["w_opt"])
         self.architect.optimizer.load_state_dict(state["a_opt"])
-        self.w_sched.load_state_dict(state["w_sched"])
+        # Learning rates come from this config, not the checkpoint, so a resume may lower them
+        # (after a non-finite loss) or lengthen the search: the weight schedule is a function of
+        # the epoch and the config, rebuilt rather than restored; alpha's rate is set again.
+        for group in self.architect.optimizer.param_groups:
+            group["lr"] = self.cfg.search.arch_lr
         self.train_loader.load_state_dict(state["loaders"]["train"])
         self.val_loader.load_state_dict(state["loaders"]["val"])
         set_rng_state(state["rng"])

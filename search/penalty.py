@@ -21,7 +21,8 @@ class Targets:
 
 def resolve_targets(target, net, min_channels: int = 1) -> Targets:
     """Absolute targets, or fractions of the dense network (its widest single path). Fails
-    before any training when a target is below the smallest network the space can reach."""
+    before any training when a target is outside what the space can reach: below its smallest
+    network or above its dense one."""
     dense, smallest = dense_cost(net), smallest_cost(net, min_channels)
     macs = target.macs if target.macs is not None else (
         target.macs_fraction * dense.macs if target.macs_fraction is not None else None)
@@ -34,6 +35,12 @@ def resolve_targets(target, net, min_channels: int = 1) -> Targets:
                 f"can reach ({low:,.0f} {what} with every layer at its cheapest op and "
                 f"{min_channels} channel(s) per group); the dense network has "
                 f"{getattr(dense, what.lower()):,.0f}")
+        high = getattr(dense, what.lower())
+        if value is not None and value > high:
+            raise UnreachableTargetError(
+                f"the {what} target {value:,.0f} is above the dense network of this search space "
+                f"({high:,.0f} {what}: every group at full width, every layer its costliest op); "
+                f"targets must be in [{low:,.0f}, {high:,.0f}]")
     return Targets(macs, params)
 
 

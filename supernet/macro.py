@@ -39,6 +39,9 @@ class MacroSpaceConfig:
     mask_init: float = 1.0  # initial mask logit: gate 0.73 at temperature 1, unsaturated
 
     def validate(self) -> None:
+        if not self.candidates or not self.first_candidates:
+            raise ValueError(f"macro.candidates and macro.first_candidates must each name at least "
+                             f"one op, got {self.candidates} and {self.first_candidates}")
         for name in (*self.candidates, *self.first_candidates):
             get_op(name)  # KeyError listing the registered ops
         if any(is_zero(n) for n in self.first_candidates):

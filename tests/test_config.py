@@ -15,7 +15,7 @@ from conftest import small_config
     ("search.order=3", "search.order must be 1 (first order) or 2"),
     ("search.warmup_epochs=50", "search.warmup_epochs must be in [0, search.epochs="),
     ("search.target.macs_fraction=1.5", "search.target.macs_fraction must be in (0, 1]"),
-    ("search.target.estimator=guess", "must be one of expected, discrete, got 'guess'"),
+    ("search.target.estimator=guess", "must be one of discrete, expected, got 'guess'"),
     ("data.val_fraction=1", "data.val_fraction must be in (0, 1)"),
     ("macro.stages=[{channels: 8, layers: 1, stride: 4}]", "stride 1 or 2"),
     ("macro.stages=[{channels: 8, depth: 1}]", "unknown config key 'macro.stages[0].depth'"),
