@@ -11,7 +11,7 @@ import torch
 from torch import nn
 
 from derive.discretize import Derivation
-from export.build import CompactNet, build
+from export.compact import CompactNet, build
 from supernet.base import Index  # kept indices; None keeps every channel (image in, classes out)
 
 

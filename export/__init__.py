@@ -1,8 +1,20 @@
-"""Compact subnets: the `Architecture` record, building a model from it, and the export folder
-(arch.json + safetensors + ONNX). Loading an export needs `ops/` and this package only."""
-from export.architecture import Architecture, LayerChoice
-from export.build import CompactNet, build
-from export.folder import ExportError, load, read_metrics, save_export
+"""Compact subnets: the `Architecture` record, building a model from it, the export folder
+(arch.json + safetensors + ONNX, fp16 and int8 ONNX) and loading it back. Loading an export needs
+`ops/` and this package only; loading an ONNX artefact (`load_onnx`) needs onnxruntime and numpy
+only, so the names below are imported when first used, not with the package."""
+from __future__ import annotations
 
-__all__ = ["Architecture", "LayerChoice", "CompactNet", "build", "ExportError", "load",
-           "read_metrics", "save_export"]
+import importlib
+
+_HOMES = {"Architecture": "export.architecture", "LayerChoice": "export.architecture",
+          "CompactNet": "export.compact", "build": "export.compact", "save_export": "export.folder",
+          "load": "export.folder", "read_metrics": "export.folder", "ExportError": "export.manifest",
+          "load_onnx": "export.onnx_runtime", "PRECISIONS": "export.onnx_runtime"}
+
+__all__ = sorted(_HOMES)
+
+
+def __getattr__(name: str):
+    if name not in _HOMES:
+        raise AttributeError(f"module 'export' has no attribute {name!r}")
+    return getattr(importlib.import_module(_HOMES[name]), name)

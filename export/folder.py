@@ -5,6 +5,8 @@
     config.yaml        the resolved run config
     metrics.json       test accuracy, MACs, params, latency, ...
     model.onnx         the same network for other runtimes (outputs checked with onnxruntime)
+    model.fp16.onnx    optional: fp16 weights and activations, float32 inputs and outputs
+    model.int8.onnx    optional: static int8 (QDQ, per-channel weights, calibrated)
     flops.txt          fvcore's per-module FLOP table
     manifest.json      size and sha256 of every file above
 
@@ -15,45 +17,45 @@ never leaves a half-written folder in place of a good one.
 """
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import shutil
+from collections.abc import Iterable, Sequence
 from pathlib import Path
 
+import numpy as np
 import torch
 import yaml
 from safetensors.torch import load_file, save_file
 
 from export.architecture import Architecture
-from export.build import CompactNet, build
+from export.compact import CompactNet, build
 
-ARCH, WEIGHTS, CONFIG, METRICS, ONNX, FLOPS, MANIFEST = (
-    "arch.json", "model.safetensors", "config.yaml", "metrics.json", "model.onnx", "flops.txt",
-    "manifest.json")
-REQUIRED = (ARCH, WEIGHTS, METRICS)
+from export.manifest import (ARCH, CONFIG, FLOPS, METRICS, MANIFEST, ONNX, WEIGHTS, ExportError,
+                             sha256, verify)
 # ONNX Runtime must reproduce PyTorch's logits to this fraction of their largest magnitude (fp32
 # kernels differ in summation order by ~1e-6 of the scale; a wrong graph is off by far more)
 ONNX_TOLERANCE = 1e-4
 
 
-class ExportError(RuntimeError):
-    pass
-
-
-def _sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
-
-
 def save_export(folder: str | Path, model: CompactNet, config: dict, metrics: dict,
-                onnx: bool = True) -> dict:
-    """Write the export folder; returns the metrics with the export-time checks added."""
+                onnx: bool = True, quantize: Sequence[str] = (),
+                calibration: Iterable[np.ndarray] = (), calibration_method: str = "minmax",
+                test_set: tuple[np.ndarray, np.ndarray] | None = None) -> dict:
+    """Write the export folder; returns the metrics with the export-time checks added.
+
+    `quantize` adds fp16 and/or int8 ONNX artefacts (int8 calibrated on `calibration`, normalised
+    float32 NCHW batches); with `test_set` (normalised images, labels) every ONNX artefact's test
+    accuracy, size and ONNX Runtime CPU latency go into metrics["onnx"]."""
+    from export import onnx_runtime
     from export.flops import fvcore_report
     from export.onnx_export import export_onnx, onnx_max_abs_diff
+    from export.quantize import strip_metadata, to_fp16, to_int8
+
+    unknown = [p for p in quantize if p not in onnx_runtime.PRECISIONS or p == "fp32"]
+    if unknown or (quantize and not onnx):
+        raise ExportError(f"cannot export precision(s) {unknown or list(quantize)}: quantized "
+                          f"artefacts are fp16 and int8, made from the ONNX model (onnx=True)")
 
     folder = Path(folder)
     if folder.exists() and not (folder.is_dir() and (folder / MANIFEST).is_file()):
@@ -85,8 +87,16 @@ def save_export(folder: str | Path, model: CompactNet, config: dict, metrics: di
                                   f"(largest logit {scale:.3g}; allowed {ONNX_TOLERANCE:g} of "
                                   f"it): the ONNX graph is wrong, so nothing was exported")
             metrics["onnx_max_abs_diff"] = diff
+            strip_metadata(tmp / ONNX)  # the exporter's stack traces name local paths
+            if "fp16" in quantize:
+                to_fp16(tmp / ONNX, tmp / onnx_runtime.PRECISIONS["fp16"])
+            if "int8" in quantize:
+                to_int8(tmp / ONNX, tmp / onnx_runtime.PRECISIONS["int8"], calibration,
+                        calibration_method)
+            if test_set is not None:
+                metrics["onnx"] = onnx_runtime.report(tmp, ["fp32", *quantize], *test_set)
         (tmp / METRICS).write_text(json.dumps(metrics, indent=2))
-        manifest = {p.name: {"bytes": p.stat().st_size, "sha256": _sha256(p)}
+        manifest = {p.name: {"bytes": p.stat().st_size, "sha256": sha256(p)}
                     for p in sorted(tmp.iterdir())}
         (tmp / MANIFEST).write_text(json.dumps(manifest, indent=2))
         _swap_in(tmp, folder)
@@ -102,44 +112,6 @@ def _swap_in(tmp: Path, folder: Path) -> None:
         folder.rename(old)
     tmp.rename(folder)
     shutil.rmtree(old, ignore_errors=True)
-
-
-def verify(folder: str | Path) -> dict:
-    """Check the folder against its manifest; returns the manifest."""
-    folder = Path(folder)
-    if not folder.is_dir():
-        raise ExportError(f"export folder {folder} does not exist")
-    if not (folder / MANIFEST).is_file():
-        raise ExportError(f"{folder} is not a complete export folder: {MANIFEST} is missing "
-                          f"(an export folder holds {', '.join(REQUIRED)} and {MANIFEST})")
-    try:
-        manifest = json.loads((folder / MANIFEST).read_text())
-    except (json.JSONDecodeError, UnicodeDecodeError) as e:
-        raise ExportError(f"{folder / MANIFEST} is not valid JSON: {e}") from e
-    if not isinstance(manifest, dict):
-        raise ExportError(f"{folder / MANIFEST} must map file names to their size and sha256")
-    for name in REQUIRED:
-        if name not in manifest:
-            raise ExportError(f"{folder / MANIFEST} does not list the required file {name}")
-    for name, entry in manifest.items():
-        if Path(name).name != name or name in (".", "..", MANIFEST) or "\\" in name:
-            raise ExportError(f"{folder / MANIFEST} lists {name!r}: entries must be plain file "
-                              f"names inside the export folder")
-        if not (isinstance(entry, dict) and isinstance(entry.get("bytes"), int)
-                and isinstance(entry.get("sha256"), str)):
-            raise ExportError(f"{folder / MANIFEST}: the entry for {name} must be "
-                              f'{{"bytes": <int>, "sha256": <hex>}}, got {entry!r}')
-        path = folder / name
-        if not path.is_file():
-            raise ExportError(f"{path} is missing (listed in {MANIFEST})")
-        size = path.stat().st_size
-        if size != entry["bytes"]:
-            raise ExportError(f"{path} has {size} bytes, expected {entry['bytes']}: truncated or "
-                              f"replaced after export")
-        if _sha256(path) != entry["sha256"]:
-            raise ExportError(f"{path} does not match its sha256 in {MANIFEST}: modified or "
-                              f"corrupted after export")
-    return manifest
 
 
 def load(folder: str | Path, device: str | torch.device = "cpu") -> CompactNet:

@@ -17,6 +17,8 @@ from typing import Any
 
 import yaml
 
+from export.onnx_runtime import PRECISIONS
+from export.quantize import CALIBRATIONS
 from supernet import ESTIMATORS, SPACES
 
 
@@ -103,6 +105,14 @@ class FinetuneConfig:
 
 
 @dataclass
+class ExportConfig:
+    """Extra ONNX artefacts beside model.onnx (fp32), each with its accuracy, size and latency."""
+    quantize: list[str] = field(default_factory=list)  # any of fp16, int8
+    calibration: str = "minmax"  # int8 activation ranges: minmax | entropy | percentile (measured)
+    calibration_batches: int = 8  # training batches, preprocessed as for evaluation
+
+
+@dataclass
 class RunConfig:
     name: str | None = None  # run directory name under out_dir; default: <config>-<time>
     out_dir: str = "runs"
@@ -118,6 +128,7 @@ class RunConfig:
     search: SearchConfig = field(default_factory=SearchConfig)
     derive: DeriveConfig = field(default_factory=DeriveConfig)
     finetune: FinetuneConfig = field(default_factory=FinetuneConfig)
+    export: ExportConfig = field(default_factory=ExportConfig)
 
     def __post_init__(self) -> None:
         if self.space_config is None and self.space in SPACES.names():
@@ -304,7 +315,9 @@ RANGES: dict[str, Range] = {
     "finetune.warmup_epochs": AT_LEAST_0, "finetune.kd_weight": Range(0, 1),
     "finetune.kd_temperature": POSITIVE, "finetune.ema_decay": Range(0, 1, True, True),
     "finetune.drop_path": PROBABILITY, "finetune.aux_weight": AT_LEAST_0, "finetune.cutout": AT_LEAST_0,
+    "export.calibration_batches": AT_LEAST_1,
 }
+QUANTIZED = tuple(p for p in PRECISIONS if p != "fp32")
 
 
 def _get(cfg: Any, key: str) -> Any:
@@ -336,6 +349,11 @@ def validate(cfg: RunConfig) -> None:
         (f.aux_weight == 0 or cell_based,
          f"finetune.aux_weight adds DARTS' auxiliary head to a cell network; the {cfg.space!r} "
          f"space has no cells"),
+        (all(q in QUANTIZED for q in cfg.export.quantize),
+         f"export.quantize must list precisions from {', '.join(QUANTIZED)}, got "
+         f"{cfg.export.quantize}"),
+        (cfg.export.calibration in CALIBRATIONS,
+         f"export.calibration must be one of {', '.join(CALIBRATIONS)}, got {cfg.export.calibration!r}"),
         (cfg.device == "auto" or cfg.device == "cpu" or cfg.device == "cuda"
          or (cfg.device.startswith("cuda:") and cfg.device[5:].isdigit()),
          f"device must be auto, cpu, cuda or cuda:N, got {cfg.device!r}"),
@@ -366,9 +384,9 @@ def plain_name_error(what: str, name) -> str:
 # length and logging may change, nothing that shapes the supernet, the data or the objective.
 # `--run` derives again from a finished search: only the later stages' settings may change.
 RESUME_MAY_CHANGE = ("search.epochs", "search.w_lr", "search.w_lr_min", "search.arch_lr",
-                     "log_every", "threads", "device", "derive.", "finetune.")
+                     "log_every", "threads", "device", "derive.", "finetune.", "export.")
 LATER_STAGES_MAY_CHANGE = ("log_every", "threads", "device", "seed", "amp", "channels_last",
-                           "derive.", "finetune.")
+                           "derive.", "finetune.", "export.")
 
 
 def _flat(d: dict, prefix: str = "") -> dict:

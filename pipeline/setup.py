@@ -2,10 +2,12 @@
 which compact models are trained and evaluated."""
 from __future__ import annotations
 
+import itertools
 import random
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
+import numpy as np
 import torch
 
 from datasource import DeviceLoader, ImageData, load_dataset
@@ -145,6 +147,15 @@ class TrainingContext:
     def evaluate(self, model: torch.nn.Module) -> dict[str, float]:
         """Loss and accuracy on the test split."""
         return evaluate(model, self.test_loader, self.autocast)
+
+    def arrays(self, split: str, batches: int | None = None) -> list[tuple[np.ndarray, np.ndarray]]:
+        """Batches of a split as normalised float32 NCHW numpy arrays and labels, preprocessed as
+        for evaluation (no augmentation): what ONNX artefacts are calibrated and scored on."""
+        x, y = (self.data.x_train, self.data.y_train) if split == "train" else (
+            self.data.x_test, self.data.y_test)
+        plain = DeviceLoader(x, y, self.cfg.data.batch_size, self.meta.mean, self.meta.std,
+                             shuffle=False, drop_last=False)
+        return [(bx.numpy(), by.numpy()) for bx, by in itertools.islice(plain, batches)]
 
 
 __all__ = ["DataMeta", "Targets", "TrainingContext", "prepare_search", "preflight", "restore_supernet",

@@ -16,18 +16,19 @@ from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
+import numpy as np
 import torch
 
 from datasource import ImageData
 from derive import Derivation, derive, slim
 from export import save_export
 from export.architecture import evaluation_architecture
-from export.build import build
+from export.compact import build
 from export.latency import latencies_ms
 from pipeline.config import ConfigError, RunConfig, to_dict
 from pipeline.setup import (DataMeta, TrainingContext, load_data, prepare_search, restore_supernet,
                             seed_everything, select_device)
-from pipeline.summary import summary_table
+from pipeline.summary import onnx_table, summary_table
 from search.checkpoint import load_checkpoint
 from search.loop import Searcher
 from search.penalty import Targets
@@ -164,10 +165,18 @@ def derive_and_export(cfg: RunConfig, run_dir: Path, data: ImageData, searched: 
                                         (meta.in_channels, meta.input_size, meta.input_size)),
     }
     if "export" in stages:
-        metrics = save_export(run_dir / export_name, compact.cpu(), to_dict(cfg), metrics)
+        e = cfg.export
+        test = ctx.arrays("test")
+        metrics = save_export(
+            run_dir / export_name, compact.cpu(), to_dict(cfg), metrics, quantize=e.quantize,
+            calibration=[x for x, _ in ctx.arrays("train", e.calibration_batches)],
+            calibration_method=e.calibration,
+            test_set=(np.concatenate([x for x, _ in test]), np.concatenate([y for _, y in test])))
         if metrics["fvcore_flops"] != cost.macs:
             raise AssertionError(f"analytic MACs {cost.macs} != fvcore {metrics['fvcore_flops']}")
     report(summary_table(metrics))
+    if metrics.get("onnx"):
+        report(onnx_table(metrics))
     if "export" in stages:
         report(f"exported to {run_dir / export_name} (export.load(...) rebuilds it); "
                f"TensorBoard: tensorboard --logdir {run_dir.parent}")

@@ -16,3 +16,15 @@ def summary_table(m: dict) -> str:
     ]
     width = [max(len(r[i]) for r in rows) for i in range(3)]
     return "\n".join("  ".join(c.ljust(w) for c, w in zip(r, width)).rstrip() for r in rows)
+
+
+def onnx_table(m: dict) -> str:
+    """Each ONNX artefact as ONNX Runtime runs it on the CPU (empty without an ONNX export)."""
+    report = m.get("onnx")
+    if not report:
+        return ""
+    rows = [("ONNX Runtime (CPU)", "test acc", "size", "latency b=1", "latency b=64")]
+    rows += [(p, f"{r['test_acc']:.4f}", f"{r['bytes'] / 1024:,.1f} KiB", f"{r['latency_ms_b1']:.3f} ms",
+              f"{r['latency_ms_b64']:.3f} ms") for p, r in report.items()]
+    width = [max(len(r[i]) for r in rows) for i in range(5)]
+    return "\n".join("  ".join(c.ljust(w) for c, w in zip(r, width)).rstrip() for r in rows)

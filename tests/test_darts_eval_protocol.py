@@ -6,7 +6,7 @@ from timm.layers import DropPath
 from datasource.device_loader import DeviceLoader
 from export import build
 from derive import derive
-from export.build import set_drop_path
+from export.compact import set_drop_path
 from training.auxiliary import AuxiliaryTap
 from pipeline.config import ConfigError, FinetuneConfig, load_config
 from training.finetune import finetune

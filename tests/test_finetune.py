@@ -5,7 +5,7 @@ import pytest
 import torch
 
 from derive import derive
-from export.build import CompactLayer, set_drop_path
+from export.compact import CompactLayer, set_drop_path
 from derive.slim import slim
 from pipeline.config import FinetuneConfig
 from training.finetune import evaluate, finetune, recalibrate_batchnorm

@@ -13,7 +13,7 @@ from torch.optim.swa_utils import update_bn
 from timm.utils import ModelEmaV3
 from tqdm import tqdm
 
-from export.build import set_drop_path
+from export.compact import set_drop_path
 from training.auxiliary import AuxiliaryTap
 from training.losses import NonFiniteLossError, cross_entropy, distillation_loss
 
