@@ -149,9 +149,11 @@ class Searcher:
     def _stop_nonfinite(self, what: str = "loss") -> None:
         kept = (f"the last good state (epoch {self.epoch}) is kept in {self.checkpoint_path}"
                 if self.checkpoint_path.is_file() else "no checkpoint had been written yet")
+        s = self.cfg.search
         raise NonFiniteLossError(
-            f"non-finite {what} in search epoch {self.epoch + 1}; {kept}. Lower search.w_lr or "
-            f"search.arch_lr, then resume with --resume {self.run_dir}")
+            f"non-finite {what} in search epoch {self.epoch + 1}; {kept}. Lower the learning "
+            f"rates and resume, e.g. --resume {self.run_dir} search.w_lr={s.w_lr / 10:g} "
+            f"search.arch_lr={s.arch_lr / 10:g}")
 
     def run(self) -> dict[str, float]:
         s = self.cfg.search
