@@ -3,13 +3,17 @@ random architectures, at the same MACs targets, epochs, augmentation and evaluat
 
     python benchmarks/pareto.py --preset digits            # 3 targets x 3 seeds
     python benchmarks/pareto.py --preset cifar_subset      # ../shared/data/cifar10_subset.npz
+    python benchmarks/pareto.py --preset cifar16 [--budget b]  # the same at 16x16: a CPU's size
     python benchmarks/pareto.py --quick                    # tiny epochs, one seed (CI-sized)
 
 The backbone is the search space's widths with conv_3x3 in every layer (a pre-activation
-ResNet-style network); targets are fractions of its MACs. Every method trains for the same total
-number of epochs E = search + fine-tune epochs of the config: ours searches then fine-tunes
-(train.py); uniform width and random architectures train from scratch for E; L1 pruning and
-Torch-Pruning pre-train the dense backbone for the search epochs and fine-tune for the rest.
+ResNet-style network); targets are fractions of its MACs. Budget (a), the default: every method
+trains for the same total number of epochs E = search + fine-tune epochs of the config: ours
+searches then fine-tunes (the pipeline); uniform width and random architectures train from
+scratch for E; L1 pruning and Torch-Pruning pre-train the dense backbone for the search epochs
+and fine-tune for the rest. Budget (b): every final network trains for the fine-tune epochs
+(uniform and random from scratch for those alone), and ours' search cost is reported beside it
+in epochs and seconds, as TAS, AutoSlim and DMCP report theirs.
 All use the config's fine-tune learning rate and schedule. MACs and params of every final model
 are counted by fvcore on the model. Writes benchmarks/results/pareto-<preset>.{md,json,png}.
 """
@@ -21,6 +25,7 @@ import statistics
 import sys
 import tempfile
 import textwrap
+import time
 from dataclasses import replace
 from pathlib import Path
 
@@ -35,10 +40,12 @@ from pipeline import load_config, run
 from pipeline.setup import TrainingContext, build_supernet, load_data, seed_everything, select_device
 
 ROOT = Path(__file__).resolve().parents[1]
+DATA = f"data.path={ROOT.parent / 'shared' / 'data' / 'cifar10_subset.npz'}"
 PRESETS = {
     "digits": ("configs/digits.yaml", []),
-    "cifar_subset": ("configs/cifar10_subset.yaml",
-                     [f"data.path={ROOT.parent / 'shared' / 'data' / 'cifar10_subset.npz'}"]),
+    "cifar_subset": ("configs/cifar10_subset.yaml", [DATA]),
+    # real images a 2-core CPU can compare methods on: the CIFAR subset at 16x16 (antialiased)
+    "cifar16": ("configs/cifar10_subset_cpu.yaml", [DATA, "data.resize=16"]),
 }
 QUICK = ["search.epochs=2", "search.warmup_epochs=1", "finetune.epochs=1"]
 FRACTIONS = (0.12, 0.25, 0.5)
@@ -46,7 +53,7 @@ METHODS = ("ours", "uniform", "l1", "torch_pruning", "random")
 
 
 class Bench:
-    def __init__(self, config: str, overrides: list[str]) -> None:
+    def __init__(self, config: str, overrides: list[str], budget: str = "a") -> None:
         self.config, self.overrides = config, overrides
         self.cfg = load_config(ROOT / config, overrides)
         self.data = load_data(self.cfg)
@@ -56,7 +63,10 @@ class Bench:
         backbone_space = replace(self.cfg.space_config, candidates=["conv_3x3"],
                                  first_candidates=["conv_3x3"])
         self.backbone_cfg = replace(self.cfg, space_config=backbone_space)
-        self.epochs = self.cfg.search.epochs + self.cfg.finetune.epochs
+        # (a) every method trains for the same total epochs, the search counted against ours;
+        # (b) every final network trains for the fine-tune epochs, the search reported beside it
+        self.epochs = self.cfg.finetune.epochs + (self.cfg.search.epochs if budget == "a" else 0)
+        self.budget = budget
         self.example = torch.randn(1, self.meta.in_channels, self.meta.input_size, self.meta.input_size)
 
     def backbone(self):
@@ -81,9 +91,12 @@ class Bench:
         cfg = load_config(ROOT / self.config, [*self.overrides, f"search.target.macs={target}",
                                                "search.target.macs_fraction=null", f"seed={seed}"])
         run_dir = workdir / f"ours-{target:.0f}-{seed}"
+        start = time.perf_counter()
         metrics = run(cfg, run_dir, data=self.data)
         model = load(run_dir / "export")
-        return self.measured(model, metrics["test_acc"])
+        search = torch.load(run_dir / "search.pt", weights_only=True)["history"]
+        return {**self.measured(model, metrics["test_acc"]), "seconds": time.perf_counter() - start,
+                "search_epochs": len(search)}
 
     def uniform(self, target: float, seed: int, workdir: Path) -> dict:
         torch.manual_seed(seed)
@@ -168,6 +181,9 @@ def main(argv: list[str] | None = None) -> list[dict]:
     p.add_argument("--preset", choices=sorted(PRESETS), default="digits")
     p.add_argument("--quick", action="store_true", help="tiny epochs and one seed")
     p.add_argument("--seeds", type=int, default=3)
+    p.add_argument("--budget", choices=["a", "b"], default="a",
+                   help="a: same total epochs for every method (the search counts against ours); "
+                        "b: same epochs for every final network (the search reported beside it)")
     p.add_argument("--methods", default=",".join(METHODS))
     p.add_argument("--out", default=str(ROOT / "benchmarks" / "results"))
     args = p.parse_args(sys.argv[1:] if argv is None else argv)
@@ -178,7 +194,7 @@ def main(argv: list[str] | None = None) -> list[dict]:
     config, overrides = PRESETS[args.preset]
     overrides = [*overrides, *(QUICK if args.quick else [])]
     seeds = range(1 if args.quick else args.seeds)
-    bench = Bench(config, overrides)
+    bench = Bench(config, overrides, args.budget)
     dense = bench.dense_macs()
     rows = []
     with tempfile.TemporaryDirectory() as tmp:
@@ -190,11 +206,13 @@ def main(argv: list[str] | None = None) -> list[dict]:
                                  "target_macs": f * dense, **result})
                     print(f"{method:>14} {f:.0%} seed {seed}: {result['test_acc']:.4f} at "
                           f"{result['macs']:,} MACs", flush=True)
-    name = f"pareto-{args.preset}{'-quick' if args.quick else ''}"
+    name = f"pareto-{args.preset}{'-b' if args.budget == 'b' else ''}{'-quick' if args.quick else ''}"
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     title = (f"{args.preset}: test accuracy (mean ± std over {len(seeds)} seed(s)), MACs as % of the "
-             f"dense backbone ({dense:,.0f}); {bench.epochs} epochs per method")
+             f"dense backbone ({dense:,.0f}); budget ({args.budget}): " +
+             (f"{bench.epochs} epochs per method" if args.budget == "a" else
+              f"{bench.epochs} epochs per final network, plus ours' search"))
     (out / f"{name}.json").write_text(json.dumps({"dense_macs": dense, "epochs": bench.epochs,
                                                   "rows": rows}, indent=2))
     table = summarize(rows, dense, title)

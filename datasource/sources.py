@@ -35,6 +35,17 @@ class ImageData:
     def image_size(self) -> int:
         return self.x_train.shape[-1]
 
+    def resized(self, size: int) -> "ImageData":
+        """Both splits downsampled to size x size with antialiasing (as NAS-Bench-201's ImageNet16
+        is made from ImageNet): a cheaper task of real images for CPU-sized experiments."""
+        from torchvision.transforms.v2.functional import resize
+
+        def shrink(x: torch.Tensor) -> torch.Tensor:
+            return resize(x, [size, size], antialias=True)
+
+        return ImageData(self.name, shrink(self.x_train), self.y_train, shrink(self.x_test),
+                         self.y_test, self.num_classes)
+
     def channel_stats(self) -> tuple[tuple[float, ...], tuple[float, ...]]:
         """Per-channel mean and std of the training images on the [0, 1] scale."""
         x = self.x_train.float().div_(255)

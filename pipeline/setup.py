@@ -73,7 +73,8 @@ def build_supernet(cfg: RunConfig, meta: DataMeta, device) -> torch.nn.Module:
 
 def load_data(cfg: RunConfig) -> ImageData:
     d = cfg.data
-    return load_dataset(d.name, d.path, d.download, d.image_size)
+    data = load_dataset(d.name, d.path, d.download, d.image_size)
+    return data.resized(d.resize) if d.resize else data
 
 
 def prepare_search(cfg: RunConfig, run_dir: Path, data: ImageData | None = None,

@@ -65,7 +65,8 @@ class SearchOutcome:
 class Slimmed:
     derivation: Derivation
     model: torch.nn.Module
-    gap: float  # max |slimmed - hard-masked supernet| on a real batch (should be ~1e-6)
+    gap: float  # max |slimmed - hard-masked supernet| on a real batch
+    scale: float  # max |hard-masked supernet output| on that batch (the gap is ~1e-7 of it)
 
 
 def search(cfg: RunConfig, run_dir: Path, data: ImageData, resume: bool = False,
@@ -108,10 +109,11 @@ def derive_and_slim(cfg: RunConfig, net: Supernet, meta: DataMeta, target: float
                         promote_ops=d.promote_ops)
     compact = slim(net, derivation).eval()
     with torch.no_grad(), net.hard_masked(derivation.ops, derivation.keep):
-        gap = float((net(probe) - compact(probe)).abs().max())
+        reference = net(probe)
+        gap, scale = float((reference - compact(probe)).abs().max()), float(reference.abs().max())
     if cfg.channels_last:
         compact = compact.to(memory_format=torch.channels_last)
-    return Slimmed(derivation, compact, gap)
+    return Slimmed(derivation, compact, gap, scale)
 
 
 def cpu_latencies(models: dict[str, torch.nn.Module], shape: tuple[int, ...]) -> dict[str, float]:
@@ -139,7 +141,8 @@ def derive_and_export(cfg: RunConfig, run_dir: Path, data: ImageData, searched: 
     slim_acc = ctx.evaluate(compact)["acc"]
     cost = slimmed.derivation.arch.cost()
     report(f"derived: {cost.macs:,.0f} MACs (target {target or 0:,.0f}), slimmed == hard-masked "
-           f"supernet within {slimmed.gap:.1e}, test acc after BN recalibration {slim_acc:.4f}")
+           f"supernet within {slimmed.gap:.1e} (logits up to {slimmed.scale:.3g}), test acc after "
+           f"BN recalibration {slim_acc:.4f}")
     if cfg.derive.eval_cells:  # DARTS protocol: the genotype in a larger network, from scratch
         arch = evaluation_architecture(slimmed.derivation.arch, cfg.derive.eval_cells,
                                        cfg.derive.eval_channels)
@@ -157,6 +160,7 @@ def derive_and_export(cfg: RunConfig, run_dir: Path, data: ImageData, searched: 
     metrics = {
         "test_acc": test_metrics["acc"], "test_loss": test_metrics["loss"],
         "slimmed_test_acc": slim_acc, "slim_max_abs_diff": slimmed.gap,
+        "slim_output_scale": slimmed.scale,
         "macs": cost.macs, "params": cost.params, "target_macs": target,
         "dense_macs": dense_cost.macs, "dense_params": dense_cost.params,
         "search_val_acc": searched.metrics.get("val_acc"), "data": asdict(meta),
