@@ -18,7 +18,7 @@ def nhwc_images(name: str, array_name: str, x) -> torch.Tensor:
                         f"{x.dtype} with shape {x.shape}")
     n, h, w, c = x.shape
     if h != w:
-        hint = (f"; it looks like (N, C, H, W): pass x.transpose(0, 2, 3, 1)" if w == c else "")
+        hint = ("; it looks like (N, C, H, W): pass x.transpose(0, 2, 3, 1)" if w == c else "")
         raise DataError(f"{name}: {array_name} has shape {x.shape}; images must be (N, H, W, C) "
                         f"with square H == W{hint}")
     return torch.from_numpy(np.ascontiguousarray(x)).permute(0, 3, 1, 2).contiguous()
