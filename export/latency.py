@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import logging
 import statistics
+from collections.abc import Callable
 
 import torch
 
@@ -15,22 +16,27 @@ from torch.utils.benchmark import Timer  # noqa: E402
 _cpp_log.setLevel(_level)
 
 
-@torch.inference_mode()
-def latencies_ms(models: dict[str, torch.nn.Module], shape: tuple[int, ...], repeats: int = 50,
-                 warmup: int = 10, device: str | torch.device = "cpu") -> dict[str, float]:
-    """Median milliseconds per forward pass of a random batch of `shape`, for each model.
-
-    Each run is timed by `torch.utils.benchmark.Timer` (CUDA synchronisation, the process's
-    thread count); the models are timed in alternation, one run each per round, so a machine
-    that slows down or speeds up during the measurement (other processes, frequency scaling)
-    biases none of them against the others."""
-    x = torch.randn(shape, device=device)
-    timers = {name: Timer("model(x)", globals={"model": m.eval().to(device), "x": x},
-                          num_threads=torch.get_num_threads()) for name, m in models.items()}
+def alternating_ms(runs: dict[str, Callable[[], object]], repeats: int = 50,
+                   warmup: int = 10) -> dict[str, float]:
+    """Median milliseconds of each zero-argument callable, timed by `torch.utils.benchmark.Timer`
+    (CUDA synchronisation, the process's thread count) in alternation, one run each per round,
+    so a machine that slows down or speeds up during the measurement (other processes,
+    frequency scaling) biases none of them against the others."""
+    timers = {name: Timer("run()", globals={"run": run}, num_threads=torch.get_num_threads())
+              for name, run in runs.items()}
     for timer in timers.values():
         timer.timeit(warmup)
-    times: dict[str, list[float]] = {name: [] for name in models}
+    times: dict[str, list[float]] = {name: [] for name in runs}
     for _ in range(repeats):
         for name, timer in timers.items():
             times[name].append(timer.timeit(1).median * 1e3)
     return {name: statistics.median(t) for name, t in times.items()}
+
+
+@torch.inference_mode()
+def latencies_ms(models: dict[str, torch.nn.Module], shape: tuple[int, ...], repeats: int = 50,
+                 warmup: int = 10, device: str | torch.device = "cpu") -> dict[str, float]:
+    """Median milliseconds per forward pass of a random batch of `shape`, for each model."""
+    x = torch.randn(shape, device=device)
+    runs = {name: (lambda m=m.eval().to(device): m(x)) for name, m in models.items()}
+    return alternating_ms(runs, repeats, warmup)

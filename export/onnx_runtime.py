@@ -1,13 +1,11 @@
 """Running an export's ONNX artefacts with ONNX Runtime: with onnxruntime and numpy alone (no
-torch), for users who deploy them, and to measure each artefact's accuracy and latency.
+torch), for users who deploy them; and each artefact's accuracy and latency, measured at export.
 
     session = export.load_onnx("runs/x/export", precision="int8")
     logits = session.run(None, {"input": x})[0]   # x: float32 NCHW, normalised as arch.json says
 """
 from __future__ import annotations
 
-import statistics
-import time
 from pathlib import Path
 
 import numpy as np
@@ -48,30 +46,18 @@ def accuracy(sess, x: np.ndarray, y: np.ndarray, batch: int = 256) -> float:
     return float((logits.argmax(1) == y).mean())
 
 
-def latencies_ms(sessions: dict, shape: tuple[int, ...], repeats: int = 50,
-                 warmup: int = 10) -> dict[str, float]:
-    """Median milliseconds per run of a random float32 batch of `shape`, for each session,
-    timed in alternation (one run each per round) so that drift biases none of them."""
-    x = np.random.default_rng(0).standard_normal(shape, dtype=np.float32)
-    for sess in sessions.values():
-        for _ in range(warmup):
-            sess.run(None, {"input": x})
-    times: dict[str, list[float]] = {name: [] for name in sessions}
-    for _ in range(repeats):
-        for name, sess in sessions.items():
-            start = time.perf_counter()
-            sess.run(None, {"input": x})
-            times[name].append((time.perf_counter() - start) * 1e3)
-    return {name: statistics.median(t) for name, t in times.items()}
-
-
 def report(folder: str | Path, precisions: list[str], x: np.ndarray, y: np.ndarray) -> dict:
-    """Per artefact: test accuracy, size on disk and ONNX Runtime CPU latency at batch 1 and 64."""
+    """Per artefact: test accuracy, size on disk and ONNX Runtime CPU latency at batch 1 and 64
+    (timed as the PyTorch models are; this needs torch, loading an artefact does not)."""
+    from export.latency import alternating_ms
+
     folder = Path(folder)
     sessions = {p: session(folder / PRECISIONS[p]) for p in precisions}
     out = {p: {"test_acc": accuracy(s, x, y), "bytes": (folder / PRECISIONS[p]).stat().st_size}
            for p, s in sessions.items()}
     for batch in (1, 64):
-        for p, ms in latencies_ms(sessions, (batch, *x.shape[1:])).items():
+        batch_x = np.random.default_rng(0).standard_normal((batch, *x.shape[1:]), dtype=np.float32)
+        runs = {p: (lambda s=s: s.run(None, {"input": batch_x})) for p, s in sessions.items()}
+        for p, ms in alternating_ms(runs).items():
             out[p][f"latency_ms_b{batch}"] = ms
     return out

@@ -359,9 +359,7 @@ def validate(cfg: RunConfig) -> None:
          or (cfg.device.startswith("cuda:") and cfg.device[5:].isdigit()),
          f"device must be auto, cpu, cuda or cuda:N, got {cfg.device!r}"),
     ]
-    for name_key in ("name",):
-        value = getattr(cfg, name_key)
-        checks.append((value is None or is_plain_name(value), plain_name_error(name_key, value)))
+    checks.append((cfg.name is None or is_plain_name(cfg.name), plain_name_error("name", cfg.name)))
     for ok, message in checks:
         if not ok:
             raise ConfigError(message)
@@ -390,17 +388,18 @@ LATER_STAGES_MAY_CHANGE = ("log_every", "threads", "device", "seed", "amp", "cha
                            "derive.", "finetune.", "export.")
 
 
-def _flat(d: dict, prefix: str = "") -> dict:
+def flat_dict(d: dict, prefix: str = "") -> dict:
+    """A nested dict as one level of dotted keys (`search.target.macs`)."""
     out = {}
     for k, v in d.items():
-        out.update(_flat(v, f"{prefix}{k}.") if isinstance(v, dict) else {f"{prefix}{k}": v})
+        out.update(flat_dict(v, f"{prefix}{k}.") if isinstance(v, dict) else {f"{prefix}{k}": v})
     return out
 
 
 def check_changes(before: RunConfig, after: RunConfig, allowed: tuple[str, ...], mode: str) -> None:
     """Refuse, naming the key, any change from `before` to `after` outside `allowed` (keys, or
     section prefixes ending in '.')."""
-    old, new = _flat(to_dict(before)), _flat(to_dict(after))
+    old, new = flat_dict(to_dict(before)), flat_dict(to_dict(after))
     changed = sorted(k for k in old.keys() | new.keys() if old.get(k) != new.get(k))
     refused = [k for k in changed if not any(k == a or (a.endswith(".") and k.startswith(a))
                                              for a in allowed)]

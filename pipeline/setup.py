@@ -97,12 +97,11 @@ def prepare_search(cfg: RunConfig, run_dir: Path, data: ImageData | None = None,
 
 
 def preflight(cfg: RunConfig, data: ImageData) -> None:
-    """What can fail in setting up a search, checked before a run writes anything: the device,
-    the supernet of this space on this data, and the cost targets against it."""
+    """What can fail in setting up a search, checked before a run writes anything: the supernet
+    of this space on this data, and the cost targets against it (the device is `select_device`'s)."""
     meta = data_meta(data)
     net = build_supernet(cfg, meta, torch.device("cpu"))
     resolve_targets(cfg.search.target, net, cfg.derive.min_channels)
-    select_device(cfg.device)
 
 
 def restore_supernet(state: dict, device) -> tuple[torch.nn.Module, RunConfig, DataMeta]:

@@ -25,7 +25,7 @@ from export import save_export
 from export.architecture import evaluation_architecture
 from export.compact import build
 from export.latency import latencies_ms
-from pipeline.config import ConfigError, RunConfig, to_dict
+from pipeline.config import ConfigError, RunConfig, flat_dict, to_dict
 from pipeline.setup import (DataMeta, TrainingContext, load_data, prepare_search, restore_supernet,
                             seed_everything, select_device)
 from pipeline.summary import onnx_table, summary_table
@@ -208,7 +208,7 @@ def run(cfg: RunConfig, run_dir: str | Path, stages: Sequence[str] = STAGES, *,
         metrics = derive_and_export(cfg, run_dir, data, searched, stages, export_name, logger,
                                     report)
         if logger:
-            logger.hyperparameters(to_dict(cfg), {"test_acc": metrics["test_acc"],
+            logger.hyperparameters(flat_dict(to_dict(cfg)), {"test_acc": metrics["test_acc"],
                                                   "macs": metrics["macs"]})
         return metrics
     finally:

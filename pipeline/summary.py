@@ -14,8 +14,7 @@ def summary_table(m: dict) -> str:
          f"({lat['dense_b64'] / lat['slim_b64']:.1f}x faster)"),
         ("test accuracy", "", f"{m['slimmed_test_acc']:.4f} slimmed -> {m['test_acc']:.4f} fine-tuned"),
     ]
-    width = [max(len(r[i]) for r in rows) for i in range(3)]
-    return "\n".join("  ".join(c.ljust(w) for c, w in zip(r, width)).rstrip() for r in rows)
+    return columns(rows)
 
 
 def onnx_table(m: dict) -> str:
@@ -26,5 +25,10 @@ def onnx_table(m: dict) -> str:
     rows = [("ONNX Runtime (CPU)", "test acc", "size", "latency b=1", "latency b=64")]
     rows += [(p, f"{r['test_acc']:.4f}", f"{r['bytes'] / 1024:,.1f} KiB", f"{r['latency_ms_b1']:.3f} ms",
               f"{r['latency_ms_b64']:.3f} ms") for p, r in report.items()]
-    width = [max(len(r[i]) for r in rows) for i in range(5)]
+    return columns(rows)
+
+
+def columns(rows: list[tuple[str, ...]]) -> str:
+    """Rows of cells as left-aligned text columns."""
+    width = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
     return "\n".join("  ".join(c.ljust(w) for c, w in zip(r, width)).rstrip() for r in rows)

@@ -59,9 +59,9 @@ class SearchLogger:
         self.writer.add_text("architecture", net.describe(), epoch)
 
     def hyperparameters(self, config: dict, metrics: dict[str, float]) -> None:
-        """Written into this run's own event file, so one run is one TensorBoard run."""
-        flat = {k: v if isinstance(v, (int, float, str, bool)) else str(v)
-                for k, v in _flatten(config).items()}
+        """`config` as dotted keys (`pipeline.config.flat_dict`), written into this run's own
+        event file, so one run is one TensorBoard run."""
+        flat = {k: v if isinstance(v, (int, float, str, bool)) else str(v) for k, v in config.items()}
         for summary in hparams(flat, {f"hparam/{k}": v for k, v in metrics.items()}):
             self.writer.file_writer.add_summary(summary)
         self.scalars({f"hparam/{k}": v for k, v in metrics.items()}, 0)
@@ -85,10 +85,3 @@ def heatmap(rows: dict[str, tuple[tuple[str, ...], torch.Tensor]]):
     fig.tight_layout()
     return fig
 
-
-def _flatten(d: dict, prefix: str = "") -> dict:
-    out = {}
-    for k, v in d.items():
-        key = f"{prefix}{k}"
-        out.update(_flatten(v, key + ".") if isinstance(v, dict) else {key: v})
-    return out

@@ -3,7 +3,7 @@ import pytest
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
 from conftest import small_config
-from pipeline.config import to_dict
+from pipeline.config import flat_dict, to_dict
 from pipeline.setup import prepare_search
 from search.tensorboard_log import SearchLogger
 
@@ -14,7 +14,7 @@ def logged_run(tmp_path_factory):
     cfg = small_config(tmp)
     searcher = prepare_search(cfg, tmp, logger_factory=SearchLogger)
     searcher.run()
-    searcher.logger.hyperparameters(to_dict(cfg), {"test_acc": 0.5})
+    searcher.logger.hyperparameters(flat_dict(to_dict(cfg)), {"test_acc": 0.5})
     searcher.logger.close()
     events = EventAccumulator(str(tmp), size_guidance={"scalars": 0, "histograms": 0,
                                                        "images": 0, "tensors": 0}).Reload()
