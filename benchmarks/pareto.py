@@ -1,25 +1,26 @@
 """Accuracy against MACs: ours vs uniform width, L1-norm filter pruning, Torch-Pruning and
 random architectures, at the same MACs targets, epochs, augmentation and evaluation.
 
-    python benchmarks/pareto.py --preset digits            # 3 targets x 3 seeds
+    python benchmarks/pareto.py --preset digits            # 3 targets x 3 seeds, both budgets
     python benchmarks/pareto.py --preset cifar_subset      # ../shared/data/cifar10_subset.npz
-    python benchmarks/pareto.py --preset cifar16 [--budget b]  # the same at 16x16: a CPU's size
+    python benchmarks/pareto.py --preset cifar16           # the same at 16x16: a CPU's size
     python benchmarks/pareto.py --quick                    # tiny epochs, one seed (CI-sized)
 
 The backbone is the search space's widths with conv_3x3 in every layer (a pre-activation
-ResNet-style network); targets are fractions of its MACs. Budget (a), the default: every method
-trains for the same total number of epochs E = search + fine-tune epochs of the config: ours
-searches then fine-tunes (the pipeline); uniform width and random architectures train from
-scratch for E; L1 pruning and Torch-Pruning pre-train the dense backbone for the search epochs
-and fine-tune for the rest. Budget (b): every final network trains for the fine-tune epochs
-(uniform and random from scratch for those alone), and ours' search cost is reported beside it
-in epochs and seconds, as TAS, AutoSlim and DMCP report theirs.
+ResNet-style network); targets are fractions of its MACs. Two budgets, reported side by side:
+(a) every method trains for the same total number of epochs E = search + fine-tune epochs of the
+config: ours searches then fine-tunes (the pipeline); uniform width and random architectures train
+from scratch for E; L1 pruning and Torch-Pruning pre-train the dense backbone for the search epochs
+and fine-tune for the rest. (b) every final network trains for the fine-tune epochs (uniform and
+random from scratch for those alone), and ours' search cost is reported beside it in epochs and
+seconds, as TAS, AutoSlim and DMCP report theirs (L1 and Torch-Pruning keep their pre-training).
 All use the config's fine-tune learning rate and schedule. MACs and params of every final model
 are counted by fvcore on the model. Writes benchmarks/results/pareto-<preset>.{md,json,png}.
 """
 from __future__ import annotations
 
 import argparse
+import copy
 import json
 import statistics
 import sys
@@ -53,7 +54,14 @@ METHODS = ("ours", "uniform", "l1", "torch_pruning", "random")
 
 
 class Bench:
-    def __init__(self, config: str, overrides: list[str], budget: str = "a") -> None:
+    """One comparison: the config's data and space, the backbone, and each method's training.
+
+    Ours, L1 and Torch-Pruning train the same way under both budgets (ours: search + fine-tune;
+    L1 and Torch-Pruning: dense pre-training for the search epochs + fine-tune), so one run of
+    each serves both; uniform width and random architectures train from scratch for each
+    budget's epochs. The pre-trained dense backbone does not depend on the target: one per seed."""
+
+    def __init__(self, config: str, overrides: list[str]) -> None:
         self.config, self.overrides = config, overrides
         self.cfg = load_config(ROOT / config, overrides)
         self.data = load_data(self.cfg)
@@ -63,11 +71,11 @@ class Bench:
         backbone_space = replace(self.cfg.space_config, candidates=["conv_3x3"],
                                  first_candidates=["conv_3x3"])
         self.backbone_cfg = replace(self.cfg, space_config=backbone_space)
-        # (a) every method trains for the same total epochs, the search counted against ours;
-        # (b) every final network trains for the fine-tune epochs, the search reported beside it
-        self.epochs = self.cfg.finetune.epochs + (self.cfg.search.epochs if budget == "a" else 0)
-        self.budget = budget
+        ft, search = self.cfg.finetune.epochs, self.cfg.search.epochs
+        # epochs that train a final network from scratch: (a) the total, (b) the fine-tune's
+        self.scratch_epochs = {"a": ft + search, "b": ft}
         self.example = torch.randn(1, self.meta.in_channels, self.meta.input_size, self.meta.input_size)
+        self._dense: dict[int, tuple] = {}
 
     def backbone(self):
         return build_supernet(self.backbone_cfg, self.meta, self.device)
@@ -82,11 +90,12 @@ class Bench:
         model = self.ctx.train(model, ft, train_loader=self.ctx.train_loader(seed + 2))
         return self.ctx.evaluate(model)["acc"]
 
-    def measured(self, model, acc: float) -> dict:
+    def measured(self, model, acc: float, start: float, **extra) -> dict:
         macs, params, _ = fvcore_report(model.cpu(), self.example)
-        return {"macs": macs, "params": params, "test_acc": acc}
+        return {"macs": macs, "params": params, "test_acc": acc,
+                "seconds": time.perf_counter() - start, **extra}
 
-    # -- methods --------------------------------------------------------------------------------
+    # -- methods: each returns {budget: result} ----------------------------------------------------
     def ours(self, target: float, seed: int, workdir: Path) -> dict:
         cfg = load_config(ROOT / self.config, [*self.overrides, f"search.target.macs={target}",
                                                "search.target.macs_fraction=null", f"seed={seed}"])
@@ -95,39 +104,61 @@ class Bench:
         metrics = run(cfg, run_dir, data=self.data)
         model = load(run_dir / "export")
         search = torch.load(run_dir / "search.pt", weights_only=True)["history"]
-        return {**self.measured(model, metrics["test_acc"]), "seconds": time.perf_counter() - start,
-                "search_epochs": len(search)}
+        result = self.measured(model, metrics["test_acc"], start, search_epochs=len(search),
+                               search_end_macs=search[-1]["discrete_macs"] if search else None)
+        return {"a": result, "b": result}
+
+    def _from_scratch(self, model_of, seed: int) -> dict:
+        results = {}
+        for budget, epochs in self.scratch_epochs.items():
+            start = time.perf_counter()
+            torch.manual_seed(seed)
+            model = model_of()
+            results[budget] = self.measured(model, self.train_eval(model, epochs, seed), start)
+        return results
 
     def uniform(self, target: float, seed: int, workdir: Path) -> dict:
-        torch.manual_seed(seed)
-        model = build(uniform_width(self.backbone(), target).arch)
-        return self.measured(model, self.train_eval(model, self.epochs, seed))
+        arch = uniform_width(self.backbone(), target).arch
+        return self._from_scratch(lambda: build(arch), seed)
 
     def random(self, target: float, seed: int, workdir: Path) -> dict:
-        torch.manual_seed(seed)
         space = build_supernet(self.cfg, self.meta, self.device)
         arch = random_architecture(space, target, torch.Generator().manual_seed(seed)).arch
-        model = build(arch)
-        return self.measured(model, self.train_eval(model, self.epochs, seed))
+        return self._from_scratch(lambda: build(arch), seed)
 
     def _pretrained_dense(self, seed: int):
-        torch.manual_seed(seed)
-        net = self.backbone()
-        ops = net.derive_ops()
-        dense = build(net.dense_architecture())  # one candidate op: the widest path is the backbone
-        self.train_eval(dense, self.cfg.search.epochs, seed)
-        return net, ops, dense
+        """The backbone supernet, its ops and a dense network trained for the search epochs
+        (a fresh copy each call)."""
+        if seed not in self._dense:
+            torch.manual_seed(seed)
+            net = self.backbone()
+            dense = build(net.dense_architecture())  # one candidate op: the widest path is the backbone
+            self.train_eval(dense, self.cfg.search.epochs, seed)
+            self._dense[seed] = (net, net.derive_ops(), dense.cpu())
+        net, ops, dense = self._dense[seed]
+        return copy.deepcopy(net), ops, copy.deepcopy(dense)
 
     def l1(self, target: float, seed: int, workdir: Path) -> dict:
+        start = time.perf_counter()
         net, ops, dense = self._pretrained_dense(seed)
         load_dense_weights(net, dense.to(self.device), ops)
         model = slim(net, l1_filter_pruning(net, target))
-        return self.measured(model, self.train_eval(model, self.cfg.finetune.epochs, seed))
+        result = self.measured(model, self.train_eval(model, self.cfg.finetune.epochs, seed), start)
+        return {"a": result, "b": result}
 
     def torch_pruning(self, target: float, seed: int, workdir: Path) -> dict:
+        start = time.perf_counter()
         _, _, dense = self._pretrained_dense(seed)
-        model = torch_pruning_magnitude(dense.cpu(), self.example, target)
-        return self.measured(model, self.train_eval(model, self.cfg.finetune.epochs, seed))
+        model = torch_pruning_magnitude(dense, self.example, target)
+        result = self.measured(model, self.train_eval(model, self.cfg.finetune.epochs, seed), start)
+        return {"a": result, "b": result}
+
+
+BUDGETS = {
+    "a": "the same total epochs for every method ({a}: ours' search counts against it)",
+    "b": "the same epochs for every final network ({b}); ours' search and the baselines' dense "
+         "pre-training come on top",
+}
 
 
 def summarize(rows: list[dict], dense_macs: float, title: str) -> str:
@@ -142,35 +173,43 @@ def summarize(rows: list[dict], dense_macs: float, title: str) -> str:
                 continue
             accs = [r["test_acc"] for r in runs]
             std = statistics.stdev(accs) if len(accs) > 1 else 0.0
-            macs = statistics.mean(r["macs"] for r in runs)
+            off = max(abs(r["macs"] / r["target_macs"] - 1) for r in runs)
             cells.append(f"{100 * statistics.mean(accs):.2f} ± {100 * std:.2f} "
-                         f"({macs / dense_macs:.1%})")
+                         f"({statistics.mean(r['macs'] for r in runs) / dense_macs:.1%}; "
+                         f"≤{off:.0%} off)")
         lines.append(f"| {method} | " + " | ".join(cells) + " |")
+    ours = [r for r in rows if r["method"] == "ours"]
+    if ours:
+        lines += ["", f"Ours' search: {statistics.mean(r['search_epochs'] for r in ours):.0f} "
+                      f"epochs; search + fine-tune + export took "
+                      f"{statistics.mean(r['seconds'] for r in ours):.0f} s per run on average."]
     return "\n".join(lines)
 
 
-def plot(rows: list[dict], dense_macs: float, path: Path, title: str) -> None:
+def plot(rows: list[dict], dense_macs: float, path: Path, titles: dict[str, str]) -> None:
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, ax = plt.subplots(figsize=(6, 4))
-    for method in METHODS:
-        points = []
-        for f in FRACTIONS:
-            runs = [r for r in rows if r["method"] == method and r["fraction"] == f]
-            if runs:
-                accs = [100 * r["test_acc"] for r in runs]
-                points.append((statistics.mean(r["macs"] for r in runs) / 1e6, statistics.mean(accs),
-                               statistics.stdev(accs) if len(accs) > 1 else 0.0))
-        if points:
-            x, y, e = zip(*points)
-            ax.errorbar(x, y, yerr=e, marker="o", capsize=3, label=method)
-    ax.set_xlabel("MACs (millions, fvcore)")
-    ax.set_ylabel("test accuracy (%)")
-    ax.set_title(textwrap.fill(title, 80), fontsize=8)
-    ax.grid(alpha=0.3)
-    ax.legend(fontsize=8)
+    fig, axes = plt.subplots(1, len(titles), figsize=(6 * len(titles), 4), squeeze=False)
+    for ax, (budget, title) in zip(axes[0], titles.items()):
+        for method in METHODS:
+            points = []
+            for f in FRACTIONS:
+                runs = [r for r in rows if r["method"] == method and r["fraction"] == f
+                        and r["budget"] == budget]
+                if runs:
+                    accs = [100 * r["test_acc"] for r in runs]
+                    points.append((statistics.mean(r["macs"] for r in runs) / 1e6,
+                                   statistics.mean(accs), statistics.stdev(accs) if len(accs) > 1 else 0.0))
+            if points:
+                x, y, e = zip(*points)
+                ax.errorbar(x, y, yerr=e, marker="o", capsize=3, label=method)
+        ax.set_xlabel("MACs (millions, fvcore)")
+        ax.set_ylabel("test accuracy (%)")
+        ax.set_title(textwrap.fill(title, 70), fontsize=8)
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=8)
     fig.tight_layout()
     fig.savefig(path, dpi=120)
     plt.close(fig)
@@ -181,7 +220,7 @@ def main(argv: list[str] | None = None) -> list[dict]:
     p.add_argument("--preset", choices=sorted(PRESETS), default="digits")
     p.add_argument("--quick", action="store_true", help="tiny epochs and one seed")
     p.add_argument("--seeds", type=int, default=3)
-    p.add_argument("--budget", choices=["a", "b"], default="a",
+    p.add_argument("--budget", choices=["a", "b", "both"], default="both",
                    help="a: same total epochs for every method (the search counts against ours); "
                         "b: same epochs for every final network (the search reported beside it)")
     p.add_argument("--methods", default=",".join(METHODS))
@@ -194,31 +233,36 @@ def main(argv: list[str] | None = None) -> list[dict]:
     config, overrides = PRESETS[args.preset]
     overrides = [*overrides, *(QUICK if args.quick else [])]
     seeds = range(1 if args.quick else args.seeds)
-    bench = Bench(config, overrides, args.budget)
+    budgets = ["a", "b"] if args.budget == "both" else [args.budget]
+    bench = Bench(config, overrides)
     dense = bench.dense_macs()
     rows = []
     with tempfile.TemporaryDirectory() as tmp:
         for f in FRACTIONS:
             for seed in seeds:
                 for method in methods:
-                    result = getattr(bench, method)(f * dense, seed, Path(tmp))
-                    rows.append({"method": method, "fraction": f, "seed": seed,
-                                 "target_macs": f * dense, **result})
-                    print(f"{method:>14} {f:.0%} seed {seed}: {result['test_acc']:.4f} at "
-                          f"{result['macs']:,} MACs", flush=True)
-    name = f"pareto-{args.preset}{'-b' if args.budget == 'b' else ''}{'-quick' if args.quick else ''}"
+                    results = getattr(bench, method)(f * dense, seed, Path(tmp))
+                    for budget in budgets:
+                        r = results[budget]
+                        rows.append({"method": method, "fraction": f, "seed": seed, "budget": budget,
+                                     "target_macs": f * dense, **r})
+                        print(f"{method:>14} {f:.0%} seed {seed} budget {budget}: "
+                              f"{r['test_acc']:.4f} at {r['macs']:,} MACs", flush=True)
+    name = f"pareto-{args.preset}{'' if args.budget == 'both' else '-' + args.budget}" \
+           f"{'-quick' if args.quick else ''}"
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    title = (f"{args.preset}: test accuracy (mean ± std over {len(seeds)} seed(s)), MACs as % of the "
-             f"dense backbone ({dense:,.0f}); budget ({args.budget}): " +
-             (f"{bench.epochs} epochs per method" if args.budget == "a" else
-              f"{bench.epochs} epochs per final network, plus ours' search"))
-    (out / f"{name}.json").write_text(json.dumps({"dense_macs": dense, "epochs": bench.epochs,
+    epochs = {b: f"{e} epochs" for b, e in bench.scratch_epochs.items()}
+    titles = {b: f"{args.preset}, budget ({b}): {BUDGETS[b].format(**epochs)}; test accuracy, mean ± "
+                 f"std over {len(seeds)} seed(s); MACs as % of the dense backbone ({dense:,.0f})"
+              for b in budgets}
+    (out / f"{name}.json").write_text(json.dumps({"dense_macs": dense, "epochs": bench.scratch_epochs,
                                                   "rows": rows}, indent=2))
-    table = summarize(rows, dense, title)
-    (out / f"{name}.md").write_text(table + "\n")
-    plot(rows, dense, out / f"{name}.png", title)
-    print(table)
+    tables = "\n\n".join(summarize([r for r in rows if r["budget"] == b], dense, titles[b])
+                          for b in budgets)
+    (out / f"{name}.md").write_text(tables + "\n")
+    plot(rows, dense, out / f"{name}.png", titles)
+    print(tables)
     return rows
 
 

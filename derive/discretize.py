@@ -42,7 +42,40 @@ def derive(net, target_macs: float | None = None, tolerance: float = 0.03, round
         logits = {g: net.masks[g].logits.detach().float().cpu() for g in net.used_groups(ops)}
 
     rounding = WidthRounding(round_to, min_channels)
+    counts_above, macs = _channel_rule(net, ops, logits, rounding)
+    counts = counts_above(KEEP_LOGIT)  # the channels each mask keeps, as the penalty counts them
+    if target_macs is not None and abs(macs(counts) - target_macs) > tolerance * target_macs:
+        counts = counts_above(_threshold_for_target(counts_above, macs, logits, target_macs))
+        reached = macs(counts)
+        if abs(reached - target_macs) > tolerance * target_macs:
+            warnings.warn(f"the chosen ops cannot meet the MACs target {target_macs:,.0f} within "
+                          f"{tolerance:.0%}: the closest is {reached:,.0f} MACs", stacklevel=2)
+    keep = {g: net.keep_channels(g, lg, counts[g]) for g, lg in logits.items()}
+    return Derivation(net.architecture(ops, counts, mean, std), ops, keep)
 
+
+def hold_target(net, target_macs: float, tolerance: float = 0.03,
+                rounding: WidthRounding = WidthRounding()) -> float:
+    """Move a supernet whose derived network is more than `tolerance` off `target_macs` back onto
+    it: every mask logit is shifted by one common offset, so that the channels kept (logit >= 0)
+    are those the discretizer's global ranking would keep. The search calls it between epochs once
+    it has reached its target, so that it ends there and derivation changes nothing. Returns the
+    offset subtracted (0.0 when the network was within the tolerance)."""
+    with torch.no_grad():
+        ops = net.derive_ops()
+        logits = {g: net.masks[g].logits.detach().float().cpu() for g in net.used_groups(ops)}
+        counts_above, macs = _channel_rule(net, ops, logits, rounding)
+        if abs(macs(counts_above(KEEP_LOGIT)) - target_macs) <= tolerance * target_macs:
+            return 0.0
+        offset = _threshold_for_target(counts_above, macs, logits, target_macs)
+        for mask in net.masks.values():
+            mask.logits.sub_(offset)
+    return offset
+
+
+def _channel_rule(net, ops, logits: dict[str, torch.Tensor], rounding: WidthRounding):
+    """counts_above(threshold): each group's width keeping the logits >= threshold, rounded;
+    macs(counts): the MACs of `ops` at those widths."""
     def counts_above(threshold: float) -> dict[str, int]:
         return {g: rounding(int((lg >= threshold).sum()), lg.numel(), net.channel_step(g))
                 for g, lg in logits.items()}
@@ -50,15 +83,7 @@ def derive(net, target_macs: float | None = None, tolerance: float = 0.03, round
     def macs(counts: dict[str, int]) -> float:
         return net.architecture(ops, counts).cost().macs
 
-    counts = counts_above(KEEP_LOGIT)  # the channels each mask keeps, as the penalty counts them
-    if target_macs is not None and abs(macs(counts) - target_macs) > tolerance * target_macs:
-        counts = _counts_for_target(counts_above, macs, logits, target_macs)
-        reached = macs(counts)
-        if abs(reached - target_macs) > tolerance * target_macs:
-            warnings.warn(f"the chosen ops cannot meet the MACs target {target_macs:,.0f} within "
-                          f"{tolerance:.0%}: the closest is {reached:,.0f} MACs", stacklevel=2)
-    keep = {g: net.keep_channels(g, lg, counts[g]) for g, lg in logits.items()}
-    return Derivation(net.architecture(ops, counts, mean, std), ops, keep)
+    return counts_above, macs
 
 
 def _ops_reaching(net, ops, floor: float, iterations: int = 40):
@@ -89,17 +114,19 @@ def _ops_reaching(net, ops, floor: float, iterations: int = 40):
     return promoted
 
 
-def _counts_for_target(counts_above, macs, logits, target: float) -> dict[str, int]:
-    """Bisection over one global logit threshold: keep the `n` highest-ranked channels."""
+def _threshold_for_target(counts_above, macs, logits, target: float) -> float:
+    """One global logit threshold, by bisection over the ranked logits, whose kept channels come
+    closest to `target` MACs; it lies halfway between the last logit kept and the next, so that
+    shifting the logits by it leaves none exactly on the keep threshold."""
     ranked = torch.sort(torch.cat(list(logits.values())), descending=True).values.tolist()
-    lo, hi = 1, len(ranked)  # invariant: macs(lo) <= target < macs(hi), unless at the ends
+    between = lambda n: (ranked[n - 1] + ranked[n]) / 2 if n < len(ranked) else ranked[-1] - 1.0
+    lo, hi = 1, len(ranked)  # keep the n highest: invariant macs(lo) <= target < macs(hi)
     if macs(counts_above(ranked[-1])) <= target:
-        return counts_above(ranked[-1])
+        return between(len(ranked))
     while hi - lo > 1:
         mid = (lo + hi) // 2
         if macs(counts_above(ranked[mid - 1])) <= target:
             lo = mid
         else:
             hi = mid
-    candidates = [counts_above(ranked[lo - 1]), counts_above(ranked[hi - 1])]
-    return min(candidates, key=lambda c: abs(macs(c) - target))
+    return min((between(lo), between(hi)), key=lambda t: abs(macs(counts_above(t)) - target))

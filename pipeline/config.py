@@ -34,7 +34,7 @@ class DataConfig:
     image_size: int = 32  # imagefolder only
     resize: int | None = None  # downsample every split to resize x resize (antialiased)
     batch_size: int = 64
-    val_fraction: float = 0.5  # of the training set, held out for the architecture step
+    val_fraction: float = 0.5  # of the training set: the architecture step's validation batches
     crop_padding: int = 1
     hflip: bool = False
 
@@ -50,6 +50,10 @@ class TargetConfig:
     # discrete: cost of the currently derived network, straight-through gradients (default);
     # expected: the soft expectation over op weights and gates (plain DARTS-style relaxation)
     estimator: str = "discrete"
+    # the penalty's gradients are those of the relaxation at this temperature (its value is
+    # unchanged); null: at the search's own, whose gradients vanish as it cools (the search then
+    # freezes off its target: measured in benchmarks/pareto.py --preset cifar16)
+    surrogate_temperature: float | None = 1.0
 
 
 @dataclass
@@ -57,6 +61,10 @@ class SearchConfig:
     epochs: int = 30
     warmup_epochs: int = 5  # weights only: the architecture is frozen (also against DARTS' skip collapse)
     order: int = 1  # 1: first-order DARTS; 2: unrolled step with finite-difference Hessian
+    # the training images the weights step on: all (the architecture's validation batches come
+    # from the held-out data.val_fraction, which the weights also see) or split (DARTS: only the
+    # rest; the weights then see half the data in a search epoch)
+    weight_data: str = "all"
     hessian_eps: float = 0.01  # second order: finite-difference step / |dL_val/dw'| (DARTS)
     w_lr: float = 0.05
     w_lr_min: float = 0.001
@@ -68,6 +76,9 @@ class SearchConfig:
     mask_weight_decay: float = 0.0  # on mask logits: decay pulls them toward the keep threshold
     temperature_start: float = 1.0
     temperature_end: float = 0.01  # cold enough that the last epochs train a discrete network
+    # once the derived network has reached the MACs target, each epoch ends on it (within
+    # derive.tolerance): all mask logits shift by one offset when it drifted further off
+    hold_target: bool = True
     target: TargetConfig = field(default_factory=TargetConfig)
 
 
@@ -307,7 +318,7 @@ RANGES: dict[str, Range] = {
     "search.temperature_end": POSITIVE,
     "search.target.macs": POSITIVE, "search.target.macs_fraction": UNIT,
     "search.target.params": POSITIVE, "search.target.params_fraction": UNIT,
-    "search.target.weight": AT_LEAST_0,
+    "search.target.weight": AT_LEAST_0, "search.target.surrogate_temperature": POSITIVE,
     "derive.macs": POSITIVE, "derive.tolerance": Range(0, 1, high_open=True),
     "derive.round_to": AT_LEAST_1, "derive.min_channels": AT_LEAST_1, "derive.eval_cells": AT_LEAST_1,
     "derive.eval_channels": Range(2),
@@ -318,6 +329,7 @@ RANGES: dict[str, Range] = {
     "finetune.drop_path": PROBABILITY, "finetune.aux_weight": AT_LEAST_0, "finetune.cutout": AT_LEAST_0,
     "export.calibration_batches": AT_LEAST_1,
 }
+WEIGHT_DATA = ("all", "split")
 QUANTIZED = tuple(p for p in PRECISIONS if p != "fp32")
 
 
@@ -339,6 +351,8 @@ def validate(cfg: RunConfig) -> None:
         (s.warmup_epochs <= s.epochs,
          f"search.warmup_epochs must be in [0, search.epochs={s.epochs}], got {s.warmup_epochs}"),
         (s.order in (1, 2), f"search.order must be 1 (first order) or 2 (second order), got {s.order}"),
+        (s.weight_data in WEIGHT_DATA,
+         f"search.weight_data must be one of {', '.join(WEIGHT_DATA)}, got {s.weight_data!r}"),
         (f.warmup_epochs <= max(f.epochs, 0),
          f"finetune.warmup_epochs must be in [0, finetune.epochs={f.epochs}], got {f.warmup_epochs}"),
         (s.target.estimator in ESTIMATORS.names(),

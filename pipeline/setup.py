@@ -89,6 +89,8 @@ def prepare_search(cfg: RunConfig, run_dir: Path, data: ImageData | None = None,
     net = build_supernet(cfg, meta, device)
     targets = resolve_targets(cfg.search.target, net, cfg.derive.min_channels)
     train_idx, val_idx = split_train_val(len(data.y_train), cfg.data.val_fraction, cfg.seed)
+    if cfg.search.weight_data == "all":
+        train_idx = torch.arange(len(data.y_train))
     train = loader(cfg, data.x_train[train_idx], data.y_train[train_idx], meta, device, True, cfg.seed)
     val = loader(cfg, data.x_train[val_idx], data.y_train[val_idx], meta, device, True, cfg.seed + 1)
     logger = logger_factory(run_dir, net, targets.macs) if logger_factory else None

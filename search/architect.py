@@ -28,10 +28,12 @@ class Architect:
     def __init__(self, net, penalty: CostPenalty, lr: float, weight_decay: float = 0.0,
                  order: int = 1, betas: tuple[float, float] = (0.5, 0.999),
                  estimator: str = "discrete", hessian_eps: float = 0.01,
-                 rounding: WidthRounding = WidthRounding(), mask_weight_decay: float = 0.0) -> None:
+                 rounding: WidthRounding = WidthRounding(), mask_weight_decay: float = 0.0,
+                 surrogate_temperature: float | None = 1.0) -> None:
         self.net, self.penalty, self.order = net, penalty, order
         self.hessian_eps = hessian_eps  # finite-difference step, relative to |d L_val / d w'|
-        self.cost_fn = functools.partial(ESTIMATORS.get(estimator), rounding=rounding)
+        self.cost_fn = functools.partial(ESTIMATORS.get(estimator), rounding=rounding,
+                                         surrogate_temperature=surrogate_temperature)
         self.params = net.arch_parameters()
         alphas = list(net.alphas.values())
         masks = [m.logits for m in net.masks.values()]

@@ -10,6 +10,7 @@ import torch
 from timm.scheduler import CosineLRScheduler
 from tqdm import tqdm
 
+from derive.discretize import hold_target
 from ops import WidthRounding
 from search.architect import Architect
 from search.checkpoint import load_checkpoint, rng_state, save_checkpoint, set_rng_state
@@ -33,6 +34,13 @@ def temperature_at(epoch: int, search_cfg) -> float:
     return s.temperature_start * (s.temperature_end / s.temperature_start) ** progress_at(epoch, s)
 
 
+def _cycle(loader):
+    """The loader's batches, again and again (each pass reshuffled by its generator): the
+    architecture's held-out split can be smaller than the weights' training set."""
+    while True:
+        yield from loader
+
+
 class Searcher:
     CHECKPOINT = "search.pt"
 
@@ -48,12 +56,13 @@ class Searcher:
         self.w_opt = torch.optim.SGD(net.weight_parameters(), lr=s.w_lr, momentum=s.w_momentum,
                                      weight_decay=s.w_weight_decay)
         self.w_sched = CosineLRScheduler(self.w_opt, t_initial=s.epochs, lr_min=s.w_lr_min)
-        rounding = WidthRounding(cfg.derive.round_to, cfg.derive.min_channels)
+        self.rounding = rounding = WidthRounding(cfg.derive.round_to, cfg.derive.min_channels)
         self.discrete_cost = functools.partial(discrete_cost, rounding=rounding)
         self.architect = Architect(net, CostPenalty(targets, s.target.weight), s.arch_lr,
                                    s.arch_weight_decay, s.order, estimator=s.target.estimator,
                                    hessian_eps=s.hessian_eps, rounding=rounding,
-                                   mask_weight_decay=s.mask_weight_decay)
+                                   mask_weight_decay=s.mask_weight_decay,
+                                   surrogate_temperature=s.target.surrogate_temperature)
         self.epoch, self.step, self.history = 0, 0, []
 
     @property
@@ -92,7 +101,7 @@ class Searcher:
         search_arch = self.epoch >= s.warmup_epochs
         # summed train loss, train correct, val loss, val correct stay on the device; counts on host
         sums, counts = torch.zeros(4, device=self.device), [0, 0]
-        for train_batch, val_batch in zip(self.train_loader, self.val_loader):
+        for train_batch, val_batch in zip(self.train_loader, _cycle(self.val_loader)):
             if search_arch:
                 stats = self.arch_step(train_batch, val_batch)
                 val_loss, val_correct = stats["val_loss"], stats["val_correct"]
@@ -135,6 +144,26 @@ class Searcher:
                 "temperature": float(self.net.temperature), "w_lr": self.w_opt.param_groups[0]["lr"],
                 **self.net.arch_stats()}
 
+    def _hold_target(self, metrics: dict[str, float]) -> None:
+        """Once the derived network has reached the MACs target (come within the derivation's
+        tolerance, or crossed it), every later epoch ends on it: a network that drifted further
+        off is moved back by shifting all mask logits by one offset (`derive.hold_target`), so
+        that the search ends at its target and derivation changes nothing. Annealed gates make
+        the penalty's discrete cost jump a few percent around the target from step to step."""
+        target, tol = self.targets.macs, self.cfg.derive.tolerance
+        s = self.cfg.search
+        if target is None or not s.hold_target or self.epoch < s.warmup_epochs:
+            return
+        ratios = [m["discrete_macs"] / target for m in [*self.history, metrics]
+                  if m["epoch"] >= s.warmup_epochs]
+        if not (any(abs(r - 1) <= tol for r in ratios) or min(ratios) < 1 < max(ratios)):
+            return
+        offset = hold_target(self.net, target, tol, self.rounding)
+        if offset:
+            with torch.no_grad():
+                metrics["discrete_macs"] = float(self.discrete_cost(self.net).macs)
+        metrics["mask_shift"] = offset
+
     def _check_finite_state(self) -> None:
         """Weights, alpha, masks, buffers and both optimisers' state must be finite: the last
         update of an epoch can break them while every loss of the epoch was finite. One sync."""
@@ -157,13 +186,14 @@ class Searcher:
 
     def run(self) -> dict[str, float]:
         s = self.cfg.search
-        steps = min(len(self.train_loader), len(self.val_loader))  # zip stops at the shorter
+        steps = len(self.train_loader)  # an epoch is one pass of the weights; val batches cycle
         bar = tqdm(total=s.epochs * steps, initial=self.epoch * steps, desc="search",
                    dynamic_ncols=True, mininterval=1.0)
         try:
             while self.epoch < s.epochs:
                 bar.set_description(f"search {self.epoch + 1}/{s.epochs}")
                 metrics = self.run_epoch(bar)
+                self._hold_target(metrics)
                 self._check_finite_state()  # before the save: never overwrite a good checkpoint
                 self.history.append(metrics)
                 self.epoch += 1

@@ -29,6 +29,7 @@ OpWeights = dict[str, torch.Tensor]  # the space's op weights (probabilities or 
 Widths = Mapping[str, Any]  # channel group -> width (int, float or 0-d tensor)
 Index = torch.Tensor | None  # kept channel indices; None keeps every channel
 CopyPlan = list[tuple[nn.Module, nn.Module, dict[str, Index]]]
+Temperature = torch.Tensor | float | None  # None: the space's current (search) temperature
 
 SPACES = Registry("search space")
 
@@ -74,8 +75,10 @@ class Supernet(nn.Module, abc.ABC):
         own (the DARTS space's decaying auxiliary skip) follow it."""
 
     # -- channel masks ----------------------------------------------------------------------------
-    def gates(self) -> dict[str, torch.Tensor]:
-        return {name: mask(self.temperature) for name, mask in self.masks.items()}
+    def gates(self, temperature: Temperature = None) -> dict[str, torch.Tensor]:
+        """sigmoid(logit / temperature) per group (default: the search's temperature)."""
+        t = self.temperature if temperature is None else temperature
+        return {name: mask(t) for name, mask in self.masks.items()}
 
     def full_widths(self) -> dict[str, int]:
         return {name: mask.channels for name, mask in self.masks.items()}
@@ -90,8 +93,9 @@ class Supernet(nn.Module, abc.ABC):
 
     # -- op weights and derivation (abstract) ---------------------------------------------------
     @abc.abstractmethod
-    def op_weights(self) -> OpWeights:
-        """softmax(alpha / temperature) per choice, or one-hot on the ops `restrict_ops` set."""
+    def op_weights(self, temperature: Temperature = None) -> OpWeights:
+        """softmax(alpha / temperature) per choice (default: the search's temperature), or
+        one-hot on the ops `restrict_ops` set."""
 
     def op_logits(self) -> OpWeights:
         """What derivation ranks, free of the temperature: log-probabilities at temperature 1,

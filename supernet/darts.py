@@ -219,12 +219,13 @@ class DartsSupernet(Supernet):
         self.aux_skip = self.space.aux_skip * (1.0 - min(max(fraction, 0.0), 1.0))
 
     # -- op weights, selection, derivation ------------------------------------------------------
-    def op_weights(self) -> dict[str, torch.Tensor]:
+    def op_weights(self, temperature=None) -> dict[str, torch.Tensor]:
         """Per cell type, an (edges, ops) matrix: softmax(alpha / temperature) row by row, or the
         one-hot matrix of the derived cell after `restrict_ops`."""
         if self.fixed_weights is not None:
             return self.fixed_weights
-        return {k: torch.softmax(a / self.temperature, dim=-1) for k, a in self.alphas.items()}
+        t = self.temperature if temperature is None else temperature
+        return {k: torch.softmax(a / t, dim=-1) for k, a in self.alphas.items()}
 
     def op_logits(self) -> dict[str, torch.Tensor]:
         return self.fixed_weights if self.fixed_weights is not None else super().op_logits()

@@ -115,13 +115,14 @@ class MacroSupernet(Supernet):
         self.final_size, self.final_group = size, group_prev
 
     # -- architecture state ---------------------------------------------------------------------
-    def op_weights(self) -> dict[str, torch.Tensor]:
+    def op_weights(self, temperature=None) -> dict[str, torch.Tensor]:
         """Per layer: softmax(alpha / temperature), or one-hot on the op `restrict_ops` set."""
+        t = self.temperature if temperature is None else temperature
         out = {}
         for layer in self.layers:
             alpha = self.alphas[layer.name]
             if layer.mixed.active is None:
-                out[layer.name] = torch.softmax(alpha / self.temperature, dim=0)
+                out[layer.name] = torch.softmax(alpha / t, dim=0)
             else:
                 out[layer.name] = nn.functional.one_hot(
                     torch.tensor(layer.mixed.active, device=alpha.device), len(alpha)).to(alpha.dtype)

@@ -88,16 +88,25 @@ def test_torch_pruning_reaches_the_target(backbone):
 
 
 def test_pareto_benchmark_quick_mode(tmp_path):
-    """The whole comparison, tiny epochs, one seed: every method at every target."""
+    """The whole comparison, tiny epochs, one seed: every method at every target, both budgets:
+    uniform and random train for the total epochs in (a) and the fine-tune's in (b); the
+    others train once, the same network reported under both."""
     subprocess.run([sys.executable, "benchmarks/pareto.py", "--quick", "--out", str(tmp_path)],
                    cwd=ROOT, check=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     import json
     result = json.loads((tmp_path / "pareto-digits-quick.json").read_text())
     methods = {r["method"] for r in result["rows"]}
     assert methods == {"ours", "uniform", "l1", "torch_pruning", "random"}
-    assert len(result["rows"]) == 15
+    assert len(result["rows"]) == 30
+    assert result["epochs"] == {"a": 3, "b": 1}  # QUICK: 2 search + 1 fine-tune epochs
+    by = {(r["method"], r["fraction"], r["budget"]): r for r in result["rows"]}
+    for (method, fraction, budget), r in by.items():
+        other = by[method, fraction, "b" if budget == "a" else "a"]
+        shared = method in ("ours", "l1", "torch_pruning")
+        assert (r["test_acc"] == other["test_acc"] and r["seconds"] == other["seconds"]) == shared
     for r in result["rows"]:  # every method at the same budget, up to one width step
         assert abs(r["macs"] - r["target_macs"]) <= 0.1 * r["target_macs"], r
         assert 0.0 <= r["test_acc"] <= 1.0
     assert (tmp_path / "pareto-digits-quick.png").stat().st_size > 0
-    assert "| torch_pruning |" in (tmp_path / "pareto-digits-quick.md").read_text()
+    table = (tmp_path / "pareto-digits-quick.md").read_text()
+    assert table.count("| torch_pruning |") == 2 and "budget (b)" in table

@@ -7,6 +7,8 @@ import torch
 from conftest import randomize, tiny_space
 from export import Architecture
 from derive import derive
+from derive.discretize import hold_target
+from ops import WidthRounding
 from supernet import MacroSupernet, StageSpec
 
 
@@ -35,6 +37,32 @@ def test_meets_macs_target_within_three_percent(net, fraction):
         warnings.simplefilter("error")  # a miss would warn
         d = derive(net, target)
     assert abs(d.arch.cost().macs - target) <= 0.03 * target
+
+
+@pytest.mark.parametrize("fraction", [0.2, 0.5, 0.8])
+def test_hold_target_shifts_every_mask_onto_the_target(net, fraction):
+    """The search's hold: one common offset moves the keep threshold (logit >= 0) so that the
+    masks alone meet the target; the derivation then keeps exactly those channels, ranked as
+    it would have ranked them, and a second hold is a no-op."""
+    target = fraction * full_width_macs(net)
+    rounding = WidthRounding(min_channels=2)
+    with torch.no_grad():  # every logit above the keep threshold: full width, off the target
+        for mask in net.masks.values():
+            mask.logits.add_(10.0 - mask.logits.min())
+    before = {g: m.logits.detach().clone() for g, m in net.masks.items()}
+    expected = derive(net, target, min_channels=2)  # by its global ranking
+    offset = hold_target(net, target, 0.03, rounding)
+    assert offset != 0.0
+    for g, m in net.masks.items():
+        assert torch.equal(m.logits.detach(), before[g] - offset)
+        assert not bool((m.logits == 0).any())  # the threshold lies between two logits
+    kept_by_masks = {g: int((net.masks[g].logits >= 0).sum()) for g in expected.keep}
+    held = derive(net, target, min_channels=2)
+    assert held.arch.cost().macs == expected.arch.cost().macs
+    assert abs(held.arch.cost().macs - target) <= 0.03 * target
+    assert {g: k.tolist() for g, k in held.keep.items()} == {g: k.tolist() for g, k in expected.keep.items()}
+    assert all(len(held.keep[g]) == rounding(n, net.masks[g].channels) for g, n in kept_by_masks.items())
+    assert hold_target(net, target, 0.03, rounding) == 0.0
 
 
 def test_ranks_channels_by_mask_value(net):

@@ -50,11 +50,12 @@ class ChainSupernet(Supernet):
     def _in(self, i: int, widths) -> int:
         return self.space.stem_channels if i == 0 else widths[self.names[i - 1]]
 
-    def op_weights(self):
+    def op_weights(self, temperature=None):
         if self.restricted is not None:
             return {n: torch.tensor([float(op == self.restricted[n]) for op in CANDIDATES])
                     for n in self.names}
-        return {n: torch.softmax(self.alphas[n] / self.temperature, 0) for n in self.names}
+        t = self.temperature if temperature is None else temperature
+        return {n: torch.softmax(self.alphas[n] / t, 0) for n in self.names}
 
     def select(self, weights):
         return {n: nn.functional.one_hot(w.argmax(), len(w)).to(w.dtype) for n, w in weights.items()}

@@ -60,6 +60,29 @@ def test_discrete_cost_has_gradients_for_alpha_and_masks(tiny_net):
     assert sum(float(g.abs().sum()) for g in grads) > 0
 
 
+@pytest.mark.parametrize("estimator", [discrete_cost, expected_cost])
+def test_penalty_gradients_do_not_vanish_when_the_search_is_cold(tiny_net, estimator):
+    """At T = 0.01 the relaxation saturates: every gradient at the search's temperature is 0
+    for logits 1 away from the threshold. The surrogate at T = 1 keeps them all, and the cost
+    itself is unchanged."""
+    torch.manual_seed(0)
+    with torch.no_grad():
+        for mask in tiny_net.masks.values():
+            mask.logits.copy_(torch.where(torch.rand(mask.channels) < 0.5, -1.0, 1.0))
+        for alpha in tiny_net.alphas.values():
+            alpha.copy_(torch.randperm(len(alpha)).float())  # margins of 1 between ops
+    tiny_net.set_temperature(0.01)
+    cold, surrogate = estimator(tiny_net), estimator(tiny_net, surrogate_temperature=1.0)
+    assert float(cold.macs.detach()) == float(surrogate.macs.detach())
+    assert float(cold.params.detach()) == float(surrogate.params.detach())
+    used = tiny_net.used_groups(tiny_net.derive_ops())  # the others cost nothing in `cold`
+    params = [*tiny_net.alphas.values(), *(tiny_net.masks[g].logits for g in used)]
+    for g in torch.autograd.grad(cold.macs, params, allow_unused=True):
+        assert g is None or float(g.abs().max()) < 1e-30
+    for g in torch.autograd.grad(surrogate.macs, params):
+        assert bool((g.abs() > 0).all())  # every alpha and every used mask logit
+
+
 def test_expected_cost_by_hand_for_a_one_layer_space():
     space = MacroSpaceConfig(stem_channels=4, stages=[StageSpec(8, 1, 2)],
                              first_candidates=["conv_3x3", "skip_connect"], candidates=["zero"])
