@@ -52,7 +52,7 @@ class TargetConfig:
     estimator: str = "discrete"
     # the penalty's gradients are those of the relaxation at this temperature (its value is
     # unchanged); null: at the search's own, whose gradients vanish as it cools (the search then
-    # freezes off its target: measured in benchmarks/pareto.py --preset cifar16)
+    # freezes off its target: measured by benchmarks/search_ablation.py)
     surrogate_temperature: float | None = 1.0
 
 

@@ -209,7 +209,8 @@ class Searcher:
         e = self.epoch
         self.logger.scalars({"loss/train": m["train_loss"], "loss/val": m["val_loss"],
                              "acc/train": m["train_acc"], "acc/val": m["val_acc"],
-                             "lr/weights": m["w_lr"], "temperature": m["temperature"]}, e)
+                             "lr/weights": m["w_lr"], "temperature": m["temperature"],
+                             "cost/mask_shift": m.get("mask_shift", 0.0)}, e)
         self.logger.architecture(self.net, e, {k: m[k] for k in (
             "expected_macs", "discrete_macs", "expected_params")})
 

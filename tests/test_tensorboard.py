@@ -49,6 +49,8 @@ def test_masks_channels_and_cost_against_target(logged_run):
         searcher.history[-1]["expected_macs"], rel=1e-6)
     assert values(events, "cost/discrete_macs")[-1] == pytest.approx(
         searcher.history[-1]["discrete_macs"], rel=1e-6)
+    assert values(events, "cost/mask_shift") == pytest.approx(  # the target hold's offsets
+        [h.get("mask_shift", 0.0) for h in searcher.history])
 
 
 def test_losses_accuracies_text_and_hparams(logged_run):
