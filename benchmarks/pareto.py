@@ -61,7 +61,7 @@ class Bench:
     each serves both; uniform width and random architectures train from scratch for each
     budget's epochs. The pre-trained dense backbone does not depend on the target: one per seed."""
 
-    def __init__(self, config: str, overrides: list[str]) -> None:
+    def __init__(self, config: str, overrides: list[str], budgets=("a", "b")) -> None:
         self.config, self.overrides = config, overrides
         self.cfg = load_config(ROOT / config, overrides)
         self.data = load_data(self.cfg)
@@ -73,7 +73,7 @@ class Bench:
         self.backbone_cfg = replace(self.cfg, space_config=backbone_space)
         ft, search = self.cfg.finetune.epochs, self.cfg.search.epochs
         # epochs that train a final network from scratch: (a) the total, (b) the fine-tune's
-        self.scratch_epochs = {"a": ft + search, "b": ft}
+        self.scratch_epochs = {b: e for b, e in {"a": ft + search, "b": ft}.items() if b in budgets}
         self.example = torch.randn(1, self.meta.in_channels, self.meta.input_size, self.meta.input_size)
         self._dense: dict[int, tuple] = {}
 
@@ -234,7 +234,7 @@ def main(argv: list[str] | None = None) -> list[dict]:
     overrides = [*overrides, *(QUICK if args.quick else [])]
     seeds = range(1 if args.quick else args.seeds)
     budgets = ["a", "b"] if args.budget == "both" else [args.budget]
-    bench = Bench(config, overrides)
+    bench = Bench(config, overrides, budgets)
     dense = bench.dense_macs()
     rows = []
     with tempfile.TemporaryDirectory() as tmp:
