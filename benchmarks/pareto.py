@@ -83,6 +83,12 @@ class Bench:
     def dense_macs(self) -> float:
         return self.backbone().dense_architecture().cost().macs
 
+    def ours_config(self, target: float, seed: int, changes: list[str] = ()):
+        """The preset's config for one run of ours at an absolute MACs target."""
+        return load_config(ROOT / self.config, [*self.overrides, f"search.target.macs={target}",
+                                                "search.target.macs_fraction=null", f"seed={seed}",
+                                                *changes])
+
     def train_eval(self, model, epochs: int, seed: int) -> float:
         seed_everything(seed)
         ft = replace(self.cfg.finetune, epochs=epochs, kd_weight=0.0, from_scratch=False,
@@ -97,8 +103,7 @@ class Bench:
 
     # -- methods: each returns {budget: result} ----------------------------------------------------
     def ours(self, target: float, seed: int, workdir: Path) -> dict:
-        cfg = load_config(ROOT / self.config, [*self.overrides, f"search.target.macs={target}",
-                                               "search.target.macs_fraction=null", f"seed={seed}"])
+        cfg = self.ours_config(target, seed)
         run_dir = workdir / f"ours-{target:.0f}-{seed}"
         start = time.perf_counter()
         metrics = run(cfg, run_dir, data=self.data)

@@ -20,7 +20,7 @@ from pathlib import Path
 import torch
 
 from pareto import PRESETS, ROOT, Bench
-from pipeline import load_config, run
+from pipeline import run
 
 # cumulative: each variant adds one change to the one before; the last is today's default
 VARIANTS = {
@@ -39,16 +39,13 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--seeds", type=int, default=3)
     p.add_argument("--out", default=str(ROOT / "benchmarks" / "results"))
     args = p.parse_args(sys.argv[1:] if argv is None else argv)
-    config, overrides = PRESETS["cifar16"]
-    bench = Bench(config, overrides)
+    bench = Bench(*PRESETS["cifar16"])
     target = args.fraction * bench.dense_macs()
     rows = []
     with tempfile.TemporaryDirectory() as tmp:
         for name, changes in VARIANTS.items():
             for seed in range(args.seeds):
-                cfg = load_config(ROOT / config, [*overrides, f"search.target.macs={target}",
-                                                  "search.target.macs_fraction=null", f"seed={seed}",
-                                                  *changes])
+                cfg = bench.ours_config(target, seed, changes)
                 run_dir = Path(tmp) / f"{len(rows)}"
                 start = time.perf_counter()
                 m = run(cfg, run_dir, stages=("search", "derive", "finetune"), data=bench.data,

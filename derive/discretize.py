@@ -39,10 +39,7 @@ def derive(net, target_macs: float | None = None, tolerance: float = 0.03, round
         ops = net.derive_ops()
         if promote_ops and target_macs is not None:
             ops = _ops_reaching(net, ops, (1 - tolerance) * target_macs)
-        logits = {g: net.masks[g].logits.detach().float().cpu() for g in net.used_groups(ops)}
-
-    rounding = WidthRounding(round_to, min_channels)
-    counts_above, macs = _channel_rule(net, ops, logits, rounding)
+    logits, counts_above, macs = _channel_rule(net, ops, WidthRounding(round_to, min_channels))
     counts = counts_above(KEEP_LOGIT)  # the channels each mask keeps, as the penalty counts them
     if target_macs is not None and abs(macs(counts) - target_macs) > tolerance * target_macs:
         counts = counts_above(_threshold_for_target(counts_above, macs, logits, target_macs))
@@ -55,27 +52,31 @@ def derive(net, target_macs: float | None = None, tolerance: float = 0.03, round
 
 
 def hold_target(net, target_macs: float, tolerance: float = 0.03,
-                rounding: WidthRounding = WidthRounding()) -> float:
+                rounding: WidthRounding = WidthRounding()) -> tuple[float, float]:
     """Move a supernet whose derived network is more than `tolerance` off `target_macs` back onto
     it: every mask logit is shifted by one common offset, so that the channels kept (logit >= 0)
     are those the discretizer's global ranking would keep. The search calls it between epochs once
     it has reached its target, so that it ends there and derivation changes nothing. Returns the
-    offset subtracted (0.0 when the network was within the tolerance)."""
+    offset subtracted (0.0 when the network was within the tolerance) and the MACs of the network
+    the masks keep afterwards."""
     with torch.no_grad():
-        ops = net.derive_ops()
-        logits = {g: net.masks[g].logits.detach().float().cpu() for g in net.used_groups(ops)}
-        counts_above, macs = _channel_rule(net, ops, logits, rounding)
-        if abs(macs(counts_above(KEEP_LOGIT)) - target_macs) <= tolerance * target_macs:
-            return 0.0
+        logits, counts_above, macs = _channel_rule(net, net.derive_ops(), rounding)
+        reached = macs(counts_above(KEEP_LOGIT))
+        if abs(reached - target_macs) <= tolerance * target_macs:
+            return 0.0, reached
         offset = _threshold_for_target(counts_above, macs, logits, target_macs)
+        reached = macs(counts_above(offset))  # before the shift: `logits` may share its memory
         for mask in net.masks.values():
             mask.logits.sub_(offset)
-    return offset
+    return offset, reached
 
 
-def _channel_rule(net, ops, logits: dict[str, torch.Tensor], rounding: WidthRounding):
-    """counts_above(threshold): each group's width keeping the logits >= threshold, rounded;
-    macs(counts): the MACs of `ops` at those widths."""
+def _channel_rule(net, ops, rounding: WidthRounding):
+    """The mask logits of the groups `ops` uses (on the CPU); counts_above(threshold): each
+    group's width keeping the logits >= threshold, rounded; macs(counts): the MACs of `ops` at
+    those widths."""
+    logits = {g: net.masks[g].logits.detach().float().cpu() for g in net.used_groups(ops)}
+
     def counts_above(threshold: float) -> dict[str, int]:
         return {g: rounding(int((lg >= threshold).sum()), lg.numel(), net.channel_step(g))
                 for g, lg in logits.items()}
@@ -83,7 +84,7 @@ def _channel_rule(net, ops, logits: dict[str, torch.Tensor], rounding: WidthRoun
     def macs(counts: dict[str, int]) -> float:
         return net.architecture(ops, counts).cost().macs
 
-    return counts_above, macs
+    return logits, counts_above, macs
 
 
 def _ops_reaching(net, ops, floor: float, iterations: int = 40):

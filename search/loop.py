@@ -158,11 +158,8 @@ class Searcher:
                   if m["epoch"] >= s.warmup_epochs]
         if not (any(abs(r - 1) <= tol for r in ratios) or min(ratios) < 1 < max(ratios)):
             return
-        offset = hold_target(self.net, target, tol, self.rounding)
-        if offset:
-            with torch.no_grad():
-                metrics["discrete_macs"] = float(self.discrete_cost(self.net).macs)
-        metrics["mask_shift"] = offset
+        metrics["mask_shift"], macs = hold_target(self.net, target, tol, self.rounding)
+        metrics["discrete_macs"] = float(macs)  # the held network's (unchanged when not moved)
 
     def _check_finite_state(self) -> None:
         """Weights, alpha, masks, buffers and both optimisers' state must be finite: the last

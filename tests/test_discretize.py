@@ -51,18 +51,18 @@ def test_hold_target_shifts_every_mask_onto_the_target(net, fraction):
             mask.logits.add_(10.0 - mask.logits.min())
     before = {g: m.logits.detach().clone() for g, m in net.masks.items()}
     expected = derive(net, target, min_channels=2)  # by its global ranking
-    offset = hold_target(net, target, 0.03, rounding)
+    offset, held_macs = hold_target(net, target, 0.03, rounding)
     assert offset != 0.0
     for g, m in net.masks.items():
         assert torch.equal(m.logits.detach(), before[g] - offset)
         assert not bool((m.logits == 0).any())  # the threshold lies between two logits
     kept_by_masks = {g: int((net.masks[g].logits >= 0).sum()) for g in expected.keep}
     held = derive(net, target, min_channels=2)
-    assert held.arch.cost().macs == expected.arch.cost().macs
+    assert held.arch.cost().macs == expected.arch.cost().macs == held_macs
     assert abs(held.arch.cost().macs - target) <= 0.03 * target
     assert {g: k.tolist() for g, k in held.keep.items()} == {g: k.tolist() for g, k in expected.keep.items()}
     assert all(len(held.keep[g]) == rounding(n, net.masks[g].channels) for g, n in kept_by_masks.items())
-    assert hold_target(net, target, 0.03, rounding) == 0.0
+    assert hold_target(net, target, 0.03, rounding) == (0.0, held_macs)
 
 
 def test_ranks_channels_by_mask_value(net):
