@@ -71,7 +71,11 @@ def copy_selected(src: nn.Module, dst: nn.Module, index: dict[str, Index]) -> No
 
 def slim(net, derivation: Derivation) -> CompactNet:
     """The compact model of `derivation`, holding the supernet's kept weights: the space says
-    which of its modules feed which compact module with which channels (`net.copy_plan`)."""
+    which of its modules feed which compact module with which channels (`net.copy_plan`), unless
+    it slims its own way (`net.slim`)."""
+    own = net.slim(derivation.arch, derivation.keep)
+    if own is not None:
+        return own
     model = build(derivation.arch).to(next(net.parameters()).device)
     for src, dst, index in net.copy_plan(model, derivation.arch, derivation.keep):
         copy_selected(src, dst, index)

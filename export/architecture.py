@@ -121,8 +121,14 @@ class Architecture:
         return cls.from_dict(json.loads(text))
 
     @classmethod
-    def load(cls, path: str | Path) -> "Architecture":
-        return cls.from_json(Path(path).read_text())
+    def load(cls, path: str | Path):
+        """The record in an arch.json: an `Architecture`, or a `PrunedArchitecture` (a user's
+        network, recorded by its source)."""
+        data = json.loads(Path(path).read_text())
+        if isinstance(data, dict) and data.get("space") == "model":
+            from export.pruned_model import PrunedArchitecture
+            return PrunedArchitecture.from_dict(data)
+        return cls.from_dict(data)
 
     # -- cost -----------------------------------------------------------------------------------
     def cost(self) -> Cost:

@@ -71,8 +71,11 @@ class CompactNet(nn.Module):
         return self.head(s1)
 
 
-def build(arch: Architecture) -> CompactNet:
-    return CompactNet(arch)
+def build(arch) -> nn.Module:
+    """The model of an architecture record: a `CompactNet`, or a pruned user network (its
+    source rebuilt at the recorded shapes, see export/pruned_model.py)."""
+    from export.pruned_model import PrunedArchitecture, build_pruned
+    return build_pruned(arch) if isinstance(arch, PrunedArchitecture) else CompactNet(arch)
 
 
 def set_drop_path(model: nn.Module, prob: float) -> None:

@@ -150,8 +150,10 @@ def derive_and_export(cfg: RunConfig, run_dir: Path, data: ImageData, searched: 
         report(f"evaluation network: {len(arch.cells)} cells, {cfg.derive.eval_channels} channels, "
                f"{cost.macs:,.0f} MACs, {cost.params:,.0f} params, trained from scratch")
     if "finetune" in stages:
-        # the soft supernet is the distillation teacher (used when finetune.kd_weight > 0)
-        compact = ctx.train(compact, teacher=net, logger=logger, train_loader=train_loader)
+        # the space's teacher (the soft supernet; a user's network as it was before pruning)
+        # is distilled from when finetune.kd_weight > 0
+        compact = ctx.train(compact, teacher=net.distillation_teacher(), logger=logger,
+                            train_loader=train_loader)
     test_metrics = ctx.evaluate(compact)
 
     meta = ctx.meta

@@ -159,6 +159,16 @@ class Supernet(nn.Module, abc.ABC):
         return self.architecture(self.derive_ops(self.single_path_weights(widths, largest=True)),
                                  widths, mean, std)
 
+    def slim(self, arch, keep: Mapping[str, torch.Tensor]) -> nn.Module | None:
+        """The compact model of a derivation, for a space that slims its own way (a user's
+        network is pruned in a copy); None: `derive.slim` builds `arch` and copies weights by
+        `copy_plan`."""
+        return None
+
+    def distillation_teacher(self) -> nn.Module:
+        """What the fine-tune distils from (`finetune.kd_weight`): the soft supernet itself."""
+        return self
+
     @abc.abstractmethod
     def copy_plan(self, model: nn.Module, arch: Architecture,
                   keep: Mapping[str, torch.Tensor]) -> CopyPlan:

@@ -1,0 +1,111 @@
+"""The record of a pruned user network and its rebuild without pickling or search code.
+
+A pruned torchvision/timm/user network is its source (how to build the original) plus the new
+shape of every tensor pruning changed and the blocks it removed. Loading builds the original
+structure from the source (no pretrained weights, no checkpoint), resizes those tensors in place
+(so a timm conv subclass keeps its own forward), swaps removed blocks for `nn.Identity`, and the
+caller loads the safetensors weights into it.
+"""
+from __future__ import annotations
+
+import json
+from dataclasses import asdict, dataclass, field
+
+import torch
+from torch import nn
+
+from export.model_source import build_source
+from ops import Cost
+
+FORMAT_VERSION = 1
+# int attributes that describe a layer's width, as torch and timm layers name them
+WIDTH_ATTRIBUTES = ("in_channels", "out_channels", "groups", "num_features", "in_features",
+                    "out_features", "normalized_shape")
+
+
+@dataclass(frozen=True)
+class PrunedArchitecture:
+    source: str
+    in_channels: int
+    input_size: int
+    num_classes: int
+    macs: int
+    params: int
+    widths: dict[str, int] = field(default_factory=dict)  # kept channels per group (to read)
+    removed: tuple[str, ...] = ()  # residual blocks replaced by identity (depth pruning)
+    # module name -> {"tensors": {name: shape}, <width attribute>: value}, where pruning changed it
+    modules: dict[str, dict] = field(default_factory=dict)
+    mean: tuple[float, ...] = ()
+    std: tuple[float, ...] = ()
+    space: str = "model"
+    version: int = FORMAT_VERSION
+
+    def __post_init__(self) -> None:
+        if self.version != FORMAT_VERSION:
+            raise ValueError(f"pruned-model format version {self.version} is not supported "
+                             f"(this code reads version {FORMAT_VERSION})")
+
+    def cost(self) -> Cost:
+        """MACs and params of the pruned network (fvcore's convention, counted when derived)."""
+        return Cost(self.macs, self.params)
+
+    def to_json(self) -> str:
+        return json.dumps(asdict(self), indent=2)
+
+    @classmethod
+    def from_dict(cls, data: dict) -> "PrunedArchitecture":
+        data = dict(data)
+        for key in ("removed", "mean", "std"):
+            data[key] = tuple(data.get(key, ()))
+        return cls(**data)
+
+
+def layer_shapes(module: nn.Module) -> dict:
+    """What a rebuild needs to give `module` its current widths."""
+    out = {"tensors": {n: list(t.shape) for n, t in [*module.named_parameters(recurse=False),
+                                                       *module.named_buffers(recurse=False)]
+                       if t is not None and t.dim() > 0}}
+    for attr in WIDTH_ATTRIBUTES:
+        value = getattr(module, attr, None)
+        if isinstance(value, (int, tuple)) and not isinstance(value, bool):
+            out[attr] = list(value) if isinstance(value, tuple) else value
+    return out
+
+
+def changed_layers(original: nn.Module, pruned: nn.Module) -> dict[str, dict]:
+    """`layer_shapes` of every module of `pruned` whose shapes differ from `original`'s."""
+    before = dict(original.named_modules())
+    return {name: shapes for name, m in pruned.named_modules()
+            if name in before and (shapes := layer_shapes(m)) != layer_shapes(before[name])}
+
+
+def resize_layer(module: nn.Module, shapes: dict, name: str) -> None:
+    for tensor_name, shape in shapes["tensors"].items():
+        old = getattr(module, tensor_name, None)
+        if not isinstance(old, torch.Tensor):
+            raise ValueError(f"{name} has no tensor {tensor_name!r} to resize")
+        new = torch.empty(shape, dtype=old.dtype)
+        if isinstance(old, nn.Parameter):
+            setattr(module, tensor_name, nn.Parameter(new, requires_grad=old.requires_grad))
+        else:
+            module._buffers[tensor_name] = new
+    for attr, value in shapes.items():
+        if attr != "tensors":
+            setattr(module, attr, tuple(value) if isinstance(value, list) else value)
+
+
+def build_pruned(arch: PrunedArchitecture) -> nn.Module:
+    """The pruned network's modules at the recorded shapes (weights uninitialised: load them)."""
+    model = build_source(arch.source, arch.num_classes, arch.in_channels)
+    modules = dict(model.named_modules())
+    unknown = [n for n in [*arch.modules, *arch.removed] if n not in modules]
+    if unknown:
+        raise ValueError(f"{arch.source} has no module(s) {unknown[:5]}: the record was made from "
+                         f"another version of the model")
+    for name, shapes in arch.modules.items():
+        resize_layer(modules[name], shapes, name)
+    for name in arch.removed:
+        parent, _, leaf = name.rpartition(".")
+        setattr(model.get_submodule(parent) if parent else model, leaf, nn.Identity())
+    model.arch = arch
+    return model

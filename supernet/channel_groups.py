@@ -1,0 +1,142 @@
+"""Channel groups of an arbitrary network, found by Torch-Pruning's `DependencyGraph`.
+
+A group is a set of channels that must be pruned together: a residual stream and every layer
+that adds into it, a depthwise conv and the layers around it, a concatenation's slices in every
+layer that reads it, an SE block's scale and the tensor it scales. Torch-Pruning traces the
+network's autograd graph and maps one channel index of the group's root layer to the matching
+index of every layer in it (with the offsets of concatenations and the repeats of a flatten).
+
+For each layer we keep its channel *spaces*: which groups its input and output channels belong
+to, at which indices. Width, cost and gating are all computed from these spaces.
+"""
+from __future__ import annotations
+
+import warnings
+from dataclasses import dataclass, field
+
+import torch
+from torch import nn
+
+# layers whose channels this tool can gate, count and slim
+SUPPORTED = (nn.Conv2d, nn.Linear, nn.BatchNorm2d, nn.LayerNorm)
+
+
+@dataclass
+class Slice:
+    group: str
+    index: torch.Tensor  # the layer's channel indices of group channels 0..n-1 (n * repeat long)
+    repeat: int = 1  # a flatten spreads one channel over `repeat` features
+
+
+@dataclass
+class ChannelSpace:
+    """One channel dimension of a layer: `size` channels, some of them in groups."""
+    size: int
+    slices: list[Slice] = field(default_factory=list)
+
+    def width(self, widths) -> object:
+        """Channel count at these group widths (ints, floats or tensors)."""
+        fixed = self.size - sum(len(s.index) for s in self.slices)
+        return fixed + sum(s.repeat * widths[s.group] for s in self.slices)
+
+    def gate(self, gates: dict[str, torch.Tensor]) -> torch.Tensor | None:
+        """Per-channel gate vector of this space (None when no group reaches it)."""
+        if not self.slices:
+            return None
+        ref = gates[self.slices[0].group]
+        vector = torch.ones(self.size, dtype=ref.dtype, device=ref.device)
+        for s in self.slices:
+            g = gates[s.group]
+            vector = vector.index_copy(0, s.index.to(g.device),
+                                       g.repeat_interleave(s.repeat) if s.repeat > 1 else g)
+        return vector
+
+
+@dataclass
+class ChannelGroups:
+    sizes: dict[str, int]  # group -> channels
+    roots: dict[str, tuple[str, object]]  # group -> (root layer name, Torch-Pruning handler)
+    inputs: dict[str, ChannelSpace]  # layer -> its input channels
+    outputs: dict[str, ChannelSpace]  # layer -> its output channels
+    params: dict[str, ChannelSpace]  # unwrapped parameter (e.g. ConvNeXt's layer scale) -> its channels
+    skipped: dict[str, str]  # root layer -> why its group is left unpruned
+    members: dict[str, set[str]] = field(default_factory=dict)  # group -> layer names
+
+
+def group_key(name: str) -> str:
+    """A ModuleDict key for a layer name (keys may not contain '.')."""
+    return name.replace(".", "/")
+
+
+def _width_of(dg, module, handler) -> int:
+    return dg.get_out_channels(module) if "out" in handler.__name__ else dg.get_in_channels(module)
+
+
+def _why_unsupported(module: nn.Module) -> str | None:
+    if isinstance(module, nn.Conv2d) and module.groups > 1 and not (
+            module.groups == module.in_channels == module.out_channels):
+        return f"grouped convolution (groups={module.groups}) whose groups would have to shrink together"
+    if not isinstance(module, SUPPORTED) and any(True for _ in module.parameters(recurse=False)):
+        return f"{type(module).__name__} is not a layer this tool can slim"
+    return None
+
+
+def discover(model: nn.Module, example: torch.Tensor, head: nn.Module,
+             ignored: list[nn.Module] = ()) -> ChannelGroups:
+    """The channel groups of `model` (traced on `example`): every group but the `head`'s outputs
+    (the classes) and those that touch an `ignored` layer (the user's `model.ignore`)."""
+    import torch_pruning as tp
+
+    names = {m: n for n, m in model.named_modules()}
+    param_names = {p: n for n, p in model.named_parameters()}
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # Torch-Pruning's note on layer-scale parameters
+        dg = tp.DependencyGraph().build_dependency(model, example_inputs=example)
+        groups = list(dg.get_all_groups(ignored_layers=[head, *ignored],
+                                        root_module_types=(nn.Conv2d, nn.Linear)))
+    out = ChannelGroups({}, {}, {}, {}, {}, {})
+    for group in groups:
+        root = group[0].dep
+        root_name, size = names[root.target.module], _width_of(dg, root.target.module, root.handler)
+        full = dg.get_pruning_group(root.target.module, root.handler, list(range(size)))
+        entries, why = [], None
+        for dep, idxs in full:
+            target = dep.target.module
+            if isinstance(target, nn.Parameter):
+                entries.append(("param", param_names[target], idxs))
+            elif isinstance(target, nn.Module) and target in names:
+                why = why or _why_unsupported(target)
+                side = "output" if "out" in dep.handler.__name__ else "input"
+                entries.append((side, names[target], idxs))
+        touched = [names[d.target.module] for d, _ in full if any(d.target.module is m for m in ignored)]
+        if touched:
+            why = f"shares channels with {touched[0]}, listed in model.ignore"
+        if why:
+            out.skipped[root_name] = why
+            continue
+        key = group_key(root_name)
+        out.sizes[key], out.roots[key] = size, (root_name, root.handler)
+        out.members[key] = set()
+        for side, name, idxs in entries:
+            spaces = {"param": out.params, "input": out.inputs, "output": out.outputs}[side]
+            if name not in spaces:
+                spaces[name] = ChannelSpace(_space_size(model, name, side))
+            repeat = len(idxs) // size
+            spaces[name].slices.append(Slice(key, torch.as_tensor([int(i) for i in idxs]), repeat))
+            out.members[key].add(name)
+    return out
+
+
+def _space_size(model: nn.Module, name: str, side: str) -> int:
+    if side == "param":  # Torch-Pruning prunes a loose parameter's last non-singleton dim
+        return [d for d in model.get_parameter(name).shape if d > 1][-1]
+    m = model.get_submodule(name)
+    if isinstance(m, nn.Conv2d):
+        return m.in_channels if side == "input" else m.out_channels
+    if isinstance(m, nn.Linear):
+        return m.in_features if side == "input" else m.out_features
+    if isinstance(m, nn.BatchNorm2d):
+        return m.num_features
+    if isinstance(m, nn.LayerNorm):
+        return m.normalized_shape[0]
+    raise TypeError(f"{name}: {type(m).__name__}")

@@ -1,0 +1,106 @@
+"""One traced forward pass of a user's network: what its cost and depth choices are made of.
+
+Recorded per layer: its input and output shapes (the feature sizes the cost formulas need);
+every adaptive average pooling (fvcore counts it; inside SE blocks and before classifiers it is
+often a functional call no module hook sees) with the layer whose channels it pools; and the
+residual blocks with an identity shortcut: modules whose forward adds their own input tensor
+to something, found by watching additions under a `TorchFunctionMode`.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+from torch.overrides import TorchFunctionMode
+
+_ADDS = {torch.add, torch.Tensor.add, torch.Tensor.add_, torch.Tensor.__add__,
+         torch.Tensor.__radd__, torch.Tensor.__iadd__}
+
+
+@dataclass
+class Pool:
+    producer: str  # the layer whose output channels are pooled
+    size: int  # input positions per channel (H * W)
+    inside: str  # the innermost module running when it was called
+
+
+@dataclass
+class Trace:
+    shapes: dict[str, tuple[tuple[int, ...], tuple[int, ...]]] = field(default_factory=dict)
+    pools: list[Pool] = field(default_factory=list)
+    residual_blocks: list[str] = field(default_factory=list)
+    output_layer: str | None = None  # the layer whose output is the network's output
+
+
+class _Watch(TorchFunctionMode):
+    def __init__(self, trace: Trace, stack: list, produced: dict) -> None:
+        super().__init__()
+        self.trace, self.stack, self.produced, self.adders = trace, stack, produced, set()
+
+    def __torch_function__(self, func, types, args=(), kwargs=None):
+        kwargs = kwargs or {}
+        if func in _ADDS:
+            for name, x in self.stack:
+                if any(a is x for a in args):
+                    self.adders.add(name)
+        elif func is F.adaptive_avg_pool2d:
+            x = args[0]
+            self.trace.pools.append(Pool(_producer(x, self.produced), x.shape[-2] * x.shape[-1],
+                                         self.stack[-1][0] if self.stack else ""))
+        return func(*args, **kwargs)
+
+
+def _producer(x: torch.Tensor, produced: dict) -> str:
+    """The nearest layer upstream of `x` in the autograd graph among those recorded."""
+    frontier, seen = [x.grad_fn], set()
+    while frontier:
+        node = frontier.pop(0)
+        if node is None or node in seen:
+            continue
+        seen.add(node)
+        if node in produced:
+            return produced[node]
+        frontier.extend(n for n, _ in node.next_functions)
+    raise ValueError("an adaptive average pooling reads a tensor no layer produced")
+
+
+def trace(model: nn.Module, example: torch.Tensor, layers: tuple[type, ...]) -> Trace:
+    """Run `model` once on `example` (eval mode, gradients on so that the autograd graph links
+    each tensor to the layer that made it)."""
+    out, stack, produced, handles = Trace(), [], {}, []
+
+    def before(name):
+        def hook(module, args):
+            stack.append((name, args[0] if args else None))
+        return hook
+
+    def after(name):
+        def hook(module, args, output):
+            stack.pop()
+            if isinstance(module, layers) and isinstance(output, torch.Tensor):
+                out.shapes[name] = (tuple(args[0].shape), tuple(output.shape))
+                if output.grad_fn is not None:
+                    produced[output.grad_fn] = name
+        return hook
+
+    for name, m in model.named_modules():
+        if name:
+            handles += [m.register_forward_pre_hook(before(name)),
+                        m.register_forward_hook(after(name))]
+    was_training = model.training
+    model.eval()
+    try:
+        with torch.enable_grad(), _Watch(out, stack, produced) as watch:
+            result = model(example)
+    finally:
+        for h in handles:
+            h.remove()
+        model.train(was_training)
+    if isinstance(result, torch.Tensor) and result.grad_fn in produced:
+        out.output_layer = produced[result.grad_fn]
+    # the innermost modules that add their own input: one block each, not the stage around it
+    out.residual_blocks = sorted(a for a in watch.adders
+                                 if not any(b.startswith(a + ".") for b in watch.adders))
+    return out

@@ -1,0 +1,328 @@
+"""The `model` space: a network the user already has (torchvision, timm or their own), pruned by
+the same bilevel search as the built-in spaces.
+
+Nothing in the user's code is edited. Channel groups come from Torch-Pruning's dependency graph
+(`channel_groups`); each gets a `ChannelMask`, applied by forward hooks on the layers that *read*
+the group (conv and linear inputs), so a channel whose gate is 0 contributes nothing anywhere,
+as in the slimmed network; a LayerNorm over a group normalises with gate-weighted statistics,
+which over 0/1 gates are exactly the statistics of the kept channels. Every residual block with
+an identity shortcut gets a keep/skip choice (`y = x + w_keep * (block(x) - x)`): depth is
+searched, as `zero` does in the macro space. The cost is exact in the project's convention
+(checked against fvcore on the dense network when the space is built), and slimming is
+Torch-Pruning's physical pruning of a copy of the network.
+"""
+from __future__ import annotations
+
+import copy
+import warnings
+from dataclasses import dataclass, field, replace
+
+import torch
+from torch import nn
+
+from export.model_source import build_source, load_checkpoint_into
+from export.pruned_model import PrunedArchitecture, changed_layers
+from ops import ChannelMask, Cost
+from supernet.base import Supernet, register_space
+from supernet.channel_groups import SUPPORTED, ChannelGroups, discover, group_key
+from supernet.model_trace import trace
+
+OPS = ("keep", "skip")
+
+
+@dataclass
+class ModelSpaceConfig:
+    source: str = "torchvision:resnet18"  # torchvision:<name> | timm:<name> | package.module:function
+    checkpoint: str | None = None  # safetensors or a torch state dict (weights_only)
+    pretrained: bool = False  # torchvision/timm weights (downloads: for users with a network)
+    ignore: list[str] = field(default_factory=list)  # layers whose channels are never pruned
+    depth: bool = True  # keep/skip choice per residual block with an identity shortcut
+    mask_init: float = 3.0  # gate 0.95 at temperature 1: the trained network barely changes
+    keep_init: float = 3.0  # initial keep-minus-skip logit of every block
+
+    def validate(self) -> None:
+        from export.model_source import check_source
+        check_source(self.source)
+
+
+class CostMismatchError(ValueError):
+    pass
+
+
+@register_space("model", ModelSpaceConfig)
+class UserModel(Supernet):
+    def __init__(self, space: ModelSpaceConfig, in_channels: int, num_classes: int,
+                 input_size: int) -> None:
+        super().__init__(space, in_channels, num_classes, input_size)
+        model = build_source(space.source, num_classes, in_channels, space.pretrained)
+        if space.checkpoint:
+            for name in load_checkpoint_into(model, space.checkpoint):
+                warnings.warn(f"{space.checkpoint}: {name} has another class count; left fresh")
+        self.example = torch.zeros(1, in_channels, input_size, input_size)
+        self.trace = trace(model, self.example, SUPPORTED)
+        modules = dict(model.named_modules())
+        unknown = [n for n in space.ignore if n not in modules]
+        if unknown:
+            raise ValueError(f"model.ignore names {unknown}, which {space.source} does not have; "
+                             f"its layers are e.g. {[n for n in modules if n][:8]}")
+        if self.trace.output_layer is None:
+            raise ValueError(f"{space.source}: the network's output does not come straight from "
+                             f"a conv or linear layer, so its classifier cannot be told apart")
+        self.groups: ChannelGroups = discover(model, self.example, modules[self.trace.output_layer],
+                                              [modules[n] for n in space.ignore])
+        if self.groups.skipped:
+            warnings.warn("left unpruned: " + "; ".join(
+                f"{root}: {why}" for root, why in sorted(self.groups.skipped.items())) +
+                " (or list such layers in model.ignore)", stacklevel=2)
+        self.teacher = [copy.deepcopy(model).eval()]  # the original network (a list: unregistered)
+        self.model = model
+        for key, size in self.groups.sizes.items():
+            self.masks[key] = ChannelMask(size, space.mask_init)
+        self.blocks = self.trace.residual_blocks if space.depth else []
+        for name in self.blocks:
+            self.alphas[group_key(name)] = nn.Parameter(torch.tensor([space.keep_init, 0.0]))
+        self._block_of = {}  # layer -> the block it lies in (None: outside every block)
+        self._restricted: dict[str, str] | None = None
+        self._state: tuple[dict, dict] | None = None  # this forward's gates and op weights
+        self._hooks = self._attach(modules)
+        self._check_cost(model)
+
+    # -- gating ------------------------------------------------------------------------------
+    def _attach(self, modules: dict[str, nn.Module]) -> list:
+        handles = []
+        for name, space in self.groups.inputs.items():
+            m = modules[name]
+            if isinstance(m, (nn.Conv2d, nn.Linear)) and not _depthwise(m):
+                handles.append(m.register_forward_pre_hook(self._gate_input(space, m)))
+        for name, space in self.groups.outputs.items():
+            if isinstance(modules[name], nn.LayerNorm):
+                handles.append(modules[name].register_forward_hook(self._weighted_norm(space)))
+        for name in self.blocks:
+            handles.append(modules[name].register_forward_hook(self._keep_or_skip(name)))
+        return handles
+
+    def _gate_input(self, space, module):
+        view = (1, -1, 1, 1) if isinstance(module, nn.Conv2d) else (-1,)
+
+        def hook(m, args):
+            if self._state is None:  # the bare network (as fvcore and the teacher see it)
+                return None
+            gate = space.gate(self._state[0])
+            return (args[0] * gate.view(view).to(args[0].dtype), *args[1:])
+        return hook
+
+    def _weighted_norm(self, space):
+        def hook(m, args, output):
+            if self._state is None:
+                return None
+            x = args[0]
+            channels_first = x.shape[-1] != m.normalized_shape[0] or "2d" in type(m).__name__.lower()
+            x = x.movedim(1, -1) if channels_first else x
+            w = space.gate(self._state[0]).to(x.dtype)
+            w = w / w.sum()
+            mean = (x * w).sum(-1, keepdim=True)
+            y = (x - mean) * torch.rsqrt(((x - mean) ** 2 * w).sum(-1, keepdim=True) + m.eps)
+            if m.weight is not None:
+                y = y * m.weight + m.bias
+            return y.movedim(-1, 1) if channels_first else y
+        return hook
+
+    def _keep_or_skip(self, name):
+        key = group_key(name)
+
+        def hook(m, args, output):
+            if self._state is None:
+                return None
+            x = args[0]
+            if self._restricted is not None:
+                return output if self._restricted[name] == "keep" else x
+            return x + self._state[1][key][0].to(x.dtype) * (output - x)
+        return hook
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        self._state = (self.gates(), self.op_weights())
+        try:
+            return self.model(x)
+        finally:
+            self._state = None
+
+    def distillation_teacher(self) -> nn.Module:
+        """The network as it was before the search (the user's trained weights)."""
+        return self.teacher[0].to(self.temperature.device)
+
+    # -- op weights: keep/skip per block -------------------------------------------------------
+    def op_weights(self, temperature=None) -> dict[str, torch.Tensor]:
+        t = self.temperature if temperature is None else temperature
+        if self._restricted is not None:
+            return {group_key(n): torch.tensor([1.0, 0.0] if self._restricted[n] == "keep"
+                                               else [0.0, 1.0], device=self.temperature.device)
+                    for n in self.blocks}
+        return {key: torch.softmax(a / t, dim=0) for key, a in self.alphas.items()}
+
+    def op_logits(self) -> dict[str, torch.Tensor]:
+        if self._restricted is not None:
+            return {k: w.double() for k, w in self.op_weights().items()}
+        return super().op_logits()
+
+    def select(self, scores):
+        return {k: nn.functional.one_hot(w.argmax(), 2).to(w.dtype) for k, w in scores.items()}
+
+    def derive_ops(self, scores=None) -> dict[str, str]:
+        scores = self.op_logits() if scores is None else scores
+        return {n: OPS[int(scores[group_key(n)].argmax())] for n in self.blocks}
+
+    def restrict_ops(self, ops) -> None:
+        self._restricted = None if ops is None else dict(ops)
+
+    def used_groups(self, ops) -> list[str]:
+        """The groups with a layer outside every removed block."""
+        removed = lambda layer: (b := self._block(layer)) is not None and ops[b] == "skip"
+        return [k for k, members in self.groups.members.items()
+                if not all(removed(m) for m in members)]
+
+    def choice_rows(self, weights):
+        return {n: (OPS, weights[group_key(n)]) for n in self.blocks}
+
+    @torch.no_grad()
+    def describe(self) -> str:
+        rows = ["| group (root layer) | channels |", "|---|---|"]
+        rows += [f"| {self.groups.roots[k][0]} | {int(m.kept().sum())}/{m.channels} |"
+                 for k, m in self.masks.items()]
+        if self.blocks:
+            ops = self.derive_ops()
+            rows += ["", "| block | keep/skip |", "|---|---|"] + [f"| {n} | {ops[n]} |"
+                                                                  for n in self.blocks]
+        return "\n".join(rows)
+
+    # -- cost ------------------------------------------------------------------------------------
+    def _layer_costs(self, widths) -> list[tuple[str, Cost]]:
+        """(layer, cost) of every counted layer and pooling at these group widths."""
+        modules, g = dict(self.model.named_modules()), self.groups
+        width = lambda spaces, name, default: spaces[name].width(widths) if name in spaces else default
+        out = []
+        for name, (shape_in, shape_out) in self.trace.shapes.items():
+            m = modules[name]
+            if isinstance(m, nn.Conv2d):
+                c_out = width(g.outputs, name, m.out_channels)
+                k = m.kernel_size[0] * m.kernel_size[1]
+                per_out = k if _depthwise(m) else k * width(g.inputs, name, m.in_channels) / m.groups
+                weights = c_out * per_out
+                cost = Cost(weights * shape_out[-2] * shape_out[-1],
+                            weights + (c_out if m.bias is not None else 0))
+            elif isinstance(m, nn.Linear):
+                c_in, c_out = width(g.inputs, name, m.in_features), width(g.outputs, name, m.out_features)
+                rows = _numel(shape_in[1:]) // m.in_features
+                cost = Cost(c_in * c_out * rows, c_in * c_out + (c_out if m.bias is not None else 0))
+            elif isinstance(m, nn.BatchNorm2d):
+                c = width(g.outputs, name, m.num_features)
+                cost = Cost((2 if m.affine else 1) * c * _numel(shape_in[2:]), 2 * c if m.affine else 0)
+            else:  # LayerNorm
+                c = width(g.outputs, name, m.normalized_shape[0])
+                affine = m.weight is not None
+                cost = Cost((5 if affine else 4) * c * _numel(shape_in[1:]) // m.normalized_shape[0],
+                            2 * c if affine else 0)
+            out.append((name, cost))
+        for pool in self.trace.pools:
+            out.append((pool.inside, Cost(width(g.outputs, pool.producer, self.trace.shapes[
+                pool.producer][1][1]) * pool.size, 0)))
+        for name, space in g.params.items():
+            p = self.model.get_parameter(name)
+            out.append((name, Cost(0, p.numel() // space.size * space.width(widths))))
+        for name, p in self._fixed_parameters():
+            out.append((name, Cost(0, p.numel())))
+        return out
+
+    def _fixed_parameters(self):
+        """Parameters of layers the cost formulas do not cover (loose parameters outside groups,
+        e.g. a class token): counted as they are."""
+        covered = {f"{n}.{p}" for n, m in self.model.named_modules() if isinstance(m, SUPPORTED)
+                   for p, _ in m.named_parameters(recurse=False)} | set(self.groups.params)
+        return [(n, p) for n, p in self.model.named_parameters() if n not in covered]
+
+    def _block(self, layer: str) -> str | None:
+        if layer not in self._block_of:
+            self._block_of[layer] = next(
+                (b for b in self.blocks if layer == b or layer.startswith(b + ".")), None)
+        return self._block_of[layer]
+
+    def cost(self, weights, widths) -> Cost:
+        """Every layer's exact cost at these widths, times its block's keep weight."""
+        total = Cost(0, 0)
+        for layer, c in self._layer_costs({**self.full_widths(), **widths}):
+            block = self._block(layer)
+            total = total + (c if block is None else c * weights[group_key(block)][0])
+        return total
+
+    def op_scores(self, widths) -> dict[str, torch.Tensor]:
+        """Per block: the MACs it costs when kept, and 0 when skipped."""
+        macs = {b: 0.0 for b in self.blocks}
+        for layer, c in self._layer_costs({**self.full_widths(), **widths}):
+            block = self._block(layer)
+            if block is not None:
+                macs[block] += float(c.macs)
+        return {group_key(b): torch.tensor([m, 0.0], dtype=torch.float64) for b, m in macs.items()}
+
+    def _check_cost(self, model: nn.Module) -> None:
+        from export.flops import fvcore_report
+        keep_all = {group_key(b): torch.tensor([1.0, 0.0]) for b in self.blocks}
+        analytic = self.cost(keep_all, self.full_widths())
+        flops, params, _ = fvcore_report(model, self.example)
+        if (round(float(analytic.macs)), round(float(analytic.params))) != (flops, params):
+            raise CostMismatchError(
+                f"{self.space.source}: fvcore counts {flops:,} MACs and {params:,} params, the "
+                f"cost model {float(analytic.macs):,.0f} and {float(analytic.params):,.0f}: the "
+                f"network computes with an op this tool does not model (it models "
+                f"{', '.join(t.__name__ for t in SUPPORTED)} and adaptive average pooling)")
+
+    # -- records and slimming ----------------------------------------------------------------------
+    def architecture(self, ops, widths, mean=(), std=()) -> PrunedArchitecture:
+        weights = {group_key(b): torch.tensor([1.0, 0.0] if ops[b] == "keep" else [0.0, 1.0],
+                                              dtype=torch.float64) for b in self.blocks}
+        cost = self.cost(weights, widths)
+        return PrunedArchitecture(self.space.source, self.in_channels, self.input_size,
+                                  self.num_classes, round(float(cost.macs)),
+                                  round(float(cost.params)), {k: int(v) for k, v in widths.items()},
+                                  tuple(b for b in self.blocks if ops[b] == "skip"),
+                                  mean=tuple(mean), std=tuple(std))
+
+    def copy_plan(self, model, arch, keep):
+        raise NotImplementedError("a user's network is slimmed by pruning a copy (`slim`)")
+
+    def slim(self, arch: PrunedArchitecture, keep) -> nn.Module:
+        """A pruned copy of the network: Torch-Pruning removes every channel `keep` leaves out
+        (weights, biases, norm statistics, loose parameters, in every layer of its group), and
+        removed blocks become `nn.Identity`."""
+        import torch_pruning as tp
+
+        pruned = copy.deepcopy(self.model).cpu().to(memory_format=torch.contiguous_format)
+        ours = {h.id for h in self._hooks}
+        for m in pruned.modules():  # the copy must not call back into this supernet
+            for hooks in (m._forward_pre_hooks, m._forward_hooks):
+                for hook_id in ours & hooks.keys():
+                    del hooks[hook_id]
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            dg = tp.DependencyGraph().build_dependency(pruned.eval(), example_inputs=self.example)
+            for key, kept in keep.items():
+                root, handler = self.groups.roots[key]
+                drop = sorted(set(range(self.groups.sizes[key])) - set(kept.tolist()))
+                if drop:
+                    layer = pruned.get_submodule(root)
+                    dg.get_pruning_group(layer, getattr(dg.get_pruner_of_module(layer), handler.__name__),
+                                         drop).prune()
+        for name in arch.removed:
+            parent, _, leaf = name.rpartition(".")
+            setattr(pruned.get_submodule(parent) if parent else pruned, leaf, nn.Identity())
+        pruned.arch = replace(arch, modules=changed_layers(self.teacher[0], pruned))
+        return pruned.to(next(self.parameters()).device)
+
+
+def _depthwise(m: nn.Module) -> bool:
+    return isinstance(m, nn.Conv2d) and m.groups > 1 and m.groups == m.in_channels == m.out_channels
+
+
+def _numel(shape) -> int:
+    n = 1
+    for d in shape:
+        n *= d
+    return n
