@@ -30,7 +30,9 @@ from search.loop import Searcher
 
 def parse_args(argv: list[str]) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--config", default="configs/digits.yaml", help="YAML config file")
+    p.add_argument("--config", default=None,
+                   help="YAML config file (default: configs/digits.yaml, or "
+                        "configs/prune_model.yaml when an override sets model.*)")
     p.add_argument("--resume", metavar="RUN_DIR", help="continue an interrupted run from its checkpoint")
     p.add_argument("--run", metavar="RUN_DIR", help="run later stages on an earlier run's search")
     p.add_argument("--stages", default=",".join(STAGES),
@@ -38,7 +40,11 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     p.add_argument("--export-name", default="export", help="export folder name inside the run dir")
     p.add_argument("--debug", action="store_true", help="show the traceback of an error")
     p.add_argument("overrides", nargs="*", help="config overrides, e.g. search.epochs=10")
-    return p.parse_intermixed_args(argv)  # overrides may stand before and after options
+    args = p.parse_intermixed_args(argv)  # overrides may stand before and after options
+    if args.config is None:  # `model.source=...` alone means: prune that network
+        prune = any(o.split("=", 1)[0].startswith("model.") for o in args.overrides)
+        args.config = "configs/prune_model.yaml" if prune else "configs/digits.yaml"
+    return args
 
 
 def resolve_run(args) -> tuple[RunConfig, Path]:

@@ -95,17 +95,26 @@ def load_dense_weights(net, compact: nn.Module, ops: dict[str, str]) -> None:
 
 def torch_pruning_magnitude(model: nn.Module, example: torch.Tensor, target_macs: float,
                             steps: int = 200) -> nn.Module:
-    """Torch-Pruning's magnitude pruner with global ranking, stepped until the model's MACs
-    (counted by fvcore) reach the target; fine steps (~0.5% of channels) land it close below.
-    Prunes `model` in place and returns it."""
+    """Torch-Pruning's magnitude pruner with global ranking (see `torch_pruning_to_target`)."""
+    import torch_pruning as tp
+    return torch_pruning_to_target(model, example, target_macs,
+                                   tp.importance.MagnitudeImportance(p=1), True, steps)
+
+
+def torch_pruning_to_target(model: nn.Module, example: torch.Tensor, target_macs: float,
+                            importance, global_pruning: bool, steps: int = 200) -> nn.Module:
+    """A Torch-Pruning pruner with `importance` (global ranking, or the same ratio in every
+    layer), stepped until the model's MACs (counted by fvcore) reach the target; fine steps
+    (~0.5% of channels) land it close below. The classifier's outputs are kept. Prunes `model`
+    in place and returns it."""
     import torch_pruning as tp
 
     from export.flops import fvcore_report
 
     head = [m for m in model.modules() if isinstance(m, nn.Linear)]
-    pruner = tp.pruner.MagnitudePruner(model, example, importance=tp.importance.MagnitudeImportance(p=1),
-                                       global_pruning=True, pruning_ratio=0.95, iterative_steps=steps,
-                                       ignored_layers=head)
+    pruner = tp.pruner.MetaPruner(model, example, importance=importance,
+                                  global_pruning=global_pruning, pruning_ratio=0.95,
+                                  iterative_steps=steps, ignored_layers=head)
     for _ in range(steps):
         if fvcore_report(model, example)[0] <= target_macs:
             break

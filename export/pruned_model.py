@@ -65,8 +65,8 @@ def layer_shapes(module: nn.Module) -> dict:
     out = {"tensors": {n: list(t.shape) for n, t in [*module.named_parameters(recurse=False),
                                                        *module.named_buffers(recurse=False)]
                        if t is not None and t.dim() > 0}}
-    for attr in WIDTH_ATTRIBUTES:
-        value = getattr(module, attr, None)
+    for attr in WIDTH_ATTRIBUTES:  # plain attributes only (timm's ConvNormAct derives them)
+        value = vars(module).get(attr)
         if isinstance(value, (int, tuple)) and not isinstance(value, bool):
             out[attr] = list(value) if isinstance(value, tuple) else value
     return out

@@ -361,6 +361,10 @@ def validate(cfg: RunConfig) -> None:
         (cfg.derive.eval_cells is None or cell_based,
          f"derive.eval_cells builds a DARTS evaluation network of cells; the {cfg.space!r} space "
          f"has no cells"),
+        (f.kd_weight == 0 or getattr(cfg.space_config, "has_trained_weights", True),
+         f"finetune.kd_weight distils from the network as it was before pruning, but "
+         f"{cfg.space}.checkpoint is unset and {cfg.space}.pretrained is false: that network is "
+         f"random; give a checkpoint or set finetune.kd_weight=0"),
         (f.aux_weight == 0 or cell_based,
          f"finetune.aux_weight adds DARTS' auxiliary head to a cell network; the {cfg.space!r} "
          f"space has no cells"),

@@ -20,7 +20,7 @@ from dataclasses import dataclass, field, replace
 import torch
 from torch import nn
 
-from export.model_source import build_source, load_checkpoint_into
+from export.model_source import build_source, check_source, load_checkpoint_into
 from export.pruned_model import PrunedArchitecture, changed_layers
 from ops import ChannelMask, Cost
 from supernet.base import Supernet, register_space
@@ -40,9 +40,16 @@ class ModelSpaceConfig:
     mask_init: float = 3.0  # gate 0.95 at temperature 1: the trained network barely changes
     keep_init: float = 3.0  # initial keep-minus-skip logit of every block
 
+    @property
+    def has_trained_weights(self) -> bool:
+        """Whether the network before pruning is a trained one (a distillation teacher)."""
+        return bool(self.checkpoint) or self.pretrained
+
     def validate(self) -> None:
-        from export.model_source import check_source
         check_source(self.source)
+        if not all(isinstance(n, str) and n for n in self.ignore):
+            raise ValueError(f"model.ignore lists layer names (e.g. fc, layer4.1.conv2), got "
+                             f"{self.ignore}")
 
 
 class CostMismatchError(ValueError):

@@ -1,0 +1,176 @@
+"""Prune a trained CIFAR ResNet (the user's own module) by this tool and by Torch-Pruning's
+magnitude and BN-scale pruners and L1 filter pruning, at the same MACs, fine-tuned alike.
+
+    python benchmarks/prune_resnet.py                    # ResNet-20, 50% and 25%, 2 seeds
+    python benchmarks/prune_resnet.py --depth 56         # ResNet-56
+    python benchmarks/prune_resnet.py --quick            # tiny epochs, one seed (CI-sized)
+
+Per seed: the dense network trains on ../shared/data/cifar10_subset.npz (4068 training images)
+for --dense-epochs and is saved as safetensors. Ours is `train.py` with configs/
+prune_cifar_resnet20.yaml pointed at that checkpoint: --search-epochs of bilevel search (weights
+and masks, keep/skip per block), derive, slim, fine-tune with distillation from the dense
+network. Each baseline prunes the dense network to the target with Torch-Pruning (stepped until
+fvcore's MACs reach it), then fine-tunes with the same recipe and distillation for search +
+fine-tune epochs: every pruned network trains as many epochs as ours. Test accuracy, fvcore
+MACs and params, and CPU latency (batch 1 and 64, medians in alternation) of every final model.
+Writes benchmarks/results/prune-resnet<depth>.{md,json}.
+"""
+from __future__ import annotations
+
+import argparse
+import copy
+import json
+import statistics
+import sys
+import tempfile
+import time
+from dataclasses import replace
+from pathlib import Path
+
+import torch
+from safetensors.torch import save_file
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from benchmarks.cifar_resnet import CifarResNet  # noqa: E402
+from derive.baselines import torch_pruning_to_target  # noqa: E402
+from export import load  # noqa: E402
+from export.flops import fvcore_report  # noqa: E402
+from export.latency import latencies_ms  # noqa: E402
+from pipeline import load_config, run  # noqa: E402
+from pipeline.setup import TrainingContext, load_data, seed_everything, select_device  # noqa: E402
+
+CONFIG = ROOT / "configs" / "prune_cifar_resnet20.yaml"
+DATA = f"data.path={ROOT.parent / 'shared' / 'data' / 'cifar10_subset.npz'}"
+
+
+def baselines():
+    import torch_pruning as tp
+    imp = tp.importance
+    return {  # name -> (importance, global ranking)
+        "tp_magnitude": (imp.GroupMagnitudeImportance(p=2), True),
+        "tp_bn_scale": (imp.BNScaleImportance(), True),
+        "l1_filter": (imp.MagnitudeImportance(p=1, group_reduction="first"), False),
+    }
+
+
+class Bench:
+    def __init__(self, args) -> None:
+        self.args = args
+        self.overrides = [DATA, f"model.source=benchmarks.cifar_resnet:resnet{args.depth}",
+                          f"search.epochs={args.search_epochs}",
+                          f"finetune.epochs={args.finetune_epochs}", "threads=null"]
+        self.cfg = load_config(CONFIG, self.overrides)
+        self.data = load_data(self.cfg)
+        self.device = select_device(self.cfg.device)
+        self.ctx = TrainingContext(self.cfg, self.data, self.device)
+        self.example = torch.zeros(1, 3, 32, 32)
+
+    def measured(self, model, start: float, **extra) -> dict:
+        acc = self.ctx.evaluate(self.ctx.prepare(model))["acc"]
+        macs, params, _ = fvcore_report(model.cpu(), self.example)
+        return {"test_acc": acc, "macs": macs, "params": params,
+                "seconds": time.perf_counter() - start, **extra}
+
+    def dense(self, seed: int, workdir: Path) -> tuple[torch.nn.Module, Path, dict]:
+        start = time.perf_counter()
+        seed_everything(seed)
+        model = CifarResNet(self.args.depth)
+        ft = replace(self.cfg.finetune, epochs=self.args.dense_epochs, lr=0.1, kd_weight=0.0)
+        model = self.ctx.train(model, ft, train_loader=self.ctx.train_loader(seed + 2)).cpu()
+        path = workdir / f"dense-{seed}.safetensors"
+        save_file({k: v.contiguous() for k, v in model.state_dict().items()}, str(path))
+        return model, path, self.measured(model, start)
+
+    def ours(self, target: float, seed: int, checkpoint: Path, workdir: Path) -> tuple:
+        start = time.perf_counter()
+        cfg = load_config(CONFIG, [*self.overrides, f"model.checkpoint={checkpoint}", f"seed={seed}",
+                                   f"search.target.macs={target}", "search.target.macs_fraction=null"])
+        run_dir = workdir / f"ours-{target:.0f}-{seed}"
+        run(cfg, run_dir, data=self.data, report=lambda line: None)
+        model = load(run_dir / "export")
+        return model, self.measured(model, start, removed_blocks=len(model.arch.removed))
+
+    def baseline(self, name: str, target: float, seed: int, dense) -> tuple:
+        start = time.perf_counter()
+        importance, global_ranking = baselines()[name]
+        model = torch_pruning_to_target(copy.deepcopy(dense).eval(), self.example, target,
+                                        importance, global_ranking)
+        seed_everything(seed)
+        epochs = self.args.search_epochs + self.args.finetune_epochs
+        ft = replace(self.cfg.finetune, epochs=epochs)
+        model = self.ctx.train(model, ft, teacher=self.ctx.prepare(copy.deepcopy(dense)),
+                               train_loader=self.ctx.train_loader(seed + 2)).cpu()
+        return model, self.measured(model, start)
+
+
+def summarize(rows: list[dict], depth: int) -> str:
+    def stat(values, fmt):
+        return fmt.format(statistics.mean(values)) + (
+            f" ± {fmt.format(statistics.stdev(values))}" if len(values) > 1 else "")
+    lines = [f"ResNet-{depth} on the CIFAR-10 subset (mean ± std over seeds "
+             f"{sorted({r['seed'] for r in rows})})", "",
+             "| target | method | test acc (%) | MACs | params | CPU ms b=1 | CPU ms b=64 |",
+             "|---|---|---|---|---|---|---|"]
+    keys = list(dict.fromkeys((r["fraction"], r["method"]) for r in rows))
+    for fraction, method in keys:
+        group = [r for r in rows if (r["fraction"], r["method"]) == (fraction, method)]
+        lines.append(
+            f"| {'dense' if fraction == 1 else f'{fraction:.0%}'} | {method} | "
+            f"{stat([100 * r['test_acc'] for r in group], '{:.2f}')} | "
+            f"{statistics.mean(r['macs'] for r in group) / 1e6:.2f} M | "
+            f"{statistics.mean(r['params'] for r in group) / 1e3:.1f} k | "
+            f"{stat([r['ms_b1'] for r in group], '{:.2f}')} | "
+            f"{stat([r['ms_b64'] for r in group], '{:.1f}')} |")
+    return "\n".join(lines)
+
+
+def main(argv=None) -> list[dict]:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--depth", type=int, default=20)
+    p.add_argument("--seeds", type=int, nargs="+", default=[0, 1])
+    p.add_argument("--fractions", type=float, nargs="+", default=[0.5, 0.25])
+    p.add_argument("--dense-epochs", type=int, default=30)
+    p.add_argument("--search-epochs", type=int, default=6)
+    p.add_argument("--finetune-epochs", type=int, default=15)
+    p.add_argument("--quick", action="store_true", help="1 epoch each, one seed, one target")
+    p.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results")
+    args = p.parse_args(argv)
+    if args.quick:
+        args.seeds, args.fractions = args.seeds[:1], args.fractions[:1]
+        args.dense_epochs = args.search_epochs = args.finetune_epochs = 1
+    bench, rows = Bench(args), []
+    with tempfile.TemporaryDirectory() as tmp:
+        for seed in args.seeds:
+            dense, checkpoint, result = bench.dense(seed, Path(tmp))
+            models = {"dense": dense}
+            rows.append({"seed": seed, "fraction": 1.0, "method": "dense", **result})
+            for fraction in args.fractions:
+                target = fraction * next(r["macs"] for r in rows if r["method"] == "dense")
+                runs = {"ours": lambda: bench.ours(target, seed, checkpoint, Path(tmp))}
+                runs.update({name: (lambda n=name: bench.baseline(n, target, seed, dense))
+                             for name in baselines()})
+                for method, go in runs.items():
+                    model, result = go()
+                    models[f"{method}-{fraction}"] = model
+                    rows.append({"seed": seed, "fraction": fraction, "method": method, **result})
+                    print(json.dumps(rows[-1]), flush=True)
+            for batch in (1, 64):
+                ms = latencies_ms(models, (batch, 3, 32, 32), repeats=20 if args.quick else 50)
+                for row in rows:
+                    if row["seed"] == seed:
+                        key = "dense" if row["method"] == "dense" else f"{row['method']}-{row['fraction']}"
+                        row[f"ms_b{batch}"] = ms[key]
+    name = f"prune-resnet{args.depth}{'-quick' if args.quick else ''}"
+    args.out.mkdir(parents=True, exist_ok=True)
+    table = summarize(rows, args.depth)
+    (args.out / f"{name}.json").write_text(json.dumps({"args": {k: str(v) for k, v in vars(args).items()},
+                                                      "rows": rows}, indent=2))
+    (args.out / f"{name}.md").write_text(table + "\n")
+    print(table)
+    return rows
+
+
+if __name__ == "__main__":
+    main()

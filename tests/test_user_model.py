@@ -1,0 +1,185 @@
+"""The `model` space: pruning networks users already have (torchvision, timm, their own)."""
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import warnings
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors.torch import load_file, save_file
+from torch import nn
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from benchmarks.cifar_resnet import resnet20  # noqa: E402
+from benchmarks.support_matrix import MODELS, check  # noqa: E402
+from export.model_source import ModelSourceError, build_source  # noqa: E402
+from pipeline.config import ConfigError, load_config  # noqa: E402
+from supernet.user_model import ModelSpaceConfig, UserModel  # noqa: E402
+
+RESNET20 = "benchmarks.cifar_resnet:resnet20"
+
+
+@pytest.fixture(scope="module")
+def matrix(tmp_path_factory):
+    """Every model of the support matrix checked once, exported under one folder."""
+    root = tmp_path_factory.mktemp("matrix")
+    results = {}
+    for i, (source, size) in enumerate(MODELS.items()):
+        r = check(source, size, export_to=root / f"m{i}")
+        save_file({"input": r["input"], "output": r["model"](r["input"]).detach()},
+                  str(root / f"m{i}.io.safetensors"))
+        results[source] = r
+    return root, results
+
+
+@pytest.mark.parametrize("source", list(MODELS))
+def test_support_matrix(matrix, source):
+    """Groups found; the pruned network computes what the hard-masked one does (eval mode);
+    its analytic MACs and params are fvcore's count of it; about half the MACs."""
+    r = matrix[1][source]
+    assert r["groups"] > 0
+    assert r["gap"] <= 1e-4 * max(r["scale"], 1.0), (r["gap"], r["scale"])
+    assert (r["macs"], r["params"]) == (r["fvcore_macs"], r["fvcore_params"])
+    assert abs(r["macs"] / r["dense_macs"] - 0.5) <= 0.03
+
+
+def test_grouped_convolutions_are_left_whole_and_named_once(matrix):
+    r = matrix[1]["timm:regnetx_002"]
+    assert r["skipped_groups"] > 0 and len(r["left_unpruned"]) == 1
+    assert "grouped convolution" in r["left_unpruned"][0]
+    assert all(s["skipped_groups"] == 0 for src, s in matrix[1].items() if "regnet" not in src)
+
+
+def test_exports_load_in_a_fresh_process_with_identical_outputs(matrix):
+    """arch.json + safetensors rebuild every pruned network from its source, no pickle, no
+    search code: the fresh process imports `export` only."""
+    root, results = matrix
+    script = (
+        "import json, sys, torch\n"
+        "from safetensors.torch import load_file\n"
+        "import export\n"
+        "out = {}\n"
+        f"for i in range({len(results)}):\n"
+        f"    m = export.load(r'{root}' + f'/m{{i}}')\n"
+        f"    io = load_file(r'{root}' + f'/m{{i}}.io.safetensors')\n"
+        "    with torch.no_grad():\n"
+        "        out[i] = float((m(io['input']) - io['output']).abs().max())\n"
+        "assert not any(k.startswith(('supernet', 'search', 'derive')) for k in sys.modules)\n"
+        "print(json.dumps(out))\n")
+    done = subprocess.run([sys.executable, "-c", script], cwd=ROOT, capture_output=True, text=True,
+                          check=True)
+    gaps = json.loads(done.stdout.strip().splitlines()[-1])
+    assert gaps == {str(i): 0.0 for i in range(len(results))}
+
+
+def test_residual_blocks_with_identity_shortcuts_are_found():
+    net = UserModel(ModelSpaceConfig(source=RESNET20), 3, 10, 32)
+    # 9 blocks; the first of stages 2 and 3 has a projection shortcut, so it cannot be skipped
+    assert net.blocks == [f"blocks.{i}" for i in (0, 1, 2, 4, 5, 7, 8)]
+
+
+def test_mask_and_keep_gradients_reach_every_choice_through_loss_and_cost():
+    torch.manual_seed(0)
+    net = UserModel(ModelSpaceConfig(source=RESNET20, mask_init=0.5, keep_init=0.5), 3, 10, 32)
+    from supernet.cost_model import discrete_cost
+    loss = nn.functional.cross_entropy(net(torch.randn(4, 3, 32, 32)), torch.tensor([0, 1, 2, 3]))
+    grads = torch.autograd.grad(loss, net.arch_parameters())
+    assert all(g.abs().sum() > 0 for g in grads)
+    cost = discrete_cost(net, surrogate_temperature=1.0).macs
+    grads = torch.autograd.grad(cost, net.arch_parameters())
+    assert all(g.abs().sum() > 0 for g in grads)
+
+
+def test_expected_cost_is_exact_at_hard_gates():
+    """At integer widths and one-hot keep weights the cost is the pruned network's fvcore count
+    (the matrix checks derived networks; this one keeps 5 channels per group, all blocks)."""
+    from export.flops import fvcore_report
+    net = UserModel(ModelSpaceConfig(source=RESNET20), 3, 10, 32).eval()
+    keep = {g: torch.arange(5) for g in net.masks}
+    ops = {b: "keep" for b in net.blocks}
+    arch = net.architecture(ops, {g: 5 for g in net.masks})
+    model = net.slim(arch, keep)
+    assert (arch.macs, arch.params) == fvcore_report(model, torch.zeros(1, 3, 32, 32))[:2]
+
+
+def test_checkpoints_load_from_safetensors_and_torch_files(tmp_path):
+    trained = resnet20()
+    for p in trained.parameters():
+        nn.init.normal_(p)
+    state = {k: v.contiguous() for k, v in trained.state_dict().items()}
+    save_file(state, str(tmp_path / "w.safetensors"))
+    torch.save({"state_dict": state}, tmp_path / "w.pth")
+    for name in ("w.safetensors", "w.pth"):
+        net = UserModel(ModelSpaceConfig(source=RESNET20, checkpoint=str(tmp_path / name)), 3, 10, 32)
+        assert torch.equal(net.model.conv1.weight, trained.conv1.weight)
+        assert torch.equal(net.distillation_teacher().fc.weight, trained.fc.weight)
+    with pytest.warns(UserWarning, match="fc.weight has another class count"):
+        net = UserModel(ModelSpaceConfig(source=RESNET20, checkpoint=str(tmp_path / "w.pth")), 3, 7, 32)
+    assert net.model.fc.out_features == 7 and torch.equal(net.model.conv1.weight, trained.conv1.weight)
+    broken = dict(state)
+    broken["conv1.weight"] = torch.zeros(3, 3, 3, 3)
+    save_file(broken, str(tmp_path / "bad.safetensors"))
+    with pytest.raises(ModelSourceError, match="conv1.weight"):
+        UserModel(ModelSpaceConfig(source=RESNET20, checkpoint=str(tmp_path / "bad.safetensors")), 3, 10, 32)
+
+
+@pytest.mark.parametrize("source, message", [
+    ("torchvision:resnet_18", "close names: resnet18"),
+    ("timm:convnext_atoo", "close names: convnext_atto"),
+    ("../models/net.py:build", "never a file path"),
+    ("resnet18", "torchvision:<name>, timm:<name> or package.module:function"),
+    ("benchmarks.no_such_module:net", "cannot import 'benchmarks.no_such_module'"),
+    ("benchmarks.cifar_resnet:resnet21", "has no callable 'resnet21'"),
+])
+def test_bad_sources_are_named_with_what_is_allowed(source, message):
+    with pytest.raises(ModelSourceError, match=message):
+        build_source(source, 10, 3)
+
+
+def test_ignored_layers_keep_their_channels_and_unknown_ones_are_refused():
+    net = UserModel(ModelSpaceConfig(source=RESNET20, ignore=["blocks.1.conv1"]), 3, 10, 32)
+    assert all("blocks.1.conv1" not in m for k, m in net.groups.members.items())
+    with pytest.raises(ValueError, match=r"model.ignore names \['blocks.1.conv9'\]"):
+        UserModel(ModelSpaceConfig(source=RESNET20, ignore=["blocks.1.conv9"]), 3, 10, 32)
+
+
+def test_distillation_without_trained_weights_is_refused():
+    with pytest.raises(ConfigError, match="model.checkpoint is unset"):
+        load_config(ROOT / "configs" / "prune_model.yaml", ["finetune.kd_weight=0.5"])
+    load_config(ROOT / "configs" / "prune_model.yaml", ["finetune.kd_weight=0.5",
+                                                         "model.checkpoint=net.safetensors"])
+
+
+def test_source_alone_selects_the_pruning_config():
+    sys.path.insert(0, str(ROOT))
+    import train
+    assert train.parse_args(["model.source=timm:resnet26d"]).config == "configs/prune_model.yaml"
+    assert train.parse_args(["search.epochs=1"]).config == "configs/digits.yaml"
+
+
+def test_train_prunes_a_user_network_end_to_end(tmp_path):
+    """One command: the user's ResNet-20 with its checkpoint on digits (1 input channel: the
+    factory takes in_channels), searched, pruned, distilled, exported; TensorBoard has the
+    masks and kept channels of every group."""
+    trained = {k: v.contiguous() for k, v in resnet20(10, 1).state_dict().items()}
+    save_file(trained, str(tmp_path / "net.safetensors"))
+    done = subprocess.run(
+        [sys.executable, "train.py", f"model.source={RESNET20}",
+         f"model.checkpoint={tmp_path / 'net.safetensors'}", "search.epochs=2",
+         "search.warmup_epochs=1", "finetune.epochs=1", "finetune.kd_weight=0.5",
+         f"out_dir={tmp_path}", "name=run", "threads=2"],
+        cwd=ROOT, capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr[-2000:]
+    summary = json.loads((tmp_path / "run" / "summary-export.json").read_text())
+    assert summary["macs"] == summary["fvcore_flops"]
+    assert abs(summary["macs"] / summary["target_macs"] - 1) <= 0.03
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+    events = EventAccumulator(str(tmp_path / "run")).Reload()
+    net = UserModel(ModelSpaceConfig(source=RESNET20), 1, 10, 8)
+    assert {f"channels/{g}" for g in net.masks} <= set(events.Tags()["scalars"])
+    assert {f"alpha/{b}/keep" for b in net.blocks} <= set(events.Tags()["scalars"])
