@@ -61,7 +61,9 @@ class Bench:
         self.overrides = [DATA, f"model.source=benchmarks.cifar_resnet:resnet{args.depth}",
                           f"search.epochs={args.search_epochs}",
                           f"finetune.epochs={args.finetune_epochs}", "threads=null"]
-        self.cfg = load_config(CONFIG, self.overrides)
+        # the shared settings (data, fine-tune recipe with its distillation); each run of ours
+        # names the seed's trained checkpoint
+        self.cfg = load_config(CONFIG, [*self.overrides, "model.checkpoint=dense.safetensors"])
         self.data = load_data(self.cfg)
         self.device = select_device(self.cfg.device)
         self.ctx = TrainingContext(self.cfg, self.data, self.device)

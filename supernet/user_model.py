@@ -278,8 +278,10 @@ class UserModel(Supernet):
             raise CostMismatchError(
                 f"{self.space.source}: fvcore counts {flops:,} MACs and {params:,} params, the "
                 f"cost model {float(analytic.macs):,.0f} and {float(analytic.params):,.0f}: the "
-                f"network computes with an op this tool does not model (it models "
-                f"{', '.join(t.__name__ for t in SUPPORTED)} and adaptive average pooling)")
+                f"network computes with an op this tool does not model (fvcore's count by op: "
+                f"{_by_operator(model, self.example)}; modelled: "
+                f"{', '.join(t.__name__ for t in SUPPORTED)} and adaptive average pooling); its "
+                f"cost would be wrong, so this network cannot be pruned here")
 
     # -- records and slimming ----------------------------------------------------------------------
     def architecture(self, ops, widths, mean=(), std=()) -> PrunedArchitecture:
@@ -322,6 +324,14 @@ class UserModel(Supernet):
             setattr(pruned.get_submodule(parent) if parent else pruned, leaf, nn.Identity())
         pruned.arch = replace(arch, modules=changed_layers(self.teacher[0], pruned))
         return pruned.to(next(self.parameters()).device)
+
+
+def _by_operator(model: nn.Module, example: torch.Tensor) -> dict[str, int]:
+    from fvcore.nn import FlopCountAnalysis
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        analysis = FlopCountAnalysis(model.eval(), example).unsupported_ops_warnings(False)
+        return dict(analysis.by_operator())
 
 
 def _depthwise(m: nn.Module) -> bool:

@@ -41,6 +41,11 @@ class Ctx:
         np.savez(path, **arrays)
         return str(path)
 
+    def weights(self, tensors: dict) -> str:
+        from safetensors.torch import save_file
+        save_file(tensors, str(self.tmp / "weights.safetensors"))
+        return str(self.tmp / "weights.safetensors")
+
     def file(self, name: str, text: str) -> str:
         (self.tmp / name).write_text(text)
         return str(self.tmp / name)
@@ -192,6 +197,27 @@ CASES = [
              x_train=np.zeros((40, 8, 6, 3), np.uint8)),
     npz_case("float-images", "float32 images", "x_train must be a uint8 array of shape (N, H, W, C)",
              x_train=np.zeros((40, 8, 8, 3), np.float32)),
+    # -- the model space: a user's network ---------------------------------------------------
+    Case("unknown-model-name", "`model.source=torchvision:resnet_18`",
+         lambda c: ["model.source=torchvision:resnet_18"],
+         "torchvision has no model 'resnet_18'; close names: resnet18"),
+    Case("model-source-is-a-path", "`model.source=../nets/net.py:build`",
+         lambda c: ["model.source=../nets/net.py:build"], "never a file path"),
+    Case("model-source-not-importable", "`model.source=no_such_pkg.nets:build`",
+         lambda c: ["model.source=no_such_pkg.nets:build"], "cannot import 'no_such_pkg.nets'"),
+    Case("missing-checkpoint", "`model.checkpoint=` a file that does not exist",
+         lambda c: [f"model.checkpoint={c.tmp / 'none.safetensors'}"], "none.safetensors' does not exist"),
+    Case("checkpoint-of-another-network", "`model.checkpoint=` weights of another network",
+         lambda c: [f"model.checkpoint={c.weights({'stem.weight': torch.zeros(2)})}"],
+         "does not fit the model: missing ['bn1.bias'"),
+    Case("distil-from-random-network", "`finetune.kd_weight=0.5` without model.checkpoint",
+         lambda c: ["model.source=torchvision:resnet18", "finetune.kd_weight=0.5"],
+         "model.checkpoint is unset and model.pretrained is false"),
+    Case("unknown-ignored-layer", "`model.ignore=[layer9]`", lambda c: ["model.ignore=[layer9]"],
+         "model.ignore names ['layer9'], which torchvision:resnet18 does not have"),
+    Case("model-section-in-macro-config", "`--config configs/digits.yaml model.depth=false`",
+         lambda c: ["--config", "configs/digits.yaml", "model.depth=false"],
+         "section 'model' configures the model space, but space is 'macro'"),
     npz_case("length-mismatch", "39 labels for 40 images", "x_train has 40 images but y_train has 39 labels",
              y_train=np.arange(39) % 4),
     npz_case("empty-test", "an empty test split", "the test split is empty",

@@ -4,12 +4,11 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
-import warnings
 from pathlib import Path
 
 import pytest
 import torch
-from safetensors.torch import load_file, save_file
+from safetensors.torch import save_file
 from torch import nn
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -146,6 +145,27 @@ def test_ignored_layers_keep_their_channels_and_unknown_ones_are_refused():
     assert all("blocks.1.conv1" not in m for k, m in net.groups.members.items())
     with pytest.raises(ValueError, match=r"model.ignore names \['blocks.1.conv9'\]"):
         UserModel(ModelSpaceConfig(source=RESNET20, ignore=["blocks.1.conv9"]), 3, 10, 32)
+
+
+class EinsumNet(nn.Module):
+    """A network with an op fvcore counts and the cost model does not (an einsum)."""
+
+    def __init__(self, num_classes: int = 10) -> None:
+        super().__init__()
+        self.conv, self.fc = nn.Conv2d(3, 8, 3, padding=1), nn.Linear(8, num_classes)
+
+    def forward(self, x):
+        x = self.conv(x)
+        return self.fc(torch.einsum("nchw,nchw->nchw", x, x).mean((2, 3)))
+
+
+def einsum_net(num_classes: int = 10) -> EinsumNet:
+    return EinsumNet(num_classes)
+
+
+def test_an_op_the_cost_model_does_not_count_stops_the_run_with_its_name():
+    with pytest.raises(ValueError, match=r"fvcore counts 14,160 MACs .* 'einsum': 256"):
+        UserModel(ModelSpaceConfig(source=f"{__name__}:einsum_net"), 3, 10, 8)
 
 
 def test_distillation_without_trained_weights_is_refused():
