@@ -145,11 +145,11 @@ def main(argv=None) -> list[dict]:
     bench, rows = Bench(args), []
     with tempfile.TemporaryDirectory() as tmp:
         for seed in args.seeds:
-            dense, checkpoint, result = bench.dense(seed, Path(tmp))
+            dense, checkpoint, dense_result = bench.dense(seed, Path(tmp))
             models = {"dense": dense}
-            rows.append({"seed": seed, "fraction": 1.0, "method": "dense", **result})
+            rows.append({"seed": seed, "fraction": 1.0, "method": "dense", **dense_result})
             for fraction in args.fractions:
-                target = fraction * next(r["macs"] for r in rows if r["method"] == "dense")
+                target = fraction * dense_result["macs"]
                 runs = {"ours": lambda: bench.ours(target, seed, checkpoint, Path(tmp))}
                 runs.update({name: (lambda n=name: bench.baseline(n, target, seed, dense))
                              for name in baselines()})

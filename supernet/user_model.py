@@ -78,9 +78,9 @@ class UserModel(Supernet):
         self.groups: ChannelGroups = discover(model, self.example, modules[self.trace.output_layer],
                                               [modules[n] for n in space.ignore])
         if self.groups.skipped:
-            warnings.warn("left unpruned: " + "; ".join(
-                f"{root}: {why}" for root, why in sorted(self.groups.skipped.items())) +
-                " (or list such layers in model.ignore)", stacklevel=2)
+            whole = "; ".join(f"{root}: {why}" for root, why in sorted(self.groups.skipped.items()))
+            warnings.warn(f"left unpruned (the channel group of each root layer named): {whole}",
+                          stacklevel=2)
         self.teacher = [copy.deepcopy(model).eval()]  # the original network (a list: unregistered)
         self.model = model
         for key, size in self.groups.sizes.items():
