@@ -127,6 +127,31 @@ def test_checkpoints_load_from_safetensors_and_torch_files(tmp_path):
         UserModel(ModelSpaceConfig(source=RESNET20, checkpoint=str(tmp_path / "bad.safetensors")), 3, 10, 32)
 
 
+class FixedHead(nn.Module):
+    """A user's network whose factory takes no class or channel count."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv, self.fc = nn.Conv2d(3, 4, 3), nn.Linear(4, 1000)
+
+    def forward(self, x):
+        return self.fc(self.conv(x).mean((2, 3)))
+
+
+def fixed_head() -> FixedHead:
+    return FixedHead()
+
+
+def test_heads_and_input_channels_adapt_to_the_data():
+    net = build_source(f"{__name__}:fixed_head", 7, 1)
+    assert (net.conv.in_channels, net.fc.out_features) == (1, 7)
+    tv = build_source("torchvision:resnet18", 5, 1)
+    assert (tv.conv1.in_channels, tv.fc.out_features) == (1, 5)
+    assert tv(torch.zeros(2, 1, 32, 32)).shape == (2, 5)
+    tm = build_source("timm:resnet26d", 5, 1)
+    assert tm(torch.zeros(2, 1, 32, 32)).shape == (2, 5)
+
+
 @pytest.mark.parametrize("source, message", [
     ("torchvision:resnet_18", "close names: resnet18"),
     ("timm:convnext_atoo", "close names: convnext_atto"),
