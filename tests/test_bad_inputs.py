@@ -197,7 +197,8 @@ CASES = [
              x_train=np.zeros((40, 8, 6, 3), np.uint8)),
     npz_case("float-images", "float32 images", "x_train must be a uint8 array of shape (N, H, W, C)",
              x_train=np.zeros((40, 8, 8, 3), np.float32)),
-    # -- the model space: a user's network ---------------------------------------------------
+    # -- the model space: a user's network (a model.* override alone selects
+    # configs/prune_model.yaml: otherwise the first cases would meet the macro section rule) -----
     Case("unknown-model-name", "`model.source=torchvision:resnet_18`",
          lambda c: ["model.source=torchvision:resnet_18"],
          "torchvision has no model 'resnet_18'; close names: resnet18"),

@@ -200,13 +200,6 @@ def test_distillation_without_trained_weights_is_refused():
                                                          "model.checkpoint=net.safetensors"])
 
 
-def test_source_alone_selects_the_pruning_config():
-    sys.path.insert(0, str(ROOT))
-    import train
-    assert train.parse_args(["model.source=timm:resnet26d"]).config == "configs/prune_model.yaml"
-    assert train.parse_args(["search.epochs=1"]).config == "configs/digits.yaml"
-
-
 def test_train_prunes_a_user_network_end_to_end(tmp_path):
     """One command: the user's ResNet-20 with its checkpoint on digits (1 input channel: the
     factory takes in_channels), searched, pruned, distilled, exported; TensorBoard has the
