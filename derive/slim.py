@@ -11,7 +11,7 @@ import torch
 from torch import nn
 
 from derive.discretize import Derivation
-from export.compact import CompactNet, build
+from export.compact import build
 from supernet.base import Index  # kept indices; None keeps every channel (image in, classes out)
 
 
@@ -69,7 +69,7 @@ def copy_selected(src: nn.Module, dst: nn.Module, index: dict[str, Index]) -> No
         COPIERS[type(d)](s, d, *(index.get(role) for role in roles))
 
 
-def slim(net, derivation: Derivation) -> CompactNet:
+def slim(net, derivation: Derivation) -> nn.Module:
     """The compact model of `derivation`, holding the supernet's kept weights: the space says
     which of its modules feed which compact module with which channels (`net.copy_plan`), unless
     it slims its own way (`net.slim`)."""
