@@ -104,7 +104,8 @@ def build_source(source: str, num_classes: int, in_channels: int,
     return model
 
 
-def _replace(model: nn.Module, name: str, new: nn.Module) -> None:
+def replace_module(model: nn.Module, name: str, new: nn.Module) -> None:
+    """Put `new` where the submodule called `name` (dotted) is."""
     parent, _, leaf = name.rpartition(".")
     setattr(model.get_submodule(parent) if parent else model, leaf, new)
 
@@ -117,7 +118,7 @@ def adapt_head(model: nn.Module, num_classes: int, source: str) -> None:
                                f"classes; make the factory take num_classes")
     name, last = linears[-1]
     if last.out_features != num_classes:
-        _replace(model, name, nn.Linear(last.in_features, num_classes, bias=last.bias is not None))
+        replace_module(model, name, nn.Linear(last.in_features, num_classes, bias=last.bias is not None))
 
 
 def adapt_input(model: nn.Module, in_channels: int, source: str) -> None:
@@ -141,7 +142,7 @@ def adapt_input(model: nn.Module, in_channels: int, source: str) -> None:
         conv.weight.copy_(adapt_input_conv(in_channels, first.weight))
         if first.bias is not None:
             conv.bias.copy_(first.bias)
-    _replace(model, name, conv)
+    replace_module(model, name, conv)
 
 
 def read_state_dict(path: str | Path) -> dict[str, torch.Tensor]:

@@ -14,7 +14,7 @@ from dataclasses import asdict, dataclass, field
 import torch
 from torch import nn
 
-from export.model_source import build_source
+from export.model_source import build_source, replace_module
 from ops import Cost
 
 FORMAT_VERSION = 1
@@ -104,8 +104,12 @@ def build_pruned(arch: PrunedArchitecture) -> nn.Module:
                          f"another version of the model")
     for name, shapes in arch.modules.items():
         resize_layer(modules[name], shapes, name)
-    for name in arch.removed:
-        parent, _, leaf = name.rpartition(".")
-        setattr(model.get_submodule(parent) if parent else model, leaf, nn.Identity())
+    remove_blocks(model, arch.removed)
     model.arch = arch
     return model
+
+
+def remove_blocks(model: nn.Module, names) -> None:
+    """Depth pruning: each named residual block becomes `nn.Identity`."""
+    for name in names:
+        replace_module(model, name, nn.Identity())

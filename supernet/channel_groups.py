@@ -72,9 +72,12 @@ def _width_of(dg, module, handler) -> int:
     return dg.get_out_channels(module) if "out" in handler.__name__ else dg.get_in_channels(module)
 
 
+def is_depthwise(m: nn.Module) -> bool:
+    return isinstance(m, nn.Conv2d) and m.groups > 1 and m.groups == m.in_channels == m.out_channels
+
+
 def _why_unsupported(module: nn.Module) -> str | None:
-    if isinstance(module, nn.Conv2d) and module.groups > 1 and not (
-            module.groups == module.in_channels == module.out_channels):
+    if isinstance(module, nn.Conv2d) and module.groups > 1 and not is_depthwise(module):
         return f"grouped convolution (groups={module.groups}) whose groups would have to shrink together"
     if not isinstance(module, SUPPORTED) and any(True for _ in module.parameters(recurse=False)):
         return f"{type(module).__name__} is not a layer this tool can slim"

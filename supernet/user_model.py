@@ -14,6 +14,7 @@ Torch-Pruning's physical pruning of a copy of the network.
 from __future__ import annotations
 
 import copy
+import math
 import warnings
 from dataclasses import dataclass, field, replace
 
@@ -21,10 +22,10 @@ import torch
 from torch import nn
 
 from export.model_source import build_source, check_source, load_checkpoint_into
-from export.pruned_model import PrunedArchitecture, changed_layers
+from export.pruned_model import PrunedArchitecture, changed_layers, remove_blocks
 from ops import ChannelMask, Cost
 from supernet.base import Supernet, register_space
-from supernet.channel_groups import SUPPORTED, ChannelGroups, discover, group_key
+from supernet.channel_groups import SUPPORTED, ChannelGroups, discover, group_key, is_depthwise
 from supernet.model_trace import trace
 
 OPS = ("keep", "skip")
@@ -92,6 +93,11 @@ class UserModel(Supernet):
         self._restricted: dict[str, str] | None = None
         self._state: tuple[dict, dict] | None = None  # this forward's gates and op weights
         self._hooks = self._attach(modules)
+        # what the cost formulas read, gathered once (the penalty evaluates them every step)
+        self._counted = [(name, modules[name], shapes) for name, shapes in self.trace.shapes.items()]
+        self._loose = [(name, space, model.get_parameter(name).numel() // space.size)
+                       for name, space in self.groups.params.items()]
+        self._fixed = [(name, p.numel()) for name, p in self._fixed_parameters()]
         self._check_cost(model)
 
     # -- gating ------------------------------------------------------------------------------
@@ -99,7 +105,7 @@ class UserModel(Supernet):
         handles = []
         for name, space in self.groups.inputs.items():
             m = modules[name]
-            if isinstance(m, (nn.Conv2d, nn.Linear)) and not _depthwise(m):
+            if isinstance(m, (nn.Conv2d, nn.Linear)) and not is_depthwise(m):
                 handles.append(m.register_forward_pre_hook(self._gate_input(space, m)))
         for name, space in self.groups.outputs.items():
             if isinstance(modules[name], nn.LayerNorm):
@@ -161,10 +167,15 @@ class UserModel(Supernet):
     def op_weights(self, temperature=None) -> dict[str, torch.Tensor]:
         t = self.temperature if temperature is None else temperature
         if self._restricted is not None:
-            return {group_key(n): torch.tensor([1.0, 0.0] if self._restricted[n] == "keep"
-                                               else [0.0, 1.0], device=self.temperature.device)
-                    for n in self.blocks}
+            return self._one_hot(self._restricted, dtype=self.temperature.dtype,
+                                 device=self.temperature.device)
         return {key: torch.softmax(a / t, dim=0) for key, a in self.alphas.items()}
+
+    def _one_hot(self, ops, dtype=torch.float64, device=None) -> dict[str, torch.Tensor]:
+        """Keep/skip weights of a derivation's `ops` (block -> "keep" | "skip"); float64 by
+        default, so that counting MACs in the billions stays exact."""
+        return {group_key(b): torch.tensor([1.0, 0.0] if ops[b] == "keep" else [0.0, 1.0],
+                                           dtype=dtype, device=device) for b in self.blocks}
 
     def op_logits(self) -> dict[str, torch.Tensor]:
         if self._restricted is not None:
@@ -204,40 +215,36 @@ class UserModel(Supernet):
     # -- cost ------------------------------------------------------------------------------------
     def _layer_costs(self, widths) -> list[tuple[str, Cost]]:
         """(layer, cost) of every counted layer and pooling at these group widths."""
-        modules, g = dict(self.model.named_modules()), self.groups
+        g = self.groups
         width = lambda spaces, name, default: spaces[name].width(widths) if name in spaces else default
         out = []
-        for name, (shape_in, shape_out) in self.trace.shapes.items():
-            m = modules[name]
+        for name, m, (shape_in, shape_out) in self._counted:
             if isinstance(m, nn.Conv2d):
                 c_out = width(g.outputs, name, m.out_channels)
                 k = m.kernel_size[0] * m.kernel_size[1]
-                per_out = k if _depthwise(m) else k * width(g.inputs, name, m.in_channels) / m.groups
+                per_out = k if is_depthwise(m) else k * width(g.inputs, name, m.in_channels) / m.groups
                 weights = c_out * per_out
                 cost = Cost(weights * shape_out[-2] * shape_out[-1],
                             weights + (c_out if m.bias is not None else 0))
             elif isinstance(m, nn.Linear):
                 c_in, c_out = width(g.inputs, name, m.in_features), width(g.outputs, name, m.out_features)
-                rows = _numel(shape_in[1:]) // m.in_features
+                rows = math.prod(shape_in[1:]) // m.in_features
                 cost = Cost(c_in * c_out * rows, c_in * c_out + (c_out if m.bias is not None else 0))
             elif isinstance(m, nn.BatchNorm2d):
                 c = width(g.outputs, name, m.num_features)
-                cost = Cost((2 if m.affine else 1) * c * _numel(shape_in[2:]), 2 * c if m.affine else 0)
+                cost = Cost((2 if m.affine else 1) * c * math.prod(shape_in[2:]), 2 * c if m.affine else 0)
             else:  # LayerNorm
                 c = width(g.outputs, name, m.normalized_shape[0])
                 affine = m.weight is not None
-                cost = Cost((5 if affine else 4) * c * _numel(shape_in[1:]) // m.normalized_shape[0],
+                cost = Cost((5 if affine else 4) * c * math.prod(shape_in[1:]) // m.normalized_shape[0],
                             2 * c if affine else 0)
             out.append((name, cost))
         for pool in self.trace.pools:
             out.append((pool.inside, Cost(width(g.outputs, pool.producer, self.trace.shapes[
                 pool.producer][1][1]) * pool.size, 0)))
-        for name, space in g.params.items():
-            p = self.model.get_parameter(name)
-            out.append((name, Cost(0, p.numel() // space.size * space.width(widths))))
-        for name, p in self._fixed_parameters():
-            out.append((name, Cost(0, p.numel())))
-        return out
+        out += [(name, Cost(0, per_channel * space.width(widths)))
+                for name, space, per_channel in self._loose]
+        return out + [(name, Cost(0, numel)) for name, numel in self._fixed]
 
     def _fixed_parameters(self):
         """Parameters of layers the cost formulas do not cover (loose parameters outside groups,
@@ -271,8 +278,7 @@ class UserModel(Supernet):
 
     def _check_cost(self, model: nn.Module) -> None:
         from export.flops import fvcore_report
-        keep_all = {group_key(b): torch.tensor([1.0, 0.0]) for b in self.blocks}
-        analytic = self.cost(keep_all, self.full_widths())
+        analytic = self.cost(self._one_hot({b: "keep" for b in self.blocks}), self.full_widths())
         flops, params, _ = fvcore_report(model, self.example)
         if (round(float(analytic.macs)), round(float(analytic.params))) != (flops, params):
             raise CostMismatchError(
@@ -285,9 +291,7 @@ class UserModel(Supernet):
 
     # -- records and slimming ----------------------------------------------------------------------
     def architecture(self, ops, widths, mean=(), std=()) -> PrunedArchitecture:
-        weights = {group_key(b): torch.tensor([1.0, 0.0] if ops[b] == "keep" else [0.0, 1.0],
-                                              dtype=torch.float64) for b in self.blocks}
-        cost = self.cost(weights, widths)
+        cost = self.cost(self._one_hot(ops), widths)
         return PrunedArchitecture(self.space.source, self.in_channels, self.input_size,
                                   self.num_classes, round(float(cost.macs)),
                                   round(float(cost.params)), {k: int(v) for k, v in widths.items()},
@@ -319,9 +323,7 @@ class UserModel(Supernet):
                     layer = pruned.get_submodule(root)
                     dg.get_pruning_group(layer, getattr(dg.get_pruner_of_module(layer), handler.__name__),
                                          drop).prune()
-        for name in arch.removed:
-            parent, _, leaf = name.rpartition(".")
-            setattr(pruned.get_submodule(parent) if parent else pruned, leaf, nn.Identity())
+        remove_blocks(pruned, arch.removed)
         pruned.arch = replace(arch, modules=changed_layers(self.teacher[0], pruned))
         return pruned.to(next(self.parameters()).device)
 
@@ -332,14 +334,3 @@ def _by_operator(model: nn.Module, example: torch.Tensor) -> dict[str, int]:
         warnings.simplefilter("ignore")
         analysis = FlopCountAnalysis(model.eval(), example).unsupported_ops_warnings(False)
         return dict(analysis.by_operator())
-
-
-def _depthwise(m: nn.Module) -> bool:
-    return isinstance(m, nn.Conv2d) and m.groups > 1 and m.groups == m.in_channels == m.out_channels
-
-
-def _numel(shape) -> int:
-    n = 1
-    for d in shape:
-        n *= d
-    return n
