@@ -92,8 +92,8 @@ def main(argv: list[str] | None = None) -> dict:
                           f"re-derive with --run {run_dir}, or pick another name=...")
     select_device(cfg.device)
     data = load_data(cfg)  # every split checked
-    if "search" in stages:
-        preflight(cfg, data)  # the supernet and its targets
+    if "search" in stages:  # the supernet and its targets (a resumed run: its latency table)
+        preflight(cfg, data, run_dir if args.resume else None)
     run_dir.mkdir(parents=True, exist_ok=True)
     if not args.run:  # a later-stage run keeps the search's config; overrides go to the export
         (run_dir / "config.yaml").write_text(yaml.safe_dump(to_dict(cfg), sort_keys=False))

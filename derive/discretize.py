@@ -15,6 +15,7 @@ reaches the target is taken (bisection), so the choices whose alpha margins are 
 from __future__ import annotations
 
 import warnings
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -24,6 +25,41 @@ from export.architecture import Architecture
 from ops.masks import KEEP_LOGIT, WidthRounding
 
 
+@dataclass(frozen=True)
+class Budget:
+    """The figure a derivation meets: its target, its value for a derived network's record,
+    every candidate op's share of it at given widths (what `promote_ops` tilts choices by), and
+    the search metric that tracks it. MACs by default; latency from a table when the run has a
+    latency target."""
+    name: str
+    target: float
+    of: Callable[[Architecture], float]
+    op_scores: Callable[[dict], dict[str, torch.Tensor]]
+    metric: str  # the search loop's per-epoch value of the derived network
+    unit: str = ""
+
+    def show(self, value: float) -> str:
+        return f"{value:,.0f} MACs" if self.unit == "MACs" else f"{value:.4g} {self.unit}"
+
+
+def macs_budget(net, target: float) -> Budget:
+    return Budget("MACs", target, lambda arch: arch.cost().macs, net.op_scores, "discrete_macs",
+                  "MACs")
+
+
+def latency_budget(latency, target_ms: float) -> Budget:
+    """`latency`: a `latency.LatencyModel` (the run's table)."""
+    return Budget("latency", target_ms, latency.architecture_ms, latency.op_scores,
+                  "discrete_latency_ms", "ms")
+
+
+def search_budget(net, targets, latency=None) -> Budget | None:
+    """The target a search holds and derivation meets: latency when there is one, else MACs."""
+    if targets.latency_ms is not None:
+        return latency_budget(latency, targets.latency_ms)
+    return macs_budget(net, targets.macs) if targets.macs is not None else None
+
+
 @dataclass
 class Derivation:
     arch: Architecture
@@ -31,103 +67,113 @@ class Derivation:
     keep: dict[str, torch.Tensor]  # channel group -> kept channel indices, ascending
 
 
-def derive(net, target_macs: float | None = None, tolerance: float = 0.03, round_to: int = 1,
+def _as_budget(net, target: float | Budget | None) -> Budget | None:
+    return macs_budget(net, target) if isinstance(target, (int, float)) else target
+
+
+def derive(net, target: float | Budget | None = None, tolerance: float = 0.03, round_to: int = 1,
            min_channels: int = 1, mean=(), std=(), promote_ops: bool = True) -> Derivation:
+    """`target`: MACs (a number) or a `Budget` (a latency target); None: the masks' own widths."""
     if min_channels < 1:
         raise ValueError(f"min_channels must be >= 1, got {min_channels}")
+    budget = _as_budget(net, target)
     with torch.no_grad():
         ops = net.derive_ops()
-        if promote_ops and target_macs is not None:
-            ops = _ops_reaching(net, ops, (1 - tolerance) * target_macs)
-    logits, counts_above, macs = _channel_rule(net, ops, WidthRounding(round_to, min_channels))
+        if promote_ops and budget is not None:
+            ops = _ops_reaching(net, ops, (1 - tolerance) * budget.target, budget)
+    logits, counts_above, cost = _channel_rule(net, ops, WidthRounding(round_to, min_channels),
+                                               budget)
     counts = counts_above(KEEP_LOGIT)  # the channels each mask keeps, as the penalty counts them
-    if target_macs is not None and abs(macs(counts) - target_macs) > tolerance * target_macs:
-        counts = counts_above(_threshold_for_target(counts_above, macs, logits, target_macs))
-        reached = macs(counts)
-        if abs(reached - target_macs) > tolerance * target_macs:
-            warnings.warn(f"the chosen ops cannot meet the MACs target {target_macs:,.0f} within "
-                          f"{tolerance:.0%}: the closest is {reached:,.0f} MACs", stacklevel=2)
+    if budget is not None and abs(cost(counts) - budget.target) > tolerance * budget.target:
+        counts = counts_above(_threshold_for_target(counts_above, cost, logits, budget.target))
+        reached = cost(counts)
+        if abs(reached - budget.target) > tolerance * budget.target:
+            warnings.warn(f"the chosen ops cannot meet the {budget.name} target "
+                          f"{budget.show(budget.target)} within {tolerance:.0%}: the closest is "
+                          f"{budget.show(reached)}", stacklevel=2)
     keep = {g: net.keep_channels(g, lg, counts[g]) for g, lg in logits.items()}
     return Derivation(net.architecture(ops, counts, mean, std), ops, keep)
 
 
-def hold_target(net, target_macs: float, tolerance: float = 0.03,
+def hold_target(net, target: float | Budget, tolerance: float = 0.03,
                 rounding: WidthRounding = WidthRounding()) -> tuple[float, float]:
-    """Move a supernet whose derived network is more than `tolerance` off `target_macs` back onto
-    it: every mask logit is shifted by one common offset, so that the channels kept (logit >= 0)
-    are those the discretizer's global ranking would keep. The search calls it between epochs once
-    it has reached its target, so that it ends there and derivation changes nothing. Returns the
-    offset subtracted (0.0 when the network was within the tolerance) and the MACs of the network
-    the masks keep afterwards."""
+    """Move a supernet whose derived network is more than `tolerance` off `target` (MACs, or a
+    `Budget`) back onto it: every mask logit is shifted by one common offset, so that the
+    channels kept (logit >= 0) are those the discretizer's global ranking would keep. The search
+    calls it between epochs once it has reached its target, so that it ends there and derivation
+    changes nothing. Returns the offset subtracted (0.0 when the network was within the
+    tolerance) and the cost of the network the masks keep afterwards."""
+    budget = _as_budget(net, target)
     with torch.no_grad():
-        logits, counts_above, macs = _channel_rule(net, net.derive_ops(), rounding)
-        reached = macs(counts_above(KEEP_LOGIT))
-        if abs(reached - target_macs) <= tolerance * target_macs:
+        logits, counts_above, cost = _channel_rule(net, net.derive_ops(), rounding, budget)
+        reached = cost(counts_above(KEEP_LOGIT))
+        if abs(reached - budget.target) <= tolerance * budget.target:
             return 0.0, reached
-        offset = _threshold_for_target(counts_above, macs, logits, target_macs)
-        reached = macs(counts_above(offset))  # before the shift: `logits` may share its memory
+        offset = _threshold_for_target(counts_above, cost, logits, budget.target)
+        reached = cost(counts_above(offset))  # before the shift: `logits` may share its memory
         for mask in net.masks.values():
             mask.logits.sub_(offset)
     return offset, reached
 
 
-def _channel_rule(net, ops, rounding: WidthRounding):
+def _channel_rule(net, ops, rounding: WidthRounding, budget: Budget | None):
     """The mask logits of the groups `ops` uses (on the CPU); counts_above(threshold): each
-    group's width keeping the logits >= threshold, rounded; macs(counts): the MACs of `ops` at
-    those widths."""
+    group's width keeping the logits >= threshold, rounded; cost(counts): the budget's figure
+    (MACs by default) of `ops` at those widths, which grows with every count."""
     logits = {g: net.masks[g].logits.detach().float().cpu() for g in net.used_groups(ops)}
+    of = budget.of if budget is not None else (lambda arch: arch.cost().macs)
 
     def counts_above(threshold: float) -> dict[str, int]:
         return {g: rounding(int((lg >= threshold).sum()), lg.numel(), net.channel_step(g))
                 for g, lg in logits.items()}
 
-    def macs(counts: dict[str, int]) -> float:
-        return net.architecture(ops, counts).cost().macs
+    def cost(counts: dict[str, int]) -> float:
+        return of(net.architecture(ops, counts))
 
-    return logits, counts_above, macs
+    return logits, counts_above, cost
 
 
-def _ops_reaching(net, ops, floor: float, iterations: int = 40):
-    """`ops`, or, if their full-width network has fewer than `floor` MACs, the ops of the
-    least-tilted scores logit + lambda * log(1 + MACs) whose full-width network reaches it."""
+def _ops_reaching(net, ops, floor: float, budget: Budget, iterations: int = 40):
+    """`ops`, or, if their full-width network costs less than `floor`, the ops of the
+    least-tilted scores logit + lambda * log(1 + op cost) whose full-width network reaches it."""
     widths = net.full_widths()
 
-    def full_macs(candidate) -> float:
-        return net.architecture(candidate, widths).cost().macs
+    def full_cost(candidate) -> float:
+        return budget.of(net.architecture(candidate, widths))
 
-    if full_macs(ops) >= floor:
+    if full_cost(ops) >= floor:
         return ops
     logits = {k: v.detach().double().cpu() for k, v in net.op_logits().items()}
-    cost = {k: torch.log1p(v.double().cpu()) for k, v in net.op_scores(widths).items()}
+    cost = {k: torch.log1p(v.double().cpu()) for k, v in budget.op_scores(widths).items()}
     tilted = lambda lam: net.derive_ops({k: logits[k] + lam * cost[k] for k in logits})
     lo, hi = 0.0, 1.0
-    while full_macs(tilted(hi)) < floor:
+    while full_cost(tilted(hi)) < floor:
         hi *= 2
         if hi > 1e6:  # even the costliest choices cannot reach it: keep the searched ops
             return ops
     for _ in range(iterations):
         mid = (lo + hi) / 2
-        lo, hi = (lo, mid) if full_macs(tilted(mid)) >= floor else (mid, hi)
+        lo, hi = (lo, mid) if full_cost(tilted(mid)) >= floor else (mid, hi)
     promoted = tilted(hi)
-    warnings.warn(f"the searched ops reach only {full_macs(ops):,.0f} MACs at full width, below "
-                  f"the target; the least confident choices were moved to costlier ops "
-                  f"({full_macs(promoted):,.0f} MACs at full width)", stacklevel=3)
+    warnings.warn(f"the searched ops reach only {budget.show(full_cost(ops))} at full width, "
+                  f"below the target; the least confident choices were moved to costlier ops "
+                  f"({budget.show(full_cost(promoted))} at full width)", stacklevel=3)
     return promoted
 
 
-def _threshold_for_target(counts_above, macs, logits, target: float) -> float:
+def _threshold_for_target(counts_above, cost, logits, target: float) -> float:
     """One global logit threshold, by bisection over the ranked logits, whose kept channels come
-    closest to `target` MACs; it lies halfway between the last logit kept and the next, so that
+    closest to `target` (MACs or ms); it lies halfway between the last logit kept and the next, so that
     shifting the logits by it leaves none exactly on the keep threshold."""
     ranked = torch.sort(torch.cat(list(logits.values())), descending=True).values.tolist()
     between = lambda n: (ranked[n - 1] + ranked[n]) / 2 if n < len(ranked) else ranked[-1] - 1.0
-    lo, hi = 1, len(ranked)  # keep the n highest: invariant macs(lo) <= target < macs(hi)
-    if macs(counts_above(ranked[-1])) <= target:
+    lo, hi = 1, len(ranked)  # keep the n highest: invariant cost(lo) <= target < cost(hi)
+    if cost(counts_above(ranked[-1])) <= target:
         return between(len(ranked))
     while hi - lo > 1:
         mid = (lo + hi) // 2
-        if macs(counts_above(ranked[mid - 1])) <= target:
+        if cost(counts_above(ranked[mid - 1])) <= target:
             lo = mid
         else:
             hi = mid
-    return min((between(lo), between(hi)), key=lambda t: abs(macs(counts_above(t)) - target))
+    return min((between(lo), between(hi)), key=lambda t: abs(cost(counts_above(t)) - target))

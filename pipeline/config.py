@@ -19,7 +19,8 @@ import yaml
 
 from export.onnx_runtime import PRECISIONS
 from export.quantize import CALIBRATIONS
-from supernet import ESTIMATORS, SPACES
+from latency.measure import RUNTIMES
+from supernet import ESTIMATORS, SPACES, Supernet
 
 
 class ConfigError(ValueError):
@@ -46,6 +47,10 @@ class TargetConfig:
     macs_fraction: float | None = 0.5
     params: float | None = None
     params_fraction: float | None = None
+    # milliseconds per forward pass on latency.device (see the latency section), or a fraction
+    # of the dense network's; derivation then meets the latency target
+    latency_ms: float | None = None
+    latency_fraction: float | None = None
     weight: float = 2.0  # penalty = weight * sum of log(cost / target)^2
     # discrete: cost of the currently derived network, straight-through gradients (default);
     # expected: the soft expectation over op weights and gates (plain DARTS-style relaxation)
@@ -83,8 +88,24 @@ class SearchConfig:
 
 
 @dataclass
+class LatencyConfig:
+    """Where a latency target's milliseconds are spent: the device and runtime the model will
+    run on, at which batch size. Its table is measured once per space, device, runtime and batch
+    (cached in cache_dir) unless `table` names one measured elsewhere (`python -m latency`)."""
+    device: str = "cpu"  # cpu | cuda | cuda:N
+    runtime: str = "torch"  # torch (eager) | onnxruntime (CPU)
+    batch: int = 1
+    table: str | None = None  # a latency table JSON file measured for this space and device
+    grid_points: int = 4  # widths per channel group (from 1 to the full width)
+    repeats: int = 15  # timed runs per grid point and round (their median is taken)
+    rounds: int = 3  # passes over the table, seconds apart: each point keeps its lowest median
+    cache_dir: str | None = None  # default: <out_dir>/latency-tables
+
+
+@dataclass
 class DeriveConfig:
     macs: float | None = None  # default: the search target
+    latency_ms: float | None = None  # default: the search target (wins over macs when set)
     tolerance: float = 0.03
     round_to: int = 1
     min_channels: int = 1
@@ -141,6 +162,7 @@ class RunConfig:
     derive: DeriveConfig = field(default_factory=DeriveConfig)
     finetune: FinetuneConfig = field(default_factory=FinetuneConfig)
     export: ExportConfig = field(default_factory=ExportConfig)
+    latency: LatencyConfig = field(default_factory=LatencyConfig)
 
     def __post_init__(self) -> None:
         if self.space_config is None and self.space in SPACES.names():
@@ -273,8 +295,22 @@ def read_yaml(path: str | Path) -> dict:
     return data
 
 
+COST_TARGETS = ("macs", "macs_fraction", "params", "params_fraction", "latency_ms",
+                "latency_fraction")
+
+
 def load_config(path: str | Path | None = None, overrides: list[str] = ()) -> RunConfig:
+    """The file's config with the overrides applied. Cost targets named in the overrides are
+    the run's targets: the file's (and the defaults') other cost targets are cleared, so that
+    `search.target.latency_ms=1.5` asks for a latency target alone, not for it and the file's
+    MACs fraction (name both to have both)."""
     data = read_yaml(path) if path is not None else {}
+    keys = [a.split("=", 1)[0].strip() for a in overrides]
+    if any(k.startswith("search.target.") and k.split(".")[-1] in COST_TARGETS for k in keys):
+        target = data.setdefault("search", {})
+        target = target.setdefault("target", {}) if isinstance(target, dict) else None
+        if isinstance(target, dict):
+            target.update(dict.fromkeys(COST_TARGETS))
     for assignment in overrides:
         apply_override(data, assignment)
     cfg = from_dict(RunConfig, data)
@@ -318,7 +354,9 @@ RANGES: dict[str, Range] = {
     "search.temperature_end": POSITIVE,
     "search.target.macs": POSITIVE, "search.target.macs_fraction": UNIT,
     "search.target.params": POSITIVE, "search.target.params_fraction": UNIT,
-    "search.target.weight": AT_LEAST_0, "search.target.surrogate_temperature": POSITIVE,
+    "search.target.latency_ms": POSITIVE, "search.target.latency_fraction": UNIT,
+    "derive.latency_ms": POSITIVE, "latency.batch": AT_LEAST_1, "latency.grid_points": Range(2),
+    "latency.repeats": AT_LEAST_1, "latency.rounds": AT_LEAST_1, "search.target.weight": AT_LEAST_0, "search.target.surrogate_temperature": POSITIVE,
     "derive.macs": POSITIVE, "derive.tolerance": Range(0, 1, high_open=True),
     "derive.round_to": AT_LEAST_1, "derive.min_channels": AT_LEAST_1, "derive.eval_cells": AT_LEAST_1,
     "derive.eval_channels": Range(2),
@@ -373,15 +411,35 @@ def validate(cfg: RunConfig) -> None:
          f"{cfg.export.quantize}"),
         (cfg.export.calibration in CALIBRATIONS,
          f"export.calibration must be one of {', '.join(CALIBRATIONS)}, got {cfg.export.calibration!r}"),
-        (cfg.device == "auto" or cfg.device == "cpu" or cfg.device == "cuda"
-         or (cfg.device.startswith("cuda:") and cfg.device[5:].isdigit()),
+        (cfg.device == "auto" or is_device_name(cfg.device),
          f"device must be auto, cpu, cuda or cuda:N, got {cfg.device!r}"),
+        (is_device_name(cfg.latency.device),
+         f"latency.device must be cpu, cuda or cuda:N, got {cfg.latency.device!r}"),
+        (cfg.latency.runtime in RUNTIMES,
+         f"latency.runtime must be one of {', '.join(RUNTIMES)}, got {cfg.latency.runtime!r}"),
+        (cfg.latency.runtime != "onnxruntime" or cfg.latency.device == "cpu",
+         f"latency.runtime=onnxruntime runs on the CPU (CPUExecutionProvider); set "
+         f"latency.device=cpu, or latency.runtime=torch for {cfg.latency.device}"),
+        (not uses_latency(cfg) or SPACES.get(cfg.space).latency_parts is not Supernet.latency_parts,
+         f"the {cfg.space!r} space has no latency model, so search.target.latency_ms, "
+         f"latency_fraction and derive.latency_ms cannot be used with it; spaces with one: "
+         f"{', '.join(n for n in SPACES.names() if SPACES.get(n).latency_parts is not Supernet.latency_parts)}"),
     ]
     checks.append((cfg.name is None or is_plain_name(cfg.name), plain_name_error("name", cfg.name)))
     for ok, message in checks:
         if not ok:
             raise ConfigError(message)
     cfg.space_config.validate()
+
+
+def is_device_name(name: str) -> bool:
+    return name in ("cpu", "cuda") or (name.startswith("cuda:") and name[5:].isdigit())
+
+
+def uses_latency(cfg: RunConfig) -> bool:
+    """Whether the run has a latency target (and so measures or reads a latency table)."""
+    t = cfg.search.target
+    return t.latency_ms is not None or t.latency_fraction is not None or cfg.derive.latency_ms is not None
 
 
 _NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]*")

@@ -11,7 +11,8 @@ import numpy as np
 import torch
 
 from datasource import DeviceLoader, ImageData, load_dataset
-from pipeline.config import ConfigError, FinetuneConfig, RunConfig, from_dict, to_dict
+from latency.cache import obtain_table, save_run_copy
+from pipeline.config import ConfigError, FinetuneConfig, RunConfig, from_dict, to_dict, uses_latency
 from search.loop import Searcher
 from search.penalty import Targets, resolve_targets
 from supernet import SPACES
@@ -30,14 +31,15 @@ class DataMeta:
     std: tuple[float, ...]
 
 
-def select_device(name: str) -> torch.device:
+def select_device(name: str, key: str = "device") -> torch.device:
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     if name.startswith("cuda") and not torch.cuda.is_available():
-        raise ConfigError(f"device={name!r} but CUDA is not available here; use device=cpu or auto")
+        raise ConfigError(f"{key}={name!r} but CUDA is not available here; use {key}=cpu"
+                          f"{' or auto' if key == 'device' else ''}")
     device = torch.device(name)
     if device.type == "cuda" and device.index is not None and device.index >= torch.cuda.device_count():
-        raise ConfigError(f"device={name!r} but this machine has {torch.cuda.device_count()} GPU(s)")
+        raise ConfigError(f"{key}={name!r} but this machine has {torch.cuda.device_count()} GPU(s)")
     return device
 
 
@@ -71,6 +73,26 @@ def build_supernet(cfg: RunConfig, meta: DataMeta, device) -> torch.nn.Module:
     return net.to(memory_format=torch.channels_last) if cfg.channels_last else net
 
 
+def apply_threads(cfg: RunConfig) -> None:
+    if cfg.threads:
+        torch.set_num_threads(cfg.threads)
+
+
+def latency_model(cfg: RunConfig, net, run_dir: Path | None = None, report=print,
+                  always: bool = False, write_cache: bool = True):
+    """The run's `latency.LatencyModel` when it has a latency target (or `always`; else None):
+    the table of the run directory, the one `latency.table` names, a cached one or a new
+    measurement."""
+    if not (always or uses_latency(cfg)):
+        return None
+    lat = cfg.latency
+    cache = Path(lat.cache_dir) if lat.cache_dir else Path(cfg.out_dir) / "latency-tables"
+    return obtain_table(net, select_device(lat.device, "latency.device"), lat.runtime, lat.batch,
+                        cfg.channels_last, lat.grid_points, lat.repeats, lat.rounds, cache,
+                        lat.table, run_dir,
+                        report, write_cache)
+
+
 def load_data(cfg: RunConfig) -> ImageData:
     d = cfg.data
     data = load_dataset(d.name, d.path, d.download, d.image_size)
@@ -81,29 +103,35 @@ def prepare_search(cfg: RunConfig, run_dir: Path, data: ImageData | None = None,
                    logger_factory=None) -> Searcher:
     """Everything a search needs, built deterministically from the config and seed."""
     seed_everything(cfg.seed)
-    if cfg.threads:
-        torch.set_num_threads(cfg.threads)
+    apply_threads(cfg)
     device = select_device(cfg.device)
     data = data or load_data(cfg)
     meta = data_meta(data)
     net = build_supernet(cfg, meta, device)
-    targets = resolve_targets(cfg.search.target, net, cfg.derive.min_channels)
+    latency = latency_model(cfg, net, run_dir)
+    targets = resolve_targets(cfg.search.target, net, cfg.derive.min_channels, latency)
+    if latency is not None:
+        save_run_copy(latency, run_dir)
     train_idx, val_idx = split_train_val(len(data.y_train), cfg.data.val_fraction, cfg.seed)
     if cfg.search.weight_data == "all":
         train_idx = torch.arange(len(data.y_train))
     train = loader(cfg, data.x_train[train_idx], data.y_train[train_idx], meta, device, True, cfg.seed)
     val = loader(cfg, data.x_train[val_idx], data.y_train[val_idx], meta, device, True, cfg.seed + 1)
-    logger = logger_factory(run_dir, net, targets.macs) if logger_factory else None
-    return Searcher(cfg, net, train, val, targets, run_dir, logger,
+    logger = (logger_factory(run_dir, net, targets.macs, targets.latency_ms) if logger_factory
+              else None)
+    return Searcher(cfg, net, train, val, targets, run_dir, logger, latency=latency,
                     extra_state={"config": to_dict(cfg), "data": asdict(meta)})
 
 
-def preflight(cfg: RunConfig, data: ImageData) -> None:
+def preflight(cfg: RunConfig, data: ImageData, run_dir: Path | None = None) -> None:
     """What can fail in setting up a search, checked before a run writes anything: the supernet
-    of this space on this data, and the cost targets against it (the device is `select_device`'s)."""
+    of this space on this data, and the cost targets against it (the device is `select_device`'s;
+    a latency target's table is measured here if no cache has it, into the cache only)."""
+    apply_threads(cfg)
     meta = data_meta(data)
     net = build_supernet(cfg, meta, torch.device("cpu"))
-    resolve_targets(cfg.search.target, net, cfg.derive.min_channels)
+    resolve_targets(cfg.search.target, net, cfg.derive.min_channels,
+                    latency_model(cfg, net, run_dir, write_cache=False))
 
 
 def restore_supernet(state: dict, device) -> tuple[torch.nn.Module, RunConfig, DataMeta]:
@@ -160,6 +188,6 @@ class TrainingContext:
         return [(bx.numpy(), by.numpy()) for bx, by in itertools.islice(plain, batches)]
 
 
-__all__ = ["DataMeta", "Targets", "TrainingContext", "prepare_search", "preflight", "restore_supernet",
+__all__ = ["DataMeta", "Targets", "latency_model", "apply_threads", "TrainingContext", "prepare_search", "preflight", "restore_supernet",
            "select_device", "seed_everything", "split_train_val", "loader", "load_data",
            "data_meta", "build_supernet"]

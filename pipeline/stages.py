@@ -21,14 +21,16 @@ import torch
 
 from datasource import ImageData
 from derive import Derivation, derive, slim
+from derive.discretize import Budget, latency_budget, macs_budget
 from export import save_export
 from export.architecture import evaluation_architecture
 from export.compact import build
 from export.latency import latencies_ms
+from latency import LatencyModel, models_ms
 from pipeline.config import ConfigError, RunConfig, flat_dict, to_dict
-from pipeline.setup import (DataMeta, TrainingContext, load_data, prepare_search, restore_supernet,
-                            seed_everything, select_device)
-from pipeline.summary import onnx_table, summary_table
+from pipeline.setup import (DataMeta, TrainingContext, latency_model, load_data, prepare_search,
+                            restore_supernet, seed_everything, select_device)
+from pipeline.summary import latency_table, onnx_table, summary_table
 from search.checkpoint import load_checkpoint
 from search.loop import Searcher
 from search.penalty import Targets
@@ -59,6 +61,7 @@ class SearchOutcome:
     targets: Targets
     metrics: dict  # the last search epoch's (empty if none ran)
     logger: SearchLogger | None = None  # the run's TensorBoard writer, still open
+    latency: LatencyModel | None = None  # the run's latency table, when it has a latency target
 
 
 @dataclass
@@ -81,11 +84,22 @@ def search(cfg: RunConfig, run_dir: Path, data: ImageData, resume: bool = False,
         report(f"resumed {run_dir} at epoch {searcher.epoch}/{cfg.search.epochs}")
     elif resume:
         report(f"{searcher.checkpoint_path} does not exist yet: starting the search from epoch 0")
+    report(f"targets: {describe_targets(searcher.targets)}")
     metrics = searcher.run()
+    latency = (f", table latency {metrics['discrete_latency_ms']:.4g} ms"
+               if "discrete_latency_ms" in metrics else "")
     report(f"search done in {time.perf_counter() - start:.0f}s: val acc {metrics['val_acc']:.3f}, "
            f"MACs of the derived network {metrics['discrete_macs']:,.0f} "
-           f"(soft expectation {metrics['expected_macs']:,.0f})")
-    return SearchOutcome(searcher.net, searcher.targets, metrics, searcher.logger)
+           f"(soft expectation {metrics['expected_macs']:,.0f}){latency}")
+    return SearchOutcome(searcher.net, searcher.targets, metrics, searcher.logger,
+                         searcher.latency)
+
+
+def describe_targets(t: Targets) -> str:
+    parts = [f"{t.macs:,.0f} MACs" if t.macs is not None else "",
+             f"{t.params:,.0f} params" if t.params is not None else "",
+             f"{t.latency_ms:.4g} ms" if t.latency_ms is not None else ""]
+    return ", ".join(p for p in parts if p) or "none (no cost penalty)"
 
 
 def load_search(cfg: RunConfig, run_dir: Path) -> SearchOutcome:
@@ -96,10 +110,11 @@ def load_search(cfg: RunConfig, run_dir: Path) -> SearchOutcome:
               f"{cfg.search.epochs}; deriving from it anyway", file=sys.stderr)
     net, _, _ = restore_supernet(state, select_device(cfg.device))
     return SearchOutcome(net, Targets(**state["targets"]),
-                         state["history"][-1] if state["history"] else {})
+                         state["history"][-1] if state["history"] else {},
+                         latency=latency_model(cfg, net, run_dir))
 
 
-def derive_and_slim(cfg: RunConfig, net: Supernet, meta: DataMeta, target: float | None,
+def derive_and_slim(cfg: RunConfig, net: Supernet, meta: DataMeta, target: float | Budget | None,
                     probe: torch.Tensor) -> Slimmed:
     """Derive the architecture, slim the supernet into it, and measure how far the compact
     model is from the hard-masked supernet on a real batch."""
@@ -114,6 +129,38 @@ def derive_and_slim(cfg: RunConfig, net: Supernet, meta: DataMeta, target: float
     if cfg.channels_last:
         compact = compact.to(memory_format=torch.channels_last)
     return Slimmed(derivation, compact, gap, scale)
+
+
+def derive_budget(cfg: RunConfig, net: Supernet, searched: SearchOutcome) -> Budget | None:
+    """What derivation meets: derive.latency_ms or the search's latency target (a table
+    latency), else derive.macs or the search's MACs target; None: the masks' own widths."""
+    d, t = cfg.derive, searched.targets
+    latency_ms = d.latency_ms if d.latency_ms is not None else (
+        t.latency_ms if d.macs is None else None)
+    if latency_ms is not None:
+        return latency_budget(searched.latency, latency_ms)
+    macs = d.macs if d.macs is not None else t.macs
+    return macs_budget(net, macs) if macs is not None else None
+
+
+def latency_check(cfg: RunConfig, latency: LatencyModel, arch, dense, compact: torch.nn.Module,
+                  budget: Budget | None) -> dict:
+    """The exported and the dense model timed on the latency device and runtime, as the table's
+    parts were (onnxruntime: exported to ONNX the same way), against the table's predictions."""
+    lat, shape = cfg.latency, (arch.in_channels, arch.input_size, arch.input_size)
+    device = select_device(lat.device)
+    measured = models_ms({"exported": compact, "dense": build(dense)}, shape, device, lat.runtime,
+                         lat.batch, cfg.channels_last)
+    predicted = {"exported": latency.architecture_ms(arch), "dense": latency.architecture_ms(dense)}
+    return {"device": latency.meta["device"], "runtime": lat.runtime, "batch": lat.batch,
+            "target_ms": budget.target if budget and budget.unit == "ms" else None,
+            **{f"{k}_predicted_ms": v for k, v in predicted.items()},
+            **{f"{k}_measured_ms": v for k, v in measured.items()},
+            "prediction_error": measured["exported"] / predicted["exported"] - 1,
+            # the same against the dense network timed alongside: free of the machine's drift
+            # between the table's measurement and this one (shared machines drift up to 2x)
+            "relative_prediction_error": (measured["exported"] / measured["dense"])
+            / (predicted["exported"] / predicted["dense"]) - 1}
 
 
 def cpu_latencies(models: dict[str, torch.nn.Module], shape: tuple[int, ...]) -> dict[str, float]:
@@ -133,16 +180,17 @@ def derive_and_export(cfg: RunConfig, run_dir: Path, data: ImageData, searched: 
     net = searched.net
     ctx = TrainingContext(cfg, data, next(net.parameters()).device)
     train_loader = ctx.train_loader()
-    target = cfg.derive.macs if cfg.derive.macs is not None else searched.targets.macs
+    budget = derive_budget(cfg, net, searched)
 
-    slimmed = derive_and_slim(cfg, net, ctx.meta, target, next(iter(ctx.test_loader))[0])
+    slimmed = derive_and_slim(cfg, net, ctx.meta, budget, next(iter(ctx.test_loader))[0])
     compact = slimmed.model
     recalibrate_batchnorm(compact, train_loader)
     slim_acc = ctx.evaluate(compact)["acc"]
     cost = slimmed.derivation.arch.cost()
-    report(f"derived: {cost.macs:,.0f} MACs (target {target or 0:,.0f}), slimmed == hard-masked "
-           f"supernet within {slimmed.gap:.1e} (logits up to {slimmed.scale:.3g}), test acc after "
-           f"BN recalibration {slim_acc:.4f}")
+    reached = (f"{budget.show(budget.of(slimmed.derivation.arch))} (target "
+               f"{budget.show(budget.target)})" if budget else f"{cost.macs:,.0f} MACs (no target)")
+    report(f"derived: {reached}, slimmed == hard-masked supernet within {slimmed.gap:.1e} "
+           f"(logits up to {slimmed.scale:.3g}), test acc after BN recalibration {slim_acc:.4f}")
     if cfg.derive.eval_cells:  # DARTS protocol: the genotype in a larger network, from scratch
         arch = evaluation_architecture(slimmed.derivation.arch, cfg.derive.eval_cells,
                                        cfg.derive.eval_channels)
@@ -163,13 +211,17 @@ def derive_and_export(cfg: RunConfig, run_dir: Path, data: ImageData, searched: 
         "test_acc": test_metrics["acc"], "test_loss": test_metrics["loss"],
         "slimmed_test_acc": slim_acc, "slim_max_abs_diff": slimmed.gap,
         "slim_output_scale": slimmed.scale,
-        "macs": cost.macs, "params": cost.params, "target_macs": target,
+        "macs": cost.macs, "params": cost.params,
+        "target_macs": budget.target if budget and budget.unit == "MACs" else searched.targets.macs,
         "dense_macs": dense_cost.macs, "dense_params": dense_cost.params,
         "search_val_acc": searched.metrics.get("val_acc"), "data": asdict(meta),
         "from_scratch": cfg.finetune.from_scratch or bool(cfg.derive.eval_cells),
         "cpu_latency_ms": cpu_latencies({"dense": build(dense), "slim": compact},
                                         (meta.in_channels, meta.input_size, meta.input_size)),
     }
+    if searched.latency is not None:  # the table's prediction against the derived model, timed
+        metrics["latency"] = latency_check(cfg, searched.latency, slimmed.derivation.arch, dense,
+                                           compact, budget)
     if "export" in stages:
         e = cfg.export
         test = ctx.arrays("test")
@@ -180,7 +232,10 @@ def derive_and_export(cfg: RunConfig, run_dir: Path, data: ImageData, searched: 
             test_set=(np.concatenate([x for x, _ in test]), np.concatenate([y for _, y in test])))
         if metrics["fvcore_flops"] != cost.macs:
             raise AssertionError(f"analytic MACs {cost.macs} != fvcore {metrics['fvcore_flops']}")
+
     report(summary_table(metrics))
+    if metrics.get("latency"):
+        report(latency_table(metrics["latency"]))
     if metrics.get("onnx"):
         report(onnx_table(metrics))
     if "export" in stages:

@@ -17,6 +17,19 @@ def summary_table(m: dict) -> str:
     return columns(rows)
 
 
+def latency_table(lat: dict) -> str:
+    """The latency table's predictions against the models as timed after derivation."""
+    rows = [(f"latency ({lat['runtime']}, batch {lat['batch']}, {lat['device']})", "dense",
+             "exported"),
+            ("predicted by the table", f"{lat['dense_predicted_ms']:.3f} ms",
+             f"{lat['exported_predicted_ms']:.3f} ms" + (
+                 f" (target {lat['target_ms']:.3f} ms)" if lat.get("target_ms") else "")),
+            ("measured", f"{lat['dense_measured_ms']:.3f} ms",
+             f"{lat['exported_measured_ms']:.3f} ms ({lat['prediction_error']:+.1%} off the "
+             f"prediction; {lat['relative_prediction_error']:+.1%} as a fraction of dense)")]
+    return columns(rows)
+
+
 def onnx_table(m: dict) -> str:
     """Each ONNX artefact as ONNX Runtime runs it on the CPU (empty without an ONNX export)."""
     report = m.get("onnx")

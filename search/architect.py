@@ -29,11 +29,12 @@ class Architect:
                  order: int = 1, betas: tuple[float, float] = (0.5, 0.999),
                  estimator: str = "discrete", hessian_eps: float = 0.01,
                  rounding: WidthRounding = WidthRounding(), mask_weight_decay: float = 0.0,
-                 surrogate_temperature: float | None = 1.0) -> None:
+                 surrogate_temperature: float | None = 1.0, latency=None) -> None:
         self.net, self.penalty, self.order = net, penalty, order
+        self.latency = latency  # a latency.LatencyModel when the penalty has a latency target
         self.hessian_eps = hessian_eps  # finite-difference step, relative to |d L_val / d w'|
-        self.cost_fn = functools.partial(ESTIMATORS.get(estimator), rounding=rounding,
-                                         surrogate_temperature=surrogate_temperature)
+        self.point_fn = functools.partial(ESTIMATORS.get(estimator), rounding=rounding,
+                                          surrogate_temperature=surrogate_temperature)
         self.params = net.arch_parameters()
         alphas = list(net.alphas.values())
         masks = [m.logits for m in net.masks.values()]
@@ -46,10 +47,13 @@ class Architect:
         self.weight_names = [n for n, p in net.named_parameters() if id(p) not in arch_ids]
 
     def objective(self, logits: torch.Tensor, y: torch.Tensor):
-        """Validation loss + cost penalty; also returns the parts for logging."""
+        """Validation loss + cost penalty; also returns the parts for logging. MACs, params and
+        latency are read at one point (op weights and widths) of the estimator."""
         loss = cross_entropy(logits, y)
-        cost = self.cost_fn(self.net)
-        penalty = self.penalty(cost).to(loss.device)
+        weights, widths = self.point_fn(self.net)
+        cost = self.net.cost(weights, widths)
+        latency = self.latency.ms(weights, widths) if self.latency is not None else None
+        penalty = self.penalty(cost, latency).to(loss.device)
         return loss + penalty, loss, penalty, cost
 
     def step(self, train_batch, val_batch, xi: float = 0.0, w_weight_decay: float = 0.0,

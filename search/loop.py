@@ -10,12 +10,12 @@ import torch
 from timm.scheduler import CosineLRScheduler
 from tqdm import tqdm
 
-from derive.discretize import hold_target
+from derive.discretize import hold_target, search_budget
 from ops import WidthRounding
 from search.architect import Architect
 from search.checkpoint import load_checkpoint, rng_state, save_checkpoint, set_rng_state
 from search.penalty import CostPenalty, Targets
-from supernet.cost_model import discrete_cost, expected_cost
+from supernet.cost_model import discrete_point, expected_point
 from training.autocast import autocast_factory
 from training.losses import NonFiniteLossError, cross_entropy
 
@@ -45,8 +45,8 @@ class Searcher:
     CHECKPOINT = "search.pt"
 
     def __init__(self, cfg, net, train_loader, val_loader, targets: Targets, run_dir: Path,
-                 logger=None, extra_state: dict | None = None) -> None:
-        self.cfg, self.net, self.logger = cfg, net, logger
+                 logger=None, extra_state: dict | None = None, latency=None) -> None:
+        self.cfg, self.net, self.logger, self.latency = cfg, net, logger, latency
         self.train_loader, self.val_loader = train_loader, val_loader
         self.targets, self.run_dir = targets, Path(run_dir)
         self.extra_state = extra_state or {}
@@ -57,12 +57,14 @@ class Searcher:
                                      weight_decay=s.w_weight_decay)
         self.w_sched = CosineLRScheduler(self.w_opt, t_initial=s.epochs, lr_min=s.w_lr_min)
         self.rounding = rounding = WidthRounding(cfg.derive.round_to, cfg.derive.min_channels)
-        self.discrete_cost = functools.partial(discrete_cost, rounding=rounding)
+        self.discrete_point = functools.partial(discrete_point, rounding=rounding)
+        self.budget = search_budget(net, targets, latency)  # what hold_target holds
         self.architect = Architect(net, CostPenalty(targets, s.target.weight), s.arch_lr,
                                    s.arch_weight_decay, s.order, estimator=s.target.estimator,
                                    hessian_eps=s.hessian_eps, rounding=rounding,
                                    mask_weight_decay=s.mask_weight_decay,
-                                   surrogate_temperature=s.target.surrogate_temperature)
+                                   surrogate_temperature=s.target.surrogate_temperature,
+                                   latency=latency)
         self.epoch, self.step, self.history = 0, 0, []
 
     @property
@@ -130,36 +132,42 @@ class Searcher:
     def _progress(self, bar: tqdm, sums: torch.Tensor, counts: list[int]) -> None:
         loss, acc, _, val_acc = self._means(sums, counts)
         with torch.no_grad():
-            macs = float(self.discrete_cost(self.net).macs)
-        bar.set_postfix(loss=f"{loss:.3f}", acc=f"{acc:.3f}", val_acc=f"{val_acc:.3f}",
-                        macs=f"{macs:,.0f}")
+            weights, widths = self.discrete_point(self.net)
+            cost = {"macs": f"{float(self.net.cost(weights, widths).macs):,.0f}"}
+            if self.latency is not None:
+                cost["ms"] = f"{float(self.latency.ms(weights, widths)):.3f}"
+        bar.set_postfix(loss=f"{loss:.3f}", acc=f"{acc:.3f}", val_acc=f"{val_acc:.3f}", **cost)
 
     def _epoch_metrics(self, sums: torch.Tensor, counts: list[int]) -> dict[str, float]:
         train_loss, train_acc, val_loss, val_acc = self._means(sums, counts)
         with torch.no_grad():
-            cost, discrete = expected_cost(self.net), self.discrete_cost(self.net)
+            expected, discrete = expected_point(self.net), self.discrete_point(self.net)
+            cost, discrete_cost = self.net.cost(*expected), self.net.cost(*discrete)
+            latency = {} if self.latency is None else {
+                "expected_latency_ms": float(self.latency.ms(*expected)),
+                "discrete_latency_ms": float(self.latency.ms(*discrete))}
         return {"epoch": self.epoch, "train_loss": train_loss, "train_acc": train_acc,
                 "val_loss": val_loss, "val_acc": val_acc, "expected_macs": float(cost.macs),
-                "expected_params": float(cost.params), "discrete_macs": float(discrete.macs),
-                "temperature": float(self.net.temperature), "w_lr": self.w_opt.param_groups[0]["lr"],
-                **self.net.arch_stats()}
+                "expected_params": float(cost.params), "discrete_macs": float(discrete_cost.macs),
+                **latency, "temperature": float(self.net.temperature),
+                "w_lr": self.w_opt.param_groups[0]["lr"], **self.net.arch_stats()}
 
     def _hold_target(self, metrics: dict[str, float]) -> None:
-        """Once the derived network has reached the MACs target (come within the derivation's
+        """Once the derived network has reached the target (come within the derivation's
         tolerance, or crossed it), every later epoch ends on it: a network that drifted further
         off is moved back by shifting all mask logits by one offset (`derive.hold_target`), so
         that the search ends at its target and derivation changes nothing. Annealed gates make
-        the penalty's discrete cost jump a few percent around the target from step to step."""
-        target, tol = self.targets.macs, self.cfg.derive.tolerance
-        s = self.cfg.search
-        if target is None or not s.hold_target or self.epoch < s.warmup_epochs:
+        the penalty's discrete cost jump a few percent around the target from step to step.
+        The target held is the one derivation meets: latency when there is one, else MACs."""
+        budget, tol, s = self.budget, self.cfg.derive.tolerance, self.cfg.search
+        if budget is None or not s.hold_target or self.epoch < s.warmup_epochs:
             return
-        ratios = [m["discrete_macs"] / target for m in [*self.history, metrics]
+        ratios = [m[budget.metric] / budget.target for m in [*self.history, metrics]
                   if m["epoch"] >= s.warmup_epochs]
         if not (any(abs(r - 1) <= tol for r in ratios) or min(ratios) < 1 < max(ratios)):
             return
-        metrics["mask_shift"], macs = hold_target(self.net, target, tol, self.rounding)
-        metrics["discrete_macs"] = float(macs)  # the held network's (unchanged when not moved)
+        metrics["mask_shift"], reached = hold_target(self.net, budget, tol, self.rounding)
+        metrics[budget.metric] = float(reached)  # the held network's (unchanged when not moved)
 
     def _check_finite_state(self) -> None:
         """Weights, alpha, masks, buffers and both optimisers' state must be finite: the last
@@ -209,7 +217,8 @@ class Searcher:
                              "lr/weights": m["w_lr"], "temperature": m["temperature"],
                              "cost/mask_shift": m.get("mask_shift", 0.0)}, e)
         self.logger.architecture(self.net, e, {k: m[k] for k in (
-            "expected_macs", "discrete_macs", "expected_params")})
+            "expected_macs", "discrete_macs", "expected_params", "expected_latency_ms",
+            "discrete_latency_ms") if k in m})
 
     # -- checkpointing --------------------------------------------------------------------------
     def state_dict(self) -> dict:
@@ -219,7 +228,7 @@ class Searcher:
                 "loaders": {"train": self.train_loader.state_dict(),
                             "val": self.val_loader.state_dict()},
                 "rng": rng_state(), "history": self.history,
-                "targets": {"macs": self.targets.macs, "params": self.targets.params},
+                "targets": self.targets.as_dict(),
                 **self.extra_state}
 
     def load_state_dict(self, state: dict) -> None:

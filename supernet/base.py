@@ -143,6 +143,11 @@ class Supernet(nn.Module, abc.ABC):
         """Every candidate's MACs at these widths, in the layout of `op_weights`: `select` of
         these (or of their negatives) gives the most (least) expensive derivable network."""
 
+    def latency_parts(self) -> list | None:
+        """The `latency.LatencyPart`s a latency table measures (stem, every candidate op, head),
+        or None for a space without a latency model (latency targets are refused for it)."""
+        return None
+
     def single_path_weights(self, widths: Widths, largest: bool) -> OpWeights:
         scores = self.op_scores(widths)
         return self.select({k: v if largest else -v for k, v in scores.items()})

@@ -11,8 +11,8 @@ import torch
 
 from ops import Cost, Registry, WidthRounding
 
-# search.target.estimator: name -> f(net, rounding, surrogate_temperature) -> the cost the
-# penalty reads
+# search.target.estimator: name -> f(net, rounding, surrogate_temperature) -> the op weights
+# and widths (per channel group) at which the penalty reads the cost and the latency
 ESTIMATORS = Registry("cost estimator")
 
 
@@ -33,27 +33,29 @@ def _surrogate(net, temperature) -> tuple[dict, dict]:
 
 
 @ESTIMATORS.named("expected")
-def expected_cost(net, rounding: WidthRounding | None = None, surrogate_temperature=None) -> Cost:
-    """Expected MACs and params under the current alpha and masks (differentiable). Widths are
-    the soft sums of the gates, so `rounding` (a rule for whole channel counts) does not apply.
-    With a `surrogate_temperature` the value is the same and the gradients are those at it."""
+def expected_point(net, rounding: WidthRounding | None = None, surrogate_temperature=None):
+    """Op weights and widths of the soft expectation under the current alpha and masks
+    (differentiable). Widths are the soft sums of the gates, so `rounding` (a rule for whole
+    channel counts) does not apply. With a `surrogate_temperature` the values are the same and
+    the gradients are those at it."""
     weights, gates = net.op_weights(), net.gates()
     if surrogate_temperature is not None:
         soft_weights, soft_gates = _surrogate(net, surrogate_temperature)
         weights = {k: _straight_through(soft_weights[k], w) for k, w in weights.items()}
         gates = {k: _straight_through(soft_gates[k], g) for k, g in gates.items()}
-    return net.cost(weights, {name: gate.sum() for name, gate in gates.items()})
+    return weights, {name: gate.sum() for name, gate in gates.items()}
 
 
 @ESTIMATORS.named("discrete")
-def discrete_cost(net, rounding: WidthRounding = WidthRounding(), surrogate_temperature=None) -> Cost:
-    """Cost of the architecture a derivation would give now (the space's `select` of its op
-    logits; the channels each mask keeps, rounded to a width as the discretizer rounds them:
-    `min_channels`, `round_to`, the group's own step), with straight-through gradients of the
-    soft relaxation (at `surrogate_temperature`; `None`: the search's temperature).
+def discrete_point(net, rounding: WidthRounding = WidthRounding(), surrogate_temperature=None):
+    """Op weights and widths of the architecture a derivation would give now (the space's
+    `select` of its op logits; the channels each mask keeps, rounded to a width as the
+    discretizer rounds them: `min_channels`, `round_to`, the group's own step), with
+    straight-through gradients of the soft relaxation (at `surrogate_temperature`; `None`: the
+    search's temperature).
 
     The soft expectation can meet a target with diffuse op weights (a mixture of an expensive op
-    and `zero`) whose derived network is far off it; penalising this value instead aims the
+    and `zero`) whose derived network is far off it; penalising this point instead aims the
     penalty at the network that will actually be derived and pushes on its masks too.
     """
     soft, gates = _surrogate(net, surrogate_temperature)
@@ -61,7 +63,18 @@ def discrete_cost(net, rounding: WidthRounding = WidthRounding(), surrogate_temp
     weights = {k: _straight_through(w, hard[k]) for k, w in soft.items()}
     channels = {name: _straight_through(gates[name].sum(), rounding(
         mask.kept().sum(), mask.channels, net.channel_step(name))) for name, mask in net.masks.items()}
-    return net.cost(weights, channels)
+    return weights, channels
+
+
+def expected_cost(net, rounding: WidthRounding | None = None, surrogate_temperature=None) -> Cost:
+    """MACs and params at `expected_point` (their expectation; differentiable)."""
+    return net.cost(*expected_point(net, rounding, surrogate_temperature))
+
+
+def discrete_cost(net, rounding: WidthRounding = WidthRounding(), surrogate_temperature=None) -> Cost:
+    """MACs and params of the network a derivation would give now, with the straight-through
+    gradients of `discrete_point`."""
+    return net.cost(*discrete_point(net, rounding, surrogate_temperature))
 
 
 def _exact(cost: Cost) -> Cost:
@@ -75,8 +88,13 @@ def dense_cost(net) -> Cost:
     return _exact(net.cost(net.single_path_weights(widths, largest=True), widths))
 
 
+def smallest_widths(net, min_channels: int = 1) -> dict[str, int]:
+    """Every group at `min_channels` (at least its step, at most its size)."""
+    return {name: min(max(min_channels, net.channel_step(name)), c)
+            for name, c in net.full_widths().items()}
+
+
 def smallest_cost(net, min_channels: int = 1) -> Cost:
     """The cheapest reachable network: every group at `min_channels`, every choice its cheapest op."""
-    widths = {name: min(max(min_channels, net.channel_step(name)), c)
-              for name, c in net.full_widths().items()}
+    widths = smallest_widths(net, min_channels)
     return _exact(net.cost(net.single_path_weights(widths, largest=False), widths))

@@ -13,6 +13,8 @@ import torch
 from torch import nn
 
 from export.architecture import Architecture, LayerChoice
+from export.compact import CompactLayer
+from latency.parts import LatencyPart
 from ops import ChannelMask, Head, MixedOp, Stem, apply_gate, get_op, is_zero
 from ops.cost import Cost, out_size
 from supernet.base import CopyPlan, Supernet, register_space
@@ -170,6 +172,49 @@ class MacroSupernet(Supernet):
                 total = total + c * w
         return total + Head.cost(channels[self.final_group], self.num_classes, self.final_size,
                                  self.final_size)
+
+    def latency_parts(self) -> list[LatencyPart]:
+        """The stem, every non-zero candidate of every layer (as the compact model builds it,
+        residual add included) and the head; a removed layer costs nothing."""
+        full = self.full_widths()
+        stem_size = (self.in_channels, self.input_size, self.input_size)
+        parts = [LatencyPart("stem", ("stem",), (full["stem"],),
+                             lambda w: (Stem(self.in_channels, w[0]), stem_size),
+                             locate=lambda arch: (arch.stem_channels,))]
+        for index, layer in enumerate(self.layers):
+            for i, (op, hidden) in enumerate(zip(layer.names, layer.hidden_groups)):
+                if not is_zero(op):
+                    parts.append(self._layer_part(index, layer, i, op, hidden, full))
+        final = (self.final_group,)
+        parts.append(LatencyPart("head", final, (full[self.final_group],),
+                                 lambda w: (Head(w[0], self.num_classes),
+                                            (w[0], self.final_size, self.final_size)),
+                                 locate=lambda arch: (arch.out_channels,)))
+        return parts
+
+    def _layer_part(self, index: int, layer: SearchLayer, i: int, op: str, hidden: str | None,
+                    full: dict[str, int]) -> LatencyPart:
+        """Candidate `op` of `layer`: its widths are those of the layer's groups (input and
+        output are one group in a residual layer) and of its own inner group."""
+        groups = tuple(dict.fromkeys(g for g in (layer.in_group, layer.out_group, hidden) if g))
+        spec = get_op(op)
+
+        def build(widths):
+            w = dict(zip(groups, widths))
+            choice = LayerChoice(op, w[layer.in_group], w[layer.out_group], layer.stride,
+                                 layer.residual, w[hidden] if hidden else None, spec.kernel,
+                                 spec.dilation)
+            return CompactLayer(choice), (choice.c_in, layer.in_size, layer.in_size)
+
+        def locate(arch):
+            choice = arch.layers[index]
+            if choice.op != op:
+                return None
+            w = {layer.in_group: choice.c_in, layer.out_group: choice.c_out, hidden: choice.hidden}
+            return tuple(w[g] for g in groups)
+
+        return LatencyPart(f"{layer.name}/{op}", groups, tuple(full[g] for g in groups), build,
+                           choice=(layer.name, i), locate=locate)
 
     def restrict_ops(self, ops: dict[str, str] | None) -> None:
         for layer in self.layers:

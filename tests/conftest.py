@@ -70,3 +70,27 @@ def small_config(tmp_path, *overrides: str):
 
     space = [*RUN_BASICS] if any(o.startswith("space=") for o in overrides) else [*SMALL_RUN]
     return load_config(None, [*space, f"out_dir={tmp_path}", *overrides])
+
+
+def synthetic_ms(part, widths) -> float:
+    """A made-up latency, growing with every width: 0.01 ms a part, more for ops with more
+    channel groups, plus 1e-3 ms per channel."""
+    return 0.01 * len(part.groups) + 1e-3 * sum(widths)
+
+
+def synthetic_table(net, ms=synthetic_ms, grid_points: int = 3, channels_last: bool = False):
+    """A latency table of `net` on this machine's CPU (torch, batch 1) with made-up numbers:
+    what a measured table holds, without timing anything."""
+    import itertools
+
+    from latency import LatencyTable, table_meta
+    from latency.table import TableEntry, grid_widths
+
+    parts = net.latency_parts()
+    table = LatencyTable(table_meta(net.space_name, parts, torch.device("cpu"), "torch", 1,
+                                    channels_last))
+    for part in parts:
+        grid = [grid_widths(size, grid_points) for size in part.sizes]
+        values = torch.tensor([ms(part, w) for w in itertools.product(*grid)], dtype=torch.float64)
+        table.entries[part.key] = TableEntry(grid, values.reshape([len(g) for g in grid]).tolist())
+    return table

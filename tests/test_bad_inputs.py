@@ -50,6 +50,18 @@ class Ctx:
         (self.tmp / name).write_text(text)
         return str(self.tmp / name)
 
+    def latency_table(self, **space) -> str:
+        """A made-up latency table of the default digits space (or of it with `space` changed)."""
+        from conftest import synthetic_table
+        from supernet import MacroSupernet
+
+        cfg = load_config(ROOT / "configs" / "digits.yaml")
+        for key, value in space.items():
+            setattr(cfg.space_config, key, value)
+        path = self.tmp / "latency_table.json"
+        synthetic_table(MacroSupernet(cfg.space_config, 1, 10, 8), channels_last=True).save(path)
+        return str(path)
+
 
 @dataclass
 class Case:
@@ -169,6 +181,27 @@ CASES = [
          "--run cannot change macro.stem_channels"),
     Case("run-without-checkpoint", "`--run` on a run whose search never saved",
          lambda c: ["--run", str(c.tmp / "bare"), "--stages", "derive"], "has no search checkpoint"),
+    # -- latency targets --------------------------------------------------------------------------
+    Case("latency-on-darts-space", "`--config configs/darts_digits.yaml search.target.latency_ms=1`",
+         lambda c: ["--config", "configs/darts_digits.yaml", "search.target.latency_ms=1"],
+         "the 'darts' space has no latency model"),
+    Case("unknown-latency-runtime", "`latency.runtime=tensorrt`", lambda c: ["latency.runtime=tensorrt"],
+         "latency.runtime must be one of torch, onnxruntime, got 'tensorrt'"),
+    Case("onnxruntime-on-cuda", "`latency.runtime=onnxruntime latency.device=cuda`",
+         lambda c: ["latency.runtime=onnxruntime", "latency.device=cuda"],
+         "latency.runtime=onnxruntime runs on the CPU"),
+    Case("latency-device-without-cuda", "`search.target.latency_ms=1 latency.device=cuda` (no GPU)",
+         lambda c: ["search.target.latency_ms=1", "latency.device=cuda"],
+         "latency.device='cuda' but CUDA is not available here", needs_no_gpu=True),
+    Case("missing-latency-table", "`latency.table=` a file that does not exist",
+         lambda c: ["search.target.latency_ms=1", f"latency.table={c.tmp / 'none.json'}"],
+         "none.json' does not exist"),
+    Case("latency-table-of-another-space", "`latency.table=` a table of another space config",
+         lambda c: ["search.target.latency_ms=1", f"latency.table={c.latency_table(stem_channels=8)}"],
+         "was measured for parts"),
+    Case("latency-target-below-fastest", "`search.target.latency_ms=0.001` (below the fastest network)",
+         lambda c: ["search.target.latency_ms=0.001", f"latency.table={c.latency_table()}"],
+         "is below the fastest network this search space can reach"),
     # -- data -----------------------------------------------------------------------------------
     Case("unknown-dataset", "`data.name=mnist`", lambda c: ["data.name=mnist"],
          "unknown dataset 'mnist'; registered:"),

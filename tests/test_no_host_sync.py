@@ -44,3 +44,27 @@ def test_search_steps_do_not_sync(tmp_path, space):
             searcher.weight_step(*train)
     finally:
         torch.cuda.set_sync_debug_mode("default")
+
+
+@cuda
+def test_search_steps_with_a_latency_target_do_not_sync(tmp_path):
+    """The interpolated table (searchsorted, index_select on the device) reads nothing back."""
+    from conftest import synthetic_table
+    from supernet import MacroSupernet
+
+    cfg = small_config(tmp_path, "device=cuda", "search.warmup_epochs=0",
+                       "search.target.latency_fraction=0.5")
+    path = tmp_path / "table.json"
+    synthetic_table(MacroSupernet(cfg.space_config, 1, 10, 8)).save(path)
+    cfg.latency.table = str(path)
+    searcher = prepare_search(cfg, tmp_path)
+    batches = list(zip(searcher.train_loader, searcher.val_loader))[:3]
+    searcher.net.train()
+    torch.cuda.synchronize()
+    torch.cuda.set_sync_debug_mode("error")
+    try:
+        for train, val in batches:
+            searcher.arch_step(train, val)
+            searcher.weight_step(*train)
+    finally:
+        torch.cuda.set_sync_debug_mode("default")

@@ -1,0 +1,72 @@
+"""Finding the latency table of a run: its own copy, a table the user names, a cached one, or a
+new measurement (then cached for every later run of the same space, device, runtime and batch)."""
+from __future__ import annotations
+
+from collections.abc import Callable
+from pathlib import Path
+
+import torch
+
+from latency.measure import measure_table, table_meta
+from latency.model import LatencyModel
+from latency.table import LatencyTable, LatencyTableError
+
+RUN_COPY = "latency_table.json"
+_MEASURED: dict[Path, LatencyTable] = {}  # measured in this process, not yet in the cache
+
+
+def cache_name(meta: dict, grid_points: int) -> str:
+    """One file per space config, device, runtime, batch and grid (the other identity fields
+    are checked on reading)."""
+    device = "".join(c if c.isalnum() else "-" for c in meta["device"]).strip("-")[:40]
+    return (f"{meta['space']}-{meta['runtime']}-b{meta['batch']}-g{grid_points}-{device}-"
+            f"{meta['parts']}.json")
+
+
+def obtain_table(net, device: torch.device, runtime: str, batch: int, channels_last: bool,
+                 grid_points: int, repeats: int, rounds: int, cache_dir: Path, explicit: str | None = None,
+                 run_dir: Path | None = None, report: Callable[[str], None] = print,
+                 write_cache: bool = True) -> LatencyModel:
+    """The latency model of `net` on `device`/`runtime` at `batch`. A table found anywhere must
+    have been measured for exactly this (see `LatencyTable.check`): the run's copy or a named
+    table that was not is refused; a cached one that was not is measured again. Without
+    `write_cache` (the checks before a run writes anything) a new measurement is only kept in
+    memory, for the run's later call to write."""
+    parts = net.latency_parts()
+    if parts is None:
+        raise LatencyTableError(f"the {net.space_name} space has no latency model; latency "
+                                f"targets are supported by spaces that list latency parts (macro)")
+    expected = table_meta(net.space_name, parts, device, runtime, batch, channels_last)
+    own = run_dir / RUN_COPY if run_dir is not None else None
+    source = own if own is not None and own.is_file() else Path(explicit) if explicit else None
+    if source is not None:
+        table = LatencyTable.load(source)
+        table.check(expected, str(source))
+        return LatencyModel(net, parts, table)
+    cached = cache_dir / cache_name(expected, grid_points)
+    table = _MEASURED.pop(cached, None) if write_cache else _MEASURED.get(cached)
+    if table is None and cached.is_file():
+        try:
+            table = LatencyTable.load(cached)
+            table.check(expected, str(cached))
+            report(f"latency table: reusing {cached}")
+        except LatencyTableError as e:
+            report(f"latency table: {e}; measuring again")
+            table = None
+    if table is None:
+        report(f"latency table: measuring {len(parts)} parts on {expected['device']} ({runtime}, "
+               f"batch {batch}, {grid_points} widths per channel group)")
+        table = measure_table(net.space_name, parts, device, runtime, batch, channels_last,
+                              grid_points, repeats, rounds=rounds)
+        _MEASURED[cached] = table
+    if write_cache and not cached.is_file():
+        table.save(cached)
+        _MEASURED.pop(cached, None)
+        report(f"latency table: saved {cached}")
+    return LatencyModel(net, parts, table)
+
+
+def save_run_copy(model: LatencyModel, run_dir: Path) -> None:
+    """The table a run's targets and predictions come from, kept in the run (a resume reads it)."""
+    if not (run_dir / RUN_COPY).is_file():
+        model.table.save(run_dir / RUN_COPY)

@@ -1,0 +1,126 @@
+"""A latency table: per part, milliseconds on a grid of channel counts, and its interpolation.
+
+The grid of a part is the product of one list of widths per channel group it depends on. Between
+grid points the table is interpolated multilinearly, which reproduces every grid point exactly,
+is monotone wherever the grid values are, and is differentiable in the (soft) widths, so the
+search's penalty can pull on mask gates through it. Widths outside the grid are clamped to it.
+
+A table records what it was measured for (`meta`: the space's parts, device, runtime, batch,
+threads, memory format, torch version); `check` refuses one measured for anything else, naming
+what differs.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+
+from search.checkpoint import atomic_write
+
+FORMAT = "dnas-latency-table/1"
+# what must match for a table to be reused, in the order a mismatch is reported
+IDENTITY = ("space", "parts", "device", "runtime", "batch", "threads", "channels_last", "torch")
+
+
+class LatencyTableError(ValueError):
+    pass
+
+
+def grid_widths(size: int, points: int) -> list[int]:
+    """`points` widths from 1 to `size`, evenly spaced (fewer when `size` is small)."""
+    if points < 2:
+        raise ValueError(f"a latency grid needs at least 2 points per axis, got {points}")
+    return sorted({round(1 + (size - 1) * i / (points - 1)) for i in range(points)})
+
+
+def parts_digest(signatures: list) -> str:
+    return hashlib.sha256(json.dumps(signatures).encode()).hexdigest()[:16]
+
+
+@dataclass
+class TableEntry:
+    grid: list[list[int]]  # per axis, ascending widths
+    ms: list  # nested lists, one level per axis: milliseconds at the grid points
+
+    def values(self) -> torch.Tensor:
+        return torch.tensor(self.ms, dtype=torch.float64)
+
+
+@dataclass
+class LatencyTable:
+    meta: dict
+    entries: dict[str, TableEntry] = field(default_factory=dict)
+    _cache: dict = field(default_factory=dict, repr=False)
+
+    # -- interpolation --------------------------------------------------------------------------
+    def _tensors(self, key: str, device) -> tuple[list[torch.Tensor], torch.Tensor]:
+        if (key, device) not in self._cache:
+            e = self.entries[key]
+            self._cache[key, device] = ([torch.tensor(g, dtype=torch.float64, device=device)
+                                         for g in e.grid], e.values().to(device))
+        return self._cache[key, device]
+
+    def ms(self, key: str, widths) -> torch.Tensor:
+        """Interpolated milliseconds of part `key` at `widths` (ints, floats or 0-d tensors,
+        one per axis; differentiable in tensors). No value is read back to the host."""
+        device = next((w.device for w in widths if torch.is_tensor(w)), torch.device("cpu"))
+        grids, values = self._tensors(key, device)
+        out = values
+        # contract one axis at a time: out[i, ...] -> (1 - t) out[k-1, ...] + t out[k, ...]
+        for axis, (grid, w) in enumerate(zip(grids, widths)):
+            bounds = self.entries[key].grid[axis]
+            w = torch.as_tensor(w, dtype=torch.float64, device=device).clamp(bounds[0], bounds[-1])
+            k = torch.searchsorted(grid, w.detach().reshape(1)).clamp(1, len(grid) - 1)
+            lo, hi = grid[k - 1], grid[k]
+            t = ((w - lo) / (hi - lo)).reshape(())
+            out = (1 - t) * out.index_select(0, k - 1)[0] + t * out.index_select(0, k)[0]
+        return out
+
+    # -- identity -------------------------------------------------------------------------------
+    def check(self, expected: dict, source: str) -> None:
+        """Refuse a table measured for something else than `expected` (a meta dict)."""
+        for what in IDENTITY:
+            have, want = self.meta.get(what), expected.get(what)
+            if have != want:
+                if what == "parts":
+                    have, want = f"parts {have}", f"parts {want} (another space config or data shape)"
+                raise LatencyTableError(
+                    f"the latency table {source} was measured for {what} {have!r}, this run needs "
+                    f"{what} {want!r}; build one for this run (python -m latency --config ...) "
+                    f"or leave latency.table unset to measure it")
+
+    # -- files ----------------------------------------------------------------------------------
+    def to_dict(self) -> dict:
+        return {"format": FORMAT, "meta": self.meta,
+                "entries": {k: {"grid": e.grid, "ms": e.ms} for k, e in self.entries.items()}}
+
+    def save(self, path: str | Path) -> None:
+        text = json.dumps(self.to_dict(), indent=1)
+        atomic_write(path, lambda tmp: Path(tmp).write_text(text))
+
+    @classmethod
+    def load(cls, path: str | Path) -> "LatencyTable":
+        path = Path(path)
+        if not path.is_file():
+            raise LatencyTableError(f"latency table {str(path)!r} does not exist")
+        try:
+            data = json.loads(path.read_text())
+            if data.get("format") != FORMAT:
+                raise LatencyTableError(f"{path} is not a latency table of this project (format "
+                                        f"{data.get('format')!r}, expected {FORMAT!r})")
+            entries = {k: TableEntry(e["grid"], e["ms"]) for k, e in data["entries"].items()}
+            return cls(data["meta"], entries)
+        except (json.JSONDecodeError, KeyError, TypeError, AttributeError, UnicodeDecodeError) as e:
+            raise LatencyTableError(f"{path} is not a readable latency table: {e}") from e
+
+
+def monotone(values: torch.Tensor) -> torch.Tensor:
+    """The smallest grid at least `values` that does not decrease along any axis: a wider layer
+    is never predicted faster (a measured dip is timing noise the search must not exploit).
+    A running maximum along each axis in turn keeps the earlier axes monotone."""
+    for axis in range(values.dim()):
+        values = values.cummax(dim=axis).values
+    return values
