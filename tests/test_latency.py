@@ -6,6 +6,7 @@ import json
 
 import pytest
 import torch
+from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
 from conftest import synthetic_ms, synthetic_table, tiny_space
 from derive.discretize import derive, latency_budget
@@ -158,6 +159,12 @@ def test_a_search_meets_a_latency_target_on_a_synthetic_table(tmp_path):
     assert json.loads((tmp_path / "run" / "latency_table.json").read_text())["entries"]
     summary = json.loads((tmp_path / "run" / "summary-export.json").read_text())
     assert summary["latency"] == lat
+    # TensorBoard: the table latency of every epoch against the target
+    events = EventAccumulator(str(tmp_path / "run"), size_guidance={"scalars": 0}).Reload()
+    logged = [e.value for e in events.Scalars("cost/discrete_latency_ms")]
+    assert logged == pytest.approx([h["discrete_latency_ms"] for h in history])
+    targets = [e.value for e in events.Scalars("cost/target_latency_ms")]
+    assert targets == pytest.approx([lat["target_ms"]] * len(history))
 
 
 def _digits_small(tmp_path) -> list[str]:

@@ -34,7 +34,12 @@ def test_augmented_batches_reach_the_gpu_without_a_sync(sync_errors):
 def test_search_steps_do_not_sync(tmp_path, space):
     searcher = prepare_search(small_config(tmp_path, "device=cuda", "search.warmup_epochs=0", *space),
                               tmp_path)
-    batches = list(zip(searcher.train_loader, searcher.val_loader))[:3]
+    steps_without_sync(searcher)
+
+
+def steps_without_sync(searcher, steps: int = 3) -> None:
+    """Architecture and weight steps with every synchronising call an error."""
+    batches = list(zip(searcher.train_loader, searcher.val_loader))[:steps]
     searcher.net.train()
     torch.cuda.synchronize()
     torch.cuda.set_sync_debug_mode("error")
@@ -57,14 +62,4 @@ def test_search_steps_with_a_latency_target_do_not_sync(tmp_path):
     path = tmp_path / "table.json"
     synthetic_table(MacroSupernet(cfg.space_config, 1, 10, 8)).save(path)
     cfg.latency.table = str(path)
-    searcher = prepare_search(cfg, tmp_path)
-    batches = list(zip(searcher.train_loader, searcher.val_loader))[:3]
-    searcher.net.train()
-    torch.cuda.synchronize()
-    torch.cuda.set_sync_debug_mode("error")
-    try:
-        for train, val in batches:
-            searcher.arch_step(train, val)
-            searcher.weight_step(*train)
-    finally:
-        torch.cuda.set_sync_debug_mode("default")
+    steps_without_sync(prepare_search(cfg, tmp_path))
