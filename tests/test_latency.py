@@ -231,3 +231,26 @@ def test_latency_targets_on_the_command_line_replace_the_files_cost_targets():
 def test_spaces_without_a_latency_model_refuse_latency_targets():
     with pytest.raises(ConfigError, match="'darts' space has no latency model"):
         load_config("configs/darts_digits.yaml", ["search.target.latency_ms=1"])
+
+
+def test_a_resumed_search_reads_the_table_its_run_kept(tmp_path, monkeypatch):
+    """The targets of a resumed run come from the run's own copy of its table, whatever the
+    cache holds by then: nothing is measured again."""
+    from pipeline.setup import prepare_search
+
+    cfg = load_config(None, [*_digits_small(tmp_path), "search.epochs=2",
+                             "search.target.latency_fraction=0.5"])
+    path = tmp_path / "table.json"
+    synthetic_table(MacroSupernet(cfg.space_config, 1, 10, 8)).save(path)
+    cfg.latency.table = str(path)
+    first = prepare_search(cfg, tmp_path / "run")
+    first.run()
+    path.unlink()  # the named table is gone; the run's copy remains
+    monkeypatch.setattr("latency.cache.measure_table", lambda *a, **k: pytest.fail("measured again"))
+    resumed = prepare_search(load_config(None, [*_digits_small(tmp_path), "search.epochs=3",
+                                                "search.target.latency_fraction=0.5"]),
+                             tmp_path / "run")
+    resumed.resume()
+    assert resumed.targets == first.targets and resumed.epoch == 2
+    resumed.run()
+    assert "discrete_latency_ms" in resumed.history[-1]
