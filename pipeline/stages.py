@@ -148,7 +148,7 @@ def latency_check(cfg: RunConfig, latency: LatencyModel, arch, dense, compact: t
     """The exported and the dense model timed on the latency device and runtime, as the table's
     parts were (onnxruntime: exported to ONNX the same way), against the table's predictions."""
     lat, shape = cfg.latency, (arch.in_channels, arch.input_size, arch.input_size)
-    device = select_device(lat.device)
+    device = select_device(lat.device, "latency.device")
     measured = models_ms({"exported": compact, "dense": build(dense)}, shape, device, lat.runtime,
                          lat.batch, cfg.channels_last)
     predicted = {"exported": latency.architecture_ms(arch), "dense": latency.architecture_ms(dense)}
