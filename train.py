@@ -5,25 +5,29 @@
     python train.py --resume runs/<name>              # continue an interrupted run
     python train.py --run runs/<name> --stages derive,finetune,export derive.macs=200000 \
                     --export-name export_200k        # re-derive an earlier search, no new search
+    torchrun --nproc_per_node=2 train.py ...          # the same run over 2 processes (or GPUs)
 
 This file is the command-line front only (arguments, run directories, error messages); the
 stages are the library function `pipeline.run`. Every check runs before anything is written:
-a command that fails leaves no folder and changes no file.
+a command that fails leaves no folder and changes no file. Under torchrun every rank runs
+this file; rank 0 checks what one process checks for all and alone writes.
 """
 from __future__ import annotations
 
 import argparse
+import signal
 import sys
 import time
 from pathlib import Path
 
 import yaml
 
+import parallel
 from pipeline import STAGES, ConfigError, RunConfig, check_stages, load_config, run, to_dict
 from pipeline.config import (LATER_STAGES_MAY_CHANGE, RESUME_MAY_CHANGE, apply_override,
                              check_changes, from_dict, is_plain_name, plain_name_error, read_yaml,
                              validate)
-from pipeline.setup import load_data, preflight, select_device
+from pipeline.setup import check_ranks, load_data, preflight, select_device
 from search.checkpoint import load_checkpoint
 from search.loop import Searcher
 
@@ -87,18 +91,25 @@ def main(argv: list[str] | None = None) -> dict:
         raise ConfigError("--run reuses an earlier search: drop 'search' from --stages, "
                           "or use --resume to continue that search")
     cfg, run_dir = resolve_run(args)
-    if not (args.resume or args.run) and (run_dir / Searcher.CHECKPOINT).exists():
-        raise ConfigError(f"{run_dir} already holds a search; continue it with --resume {run_dir}, "
-                          f"re-derive with --run {run_dir}, or pick another name=...")
-    select_device(cfg.device)
-    data = load_data(cfg)  # every split checked
-    if "search" in stages:  # the supernet and its targets (a resumed run: its latency table)
-        preflight(cfg, data, run_dir if args.resume else None)
-    run_dir.mkdir(parents=True, exist_ok=True)
-    if not args.run:  # a later-stage run keeps the search's config; overrides go to the export
-        (run_dir / "config.yaml").write_text(yaml.safe_dump(to_dict(cfg), sort_keys=False))
-    return run(cfg, run_dir, stages, resume=bool(args.resume), export_name=args.export_name,
-               data=data)
+    parallel.start(select_device(cfg.device))
+    try:
+        cfg.name, run_dir = parallel.broadcast((cfg.name, run_dir))  # rank 0's clock names it
+        check_ranks(cfg, select_device(cfg.device))
+        if not (args.resume or args.run) and (run_dir / Searcher.CHECKPOINT).exists():
+            raise ConfigError(f"{run_dir} already holds a search; continue it with --resume "
+                              f"{run_dir}, re-derive with --run {run_dir}, or pick another name=...")
+        with parallel.main_first():  # rank 0 downloads, if anything
+            data = load_data(cfg)  # every split checked
+        if "search" in stages:  # the supernet and its targets (a resumed run: its latency table)
+            parallel.on_main(lambda: preflight(cfg, data, run_dir if args.resume else None))
+        if parallel.is_main():
+            run_dir.mkdir(parents=True, exist_ok=True)
+            if not args.run:  # a later-stage run keeps the search's config; overrides: the export
+                (run_dir / "config.yaml").write_text(yaml.safe_dump(to_dict(cfg), sort_keys=False))
+        return run(cfg, run_dir, stages, resume=bool(args.resume), export_name=args.export_name,
+                   data=data)
+    finally:
+        parallel.stop()
 
 
 def one_line(e: BaseException) -> str:
@@ -107,14 +118,30 @@ def one_line(e: BaseException) -> str:
     return " ".join(str(text).split()) or type(e).__name__
 
 
+def error_line(e: BaseException) -> str:
+    """What a failed command prints: the error in one line (under torchrun, with the rank)."""
+    ours = isinstance(e, (ValueError, KeyError, OSError, RuntimeError))
+    text = (one_line(e) if ours else
+            f"{type(e).__name__}: {one_line(e)} (rerun with --debug for the traceback)")
+    return f"error: rank {parallel.launched_rank()}: {text}" if parallel.launched() else f"error: {text}"
+
+
+def stop_on_sigterm(signum, frame) -> None:
+    """torchrun ends the other ranks with SIGTERM when one fails: stop as on Ctrl-C, so that a
+    checkpoint being written is abandoned cleanly (the last complete one stays)."""
+    raise KeyboardInterrupt
+
+
 if __name__ == "__main__":
+    if parallel.launched():
+        signal.signal(signal.SIGTERM, stop_on_sigterm)
     try:
         main()
     except KeyboardInterrupt:
-        sys.exit("interrupted; continue with --resume <run dir> (the last epoch's checkpoint is kept)")
+        who = f"rank {parallel.launched_rank()}: " if parallel.launched() else ""
+        sys.exit(f"{who}interrupted; continue with --resume <run dir> (the last epoch's checkpoint "
+                 f"is kept){'; if another rank failed, torchrun names it' if who else ''}")
     except Exception as e:  # noqa: BLE001: every failure ends in one line; --debug shows where
         if "--debug" in sys.argv:
             raise
-        ours = isinstance(e, (ValueError, KeyError, OSError, RuntimeError))
-        sys.exit(f"error: {one_line(e)}" if ours else
-                 f"error: {type(e).__name__}: {one_line(e)} (rerun with --debug for the traceback)")
+        sys.exit(error_line(e))

@@ -154,7 +154,10 @@ class RunConfig:
     amp: bool = False  # bf16 autocast
     channels_last: bool = False
     log_every: int = 10  # steps between progress updates (each costs one host sync)
-    threads: int | None = None  # torch CPU threads
+    threads: int | None = None  # torch CPU threads (per process)
+    # under torchrun on GPUs: BatchNorm normalises with the statistics of the global batch
+    # (torch's SyncBatchNorm), for per-rank batches too small for their own statistics
+    sync_bn: bool = False
     space: str = "macro"  # a registered search space; the section of that name configures it
     space_config: Any = None  # that section, as the space's config dataclass (see `from_dict`)
     data: DataConfig = field(default_factory=DataConfig)
@@ -459,9 +462,10 @@ def plain_name_error(what: str, name) -> str:
 # length and logging may change, nothing that shapes the supernet, the data or the objective.
 # `--run` derives again from a finished search: only the later stages' settings may change.
 RESUME_MAY_CHANGE = ("search.epochs", "search.w_lr", "search.w_lr_min", "search.arch_lr",
-                     "log_every", "threads", "device", "derive.", "finetune.", "export.")
-LATER_STAGES_MAY_CHANGE = ("log_every", "threads", "device", "seed", "amp", "channels_last",
-                           "derive.", "finetune.", "export.")
+                     "log_every", "threads", "device", "sync_bn", "derive.", "finetune.",
+                     "export.")
+LATER_STAGES_MAY_CHANGE = ("log_every", "threads", "device", "sync_bn", "seed", "amp",
+                           "channels_last", "derive.", "finetune.", "export.")
 
 
 def flat_dict(d: dict, prefix: str = "") -> dict:

@@ -10,6 +10,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+import parallel
 from datasource import DeviceLoader, ImageData, load_dataset
 from latency.cache import obtain_table, save_run_copy
 from pipeline.config import ConfigError, FinetuneConfig, RunConfig, from_dict, to_dict, uses_latency
@@ -32,14 +33,23 @@ class DataMeta:
 
 
 def select_device(name: str, key: str = "device") -> torch.device:
+    """The device `name` means here; for the run's `device` under torchrun, this rank's GPU."""
     if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+        name = "cuda" if torch.cuda.is_available() else "cpu"
+    if key == "device" and parallel.launched() and name.startswith("cuda:"):
+        raise ConfigError(f"device={name!r} under torchrun: each rank takes the GPU of its "
+                          f"LOCAL_RANK; use device=cuda or auto (and CUDA_VISIBLE_DEVICES to "
+                          f"choose the GPUs)")
     if name.startswith("cuda") and not torch.cuda.is_available():
         raise ConfigError(f"{key}={name!r} but CUDA is not available here; use {key}=cpu"
                           f"{' or auto' if key == 'device' else ''}")
     device = torch.device(name)
+    if key == "device":
+        device = parallel.rank_device(device)
     if device.type == "cuda" and device.index is not None and device.index >= torch.cuda.device_count():
-        raise ConfigError(f"{key}={name!r} but this machine has {torch.cuda.device_count()} GPU(s)")
+        raise ConfigError(f"{key}={name!r} but this machine has {torch.cuda.device_count()} GPU(s)"
+                          + (f" for local rank {parallel.local_rank()}" if parallel.launched()
+                             else ""))
     return device
 
 
@@ -60,10 +70,11 @@ def split_train_val(n: int, val_fraction: float, seed: int) -> tuple[torch.Tenso
 
 
 def loader(cfg: RunConfig, x, y, meta: DataMeta, device, train: bool, seed: int) -> DeviceLoader:
+    """Batches of `data.batch_size` images (the global batch: this rank's shard of each)."""
     d = cfg.data
     return DeviceLoader(x, y, d.batch_size, meta.mean, meta.std, device, shuffle=train,
                         crop_padding=d.crop_padding, hflip=d.hflip, drop_last=train, seed=seed,
-                        channels_last=cfg.channels_last)
+                        channels_last=cfg.channels_last, shard=(parallel.rank(), parallel.size()))
 
 
 def build_supernet(cfg: RunConfig, meta: DataMeta, device) -> torch.nn.Module:
@@ -108,19 +119,34 @@ def prepare_search(cfg: RunConfig, run_dir: Path, data: ImageData | None = None,
     data = data or load_data(cfg)
     meta = data_meta(data)
     net = build_supernet(cfg, meta, device)
-    latency = latency_model(cfg, net, run_dir)
+    with parallel.main_first():  # rank 0 measures (or reads) the table and copies it to the run
+        latency = latency_model(cfg, net, run_dir)
+        if latency is not None and parallel.is_main():
+            save_run_copy(latency, run_dir)
     targets = resolve_targets(cfg.search.target, net, cfg.derive.min_channels, latency)
-    if latency is not None:
-        save_run_copy(latency, run_dir)
+    if cfg.sync_bn and parallel.size() > 1:
+        net = parallel.sync_batchnorm(net)
     train_idx, val_idx = split_train_val(len(data.y_train), cfg.data.val_fraction, cfg.seed)
     if cfg.search.weight_data == "all":
         train_idx = torch.arange(len(data.y_train))
     train = loader(cfg, data.x_train[train_idx], data.y_train[train_idx], meta, device, True, cfg.seed)
     val = loader(cfg, data.x_train[val_idx], data.y_train[val_idx], meta, device, True, cfg.seed + 1)
-    logger = (logger_factory(run_dir, net, targets.macs, targets.latency_ms) if logger_factory
-              else None)
+    logger = (logger_factory(run_dir, net, targets.macs, targets.latency_ms)
+              if logger_factory and parallel.is_main() else None)
     return Searcher(cfg, net, train, val, targets, run_dir, logger, latency=latency,
                     extra_state={"config": to_dict(cfg), "data": asdict(meta)})
+
+
+def check_ranks(cfg: RunConfig, device: torch.device) -> None:
+    """What the config must meet to run over this torchrun group (nothing for one process)."""
+    ranks, batch = parallel.size(), cfg.data.batch_size
+    if ranks > 1 and batch % ranks:
+        raise ConfigError(f"data.batch_size={batch} is the global batch, split over {ranks} "
+                          f"ranks: it must be a multiple of {ranks}, e.g. "
+                          f"{max(batch // ranks, 1) * ranks} or {(batch // ranks + 1) * ranks}")
+    if ranks > 1 and cfg.sync_bn and device.type != "cuda":
+        raise ConfigError("sync_bn=true needs GPUs: torch's SyncBatchNorm has no CPU kernel; "
+                          "on CPUs (gloo) run with sync_bn=false")
 
 
 def preflight(cfg: RunConfig, data: ImageData, run_dir: Path | None = None) -> None:
@@ -188,6 +214,6 @@ class TrainingContext:
         return [(bx.numpy(), by.numpy()) for bx, by in itertools.islice(plain, batches)]
 
 
-__all__ = ["DataMeta", "Targets", "latency_model", "apply_threads", "TrainingContext", "prepare_search", "preflight", "restore_supernet",
+__all__ = ["DataMeta", "Targets", "latency_model", "apply_threads", "TrainingContext", "prepare_search", "preflight", "check_ranks", "restore_supernet",
            "select_device", "seed_everything", "split_train_val", "loader", "load_data",
            "data_meta", "build_supernet"]

@@ -6,6 +6,9 @@
 
 `train.py` adds argument parsing, run-directory rules and error messages on top; the benchmarks
 call `run` (or the stage functions) directly.
+
+Under torchrun every rank runs the search, derivation, BN recalibration, fine-tuning and the
+test evaluation (each on its shards); rank 0 alone then times, exports and writes the summary.
 """
 from __future__ import annotations
 
@@ -19,6 +22,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+import parallel
 from datasource import ImageData
 from derive import Derivation, derive, slim
 from derive.discretize import Budget, latency_budget, macs_budget
@@ -86,13 +90,13 @@ def search(cfg: RunConfig, run_dir: Path, data: ImageData, resume: bool = False,
         report(f"{searcher.checkpoint_path} does not exist yet: starting the search from epoch 0")
     report(f"targets: {describe_targets(searcher.targets)}")
     metrics = searcher.run()
+    net = parallel.plain_batchnorm(searcher.net) if cfg.sync_bn else searcher.net
     latency = (f", table latency {metrics['discrete_latency_ms']:.4g} ms"
                if "discrete_latency_ms" in metrics else "")
     report(f"search done in {time.perf_counter() - start:.0f}s: val acc {metrics['val_acc']:.3f}, "
            f"MACs of the derived network {metrics['discrete_macs']:,.0f} "
            f"(soft expectation {metrics['expected_macs']:,.0f}){latency}")
-    return SearchOutcome(searcher.net, searcher.targets, metrics, searcher.logger,
-                         searcher.latency)
+    return SearchOutcome(net, searcher.targets, metrics, searcher.logger, searcher.latency)
 
 
 def describe_targets(t: Targets) -> str:
@@ -216,9 +220,11 @@ def derive_and_export(cfg: RunConfig, run_dir: Path, data: ImageData, searched: 
         "dense_macs": dense_cost.macs, "dense_params": dense_cost.params,
         "search_val_acc": searched.metrics.get("val_acc"), "data": asdict(meta),
         "from_scratch": cfg.finetune.from_scratch or bool(cfg.derive.eval_cells),
-        "cpu_latency_ms": cpu_latencies({"dense": build(dense), "slim": compact},
-                                        (meta.in_channels, meta.input_size, meta.input_size)),
     }
+    if not parallel.is_main():  # the other ranks are done; rank 0 times, exports and reports
+        return metrics
+    metrics["cpu_latency_ms"] = cpu_latencies({"dense": build(dense), "slim": compact},
+                                              (meta.in_channels, meta.input_size, meta.input_size))
     if searched.latency is not None:  # the table's prediction against the derived model, timed
         metrics["latency"] = latency_check(cfg, searched.latency, slimmed.derivation.arch, dense,
                                            compact, budget)
@@ -246,6 +252,10 @@ def derive_and_export(cfg: RunConfig, run_dir: Path, data: ImageData, searched: 
     return metrics
 
 
+def _silent(_: str) -> None:
+    """The report of ranks other than 0: one rank speaks for all."""
+
+
 def run(cfg: RunConfig, run_dir: str | Path, stages: Sequence[str] = STAGES, *,
         resume: bool = False, export_name: str = "export", data: ImageData | None = None,
         report: Report = print) -> dict:
@@ -253,6 +263,8 @@ def run(cfg: RunConfig, run_dir: str | Path, stages: Sequence[str] = STAGES, *,
     from the run's checkpoint. Returns the metrics of the derived model ({} without 'derive')."""
     stages, run_dir = check_stages(stages), Path(run_dir)
     data = data or load_data(cfg)
+    if not parallel.is_main():
+        report = _silent
     logger = None
     if "search" in stages:
         searched = search(cfg, run_dir, data, resume, report=report)

@@ -5,6 +5,11 @@ First order (default) differentiates the validation loss at the current weights.
 w' = w - xi * (dL_train/dw + wd * w), and approximates the Hessian-vector product by central
 differences. Both run the model with `torch.func.functional_call` on dicts of tensors, so the
 model is never copied or rebuilt. Only the arch parameters receive gradients here.
+
+Under torchrun these passes do not go through DistributedDataParallel, so the gradients are
+averaged over ranks here: the architecture gradients, and in second order also the virtual
+step's weight gradients and the unrolled weights' gradients, as one process would compute them
+on the global batch (the cost penalty is the same on every rank; its gradient passes unchanged).
 """
 from __future__ import annotations
 
@@ -14,6 +19,7 @@ import functools
 import torch
 from torch.func import functional_call
 
+import parallel
 from ops import WidthRounding
 from search.penalty import CostPenalty
 from supernet.cost_model import ESTIMATORS
@@ -74,6 +80,7 @@ class Architect:
             logits = self.net(x)
         total, loss, penalty, cost = self.objective(logits, y)
         grads = _grads(total, self.params)
+        parallel.average_(grads)
         return grads, _stats(logits, y, loss, penalty, cost)
 
     def second_order_grads(self, train_batch, val_batch, xi: float, w_weight_decay: float = 0.0,
@@ -89,6 +96,7 @@ class Architect:
             return cross_entropy(logits, y)
 
         g = _grads(train_loss(weights), list(weights.values()))
+        parallel.average_(g)
         unrolled = {n: (w - xi * (gw + w_weight_decay * w)).detach().requires_grad_()
                     for (n, w), gw in zip(weights.items(), g)}
         x, y = val_batch
@@ -96,13 +104,16 @@ class Architect:
             logits = functional_call(self.net, {**unrolled, **arch}, (x,))
         total, loss, penalty, cost = self.objective(logits, y)
         grads = _grads(total, [*arch.values(), *unrolled.values()])
+        parallel.average_(grads)
         d_arch, d_w = grads[:len(arch)], grads[len(arch):]
 
         # d^2 L_train / (d alpha d w) . d_w  ~  (g_alpha(w + eps v) - g_alpha(w - eps v)) / (2 eps)
         eps = self.hessian_eps / torch.cat([v.flatten() for v in d_w]).norm().clamp_min(1e-12)
-        shifted = [_grads(train_loss({n: w + s * eps * v for (n, w), v in zip(weights.items(), d_w)}),
-                          list(arch.values())) for s in (1.0, -1.0)]
-        arch_grads = [da - xi * (gp - gm) / (2 * eps) for da, gp, gm in zip(d_arch, *shifted)]
+        plus, minus = (_grads(train_loss({n: w + s * eps * v for (n, w), v in zip(weights.items(), d_w)}),
+                              list(arch.values())) for s in (1.0, -1.0))
+        difference = [gp - gm for gp, gm in zip(plus, minus)]
+        parallel.average_(difference)
+        arch_grads = [da - xi * dg / (2 * eps) for da, dg in zip(d_arch, difference)]
         return arch_grads, _stats(logits, y, loss, penalty, cost)
 
 

@@ -1,5 +1,11 @@
 """The bilevel search loop (DARTS order: architecture step on a validation batch, then a
-weight step on a training batch), with warm-up, temperature annealing, logging and resume."""
+weight step on a training batch), with warm-up, temperature annealing, logging and resume.
+
+Under torchrun every rank runs this loop on its shard of each batch: the weight step goes
+through DistributedDataParallel, the architecture step averages its own gradients
+(`search.architect`), so every rank holds the same weights, alpha and masks after each step;
+BN running statistics are made equal at the end of each epoch. Rank 0 writes the checkpoint.
+"""
 from __future__ import annotations
 
 import functools
@@ -10,6 +16,7 @@ import torch
 from timm.scheduler import CosineLRScheduler
 from tqdm import tqdm
 
+import parallel
 from derive.discretize import hold_target, search_budget
 from ops import WidthRounding
 from search.architect import Architect
@@ -51,6 +58,8 @@ class Searcher:
         self.targets, self.run_dir = targets, Path(run_dir)
         self.extra_state = extra_state or {}
         self.device = next(net.parameters()).device
+        # the weight step's view of the supernet: DDP averages the weights' gradients over ranks
+        self.weight_net = parallel.data_parallel(net, ignore=net.arch_parameters())
         self.autocast = autocast_factory(self.device, cfg.amp)
         s = cfg.search
         self.w_opt = torch.optim.SGD(net.weight_parameters(), lr=s.w_lr, momentum=s.w_momentum,
@@ -76,7 +85,7 @@ class Searcher:
         weights = self.w_opt.param_groups[0]["params"]
         self.w_opt.zero_grad(set_to_none=True)
         with self.autocast():
-            logits = self.net(x)
+            logits = self.weight_net(x)
         loss = cross_entropy(logits, y)
         loss.backward(inputs=weights)  # arch parameters get no gradient from this step
         torch.nn.utils.clip_grad_norm_(weights, self.cfg.search.grad_clip)
@@ -122,9 +131,9 @@ class Searcher:
         return self._epoch_metrics(sums, counts)
 
     def _means(self, sums: torch.Tensor, counts: list[int]) -> tuple[float, float, float, float]:
-        """Train loss, train acc, val loss, val acc so far: one host sync, and the place where a
-        non-finite loss stops the search."""
-        (tl, tc, vl, vc), (tn, vn) = sums.tolist(), counts
+        """Train loss, train acc, val loss, val acc so far, over all ranks: one host sync, and
+        the place where a non-finite loss stops the search (on every rank alike)."""
+        (tl, tc, vl, vc), (tn, vn) = parallel.host_totals(sums, counts)
         if not (math.isfinite(tl) and math.isfinite(vl)):
             self._stop_nonfinite()
         return tl / tn, tc / tn, vl / vn, vc / vn
@@ -193,17 +202,19 @@ class Searcher:
         s = self.cfg.search
         steps = len(self.train_loader)  # an epoch is one pass of the weights; val batches cycle
         bar = tqdm(total=s.epochs * steps, initial=self.epoch * steps, desc="search",
-                   dynamic_ncols=True, mininterval=1.0)
+                   dynamic_ncols=True, mininterval=1.0, disable=not parallel.is_main())
         try:
             while self.epoch < s.epochs:
                 bar.set_description(f"search {self.epoch + 1}/{s.epochs}")
                 metrics = self.run_epoch(bar)
+                parallel.broadcast_buffers(self.net)  # BN statistics of rank 0's batches
                 self._hold_target(metrics)
                 self._check_finite_state()  # before the save: never overwrite a good checkpoint
                 self.history.append(metrics)
                 self.epoch += 1
                 self._log(metrics)
-                save_checkpoint(self.state_dict(), self.checkpoint_path)
+                if parallel.is_main():
+                    save_checkpoint(self.state_dict(), self.checkpoint_path)
         finally:
             bar.close()
         return self.history[-1] if self.history else {}

@@ -1,6 +1,10 @@
 """Fine-tuning of the compact model: SGD + cosine schedule (timm), optional knowledge
 distillation from the supernet, an optional EMA copy (timm's ModelEmaV3), and DARTS' evaluation
-regularisers for cell networks (drop-path rising linearly over the epochs, auxiliary head)."""
+regularisers for cell networks (drop-path rising linearly over the epochs, auxiliary head).
+
+Under torchrun each rank trains on its shard of every batch through DistributedDataParallel and
+evaluates its shard of the test set; losses and correct answers are summed over ranks.
+"""
 from __future__ import annotations
 
 import contextlib
@@ -13,6 +17,7 @@ from torch.optim.swa_utils import update_bn
 from timm.utils import ModelEmaV3
 from tqdm import tqdm
 
+import parallel
 from export.compact import set_drop_path
 from training.auxiliary import AuxiliaryTap
 from training.losses import NonFiniteLossError, cross_entropy, distillation_loss
@@ -20,10 +25,11 @@ from training.losses import NonFiniteLossError, cross_entropy, distillation_loss
 
 @torch.no_grad()
 def evaluate(model: torch.nn.Module, loader, autocast=contextlib.nullcontext) -> dict[str, float]:
-    """Loss and accuracy over a whole loader (one host sync at the end)."""
+    """Loss and accuracy over a whole loader, all ranks' shards of it (one host sync at the
+    end)."""
     was_training = model.training
     model.eval()
-    sums, n = 0, 0
+    sums, n = torch.zeros(2, device=next(model.parameters()).device), 0
     for x, y in loader:
         with autocast():
             logits = model(x)
@@ -31,7 +37,7 @@ def evaluate(model: torch.nn.Module, loader, autocast=contextlib.nullcontext) ->
                                    (logits.argmax(1) == y).sum().float()])
         n += len(y)
     model.train(was_training)
-    loss, correct = sums.tolist()
+    (loss, correct), (n,) = parallel.host_totals(sums, [n])
     return {"loss": loss / n, "acc": correct / n}
 
 
@@ -42,8 +48,10 @@ def recalibrate_batchnorm(model: torch.nn.Module, loader, batches: int = 20) -> 
 
     Statistics gathered in the supernet describe the soft mixture of ops; the derived network's
     activations differ, and stale statistics alone can cost most of its accuracy before
-    fine-tuning (as slimmable networks and OFA observed)."""
+    fine-tuning (as slimmable networks and OFA observed). Under torchrun each rank estimates
+    them on its shards, and the estimates are averaged."""
     update_bn(itertools.islice(loader, batches), model)
+    parallel.average_batchnorm_statistics(model)
 
 
 def reinitialize(model: torch.nn.Module) -> None:
@@ -72,8 +80,9 @@ def finetune(model: torch.nn.Module, cfg, train_loader, teacher: torch.nn.Module
     if use_kd:
         teacher.eval()
     device = next(model.parameters()).device
+    train_model = parallel.data_parallel(model)  # averages the gradients over ranks
     bar = tqdm(total=cfg.epochs * len(train_loader), desc="finetune", dynamic_ncols=True,
-               mininterval=1.0)
+               mininterval=1.0, disable=not parallel.is_main())
     model.train()
     for epoch in range(cfg.epochs):
         sched.step(epoch)
@@ -81,7 +90,7 @@ def finetune(model: torch.nn.Module, cfg, train_loader, teacher: torch.nn.Module
         sums, n = torch.zeros(3, device=device), 0
         for x, y in train_loader:
             with autocast():
-                logits = model(x)
+                logits = train_model(x)
                 loss = cross_entropy(logits, y)
                 if use_kd:
                     with torch.no_grad():
@@ -92,6 +101,8 @@ def finetune(model: torch.nn.Module, cfg, train_loader, teacher: torch.nn.Module
                 loss = loss + cfg.aux_weight * aux_loss
             opt.zero_grad(set_to_none=True)
             loss.backward()
+            if aux:  # outside the DDP module: averaged here
+                parallel.average_gradients(aux.head.parameters())
             opt.step()
             if ema is not None:
                 ema.update(model)
@@ -99,7 +110,7 @@ def finetune(model: torch.nn.Module, cfg, train_loader, teacher: torch.nn.Module
                                  aux_loss.detach() * len(y)])
             n += len(y)
             bar.update(1)
-        loss_sum, correct, aux_sum = sums.tolist()  # one sync per epoch
+        (loss_sum, correct, aux_sum), (n,) = parallel.host_totals(sums, [n])  # one sync an epoch
         if not math.isfinite(loss_sum):
             raise NonFiniteLossError(f"non-finite loss in fine-tune epoch {epoch + 1}; lower "
                                      f"finetune.lr (now {cfg.lr})")
@@ -109,6 +120,8 @@ def finetune(model: torch.nn.Module, cfg, train_loader, teacher: torch.nn.Module
                             "finetune/lr": opt.param_groups[0]["lr"],
                             **({"finetune/aux_loss": aux_sum / n} if aux else {})}, epoch + 1)
     bar.close()
+    for trained in [model, *([ema.module] if ema is not None else [])]:
+        parallel.broadcast_buffers(trained)  # BN statistics of rank 0's last batches everywhere
     set_drop_path(model, 0.0)
     if aux is not None:
         aux.remove()  # the exported model carries no trace of the auxiliary head

@@ -1,0 +1,12 @@
+"""Runs over many processes with torchrun: the process group (`world`) and what ranks exchange
+(`reduce`). Everything here is the identity for a plain `python train.py`."""
+from parallel.reduce import (average_, average_batchnorm_statistics, average_gradients,
+                             broadcast_buffers, data_parallel, host_totals, plain_batchnorm, sum_,
+                             sync_batchnorm)
+from parallel.world import (barrier, broadcast, is_main, launched, local_rank, main_first,
+                            on_main, rank, rank_device, size, start, started, stop)
+
+__all__ = ["average_", "average_batchnorm_statistics", "average_gradients", "broadcast_buffers",
+           "data_parallel", "host_totals", "plain_batchnorm", "sum_", "sync_batchnorm",
+           "barrier", "broadcast", "is_main", "launched", "local_rank", "main_first", "on_main",
+           "rank", "rank_device", "size", "start", "started", "stop"]
