@@ -120,6 +120,11 @@ def one_line(e: BaseException) -> str:
 
 def error_line(e: BaseException) -> str:
     """What a failed command prints: the error in one line (under torchrun, with the rank)."""
+    if parallel.launched() and parallel.peer_lost(e):
+        return (f"error: rank {parallel.launched_rank()} lost contact with another rank, which "
+                f"died or was stopped (torchrun's report below names it): "
+                f"{one_line(e).split(' This is typically')[0]} "
+                f"The last epoch's checkpoint is kept; continue with --resume <run dir>")
     ours = isinstance(e, (ValueError, KeyError, OSError, RuntimeError))
     text = (one_line(e) if ours else
             f"{type(e).__name__}: {one_line(e)} (rerun with --debug for the traceback)")
@@ -128,7 +133,10 @@ def error_line(e: BaseException) -> str:
 
 def stop_on_sigterm(signum, frame) -> None:
     """torchrun ends the other ranks with SIGTERM when one fails: stop as on Ctrl-C, so that a
-    checkpoint being written is abandoned cleanly (the last complete one stays)."""
+    checkpoint being written is abandoned cleanly (the last complete one stays). torchrun
+    signals twice (the process, its group) and kills after its timeout: later signals are
+    ignored, so that the cleanup runs once."""
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
     raise KeyboardInterrupt
 
 

@@ -77,6 +77,15 @@ def stop() -> None:
         dist.destroy_process_group()
 
 
+def peer_lost(e: BaseException) -> bool:
+    """Whether `e` is a collective that failed because another rank went away (gloo: the
+    connection closed or reset; NCCL: its own error type)."""
+    text = str(e)
+    return isinstance(e, dist.DistError) or (
+        isinstance(e, RuntimeError) and ("gloo" in text or "NCCL" in text)
+        and any(w in text for w in ("Connection", "connection", "peer", "timed out", "Timeout")))
+
+
 def barrier() -> None:
     if started():
         dist.barrier()

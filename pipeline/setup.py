@@ -124,7 +124,7 @@ def prepare_search(cfg: RunConfig, run_dir: Path, data: ImageData | None = None,
         if latency is not None and parallel.is_main():
             save_run_copy(latency, run_dir)
     targets = resolve_targets(cfg.search.target, net, cfg.derive.min_channels, latency)
-    if cfg.sync_bn and parallel.size() > 1:
+    if cfg.sync_bn:  # one process: the same as BatchNorm (its batch is the global one)
         net = parallel.sync_batchnorm(net)
     train_idx, val_idx = split_train_val(len(data.y_train), cfg.data.val_fraction, cfg.seed)
     if cfg.search.weight_data == "all":
@@ -144,9 +144,9 @@ def check_ranks(cfg: RunConfig, device: torch.device) -> None:
         raise ConfigError(f"data.batch_size={batch} is the global batch, split over {ranks} "
                           f"ranks: it must be a multiple of {ranks}, e.g. "
                           f"{max(batch // ranks, 1) * ranks} or {(batch // ranks + 1) * ranks}")
-    if ranks > 1 and cfg.sync_bn and device.type != "cuda":
-        raise ConfigError("sync_bn=true needs GPUs: torch's SyncBatchNorm has no CPU kernel; "
-                          "on CPUs (gloo) run with sync_bn=false")
+    if parallel.started() and cfg.sync_bn and device.type != "cuda":
+        raise ConfigError("sync_bn=true under torchrun needs GPUs: torch's SyncBatchNorm has no "
+                          "CPU kernel; on CPUs (gloo) run with sync_bn=false")
 
 
 def preflight(cfg: RunConfig, data: ImageData, run_dir: Path | None = None) -> None:

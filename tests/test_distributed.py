@@ -104,6 +104,15 @@ def test_ranks_hold_bitwise_identical_state_after_search_epochs(tmp_path, order)
     saved = load_checkpoint(tmp_path / "run" / "search.pt", "search")
     assert all(torch.equal(t, saved["model"][n]) for n, t in a["net"].items())
 
+    # one process resumes what two ranks wrote, on the same global batches
+    resumed = prepare_search(small_config(tmp_path, "search.epochs=3", f"search.order={order}"),
+                             tmp_path / "run")
+    resumed.resume()
+    assert torch.equal(resumed.train_loader.generator.get_state(),
+                       saved["loaders"]["train"]["generator"])
+    resumed.run()
+    assert resumed.history[:2] == a["history"] and resumed.history[2]["epoch"] == 2
+
 
 def _first_step(rank: int, cfg, run_dir: Path, out: Path) -> None:
     searcher = prepare_search(cfg, run_dir)
@@ -167,6 +176,24 @@ def test_evaluation_counts_every_test_image_exactly_once(tmp_path):
     assert r0["metrics"]["loss"] == pytest.approx(single["loss"], rel=1e-6)
 
 
+def test_sync_batchnorm_trains_as_batchnorm_in_one_process_and_converts_back(tmp_path):
+    """sync_bn=true: SyncBatchNorm layers during the search (the same numbers as BatchNorm in
+    one process), plain BatchNorm layers with their tags again for derivation."""
+    plain = prepare_search(small_config(tmp_path, "search.epochs=2"), tmp_path / "plain")
+    synced = prepare_search(small_config(tmp_path, "search.epochs=2", "sync_bn=true"),
+                            tmp_path / "synced")
+    norms = [m for m in synced.net.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
+    assert norms and all(isinstance(m, nn.SyncBatchNorm) for m in norms)
+    plain.run()
+    synced.run()
+    for (name, a), b in zip(plain.net.state_dict().items(), synced.net.state_dict().values()):
+        assert torch.equal(a, b), name
+    back = parallel.plain_batchnorm(synced.net)
+    for m, original in zip(back.modules(), plain.net.modules()):
+        assert type(m) is type(original)
+        assert getattr(m, "channel_roles", None) == getattr(original, "channel_roles", None)
+
+
 # -- torchrun train.py ----------------------------------------------------------------------------
 def torchrun(*args: str, ranks: int = 2, **popen) -> subprocess.Popen:
     command = [sys.executable, "-m", "torch.distributed.run", f"--nproc_per_node={ranks}",
@@ -192,6 +219,21 @@ def test_torchrun_writes_one_run_directory_with_one_export(tmp_path):
     from export import load
     model = load(run / "export")
     assert model(torch.zeros(2, 1, 8, 8)).shape == (2, 10)
+
+
+@pytest.mark.parametrize("override, message", [
+    ("data.batch_size=63", "data.batch_size=63 is the global batch, split over 2 ranks: it must "
+                           "be a multiple of 2, e.g. 62 or 64"),
+    ("sync_bn=true", "sync_bn=true under torchrun needs GPUs"),
+    ("device=cuda:1", "each rank takes the GPU of its LOCAL_RANK; use device=cuda or auto"),
+])
+def test_torchrun_refuses_what_ranks_cannot_run_before_writing(tmp_path, override, message):
+    p = torchrun(f"out_dir={tmp_path}", "name=bad", override)
+    out = finished(p)
+    # every rank checks; torchrun may stop the others once the first has failed
+    said = [line for line in out.splitlines() if line.startswith("error: rank ")]
+    assert p.returncode != 0 and said and all(message in line for line in said), out[-3000:]
+    assert not (tmp_path / "bad").exists()
 
 
 def _worker_of_rank(launcher: int, rank: int) -> int:
