@@ -4,6 +4,7 @@ step), sums of counts for metrics, and buffers made equal on every rank. Each is
 a world of one."""
 from __future__ import annotations
 
+import warnings
 from collections.abc import Iterable, Sequence
 
 import torch
@@ -76,6 +77,9 @@ def data_parallel(module: nn.Module, ignore: Iterable[nn.Parameter] = ()) -> nn.
     # that DistributedDataParallel._set_params_and_buffers_to_ignore_for_model sets)
     module._ddp_params_and_buffers_to_ignore = [n for n, p in module.named_parameters()
                                                 if id(p) in ids]
+    # a conv over one input channel (digits' stem) in channels_last has strides that match
+    # either layout; DDP then copies its small gradient once and warns: not worth the noise
+    warnings.filterwarnings("ignore", message="Grad strides do not match bucket view strides")
     device = next(module.parameters()).device
     return DistributedDataParallel(module, device_ids=[device] if device.type == "cuda" else None)
 

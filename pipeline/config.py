@@ -34,7 +34,7 @@ class DataConfig:
     download: bool = False  # torchvision data sets only, never implicit
     image_size: int = 32  # imagefolder only
     resize: int | None = None  # downsample every split to resize x resize (antialiased)
-    batch_size: int = 64
+    batch_size: int = 64  # the global batch: under torchrun each of N ranks takes 1/N of it
     val_fraction: float = 0.5  # of the training set: the architecture step's validation batches
     crop_padding: int = 1
     hflip: bool = False

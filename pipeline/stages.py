@@ -89,6 +89,10 @@ def search(cfg: RunConfig, run_dir: Path, data: ImageData, resume: bool = False,
     elif resume:
         report(f"{searcher.checkpoint_path} does not exist yet: starting the search from epoch 0")
     report(f"targets: {describe_targets(searcher.targets)}")
+    if parallel.size() > 1:
+        report(f"{parallel.size()} ranks ({torch.distributed.get_backend()}): global batch "
+               f"{searcher.train_loader.batch_size}, {searcher.train_loader.batch_size // parallel.size()} "
+               f"per rank")
     metrics = searcher.run()
     net = parallel.plain_batchnorm(searcher.net) if cfg.sync_bn else searcher.net
     latency = (f", table latency {metrics['discrete_latency_ms']:.4g} ms"
