@@ -6,6 +6,7 @@
     python train.py --run runs/<name> --stages derive,finetune,export derive.macs=200000 \
                     --export-name export_200k        # re-derive an earlier search, no new search
     torchrun --nproc_per_node=2 train.py ...          # the same run over 2 processes (or GPUs)
+    torchrun --nproc_per_node=2 train.py --from-run runs/<name> --stages derive,finetune,export
 
 This file is the command-line front only (arguments, run directories, error messages); the
 stages are the library function `pipeline.run`. Every check runs before anything is written:
@@ -38,7 +39,9 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
                    help="YAML config file (default: configs/digits.yaml, or "
                         "configs/prune_model.yaml when an override sets model.*)")
     p.add_argument("--resume", metavar="RUN_DIR", help="continue an interrupted run from its checkpoint")
-    p.add_argument("--run", metavar="RUN_DIR", help="run later stages on an earlier run's search")
+    p.add_argument("--run", "--from-run", metavar="RUN_DIR", dest="run",
+                   help="run later stages on an earlier run's search (under torchrun: --from-run, "
+                        "which torchrun does not take for its own --run-path)")
     p.add_argument("--stages", default=",".join(STAGES),
                    help=f"comma-separated subset of {','.join(STAGES)}, in that order")
     p.add_argument("--export-name", default="export", help="export folder name inside the run dir")

@@ -9,7 +9,7 @@ Each variant runs the search loop's own epochs (`Searcher.run_epoch`: architectu
 validation batch, then a weight step on a training batch, after the warm-up epochs of the
 config are skipped) on its shards: one untimed epoch, then `--epochs` timed epochs between
 barriers. Throughput counts the global batch: images/s = steps x global batch x 2 (a step reads
-a training and a validation batch) / seconds. Writes benchmarks/results/ddp-throughput.{json,md}.
+a training and a validation batch) / seconds. Writes benchmarks/results/<--name>.{json,md}.
 """
 from __future__ import annotations
 
@@ -43,6 +43,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--gpus", type=int, default=0, help="GPU ranks to scale to (0: CPU variants)")
     p.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
     p.add_argument("--out", type=Path, default=RESULTS)
+    p.add_argument("--name", default="ddp-throughput", help="results file name, without suffix")
     p.add_argument("overrides", nargs="*", help="config overrides, e.g. data.batch_size=128")
     return p.parse_args(argv)
 
@@ -124,7 +125,7 @@ def main(argv=None) -> None:
         plan = [(1, 1, "cpu"), (1, 2, "cpu"), (2, 1, "cpu")]
     results = [variant(args, ranks, threads, device) for ranks, threads, device in plan]
     args.out.mkdir(parents=True, exist_ok=True)
-    name = "ddp-throughput" + ("-gpu" if args.gpus else "")
+    name = args.name
     (args.out / f"{name}.json").write_text(json.dumps(results, indent=2))
     table = report(results, args)
     (args.out / f"{name}.md").write_text(table)
