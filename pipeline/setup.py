@@ -197,8 +197,12 @@ class TrainingContext:
         cfg = cfg or self.cfg.finetune
         train_loader = train_loader or self.train_loader()
         train_loader.cutout = cfg.cutout  # training batches only
-        return finetune(self.prepare(model), cfg, train_loader, teacher=teacher,
-                        autocast=self.autocast, logger=logger)
+        model = self.prepare(model)
+        if self.cfg.sync_bn:  # BatchNorm over the global batch while training, plain for export
+            model = parallel.sync_batchnorm(model)
+        trained = finetune(model, cfg, train_loader, teacher=teacher, autocast=self.autocast,
+                           logger=logger)
+        return parallel.plain_batchnorm(trained) if self.cfg.sync_bn else trained
 
     def evaluate(self, model: torch.nn.Module) -> dict[str, float]:
         """Loss and accuracy on the test split."""

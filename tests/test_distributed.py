@@ -19,7 +19,8 @@ from torch import nn
 import parallel
 from conftest import SMALL_RUN, small_config
 from datasource import DeviceLoader, load_dataset
-from pipeline.setup import prepare_search
+from export import build
+from pipeline.setup import TrainingContext, prepare_search
 from search.checkpoint import load_checkpoint
 from training.finetune import evaluate
 
@@ -114,6 +115,36 @@ def test_ranks_hold_bitwise_identical_state_after_search_epochs(tmp_path, order)
     assert resumed.history[:2] == a["history"] and resumed.history[2]["epoch"] == 2
 
 
+def _straight_and_resumed(rank: int, tmp_path: Path, out: Path) -> None:
+    straight = prepare_search(small_config(tmp_path, "search.epochs=3"), tmp_path / "straight")
+    straight.run()
+    cfg = small_config(tmp_path, "search.epochs=3")
+    interrupted = prepare_search(cfg, tmp_path / "resumed")
+    run_epoch = interrupted.run_epoch
+
+    def stop_at_epoch_2(bar):
+        if interrupted.epoch == 2:
+            raise KeyboardInterrupt
+        return run_epoch(bar)
+    interrupted.run_epoch = stop_at_epoch_2
+    with pytest.raises(KeyboardInterrupt):
+        interrupted.run()
+    resumed = prepare_search(cfg, tmp_path / "resumed")
+    resumed.resume()
+    resumed.run()
+    torch.save({"straight": straight.net.state_dict(), "resumed": resumed.net.state_dict(),
+                "histories": (straight.history, resumed.history)}, out / f"rank{rank}.pt")
+
+
+def test_a_resumed_two_rank_search_equals_the_uninterrupted_one(tmp_path):
+    spawn(_straight_and_resumed, tmp_path, tmp_path)
+    for rank in (0, 1):
+        r = torch.load(tmp_path / f"rank{rank}.pt", weights_only=True)
+        assert r["histories"][0] == r["histories"][1]
+        for name, tensor in r["straight"].items():
+            assert torch.equal(tensor, r["resumed"][name]), name
+
+
 def _first_step(rank: int, cfg, run_dir: Path, out: Path) -> None:
     searcher = prepare_search(cfg, run_dir)
     net = searcher.net
@@ -192,6 +223,17 @@ def test_sync_batchnorm_trains_as_batchnorm_in_one_process_and_converts_back(tmp
     for m, original in zip(back.modules(), plain.net.modules()):
         assert type(m) is type(original)
         assert getattr(m, "channel_roles", None) == getattr(original, "channel_roles", None)
+
+    # fine-tuning with sync_bn: the same numbers, plain BatchNorm layers back for the export
+    tuned = []
+    for cfg in (plain.cfg, synced.cfg):
+        data = load_dataset("digits")
+        ctx = TrainingContext(cfg, data, torch.device("cpu"))
+        torch.manual_seed(0)
+        tuned.append(ctx.train(build(plain.net.dense_architecture(ctx.meta.mean, ctx.meta.std))))
+    assert not any(isinstance(m, nn.SyncBatchNorm) for m in tuned[1].modules())
+    for (name, a), b in zip(tuned[0].state_dict().items(), tuned[1].state_dict().values()):
+        assert torch.equal(a, b), name
 
 
 # -- torchrun train.py ----------------------------------------------------------------------------
