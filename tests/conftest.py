@@ -72,6 +72,42 @@ def small_config(tmp_path, *overrides: str):
     return load_config(None, [*space, f"out_dir={tmp_path}", *overrides])
 
 
+def interrupt_at(searcher, epoch, action):
+    """Call `action(searcher)` when `searcher` is about to run `epoch`."""
+    run_epoch = searcher.run_epoch
+
+    def patched(bar):
+        if searcher.epoch == epoch:
+            action(searcher)
+        return run_epoch(bar)
+
+    searcher.run_epoch = patched
+
+
+def crash(_):
+    raise KeyboardInterrupt
+
+
+def interrupted_and_resumed(cfg, run_dir, epoch: int):
+    """A search of `cfg` in `run_dir` stopped by Ctrl-C before `epoch`, then resumed (as a new
+    process would) and run to its end: the resumed searcher."""
+    import parallel
+    from pipeline.setup import prepare_search
+    from search.checkpoint import load_checkpoint
+
+    first = prepare_search(cfg, run_dir)
+    interrupt_at(first, epoch, crash)
+    with pytest.raises(KeyboardInterrupt):
+        first.run()
+    parallel.barrier()  # under torchrun: rank 0 has written the checkpoint the ranks resume from
+    assert load_checkpoint(first.checkpoint_path, "search")["epoch"] == epoch
+    second = prepare_search(cfg, run_dir)
+    second.resume()
+    assert second.epoch == epoch
+    second.run()
+    return second
+
+
 def synthetic_ms(part, widths) -> float:
     """A made-up latency, growing with every width: 0.01 ms a part, more for ops with more
     channel groups, plus 1e-3 ms per channel."""

@@ -9,7 +9,7 @@ import pytest
 import torch
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
-from conftest import small_config
+from conftest import interrupted_and_resumed, small_config
 from export import load
 from pipeline import ConfigError, load_config, run
 from pipeline.setup import prepare_search
@@ -24,21 +24,7 @@ def test_resumed_darts_search_equals_uninterrupted_search(tmp_path):
     cfg = small_config(tmp_path, *TINY_DARTS, "search.epochs=3")
     straight = prepare_search(cfg, tmp_path / "straight")
     straight.run()
-    first = prepare_search(cfg, tmp_path / "resumed")
-    run_epoch = first.run_epoch
-
-    def crash_at_epoch_2(bar):
-        if first.epoch == 2:
-            raise KeyboardInterrupt
-        return run_epoch(bar)
-
-    first.run_epoch = crash_at_epoch_2
-    with pytest.raises(KeyboardInterrupt):
-        first.run()
-    second = prepare_search(cfg, tmp_path / "resumed")
-    second.resume()
-    assert second.epoch == 2
-    second.run()
+    second = interrupted_and_resumed(cfg, tmp_path / "resumed", 2)
     for (name, a), b in zip(straight.net.state_dict().items(), second.net.state_dict().values()):
         assert torch.equal(a, b), name
     assert straight.history == second.history

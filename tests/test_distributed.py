@@ -17,7 +17,7 @@ import torch.multiprocessing as mp
 from torch import nn
 
 import parallel
-from conftest import SMALL_RUN, small_config
+from conftest import SMALL_RUN, interrupted_and_resumed, small_config
 from datasource import DeviceLoader, load_dataset
 from export import build
 from pipeline.setup import TrainingContext, prepare_search
@@ -118,20 +118,8 @@ def test_ranks_hold_bitwise_identical_state_after_search_epochs(tmp_path, order)
 def _straight_and_resumed(rank: int, tmp_path: Path, out: Path) -> None:
     straight = prepare_search(small_config(tmp_path, "search.epochs=3"), tmp_path / "straight")
     straight.run()
-    cfg = small_config(tmp_path, "search.epochs=3")
-    interrupted = prepare_search(cfg, tmp_path / "resumed")
-    run_epoch = interrupted.run_epoch
-
-    def stop_at_epoch_2(bar):
-        if interrupted.epoch == 2:
-            raise KeyboardInterrupt
-        return run_epoch(bar)
-    interrupted.run_epoch = stop_at_epoch_2
-    with pytest.raises(KeyboardInterrupt):
-        interrupted.run()
-    resumed = prepare_search(cfg, tmp_path / "resumed")
-    resumed.resume()
-    resumed.run()
+    resumed = interrupted_and_resumed(small_config(tmp_path, "search.epochs=3"),
+                                      tmp_path / "resumed", 2)
     torch.save({"straight": straight.net.state_dict(), "resumed": resumed.net.state_dict(),
                 "histories": (straight.history, resumed.history)}, out / f"rank{rank}.pt")
 

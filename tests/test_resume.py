@@ -4,21 +4,10 @@ import math
 import pytest
 import torch
 
-from conftest import small_config
+from conftest import interrupt_at, interrupted_and_resumed, small_config
 from search.checkpoint import CheckpointError, load_checkpoint
 from training.losses import NonFiniteLossError
 from pipeline.setup import prepare_search
-
-
-def interrupt_at(searcher, epoch, action):
-    run_epoch = searcher.run_epoch
-
-    def patched(bar):
-        if searcher.epoch == epoch:
-            action(searcher)
-        return run_epoch(bar)
-
-    searcher.run_epoch = patched
 
 
 def test_resumed_search_equals_uninterrupted_search(tmp_path):
@@ -26,17 +15,7 @@ def test_resumed_search_equals_uninterrupted_search(tmp_path):
     straight = prepare_search(cfg, tmp_path / "straight")
     straight.run()
 
-    first = prepare_search(cfg, tmp_path / "resumed")
-    def crash(_):
-        raise KeyboardInterrupt
-    interrupt_at(first, 2, crash)
-    with pytest.raises(KeyboardInterrupt):
-        first.run()
-    assert load_checkpoint(first.checkpoint_path, "search")["epoch"] == 2
-
-    second = prepare_search(cfg, tmp_path / "resumed")  # a new process would start like this
-    second.resume()
-    second.run()
+    second = interrupted_and_resumed(cfg, tmp_path / "resumed", 2)
     for a, b in zip(straight.net.state_dict().values(), second.net.state_dict().values()):
         assert torch.equal(a, b)
     assert straight.history == second.history
