@@ -3,11 +3,12 @@
 from parallel.reduce import (average_, average_batchnorm_statistics, average_gradients,
                              broadcast_buffers, data_parallel, host_totals, plain_batchnorm, sum_,
                              sync_batchnorm)
-from parallel.world import (barrier, broadcast, is_main, launched, launched_rank, local_rank,
-                            main_first, on_main, peer_lost, rank, rank_device, size, start,
-                            started, stop)
+from parallel.world import (barrier, broadcast, fork_rng, gather, is_main, launched,
+                            launched_rank, local_rank, main_first, on_main, peer_lost, rank,
+                            rank_device, size, start, started, stop)
 
 __all__ = ["average_", "average_batchnorm_statistics", "average_gradients", "broadcast_buffers",
            "data_parallel", "host_totals", "plain_batchnorm", "sum_", "sync_batchnorm",
-           "barrier", "broadcast", "is_main", "launched", "launched_rank", "local_rank",
-           "main_first", "on_main", "peer_lost", "rank", "rank_device", "size", "start", "started", "stop"]
+           "barrier", "broadcast", "fork_rng", "gather", "is_main", "launched", "launched_rank",
+           "local_rank", "main_first", "on_main", "peer_lost", "rank", "rank_device", "size",
+           "start", "started", "stop"]

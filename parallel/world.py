@@ -100,6 +100,25 @@ def broadcast(value: T) -> T:
     return box[0]
 
 
+def gather(value: T) -> list[T]:
+    """Every rank's `value` (any picklable object), in rank order, on every rank."""
+    if not started():
+        return [value]
+    out: list = [None] * size()
+    dist.all_gather_object(out, value)
+    return out
+
+
+def fork_rng() -> None:
+    """Give each rank its own stream of torch's random numbers, seeded from the stream all ranks
+    share: dropout and drop-path then draw different masks for different shards of a batch
+    rather than the same masks on every rank. Call it after the model's initial weights are
+    drawn (they must be equal on every rank). A no-op in a world of one."""
+    if size() > 1:
+        shared = int(torch.randint(2**62, (1,)))
+        torch.manual_seed(shared + rank())
+
+
 def on_main(fn: Callable[[], T]) -> T:
     """`fn()` run by rank 0 alone; its result, or the exception it raised, on every rank: for
     work that one process does for all (measuring a latency table) and checks whose failure

@@ -75,6 +75,7 @@ class Searcher:
                                    surrogate_temperature=s.target.surrogate_temperature,
                                    latency=latency)
         self.epoch, self.step, self.history = 0, 0, []
+        parallel.fork_rng()  # the initial weights and alpha are drawn: now a stream per rank
 
     @property
     def checkpoint_path(self) -> Path:
@@ -213,8 +214,9 @@ class Searcher:
                 self.history.append(metrics)
                 self.epoch += 1
                 self._log(metrics)
+                state = self.state_dict()  # on every rank: it gathers their random streams
                 if parallel.is_main():
-                    save_checkpoint(self.state_dict(), self.checkpoint_path)
+                    save_checkpoint(state, self.checkpoint_path)
         finally:
             bar.close()
         return self.history[-1] if self.history else {}
@@ -238,7 +240,7 @@ class Searcher:
                 "a_opt": self.architect.optimizer.state_dict(),
                 "loaders": {"train": self.train_loader.state_dict(),
                             "val": self.val_loader.state_dict()},
-                "rng": rng_state(), "history": self.history,
+                "rng": parallel.gather(rng_state()), "history": self.history,
                 "targets": self.targets.as_dict(),
                 **self.extra_state}
 
@@ -253,8 +255,19 @@ class Searcher:
             group["lr"] = self.cfg.search.arch_lr
         self.train_loader.load_state_dict(state["loaders"]["train"])
         self.val_loader.load_state_dict(state["loaders"]["val"])
-        set_rng_state(state["rng"])
+        self._restore_rng(state["rng"])
         self.epoch, self.step, self.history = state["epoch"], state["step"], list(state["history"])
+
+    @staticmethod
+    def _restore_rng(states: list[dict] | dict) -> None:
+        """Each rank's own stream when the checkpoint was written by as many ranks (a resume
+        then draws what the uninterrupted run would have); otherwise rank 0's, forked again."""
+        states = states if isinstance(states, list) else [states]  # written by one process
+        if len(states) == parallel.size():
+            set_rng_state(states[parallel.rank()])
+        else:
+            set_rng_state(states[0])
+            parallel.fork_rng()
 
     def resume(self) -> None:
         self.load_state_dict(load_checkpoint(self.checkpoint_path, "search", self.device))

@@ -133,6 +133,24 @@ def test_a_resumed_two_rank_search_equals_the_uninterrupted_one(tmp_path):
             assert torch.equal(tensor, r["resumed"][name]), name
 
 
+def _random_streams(rank: int, cfg, run_dir: Path, out: Path) -> None:
+    prepare_search(cfg, run_dir).run()
+    draw = torch.rand(8)  # what a dropout or drop-path mask after the last save would draw
+    resumed = prepare_search(cfg, run_dir)
+    resumed.resume()
+    torch.save({"draw": draw, "resumed_draw": torch.rand(8)}, out / f"rank{rank}.pt")
+
+
+def test_each_rank_draws_its_own_random_stream_and_resumes_it(tmp_path):
+    """Dropout and drop-path masks differ between ranks (their shards are different images),
+    and the checkpoint keeps every rank's stream: a resume draws what the run would have."""
+    spawn(_random_streams, small_config(tmp_path), tmp_path / "run", tmp_path)
+    a, b = (torch.load(tmp_path / f"rank{r}.pt", weights_only=True) for r in (0, 1))
+    assert not torch.equal(a["draw"], b["draw"])
+    assert torch.equal(a["draw"], a["resumed_draw"]) and torch.equal(b["draw"], b["resumed_draw"])
+    assert len(load_checkpoint(tmp_path / "run" / "search.pt", "search")["rng"]) == 2
+
+
 def _first_step(rank: int, cfg, run_dir: Path, out: Path) -> None:
     searcher = prepare_search(cfg, run_dir)
     net = searcher.net

@@ -81,6 +81,7 @@ def finetune(model: torch.nn.Module, cfg, train_loader, teacher: torch.nn.Module
         teacher.eval()
     device = next(model.parameters()).device
     train_model = parallel.data_parallel(model)  # averages the gradients over ranks
+    parallel.fork_rng()  # weights and auxiliary head are equal on every rank; dropout masks not
     bar = tqdm(total=cfg.epochs * len(train_loader), desc="finetune", dynamic_ncols=True,
                mininterval=1.0, disable=not parallel.is_main())
     model.train()
