@@ -16,6 +16,7 @@ this file; rank 0 checks what one process checks for all and alone writes.
 from __future__ import annotations
 
 import argparse
+import logging
 import signal
 import sys
 import time
@@ -95,6 +96,8 @@ def main(argv: list[str] | None = None) -> dict:
                           "or use --resume to continue that search")
     cfg, run_dir = resolve_run(args)
     parallel.start(select_device(cfg.device))
+    if not parallel.is_main():  # libraries' warnings (timm's scheduler) once, from rank 0
+        logging.getLogger().setLevel(logging.ERROR)
     try:
         cfg.name, run_dir = parallel.broadcast((cfg.name, run_dir))  # rank 0's clock names it
         check_ranks(cfg, select_device(cfg.device))
