@@ -95,12 +95,13 @@ def main(argv: list[str] | None = None) -> dict:
         raise ConfigError("--run reuses an earlier search: drop 'search' from --stages, "
                           "or use --resume to continue that search")
     cfg, run_dir = resolve_run(args)
-    parallel.start(select_device(cfg.device))
+    device = select_device(cfg.device)
+    parallel.start(device)
     if not parallel.is_main():  # libraries' warnings (timm's scheduler) once, from rank 0
         logging.getLogger().setLevel(logging.ERROR)
     try:
         cfg.name, run_dir = parallel.broadcast((cfg.name, run_dir))  # rank 0's clock names it
-        check_ranks(cfg, select_device(cfg.device))
+        check_ranks(cfg, device)
         if not (args.resume or args.run) and (run_dir / Searcher.CHECKPOINT).exists():
             raise ConfigError(f"{run_dir} already holds a search; continue it with --resume "
                               f"{run_dir}, re-derive with --run {run_dir}, or pick another name=...")
@@ -124,6 +125,11 @@ def one_line(e: BaseException) -> str:
     return " ".join(str(text).split()) or type(e).__name__
 
 
+def rank_prefix() -> str:
+    """'rank N: ' under torchrun, where every rank prints its own failure; else nothing."""
+    return f"rank {parallel.launched_rank()}: " if parallel.launched() else ""
+
+
 def error_line(e: BaseException) -> str:
     """What a failed command prints: the error in one line (under torchrun, with the rank)."""
     if parallel.launched() and parallel.peer_lost(e):
@@ -134,7 +140,7 @@ def error_line(e: BaseException) -> str:
     ours = isinstance(e, (ValueError, KeyError, OSError, RuntimeError))
     text = (one_line(e) if ours else
             f"{type(e).__name__}: {one_line(e)} (rerun with --debug for the traceback)")
-    return f"error: rank {parallel.launched_rank()}: {text}" if parallel.launched() else f"error: {text}"
+    return f"error: {rank_prefix()}{text}"
 
 
 def stop_on_sigterm(signum, frame) -> None:
@@ -152,7 +158,7 @@ if __name__ == "__main__":
     try:
         main()
     except KeyboardInterrupt:
-        who = f"rank {parallel.launched_rank()}: " if parallel.launched() else ""
+        who = rank_prefix()
         sys.exit(f"{who}interrupted; continue with --resume <run dir> (the last epoch's checkpoint "
                  f"is kept){'; if another rank failed, torchrun names it' if who else ''}")
     except Exception as e:  # noqa: BLE001: every failure ends in one line; --debug shows where

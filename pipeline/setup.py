@@ -218,6 +218,7 @@ class TrainingContext:
         return [(bx.numpy(), by.numpy()) for bx, by in itertools.islice(plain, batches)]
 
 
-__all__ = ["DataMeta", "Targets", "latency_model", "apply_threads", "TrainingContext", "prepare_search", "preflight", "check_ranks", "restore_supernet",
-           "select_device", "seed_everything", "split_train_val", "loader", "load_data",
-           "data_meta", "build_supernet"]
+__all__ = ["DataMeta", "Targets", "latency_model", "apply_threads", "TrainingContext",
+           "prepare_search", "preflight", "check_ranks", "restore_supernet", "select_device",
+           "seed_everything", "split_train_val", "loader", "load_data", "data_meta",
+           "build_supernet"]
