@@ -1,7 +1,7 @@
 """Dense vs exported model on the offline CIFAR-10 subset (4068 train / 1017 test images).
 
-    python benchmarks/cifar_subset.py            # configs/cifar10_subset.yaml (GPU advised)
-    python benchmarks/cifar_subset.py --cpu-small # configs/cifar10_subset_cpu.yaml: a 2-core CPU
+    python -m benchmarks.cifar_subset            # configs/cifar10_subset.yaml (GPU advised)
+    python -m benchmarks.cifar_subset --cpu-small # configs/cifar10_subset_cpu.yaml: a 2-core CPU
 
 Runs `train.py` (search -> derive -> slim -> fine-tune -> export), then trains the dense
 reference (the supernet's widest single path) from scratch for as many epochs as the exported
@@ -18,12 +18,12 @@ from pathlib import Path
 
 import torch
 
-from export import build, load
-from export.latency import latencies_ms
-from pipeline import load_config, run
-from pipeline.config import FinetuneConfig
-from pipeline.setup import TrainingContext, load_data, restore_supernet, seed_everything
-from search.checkpoint import load_checkpoint
+from maskednas.export import build, load
+from maskednas.export.latency import latencies_ms
+from maskednas.pipeline import load_config, run
+from maskednas.pipeline.config import FinetuneConfig
+from maskednas.pipeline.setup import TrainingContext, load_data, restore_supernet, seed_everything
+from maskednas.search.checkpoint import load_checkpoint
 
 ROOT = Path(__file__).resolve().parents[1]
 DATA = ROOT.parent / "shared" / "data" / "cifar10_subset.npz"

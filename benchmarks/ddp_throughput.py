@@ -1,9 +1,9 @@
 """Search-step throughput with one process and with ranks under torchrun (gloo on the CPU, NCCL on
 GPUs), on the digits config, at the same global batch.
 
-    python benchmarks/ddp_throughput.py                    # CPU: 1 process x 1 and x 2 threads,
+    python -m benchmarks.ddp_throughput                    # CPU: 1 process x 1 and x 2 threads,
                                                             # 2 processes x 1 thread (torchrun)
-    python benchmarks/ddp_throughput.py --gpus 8            # GPUs: 1, 2, 4, 8 ranks, one GPU each
+    python -m benchmarks.ddp_throughput --gpus 8            # GPUs: 1, 2, 4, 8 ranks, one GPU each
 
 Each variant runs the search loop's own epochs (`Searcher.run_epoch`: architecture step on a
 validation batch, then a weight step on a training batch, after the warm-up epochs of the
@@ -27,11 +27,10 @@ import torch
 from tqdm import tqdm
 
 ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
 
-import parallel  # noqa: E402
-from pipeline.config import load_config  # noqa: E402
-from pipeline.setup import check_ranks, prepare_search, select_device  # noqa: E402
+from maskednas import parallel
+from maskednas.pipeline.config import load_config
+from maskednas.pipeline.setup import check_ranks, prepare_search, select_device
 
 RESULTS = ROOT / "benchmarks" / "results"
 
@@ -109,7 +108,7 @@ def report(results: list[dict], args: argparse.Namespace) -> str:
         lines.append(f"| {r['ranks']} | {r['threads_per_rank']} | {r['device']} | "
                      f"{r['global_batch']} | {r['per_rank_batch']} | {r['steps_per_s']:.2f} | "
                      f"{r['images_per_s']:.0f} | {r['images_per_s'] / base:.2f}x |")
-    command = " ".join(["python benchmarks/ddp_throughput.py", *sys.argv[1:]])
+    command = " ".join(["python -m benchmarks.ddp_throughput", *sys.argv[1:]])
     return "\n".join([f"Command: `{command}`; {args.epochs} timed search epochs per row "
                       f"(first order), {platform.processor() or platform.machine()}, "
                       f"{os.cpu_count()} CPUs, torch {torch.__version__}.", "", *lines, ""])

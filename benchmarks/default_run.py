@@ -1,6 +1,6 @@
 """Wall time and results of the default `python train.py` (digits, every stage).
 
-    python benchmarks/default_run.py [--repeats 1] [extra train.py overrides...]
+    python -m benchmarks.default_run [--repeats 1] [extra train.py overrides...]
 
 Runs train.py in a subprocess exactly as a user would, and writes
 benchmarks/results/default_run.{json,md}.

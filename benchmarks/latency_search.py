@@ -1,7 +1,7 @@
 """Latency-targeted search against MACs-targeted search, on the 2-core CPU (torch eager, batch 1).
 
-    python benchmarks/latency_search.py                       # digits and the CIFAR-10 subset
-    python benchmarks/latency_search.py --presets digits --quick
+    python -m benchmarks.latency_search                       # digits and the CIFAR-10 subset
+    python -m benchmarks.latency_search --presets digits --quick
 
 For latency targets of 1/2 and 1/3 of the dense network's table latency, a search with
 `search.target.latency_fraction`: the table's prediction of the exported network against its
@@ -15,19 +15,17 @@ from __future__ import annotations
 
 import argparse
 import json
-import sys
 import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
 
-import torch  # noqa: E402
+import torch
 
-from export import build, load  # noqa: E402
-from latency import models_ms  # noqa: E402
-from pipeline import load_config, run  # noqa: E402
-from pipeline.setup import build_supernet, data_meta, load_data  # noqa: E402
+from maskednas.export import build, load
+from maskednas.latency import models_ms
+from maskednas.pipeline import load_config, run
+from maskednas.pipeline.setup import build_supernet, data_meta, load_data
 
 RESULTS = ROOT / "benchmarks" / "results"
 CIFAR = f"data.path={ROOT.parent / 'shared' / 'data' / 'cifar10_subset.npz'}"
@@ -79,7 +77,7 @@ def of_dense(r: dict) -> float:
 
 def markdown(results: list[dict]) -> str:
     lines = ["# Latency-targeted vs MACs-targeted search (2-core CPU, torch eager, batch 1)", "",
-             "Command: `python benchmarks/latency_search.py`. `predicted`: the latency table's "
+             "Command: `python -m benchmarks.latency_search`. `predicted`: the latency table's "
              "figure of the exported network; `measured`: the exported network timed after its "
              "run (lowest of 10 medians of 30 runs, 0.5 s apart, in alternation with the dense "
              "network). One seed per run. Each latency-targeted "

@@ -1,10 +1,10 @@
 """Accuracy against MACs: ours vs uniform width, L1-norm filter pruning, Torch-Pruning and
 random architectures, at the same MACs targets, epochs, augmentation and evaluation.
 
-    python benchmarks/pareto.py --preset digits            # 3 targets x 3 seeds, both budgets
-    python benchmarks/pareto.py --preset cifar_subset      # ../shared/data/cifar10_subset.npz
-    python benchmarks/pareto.py --preset cifar16           # the same at 16x16: a CPU's size
-    python benchmarks/pareto.py --quick                    # tiny epochs, one seed (CI-sized)
+    python -m benchmarks.pareto --preset digits            # 3 targets x 3 seeds, both budgets
+    python -m benchmarks.pareto --preset cifar_subset      # ../shared/data/cifar10_subset.npz
+    python -m benchmarks.pareto --preset cifar16           # the same at 16x16: a CPU's size
+    python -m benchmarks.pareto --quick                    # tiny epochs, one seed (CI-sized)
 
 The backbone is the search space's widths with conv_3x3 in every layer (a pre-activation
 ResNet-style network); targets are fractions of its MACs. Two budgets, reported side by side:
@@ -32,13 +32,13 @@ from pathlib import Path
 
 import torch
 
-from derive import slim
-from derive.baselines import (l1_filter_pruning, load_dense_weights, random_architecture,
-                              torch_pruning_magnitude, uniform_width)
-from export import build, load
-from export.flops import fvcore_report
-from pipeline import load_config, run
-from pipeline.setup import TrainingContext, build_supernet, load_data, seed_everything, select_device
+from maskednas.derive import slim
+from maskednas.derive.baselines import (l1_filter_pruning, load_dense_weights, random_architecture,
+                                        torch_pruning_magnitude, uniform_width)
+from maskednas.export import build, load
+from maskednas.export.flops import fvcore_report
+from maskednas.pipeline import load_config, run
+from maskednas.pipeline.setup import TrainingContext, build_supernet, load_data, seed_everything, select_device
 
 ROOT = Path(__file__).resolve().parents[1]
 DATA = f"data.path={ROOT.parent / 'shared' / 'data' / 'cifar10_subset.npz'}"

@@ -1,9 +1,9 @@
 """Prune a trained CIFAR ResNet (the user's own module) by this tool and by Torch-Pruning's
 magnitude and BN-scale pruners and L1 filter pruning, at the same MACs, fine-tuned alike.
 
-    python benchmarks/prune_resnet.py                    # ResNet-20, 50% and 25%, 2 seeds
-    python benchmarks/prune_resnet.py --depth 56         # ResNet-56
-    python benchmarks/prune_resnet.py --quick            # tiny epochs, one seed (CI-sized)
+    python -m benchmarks.prune_resnet                    # ResNet-20, 50% and 25%, 2 seeds
+    python -m benchmarks.prune_resnet --depth 56         # ResNet-56
+    python -m benchmarks.prune_resnet --quick            # tiny epochs, one seed (CI-sized)
 
 Per seed: the dense network trains on ../shared/data/cifar10_subset.npz (4068 training images)
 for --dense-epochs and is saved as safetensors. Ours is `train.py` with configs/
@@ -21,7 +21,6 @@ import argparse
 import copy
 import json
 import statistics
-import sys
 import tempfile
 import time
 from dataclasses import replace
@@ -31,15 +30,14 @@ import torch
 from safetensors.torch import save_file
 
 ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
 
-from benchmarks.cifar_resnet import CifarResNet  # noqa: E402
-from derive.baselines import torch_pruning_to_target  # noqa: E402
-from export import load  # noqa: E402
-from export.flops import fvcore_report  # noqa: E402
-from export.latency import latencies_ms  # noqa: E402
-from pipeline import load_config, run  # noqa: E402
-from pipeline.setup import TrainingContext, load_data, seed_everything, select_device  # noqa: E402
+from benchmarks.cifar_resnet import CifarResNet
+from maskednas.derive.baselines import torch_pruning_to_target
+from maskednas.export import load
+from maskednas.export.flops import fvcore_report
+from maskednas.export.latency import latencies_ms
+from maskednas.pipeline import load_config, run
+from maskednas.pipeline.setup import TrainingContext, load_data, seed_everything, select_device
 
 CONFIG = ROOT / "configs" / "prune_cifar_resnet20.yaml"
 DATA = f"data.path={ROOT.parent / 'shared' / 'data' / 'cifar10_subset.npz'}"

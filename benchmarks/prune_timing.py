@@ -4,8 +4,8 @@ steps (weights on one batch, masks and keep/skip on another, first order), deriv
 the MACs with physical pruning, and the peak memory of the process. Random weights and inputs:
 the figures are times, not accuracy.
 
-    python benchmarks/prune_timing.py                          # torchvision resnet50, 224x224
-    python benchmarks/prune_timing.py --source timm:resnet26d --size 160
+    python -m benchmarks.prune_timing                          # torchvision resnet50, 224x224
+    python -m benchmarks.prune_timing --source timm:resnet26d --size 160
 
 Writes benchmarks/results/prune-timing-<name>.{md,json}.
 """
@@ -14,7 +14,6 @@ from __future__ import annotations
 import argparse
 import json
 import resource
-import sys
 import time
 import warnings
 from pathlib import Path
@@ -22,14 +21,13 @@ from pathlib import Path
 import torch
 
 ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
 
-from derive import derive, slim  # noqa: E402
-from export.flops import fvcore_report  # noqa: E402
-from export.latency import latencies_ms  # noqa: E402
-from search.architect import Architect  # noqa: E402
-from search.penalty import CostPenalty, Targets  # noqa: E402
-from supernet.user_model import ModelSpaceConfig, UserModel  # noqa: E402
+from maskednas.derive import derive, slim
+from maskednas.export.flops import fvcore_report
+from maskednas.export.latency import latencies_ms
+from maskednas.search.architect import Architect
+from maskednas.search.penalty import CostPenalty, Targets
+from maskednas.supernet.user_model import ModelSpaceConfig, UserModel
 
 
 def peak_rss_gib() -> float:

@@ -1,8 +1,8 @@
 """fp32, fp16 and int8 ONNX exports side by side: test accuracy, size on disk and ONNX Runtime
 CPU latency at batch 1 and 64; and the int8 calibration methods compared on the same model.
 
-    python benchmarks/quantized.py                     # digits default run + CIFAR subset (CPU)
-    python benchmarks/quantized.py --presets digits    # one of them
+    python -m benchmarks.quantized                     # digits default run + CIFAR subset (CPU)
+    python -m benchmarks.quantized --presets digits    # one of them
 
 Each preset runs the whole pipeline (`pipeline.run`) with export.quantize=[fp16,int8], then
 re-quantizes its model.onnx with every calibration method (same training batches, same test set).
@@ -22,10 +22,10 @@ import onnx
 import torch
 from onnx import numpy_helper
 
-from export.onnx_runtime import accuracy, session
-from export.quantize import CALIBRATIONS, to_int8
-from pipeline import load_config, run
-from pipeline.setup import TrainingContext, load_data, select_device
+from maskednas.export.onnx_runtime import accuracy, session
+from maskednas.export.quantize import CALIBRATIONS, to_int8
+from maskednas.pipeline import load_config, run
+from maskednas.pipeline.setup import TrainingContext, load_data, select_device
 
 ROOT = Path(__file__).resolve().parents[1]
 RESULTS = ROOT / "benchmarks" / "results"

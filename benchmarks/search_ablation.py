@@ -1,6 +1,6 @@
 """Which search settings decide the accuracy of ours: one change at a time, on the cifar16 preset.
 
-    python benchmarks/search_ablation.py [--fraction 0.12] [--seeds 3]
+    python -m benchmarks.search_ablation [--fraction 0.12] [--seeds 3]
 
 Each variant runs the pipeline (search, derive, fine-tune; no export) at a MACs target given as a
 fraction of the conv_3x3 backbone of `benchmarks/pareto.py`, and reports the test accuracy, the
@@ -19,8 +19,8 @@ from pathlib import Path
 
 import torch
 
-from pareto import PRESETS, ROOT, Bench
-from pipeline import run
+from benchmarks.pareto import PRESETS, ROOT, Bench
+from maskednas.pipeline import run
 
 # cumulative: each variant adds one change to the one before; the last is today's default
 VARIANTS = {

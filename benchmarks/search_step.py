@@ -1,8 +1,8 @@
 """Time one bilevel search step (architecture step on a validation batch, then a weight step on
 a training batch) of a search space on random inputs: ms/step, images/s, peak memory.
 
-    python benchmarks/search_step.py --space darts --batch 64 --precision fp32 --order 1
-    python benchmarks/search_step.py --space darts --precision bf16 --channels-last --order 2
+    python -m benchmarks.search_step --space darts --batch 64 --precision fp32 --order 1
+    python -m benchmarks.search_step --space darts --precision bf16 --channels-last --order 2
 
 The step is the search loop's own (`Searcher.arch_step` + `Searcher.weight_step`), with the
 default space config (DARTS: 8 cells, 16 channels, 32x32 inputs, 10 classes). cudnn.benchmark
@@ -25,11 +25,11 @@ from pathlib import Path
 
 import torch
 
-from pipeline.config import load_config
-from pipeline.setup import DataMeta, build_supernet, select_device
-from search.loop import Searcher
-from search.op_count import OpCounter
-from search.penalty import resolve_targets
+from maskednas.pipeline.config import load_config
+from maskednas.pipeline.setup import DataMeta, build_supernet, select_device
+from maskednas.search.loop import Searcher
+from maskednas.search.op_count import OpCounter
+from maskednas.search.penalty import resolve_targets
 
 RESULTS = Path(__file__).resolve().parents[1] / "benchmarks" / "results"
 

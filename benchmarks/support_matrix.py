@@ -3,13 +3,12 @@ found, and with random weights and hard masks at about half the MACs, the gap be
 hard-masked network and the physically pruned one, the analytic MACs against fvcore's count
 of the pruned model, and an export -> load round trip.
 
-    python benchmarks/support_matrix.py          # prints the README's table
+    python -m benchmarks.support_matrix          # prints the README's table
 
 tests/test_user_model.py runs the same checks (`check`) on every model listed here.
 """
 from __future__ import annotations
 
-import sys
 import time
 import warnings
 from pathlib import Path
@@ -17,12 +16,11 @@ from pathlib import Path
 import torch
 
 ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
 
-from derive import derive, slim  # noqa: E402
-from export import save_export  # noqa: E402
-from export.flops import fvcore_report  # noqa: E402
-from supernet.user_model import ModelSpaceConfig, UserModel  # noqa: E402
+from maskednas.derive import derive, slim
+from maskednas.export import save_export
+from maskednas.export.flops import fvcore_report
+from maskednas.supernet.user_model import ModelSpaceConfig, UserModel
 
 MODELS = {  # source -> input size (the CIFAR ResNet is built for 32x32)
     **{f"torchvision:{n}": 64 for n in (

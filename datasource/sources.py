@@ -12,8 +12,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from datasource.checks import DataError, check_splits, labels, nhwc_images
-from ops.registry import Registry
+from maskednas.datasource.checks import DataError, check_splits, labels, nhwc_images
+from maskednas.common import Registry
 
 DATASETS = Registry("dataset")
 

@@ -13,8 +13,8 @@ import math
 import torch
 from torch import nn
 
-from derive.discretize import Derivation, derive
-from derive.slim import copy_selected
+from maskednas.derive.discretize import Derivation, derive
+from maskednas.derive.slim import copy_selected
 
 
 def _ratio_for_target(macs_at, target: float, iterations: int = 40) -> float:
@@ -109,7 +109,7 @@ def torch_pruning_to_target(model: nn.Module, example: torch.Tensor, target_macs
     in place and returns it."""
     import torch_pruning as tp
 
-    from export.flops import fvcore_report
+    from maskednas.export.flops import fvcore_report
 
     head = [m for m in model.modules() if isinstance(m, nn.Linear)]
     pruner = tp.pruner.MetaPruner(model, example, importance=importance,

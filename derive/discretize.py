@@ -21,8 +21,8 @@ from typing import Any
 
 import torch
 
-from export.architecture import Architecture
-from ops.masks import KEEP_LOGIT, WidthRounding
+from maskednas.export.architecture import Architecture
+from maskednas.ops.masks import KEEP_LOGIT, WidthRounding
 
 
 @dataclass(frozen=True)

@@ -10,9 +10,9 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from derive.discretize import Derivation
-from export.compact import build
-from supernet.base import Index  # kept indices; None keeps every channel (image in, classes out)
+from maskednas.derive.discretize import Derivation
+from maskednas.export.compact import build
+from maskednas.supernet.base import Index  # kept indices; None keeps every channel (image in, classes out)
 
 
 def _take(t: torch.Tensor, dim: int, idx: Index) -> torch.Tensor:

@@ -6,15 +6,15 @@ from __future__ import annotations
 
 import importlib
 
-_HOMES = {"Architecture": "export.architecture", "LayerChoice": "export.architecture",
-          "CompactNet": "export.compact", "build": "export.compact", "save_export": "export.folder",
-          "load": "export.folder", "read_metrics": "export.folder", "ExportError": "export.manifest",
-          "load_onnx": "export.onnx_runtime", "PRECISIONS": "export.onnx_runtime"}
+_HOMES = {"Architecture": ".architecture", "LayerChoice": ".architecture",
+          "CompactNet": ".compact", "build": ".compact", "save_export": ".folder",
+          "load": ".folder", "read_metrics": ".folder", "ExportError": ".manifest",
+          "load_onnx": ".onnx_runtime", "PRECISIONS": ".onnx_runtime"}
 
 __all__ = sorted(_HOMES)
 
 
 def __getattr__(name: str):
     if name not in _HOMES:
-        raise AttributeError(f"module 'export' has no attribute {name!r}")
-    return getattr(importlib.import_module(_HOMES[name]), name)
+        raise AttributeError(f"module 'maskednas.export' has no attribute {name!r}")
+    return getattr(importlib.import_module(_HOMES[name], __name__), name)

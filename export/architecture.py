@@ -12,9 +12,9 @@ import json
 from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 
-from export.cells import CellChoice, EdgeChoice, cell_chain, genotype_of, reduction_cells
-from ops import Cost, Head, Stem, get_op, is_zero
-from ops.cost import out_size
+from maskednas.export.cells import CellChoice, EdgeChoice, cell_chain, genotype_of, reduction_cells
+from maskednas.ops import Cost, Head, Stem, get_op, is_zero
+from maskednas.ops.cost import out_size
 
 FORMAT_VERSION = 1
 
@@ -126,7 +126,7 @@ class Architecture:
         network, recorded by its source)."""
         data = json.loads(Path(path).read_text())
         if isinstance(data, dict) and data.get("space") == "model":
-            from export.pruned_model import PrunedArchitecture
+            from maskednas.export.pruned_model import PrunedArchitecture
             return PrunedArchitecture.from_dict(data)
         return cls.from_dict(data)
 

@@ -7,8 +7,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from ops import Cost, get_op, is_zero
-from ops.cost import batchnorm, conv, out_size
+from maskednas.ops import Cost, get_op, is_zero
+from maskednas.ops.cost import batchnorm, conv, out_size
 
 
 def reduction_cells(cells: int) -> tuple[int, ...]:

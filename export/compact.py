@@ -5,10 +5,10 @@ import torch
 from timm.layers import DropPath
 from torch import nn
 
-from export.architecture import Architecture, LayerChoice
-from export.cells import CellChoice
-from ops import FactorizedReduce, Head, Stem, build_op, get_op
-from ops.candidates import ReLUConvBN, Skip
+from maskednas.export.architecture import Architecture, LayerChoice
+from maskednas.export.cells import CellChoice
+from maskednas.ops import FactorizedReduce, Head, Stem, build_op, get_op
+from maskednas.ops.candidates import ReLUConvBN, Skip
 
 
 class CompactLayer(nn.Module):
@@ -74,7 +74,7 @@ class CompactNet(nn.Module):
 def build(arch) -> nn.Module:
     """The model of an architecture record: a `CompactNet`, or a pruned user network (its
     source rebuilt at the recorded shapes, see export/pruned_model.py)."""
-    from export.pruned_model import PrunedArchitecture, build_pruned
+    from maskednas.export.pruned_model import PrunedArchitecture, build_pruned
     return build_pruned(arch) if isinstance(arch, PrunedArchitecture) else CompactNet(arch)
 
 

@@ -28,11 +28,11 @@ import torch
 import yaml
 from safetensors.torch import load_file, save_file
 
-from export.architecture import Architecture
-from export.compact import CompactNet, build
+from maskednas.export.architecture import Architecture
+from maskednas.export.compact import CompactNet, build
 
-from export.manifest import (ARCH, CONFIG, FLOPS, METRICS, MANIFEST, ONNX, WEIGHTS, ExportError,
-                             sha256, verify)
+from maskednas.export.manifest import (ARCH, CONFIG, FLOPS, METRICS, MANIFEST, ONNX, WEIGHTS, ExportError,
+                                       sha256, verify)
 # ONNX Runtime must reproduce PyTorch's logits to this fraction of their largest magnitude (fp32
 # kernels differ in summation order by ~1e-6 of the scale; a wrong graph is off by far more)
 ONNX_TOLERANCE = 1e-4
@@ -47,10 +47,10 @@ def save_export(folder: str | Path, model: CompactNet, config: dict, metrics: di
     `quantize` adds fp16 and/or int8 ONNX artefacts (int8 calibrated on `calibration`, normalised
     float32 NCHW batches); with `test_set` (normalised images, labels) every ONNX artefact's test
     accuracy, size and ONNX Runtime CPU latency go into metrics["onnx"]."""
-    from export import onnx_runtime
-    from export.flops import fvcore_report
-    from export.onnx_export import export_onnx, onnx_max_abs_diff
-    from export.quantize import strip_metadata, to_fp16, to_int8
+    from maskednas.export import onnx_runtime
+    from maskednas.export.flops import fvcore_report
+    from maskednas.export.onnx_export import export_onnx, onnx_max_abs_diff
+    from maskednas.export.quantize import strip_metadata, to_fp16, to_int8
 
     unknown = [p for p in quantize if p not in onnx_runtime.PRECISIONS or p == "fp32"]
     if unknown or (quantize and not onnx):

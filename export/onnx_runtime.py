@@ -10,7 +10,7 @@ from pathlib import Path
 
 import numpy as np
 
-from export.manifest import ARCH, ONNX, ExportError, verify
+from maskednas.export.manifest import ARCH, ONNX, ExportError, verify
 
 PRECISIONS = {"fp32": ONNX, "fp16": "model.fp16.onnx", "int8": "model.int8.onnx"}
 
@@ -49,7 +49,7 @@ def accuracy(sess, x: np.ndarray, y: np.ndarray, batch: int = 256) -> float:
 def report(folder: str | Path, precisions: list[str], x: np.ndarray, y: np.ndarray) -> dict:
     """Per artefact: test accuracy, size on disk and ONNX Runtime CPU latency at batch 1 and 64
     (timed as the PyTorch models are; this needs torch, loading an artefact does not)."""
-    from export.latency import alternating_ms
+    from maskednas.export.latency import alternating_ms
 
     folder = Path(folder)
     sessions = {p: session(folder / PRECISIONS[p]) for p in precisions}

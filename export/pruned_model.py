@@ -14,8 +14,8 @@ from dataclasses import asdict, dataclass, field
 import torch
 from torch import nn
 
-from export.model_source import build_source, replace_module
-from ops import Cost
+from maskednas.export.model_source import build_source, replace_module
+from maskednas.ops import Cost
 
 FORMAT_VERSION = 1
 # int attributes that describe a layer's width, as torch and timm layers name them

@@ -7,9 +7,9 @@ from pathlib import Path
 
 import torch
 
-from latency.measure import measure_table, table_meta
-from latency.model import LatencyModel
-from latency.table import LatencyTable, LatencyTableError
+from maskednas.latency.measure import measure_table, table_meta
+from maskednas.latency.model import LatencyModel
+from maskednas.latency.table import LatencyTable, LatencyTableError
 
 RUN_COPY = "latency_table.json"
 _MEASURED: dict[Path, LatencyTable] = {}  # measured in this process, not yet in the cache

@@ -27,9 +27,9 @@ import numpy as np
 import torch
 from torch import nn
 
-from export.latency import alternating_ms
-from latency.parts import LatencyPart
-from latency.table import LatencyTable, TableEntry, grid_widths, monotone, parts_digest
+from maskednas.export.latency import alternating_ms
+from maskednas.latency.parts import LatencyPart
+from maskednas.latency.table import LatencyTable, TableEntry, grid_widths, monotone, parts_digest
 
 RUNTIMES = ("torch", "onnxruntime")
 

@@ -6,9 +6,8 @@ from collections.abc import Mapping
 
 import torch
 
-from latency.parts import LatencyPart
-from latency.table import LatencyTable, LatencyTableError
-from supernet.cost_model import smallest_widths
+from maskednas.latency.parts import LatencyPart
+from maskednas.latency.table import LatencyTable, LatencyTableError
 
 
 class LatencyModel:
@@ -63,6 +62,6 @@ class LatencyModel:
     def fastest_ms(self, min_channels: int = 1) -> float:
         """The fastest reachable network: every group at `min_channels`, every choice its
         fastest op at those widths."""
-        widths = smallest_widths(self.net, min_channels)
+        widths = self.net.smallest_widths(min_channels)
         scores = {k: -v for k, v in self.op_scores(widths).items()}
         return self.architecture_ms(self.net.architecture(self.net.derive_ops(scores), widths))

@@ -18,7 +18,7 @@ from pathlib import Path
 
 import torch
 
-from search.checkpoint import atomic_write
+from maskednas.common import atomic_write
 
 FORMAT = "dnas-latency-table/1"
 # what must match for a table to be reused, in the order a mismatch is reported

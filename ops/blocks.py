@@ -4,8 +4,8 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from ops import cost as C
-from ops.candidates import conv, norm, tag
+from maskednas.ops import cost as C
+from maskednas.ops.candidates import conv, norm, tag
 
 
 class Stem(nn.Sequential):

@@ -22,9 +22,9 @@ from typing import Any
 import torch
 from torch import nn
 
-from ops import cost as C
-from ops.masks import apply_gate
-from ops.registry import Registry
+from maskednas.ops import cost as C
+from maskednas.ops.masks import apply_gate
+from maskednas.common import Registry
 
 OPS = Registry("op")
 

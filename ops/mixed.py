@@ -7,7 +7,7 @@ from collections.abc import Sequence
 import torch
 from torch import nn
 
-from ops.candidates import Zero, build_op
+from maskednas.ops.candidates import Zero, build_op
 
 
 class MixedOp(nn.Module):

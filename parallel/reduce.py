@@ -12,7 +12,7 @@ import torch.distributed as dist
 from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 
-from parallel.world import size, started
+from maskednas.parallel.world import size, started
 
 
 def sum_(t: torch.Tensor) -> torch.Tensor:

@@ -8,6 +8,8 @@ registered space, and the top-level section `NAME:` holds the fields of its conf
 from __future__ import annotations
 
 import dataclasses
+import importlib.resources
+import os
 import re
 import types
 import typing
@@ -17,10 +19,10 @@ from typing import Any
 
 import yaml
 
-from export.onnx_runtime import PRECISIONS
-from export.quantize import CALIBRATIONS
-from latency.measure import RUNTIMES
-from supernet import ESTIMATORS, SPACES, Supernet
+from maskednas.export.onnx_runtime import PRECISIONS
+from maskednas.export.quantize import CALIBRATIONS
+from maskednas.latency.measure import RUNTIMES
+from maskednas.supernet import ESTIMATORS, SPACES, Supernet
 
 
 class ConfigError(ValueError):
@@ -283,9 +285,35 @@ def apply_override(data: dict, assignment: str) -> None:
                           f"({' '.join(str(e).split())})") from e
 
 
+def shipped_configs() -> dict[str, Path]:
+    """The configs installed with the package, by name: `--config digits` on the command line,
+    `load_config("digits")` in Python.
+
+    >>> from maskednas import shipped_configs
+    >>> {"digits", "darts_digits", "prune_model"} <= set(shipped_configs())
+    True
+    """
+    folder = importlib.resources.files("maskednas") / "configs"
+    return {p.name[:-5]: Path(str(p)) for p in folder.iterdir() if p.name.endswith(".yaml")}
+
+
+def config_path(name_or_path: str | Path) -> Path:
+    """A shipped config's name, or the path of a YAML file: a value with a folder separator or a
+    .yaml/.yml suffix is a path, anything else a name."""
+    text = str(name_or_path)
+    if isinstance(name_or_path, Path) or "/" in text or os.sep in text or text.endswith((".yaml", ".yml")):
+        return Path(text)
+    shipped = shipped_configs()
+    if text not in shipped:
+        raise ConfigError(f"unknown config {text!r}; shipped configs: {', '.join(sorted(shipped))} "
+                          f"(or the path of a YAML file, e.g. ./{text}.yaml)")
+    return shipped[text]
+
+
 def read_yaml(path: str | Path) -> dict:
-    """A config file as a dict; a missing, unreadable or malformed file is named."""
-    path = Path(path)
+    """A config file (a path, or a shipped config's name) as a dict; a missing, unreadable or
+    malformed file is named."""
+    path = config_path(path)
     if not path.is_file():
         raise ConfigError(f"config file {str(path)!r} does not exist")
     try:

@@ -10,15 +10,15 @@ from pathlib import Path
 import numpy as np
 import torch
 
-import parallel
-from datasource import DeviceLoader, ImageData, load_dataset
-from latency.cache import obtain_table, save_run_copy
-from pipeline.config import ConfigError, FinetuneConfig, RunConfig, from_dict, to_dict, uses_latency
-from search.loop import Searcher
-from search.penalty import Targets, resolve_targets
-from supernet import SPACES
-from training.autocast import autocast_factory
-from training.finetune import evaluate, finetune
+from maskednas import parallel
+from maskednas.datasource import DeviceLoader, ImageData, load_dataset
+from maskednas.latency.cache import obtain_table, save_run_copy
+from maskednas.pipeline.config import ConfigError, FinetuneConfig, RunConfig, from_dict, to_dict, uses_latency
+from maskednas.search.loop import Searcher
+from maskednas.search.penalty import Targets, resolve_targets
+from maskednas.supernet import SPACES
+from maskednas.training.autocast import autocast_factory
+from maskednas.training.finetune import evaluate, finetune
 
 
 @dataclass(frozen=True)

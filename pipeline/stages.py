@@ -1,7 +1,7 @@
 """The pipeline as a library: search -> derive -> slim -> BN recalibration -> fine-tune -> export
 -> summary, for one resolved config and one run directory.
 
-    from pipeline import load_config, run
+    from maskednas.pipeline import load_config, run
     metrics = run(load_config("configs/digits.yaml", ["search.epochs=5"]), Path("runs/x"))
 
 `train.py` adds argument parsing, run-directory rules and error messages on top; the benchmarks
@@ -22,25 +22,25 @@ from pathlib import Path
 import numpy as np
 import torch
 
-import parallel
-from datasource import ImageData
-from derive import Derivation, derive, slim
-from derive.discretize import Budget, latency_budget, macs_budget
-from export import save_export
-from export.architecture import evaluation_architecture
-from export.compact import build
-from export.latency import latencies_ms
-from latency import LatencyModel, models_ms
-from pipeline.config import ConfigError, RunConfig, flat_dict, to_dict
-from pipeline.setup import (DataMeta, TrainingContext, latency_model, load_data, prepare_search,
-                            restore_supernet, seed_everything, select_device)
-from pipeline.summary import latency_table, onnx_table, summary_table
-from search.checkpoint import load_checkpoint
-from search.loop import Searcher
-from search.penalty import Targets
-from search.tensorboard_log import SearchLogger
-from supernet import Supernet
-from training.finetune import recalibrate_batchnorm
+from maskednas import parallel
+from maskednas.datasource import ImageData
+from maskednas.derive import Derivation, derive, slim
+from maskednas.derive.discretize import Budget, latency_budget, macs_budget
+from maskednas.export import save_export
+from maskednas.export.architecture import evaluation_architecture
+from maskednas.export.compact import build
+from maskednas.export.latency import latencies_ms
+from maskednas.latency import LatencyModel, models_ms
+from maskednas.pipeline.config import ConfigError, RunConfig, flat_dict, to_dict
+from maskednas.pipeline.setup import (DataMeta, TrainingContext, latency_model, load_data, prepare_search,
+                                      restore_supernet, seed_everything, select_device)
+from maskednas.pipeline.summary import latency_table, onnx_table, summary_table
+from maskednas.search.checkpoint import load_checkpoint
+from maskednas.search.loop import Searcher
+from maskednas.search.penalty import Targets
+from maskednas.search.tensorboard_log import SearchLogger
+from maskednas.supernet import Supernet
+from maskednas.training.finetune import recalibrate_batchnorm
 
 STAGES = ("search", "derive", "finetune", "export")
 Report = Callable[[str], None]

@@ -19,11 +19,11 @@ import functools
 import torch
 from torch.func import functional_call
 
-import parallel
-from ops import WidthRounding
-from search.penalty import CostPenalty
-from supernet.cost_model import ESTIMATORS
-from training.losses import cross_entropy
+from maskednas import parallel
+from maskednas.ops import WidthRounding
+from maskednas.search.penalty import CostPenalty
+from maskednas.supernet.cost_model import ESTIMATORS
+from maskednas.training.losses import cross_entropy
 
 
 class Architect:

@@ -16,15 +16,15 @@ import torch
 from timm.scheduler import CosineLRScheduler
 from tqdm import tqdm
 
-import parallel
-from derive.discretize import hold_target, search_budget
-from ops import WidthRounding
-from search.architect import Architect
-from search.checkpoint import load_checkpoint, rng_state, save_checkpoint, set_rng_state
-from search.penalty import CostPenalty, Targets
-from supernet.cost_model import discrete_point, expected_point
-from training.autocast import autocast_factory
-from training.losses import NonFiniteLossError, cross_entropy
+from maskednas import parallel
+from maskednas.derive.discretize import hold_target, search_budget
+from maskednas.ops import WidthRounding
+from maskednas.search.architect import Architect
+from maskednas.search.checkpoint import load_checkpoint, rng_state, save_checkpoint, set_rng_state
+from maskednas.search.penalty import CostPenalty, Targets
+from maskednas.supernet.cost_model import discrete_point, expected_point
+from maskednas.training.autocast import autocast_factory
+from maskednas.training.losses import NonFiniteLossError, cross_entropy
 
 
 def progress_at(epoch: int, search_cfg) -> float:

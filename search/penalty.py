@@ -5,8 +5,8 @@ from dataclasses import dataclass
 
 import torch
 
-from ops import Cost
-from supernet.cost_model import dense_cost, smallest_cost
+from maskednas.ops import Cost
+from maskednas.supernet.cost_model import dense_cost, smallest_cost
 
 
 class UnreachableTargetError(ValueError):

@@ -21,8 +21,8 @@ from typing import Any
 import torch
 from torch import nn
 
-from export.architecture import Architecture
-from ops import Cost, Registry
+from maskednas.export.architecture import Architecture
+from maskednas.ops import Cost, Registry
 
 Ops = Any  # a derivation's ops as plain data (macro: {layer: op}; DARTS: the genotype)
 OpWeights = dict[str, torch.Tensor]  # the space's op weights (probabilities or one-hot)
@@ -90,6 +90,11 @@ class Supernet(nn.Module, abc.ABC):
     def channel_step(self, group: str) -> int:
         """Kept counts of `group` are multiples of this (2 where an op splits it in halves)."""
         return 1
+
+    def smallest_widths(self, min_channels: int = 1) -> dict[str, int]:
+        """Every group at `min_channels` (at least its step, at most its size)."""
+        return {name: min(max(min_channels, self.channel_step(name)), c)
+                for name, c in self.full_widths().items()}
 
     # -- op weights and derivation (abstract) ---------------------------------------------------
     @abc.abstractmethod

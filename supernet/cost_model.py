@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import torch
 
-from ops import Cost, Registry, WidthRounding
+from maskednas.ops import Cost, Registry, WidthRounding
 
 # search.target.estimator: name -> f(net, rounding, surrogate_temperature) -> the op weights
 # and widths (per channel group) at which the penalty reads the cost and the latency
@@ -88,13 +88,7 @@ def dense_cost(net) -> Cost:
     return _exact(net.cost(net.single_path_weights(widths, largest=True), widths))
 
 
-def smallest_widths(net, min_channels: int = 1) -> dict[str, int]:
-    """Every group at `min_channels` (at least its step, at most its size)."""
-    return {name: min(max(min_channels, net.channel_step(name)), c)
-            for name, c in net.full_widths().items()}
-
-
 def smallest_cost(net, min_channels: int = 1) -> Cost:
     """The cheapest reachable network: every group at `min_channels`, every choice its cheapest op."""
-    widths = smallest_widths(net, min_channels)
+    widths = net.smallest_widths(min_channels)
     return _exact(net.cost(net.single_path_weights(widths, largest=False), widths))

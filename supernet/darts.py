@@ -26,13 +26,13 @@ from dataclasses import dataclass, field
 import torch
 from torch import nn
 
-from export.architecture import Architecture
-from export.cells import cell_chain, edge_stride, preprocess_cost, reduction_cells
-from ops import (ChannelMask, Cost, FactorizedReduce, Head, MixedOp, SharedInput, Stem, apply_gate,
-                 get_op, is_zero, weighted_sum)
-from ops.candidates import ReLUConvBN, Zero
-from ops.cost import out_size
-from supernet.base import CopyPlan, Supernet, register_space
+from maskednas.export.architecture import Architecture
+from maskednas.export.cells import cell_chain, edge_stride, preprocess_cost, reduction_cells
+from maskednas.ops import (ChannelMask, Cost, FactorizedReduce, Head, MixedOp, SharedInput, Stem, apply_gate,
+                           get_op, is_zero, weighted_sum)
+from maskednas.ops.candidates import ReLUConvBN, Zero
+from maskednas.ops.cost import out_size
+from maskednas.supernet.base import CopyPlan, Supernet, register_space
 
 DARTS_PRIMITIVES = ["zero", "max_pool_3x3", "avg_pool_3x3", "skip_connect", "sep_conv_3x3",
                     "sep_conv_5x5", "dil_conv_3x3", "dil_conv_5x5"]

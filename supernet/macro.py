@@ -12,12 +12,12 @@ from dataclasses import dataclass, field
 import torch
 from torch import nn
 
-from export.architecture import Architecture, LayerChoice
-from export.compact import CompactLayer
-from latency.parts import LatencyPart
-from ops import ChannelMask, Head, MixedOp, Stem, apply_gate, get_op, is_zero
-from ops.cost import Cost, out_size
-from supernet.base import CopyPlan, Supernet, register_space
+from maskednas.export.architecture import Architecture, LayerChoice
+from maskednas.export.compact import CompactLayer
+from maskednas.latency.parts import LatencyPart
+from maskednas.ops import ChannelMask, Head, MixedOp, Stem, apply_gate, get_op, is_zero
+from maskednas.ops.cost import Cost, out_size
+from maskednas.supernet.base import CopyPlan, Supernet, register_space
 
 DEFAULT_CANDIDATES = ["conv_3x3", "sep_conv_3x3", "sep_conv_5x5", "mbconv_k3_e3", "mbconv_k3_e6",
                       "mbconv_k5_e3", "mbconv_k5_e6", "zero"]

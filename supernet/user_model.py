@@ -21,12 +21,12 @@ from dataclasses import dataclass, field, replace
 import torch
 from torch import nn
 
-from export.model_source import build_source, check_source, load_checkpoint_into
-from export.pruned_model import PrunedArchitecture, changed_layers, remove_blocks
-from ops import ChannelMask, Cost
-from supernet.base import Supernet, register_space
-from supernet.channel_groups import SUPPORTED, ChannelGroups, discover, group_key, is_depthwise
-from supernet.model_trace import trace
+from maskednas.export.model_source import build_source, check_source, load_checkpoint_into
+from maskednas.export.pruned_model import PrunedArchitecture, changed_layers, remove_blocks
+from maskednas.ops import ChannelMask, Cost
+from maskednas.supernet.base import Supernet, register_space
+from maskednas.supernet.channel_groups import SUPPORTED, ChannelGroups, discover, group_key, is_depthwise
+from maskednas.supernet.model_trace import trace
 
 OPS = ("keep", "skip")
 
@@ -277,7 +277,7 @@ class UserModel(Supernet):
         return {group_key(b): torch.tensor([m, 0.0], dtype=torch.float64) for b, m in macs.items()}
 
     def _check_cost(self, model: nn.Module) -> None:
-        from export.flops import fvcore_report
+        from maskednas.export.flops import fvcore_report
         analytic = self.cost(self._one_hot({b: "keep" for b in self.blocks}), self.full_widths())
         flops, params, _ = fvcore_report(model, self.example)
         if (round(float(analytic.macs)), round(float(analytic.params))) != (flops, params):

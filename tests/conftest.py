@@ -4,7 +4,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from supernet import MacroSpaceConfig, MacroSupernet, StageSpec
+from maskednas.supernet import MacroSpaceConfig, MacroSupernet, StageSpec
 
 torch.set_num_threads(2)
 
@@ -66,7 +66,7 @@ SMALL_RUN = [*RUN_BASICS, *SMALL_MACRO]  # a digits run on a tiny macro space
 def small_config(tmp_path, *overrides: str):
     """A digits run on a tiny space (the macro one unless the overrides choose another): a
     search epoch takes well under a second."""
-    from pipeline.config import load_config
+    from maskednas.pipeline.config import load_config
 
     space = [*RUN_BASICS] if any(o.startswith("space=") for o in overrides) else [*SMALL_RUN]
     return load_config(None, [*space, f"out_dir={tmp_path}", *overrides])
@@ -91,9 +91,9 @@ def crash(_):
 def interrupted_and_resumed(cfg, run_dir, epoch: int):
     """A search of `cfg` in `run_dir` stopped by Ctrl-C before `epoch`, then resumed (as a new
     process would) and run to its end: the resumed searcher."""
-    import parallel
-    from pipeline.setup import prepare_search
-    from search.checkpoint import load_checkpoint
+    from maskednas import parallel
+    from maskednas.pipeline.setup import prepare_search
+    from maskednas.search.checkpoint import load_checkpoint
 
     first = prepare_search(cfg, run_dir)
     interrupt_at(first, epoch, crash)
@@ -119,8 +119,8 @@ def synthetic_table(net, ms=synthetic_ms, grid_points: int = 3, channels_last: b
     what a measured table holds, without timing anything."""
     import itertools
 
-    from latency import LatencyTable, table_meta
-    from latency.table import TableEntry, grid_widths
+    from maskednas.latency import LatencyTable, table_meta
+    from maskednas.latency.table import TableEntry, grid_widths
 
     parts = net.latency_parts()
     table = LatencyTable(table_meta(net.space_name, parts, torch.device("cpu"), "torch", 1,

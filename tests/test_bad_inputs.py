@@ -15,10 +15,10 @@ import pytest
 import torch
 
 from conftest import SMALL_RUN
-from export import ExportError, load, read_metrics
-from export.folder import MANIFEST, METRICS, WEIGHTS
-from pipeline import load_config, run
-from pipeline.setup import prepare_search
+from maskednas.export import ExportError, load, read_metrics
+from maskednas.export.folder import MANIFEST, METRICS, WEIGHTS
+from maskednas.pipeline import load_config, run
+from maskednas.pipeline.setup import prepare_search
 
 ROOT = Path(__file__).resolve().parents[1]
 DOCS = ROOT / "docs" / "bad_inputs.md"
@@ -53,7 +53,7 @@ class Ctx:
     def latency_table(self, **space) -> str:
         """A made-up latency table of the default digits space (or of it with `space` changed)."""
         from conftest import synthetic_table
-        from supernet import MacroSupernet
+        from maskednas.supernet import MacroSupernet
 
         cfg = load_config(ROOT / "configs" / "digits.yaml")
         for key, value in space.items():
@@ -265,7 +265,7 @@ def finished_run(tmp_path_factory) -> Path:
     cfg = load_config(None, [*SMALL_RUN, "search.epochs=2", "finetune.epochs=0", "name=done",
                              f"out_dir={out}"])
     run(cfg, out / "done", report=lambda _: None)
-    from pipeline import to_dict
+    from maskednas.pipeline import to_dict
     import yaml
     (out / "done" / "config.yaml").write_text(yaml.safe_dump(to_dict(cfg), sort_keys=False))
     return out / "done"
@@ -390,7 +390,7 @@ def test_truncated_weights_with_a_matching_hash_are_named(finished_run, tmp_path
 
 
 def test_an_export_never_replaces_a_folder_that_is_not_an_export(finished_run, tmp_path):
-    from export import save_export
+    from maskednas.export import save_export
     model = load(finished_run / "export")
     (tmp_path / "notes").mkdir()
     (tmp_path / "notes" / "keep.txt").write_text("mine")

@@ -8,12 +8,12 @@ import pytest
 import torch
 
 from conftest import randomize, tiny_space
-from export import build
-from export.flops import fvcore_report
-from derive.slim import slim
-from derive.baselines import (filter_l1_scores, l1_filter_pruning, load_dense_weights,
-                              random_architecture, torch_pruning_magnitude, uniform_width)
-from supernet import MacroSupernet, StageSpec
+from maskednas.export import build
+from maskednas.export.flops import fvcore_report
+from maskednas.derive.slim import slim
+from maskednas.derive.baselines import (filter_l1_scores, l1_filter_pruning, load_dense_weights,
+                                        random_architecture, torch_pruning_magnitude, uniform_width)
+from maskednas.supernet import MacroSupernet, StageSpec
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -91,7 +91,7 @@ def test_pareto_benchmark_quick_mode(tmp_path):
     """The whole comparison, tiny epochs, one seed: every method at every target, both budgets:
     uniform and random train for the total epochs in (a) and the fine-tune's in (b); the
     others train once, the same network reported under both."""
-    subprocess.run([sys.executable, "benchmarks/pareto.py", "--quick", "--out", str(tmp_path)],
+    subprocess.run([sys.executable, "-m", "benchmarks.pareto", "--quick", "--out", str(tmp_path)],
                    cwd=ROOT, check=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     import json
     result = json.loads((tmp_path / "pareto-digits-quick.json").read_text())

@@ -5,10 +5,10 @@ import torch.nn.functional as F
 from torch.func import functional_call
 
 from conftest import randomize, small_config, tiny_space
-from pipeline.setup import prepare_search
-from search.architect import Architect
-from search.penalty import CostPenalty, Targets
-from supernet import MacroSupernet, dense_cost, expected_cost
+from maskednas.pipeline.setup import prepare_search
+from maskednas.search.architect import Architect
+from maskednas.search.penalty import CostPenalty, Targets
+from maskednas.supernet import MacroSupernet, dense_cost, expected_cost
 
 
 def batches(seed=0, n=12, dtype=torch.float32):

@@ -1,10 +1,10 @@
 """Bad input fails early with a message that says what was wrong and what is allowed."""
 import pytest
 
-from pipeline.config import ConfigError, load_config
-from search.penalty import UnreachableTargetError
-from pipeline.setup import prepare_search
-from datasource import load_dataset
+from maskednas.pipeline.config import ConfigError, load_config
+from maskednas.search.penalty import UnreachableTargetError
+from maskednas.pipeline.setup import prepare_search
+from maskednas.datasource import load_dataset
 from conftest import small_config
 
 

@@ -5,14 +5,14 @@ import torch
 
 from conftest import randomize_norms
 
-from export import Architecture, build
-from derive import derive
-from export.architecture import evaluation_architecture
-from export.flops import fvcore_report
-from derive.slim import slim
-from supernet import DartsSpaceConfig, DartsSupernet, dense_cost, discrete_cost, expected_cost
-from ops import WidthRounding
-from supernet.darts import DARTS_PRIMITIVES
+from maskednas.export import Architecture, build
+from maskednas.derive import derive
+from maskednas.export.architecture import evaluation_architecture
+from maskednas.export.flops import fvcore_report
+from maskednas.derive.slim import slim
+from maskednas.supernet import DartsSpaceConfig, DartsSupernet, dense_cost, discrete_cost, expected_cost
+from maskednas.ops import WidthRounding
+from maskednas.supernet.darts import DARTS_PRIMITIVES
 
 # Liu et al. (2019), genotypes.py of the reference code; 'none' is called 'zero' here
 DARTS_V2 = {

@@ -3,13 +3,13 @@ import pytest
 import torch
 from timm.layers import DropPath
 
-from datasource.device_loader import DeviceLoader
-from export import build
-from derive import derive
-from export.compact import set_drop_path
-from training.auxiliary import AuxiliaryTap
-from pipeline.config import ConfigError, FinetuneConfig, load_config
-from training.finetune import finetune
+from maskednas.datasource.device_loader import DeviceLoader
+from maskednas.export import build
+from maskednas.derive import derive
+from maskednas.export.compact import set_drop_path
+from maskednas.training.auxiliary import AuxiliaryTap
+from maskednas.pipeline.config import ConfigError, FinetuneConfig, load_config
+from maskednas.training.finetune import finetune
 from test_darts import set_genotype_alphas, tiny_darts
 
 MIXED = {kind: [("sep_conv_3x3", 0), ("skip_connect", 1), ("skip_connect", 0), ("dil_conv_3x3", 2),

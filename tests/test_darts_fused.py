@@ -3,8 +3,8 @@ computes what the reference per-edge schedule computes, with fewer dispatched op
 import pytest
 import torch
 
-from derive import derive
-from search.op_count import OpCounter
+from maskednas.derive import derive
+from maskednas.search.op_count import OpCounter
 from test_darts import randomize_darts, tiny_darts
 
 DEVICES = ["cpu", pytest.param("cuda", marks=pytest.mark.skipif(

@@ -10,10 +10,10 @@ import torch
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
 from conftest import interrupted_and_resumed, small_config
-from export import load
-from pipeline import ConfigError, load_config, run
-from pipeline.setup import prepare_search
-from search.tensorboard_log import SearchLogger
+from maskednas.export import load
+from maskednas.pipeline import ConfigError, load_config, run
+from maskednas.pipeline.setup import prepare_search
+from maskednas.search.tensorboard_log import SearchLogger
 
 ROOT = Path(__file__).resolve().parents[1]
 TINY_DARTS = ["space=darts", "darts.channels=4", "darts.cells=3", "darts.stem_multiplier=2",
@@ -73,7 +73,7 @@ def test_eval_network_needs_the_darts_space(tmp_path):
 
 def test_search_step_benchmark_reports_time_and_memory(tmp_path):
     out = subprocess.run(
-        [sys.executable, "benchmarks/search_step.py", "--batch", "4", "--size", "8", "--steps", "2",
+        [sys.executable, "-m", "benchmarks.search_step", "--batch", "4", "--size", "8", "--steps", "2",
          "--warmup", "1", "--device", "cpu", "--order", "2", "--out", str(tmp_path),
          "darts.channels=4", "darts.cells=3"], cwd=ROOT, capture_output=True, text=True,
         timeout=300)

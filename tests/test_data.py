@@ -3,7 +3,7 @@ import numpy as np
 import pytest
 import torch
 
-from datasource import DeviceLoader, load_dataset, random_crop
+from maskednas.datasource import DeviceLoader, load_dataset, random_crop
 
 
 def test_npz_round_trip(tmp_path):
@@ -69,15 +69,15 @@ def test_loader_normalises_and_is_reproducible():
 
 
 def test_resize_downsamples_every_split_with_antialiasing():
-    from pipeline import load_config
-    from pipeline.setup import load_data
+    from maskednas.pipeline import load_config
+    from maskednas.pipeline.setup import load_data
 
     data = load_data(load_config(None, ["data.resize=4"]))  # digits, 8x8 -> 4x4
     full = load_dataset("digits")
     assert data.x_train.shape == (len(full.y_train), 1, 4, 4) and data.x_test.shape[-1] == 4
     assert torch.equal(data.y_train, full.y_train) and data.x_train.dtype == torch.uint8
     checker = torch.tensor([[0, 255] * 4, [255, 0] * 4] * 4, dtype=torch.uint8).view(1, 1, 8, 8)
-    from datasource import ImageData
+    from maskednas.datasource import ImageData
     small = ImageData("c", checker, torch.zeros(1, dtype=torch.long), checker,
                       torch.zeros(1, dtype=torch.long), 1).resized(4)
     assert (small.x_train.float() - 127.5).abs().max() <= 3  # averaged, not subsampled (0 or 255)

@@ -5,11 +5,11 @@ import pytest
 import torch
 
 from conftest import randomize, tiny_space
-from export import Architecture
-from derive import derive
-from derive.discretize import hold_target
-from ops import WidthRounding
-from supernet import MacroSupernet, StageSpec
+from maskednas.export import Architecture
+from maskednas.derive import derive
+from maskednas.derive.discretize import hold_target
+from maskednas.ops import WidthRounding
+from maskednas.supernet import MacroSupernet, StageSpec
 
 
 @pytest.fixture

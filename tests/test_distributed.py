@@ -16,13 +16,13 @@ import torch
 import torch.multiprocessing as mp
 from torch import nn
 
-import parallel
+from maskednas import parallel
 from conftest import SMALL_RUN, interrupted_and_resumed, small_config
-from datasource import DeviceLoader, load_dataset
-from export import build
-from pipeline.setup import TrainingContext, prepare_search
-from search.checkpoint import load_checkpoint
-from training.finetune import evaluate
+from maskednas.datasource import DeviceLoader, load_dataset
+from maskednas.export import build
+from maskednas.pipeline.setup import TrainingContext, prepare_search
+from maskednas.search.checkpoint import load_checkpoint
+from maskednas.training.finetune import evaluate
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -265,7 +265,7 @@ def test_torchrun_writes_one_run_directory_with_one_export(tmp_path):
     assert len(list(run.glob("events.out.tfevents.*"))) == 1  # rank 0's TensorBoard only
     assert out.count("search done in") == 1 and out.count("exported to") == 1  # rank 0 speaks
     assert out.count("Cosine annealing scheduler will have no effect") <= 1  # timm's, rank 0's
-    from export import load
+    from maskednas.export import load
     model = load(run / "export")
     assert model(torch.zeros(2, 1, 8, 8)).shape == (2, 10)
 

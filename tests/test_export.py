@@ -9,11 +9,11 @@ import pytest
 import torch
 
 from conftest import randomize, tiny_space
-from export import ExportError, load, read_metrics, save_export
-from derive import derive
-from export.folder import ARCH, MANIFEST, WEIGHTS, verify
-from derive.slim import slim
-from supernet import MacroSupernet, dense_cost
+from maskednas.export import ExportError, load, read_metrics, save_export
+from maskednas.derive import derive
+from maskednas.export.folder import ARCH, MANIFEST, WEIGHTS, verify
+from maskednas.derive.slim import slim
+from maskednas.supernet import MacroSupernet, dense_cost
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -58,10 +58,10 @@ def test_reload_in_a_fresh_process_without_supernet_code(exported, tmp_path):
     torch.save(x, tmp_path / "x.pt")
     script = f"""
 import sys, torch
-import export
+from maskednas import export
 model = export.load({str(folder)!r})
 torch.save(model(torch.load({str(tmp_path / 'x.pt')!r})), {str(tmp_path / 'y.pt')!r})
-leaked = sorted(m for m in sys.modules if m.split('.')[0] in ('supernet', 'search', 'train'))
+leaked = sorted(m for m in sys.modules if m.startswith(('maskednas.supernet', 'maskednas.search', 'maskednas.pipeline', 'maskednas.cli')))
 assert not leaked, leaked
 """
     subprocess.run([sys.executable, "-c", script], cwd=ROOT, check=True)
@@ -154,11 +154,11 @@ def test_darts_cells_export_through_onnx_and_agree(tmp_path):
 
 
 def test_an_onnx_graph_that_disagrees_fails_the_export_and_writes_nothing(exported, monkeypatch):
-    import export.onnx_export
+    import maskednas.export.onnx_export as onnx_export
 
     folder, model, _, _ = exported
     before = {p.name: p.read_bytes() for p in folder.iterdir()}
-    monkeypatch.setattr(export.onnx_export, "onnx_max_abs_diff", lambda *a: 0.5)
+    monkeypatch.setattr(onnx_export, "onnx_max_abs_diff", lambda *a: 0.5)
     with pytest.raises(ExportError, match="ONNX Runtime's outputs differ from PyTorch's by 0.5"):
         save_export(folder, model, {}, {"test_acc": 0.1})
     assert {p.name: p.read_bytes() for p in folder.iterdir()} == before  # the old export stands

@@ -4,12 +4,12 @@ import copy
 import pytest
 import torch
 
-from derive import derive
-from export.compact import CompactLayer, set_drop_path
-from derive.slim import slim
-from pipeline.config import FinetuneConfig
-from training.finetune import evaluate, finetune, recalibrate_batchnorm
-from datasource import load_dataset
+from maskednas.derive import derive
+from maskednas.export.compact import CompactLayer, set_drop_path
+from maskednas.derive.slim import slim
+from maskednas.pipeline.config import FinetuneConfig
+from maskednas.training.finetune import evaluate, finetune, recalibrate_batchnorm
+from maskednas.datasource import load_dataset
 
 
 class Batches:

@@ -9,15 +9,15 @@ import torch
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
 from conftest import synthetic_ms, synthetic_table, tiny_space
-from derive.discretize import derive, latency_budget
-from latency import LatencyModel, LatencyTable, LatencyTableError, measure_table
-from latency.cache import obtain_table
-from latency.table import TableEntry, grid_widths, monotone
-from pipeline import load_config, run
-from pipeline.config import ConfigError
-from search.penalty import CostPenalty, Targets, UnreachableTargetError, resolve_targets
-from supernet import MacroSupernet
-from supernet.cost_model import discrete_point, expected_point
+from maskednas.derive.discretize import derive, latency_budget
+from maskednas.latency import LatencyModel, LatencyTable, LatencyTableError, measure_table
+from maskednas.latency.cache import obtain_table
+from maskednas.latency.table import TableEntry, grid_widths, monotone
+from maskednas.pipeline import load_config, run
+from maskednas.pipeline.config import ConfigError
+from maskednas.search.penalty import CostPenalty, Targets, UnreachableTargetError, resolve_targets
+from maskednas.supernet import MacroSupernet
+from maskednas.supernet.cost_model import discrete_point, expected_point
 
 
 def table_of(values: torch.Tensor, grid: list[list[int]]) -> LatencyTable:
@@ -119,7 +119,7 @@ def test_penalty_pulls_latency_toward_its_target(latency_net):
 
 
 def test_unreachable_latency_targets_fail_with_the_reachable_range(latency_net):
-    from pipeline.config import TargetConfig
+    from maskednas.pipeline.config import TargetConfig
 
     net, model = latency_net
     fastest, dense = model.fastest_ms(), model.dense_ms()
@@ -236,7 +236,7 @@ def test_spaces_without_a_latency_model_refuse_latency_targets():
 def test_a_resumed_search_reads_the_table_its_run_kept(tmp_path, monkeypatch):
     """The targets of a resumed run come from the run's own copy of its table, whatever the
     cache holds by then: nothing is measured again."""
-    from pipeline.setup import prepare_search
+    from maskednas.pipeline.setup import prepare_search
 
     cfg = load_config(None, [*_digits_small(tmp_path), "search.epochs=2",
                              "search.target.latency_fraction=0.5"])

@@ -5,8 +5,8 @@ import pytest
 import torch
 
 from conftest import small_config
-from datasource import DeviceLoader
-from pipeline.setup import prepare_search
+from maskednas.datasource import DeviceLoader
+from maskednas.pipeline.setup import prepare_search
 
 cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
 
@@ -55,7 +55,7 @@ def steps_without_sync(searcher, steps: int = 3) -> None:
 def test_search_steps_with_a_latency_target_do_not_sync(tmp_path):
     """The interpolated table (searchsorted, index_select on the device) reads nothing back."""
     from conftest import synthetic_table
-    from supernet import MacroSupernet
+    from maskednas.supernet import MacroSupernet
 
     cfg = small_config(tmp_path, "device=cuda", "search.warmup_epochs=0",
                        "search.target.latency_fraction=0.5")

@@ -2,8 +2,8 @@
 import pytest
 import torch
 
-from export.flops import fvcore_report
-from ops import OPS, ChannelMask, apply_gate, build_op, get_op
+from maskednas.export.flops import fvcore_report
+from maskednas.ops import OPS, ChannelMask, apply_gate, build_op, get_op
 
 
 def op_cases():

@@ -8,10 +8,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from datasource import load_dataset
-from export import ExportError, load_onnx, read_metrics
-from export.folder import MANIFEST
-from pipeline import ConfigError, load_config, run
+from maskednas.datasource import load_dataset
+from maskednas.export import ExportError, load_onnx, read_metrics
+from maskednas.export.folder import MANIFEST
+from maskednas.pipeline import ConfigError, load_config, run
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -55,12 +55,13 @@ def test_artefacts_run_with_onnxruntime_and_numpy_alone(quantized, tmp_path):
 import sys
 sys.modules["torch"] = None  # importing torch would fail: it is not needed
 import numpy as np
-from export import load_onnx
+from maskednas.export import load_onnx
 x = np.load({str(tmp_path / 'x.npy')!r})
 outs = {{p: load_onnx({str(folder)!r}, p).run(None, {{"input": x}})[0] for p in ("fp32", "fp16", "int8")}}
 np.savez({str(tmp_path / 'y.npz')!r}, **outs)
 assert not [m for m, mod in sys.modules.items()
-            if m.split(".")[0] in ("torch", "supernet", "search", "pipeline") and mod is not None]
+            if m.startswith(("torch", "maskednas.supernet", "maskednas.search", "maskednas.pipeline"))
+            and mod is not None]
 """
     subprocess.run([sys.executable, "-c", script], cwd=ROOT, check=True)
     outs = np.load(tmp_path / "y.npz")

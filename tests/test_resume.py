@@ -5,9 +5,9 @@ import pytest
 import torch
 
 from conftest import interrupt_at, interrupted_and_resumed, small_config
-from search.checkpoint import CheckpointError, load_checkpoint
-from training.losses import NonFiniteLossError
-from pipeline.setup import prepare_search
+from maskednas.search.checkpoint import CheckpointError, load_checkpoint
+from maskednas.training.losses import NonFiniteLossError
+from maskednas.pipeline.setup import prepare_search
 
 
 def test_resumed_search_equals_uninterrupted_search(tmp_path):
@@ -53,7 +53,7 @@ def test_checkpoints_are_written_atomically(tmp_path, monkeypatch):
         raise OSError("disk full")
     monkeypatch.setattr(torch, "save", failing_save)
     with pytest.raises(OSError):
-        from search.checkpoint import save_checkpoint
+        from maskednas.search.checkpoint import save_checkpoint
         save_checkpoint(searcher.state_dict(), searcher.checkpoint_path)
     assert searcher.checkpoint_path.read_bytes() == good
     assert [p.name for p in tmp_path.iterdir() if p.name.endswith(".tmp")] == []

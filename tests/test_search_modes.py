@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from conftest import small_config
-from pipeline.setup import prepare_search
+from maskednas.pipeline.setup import prepare_search
 
 
 @pytest.mark.parametrize("overrides", [

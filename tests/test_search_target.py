@@ -2,8 +2,8 @@
 last search epoch leaves it is within the derivation's tolerance of the MACs target, so that the
 discretizer changes nothing."""
 from conftest import small_config
-from derive import derive
-from pipeline.setup import prepare_search
+from maskednas.derive import derive
+from maskednas.pipeline.setup import prepare_search
 
 
 def test_a_short_default_search_ends_on_its_target(tmp_path):

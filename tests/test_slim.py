@@ -3,10 +3,10 @@ import pytest
 import torch
 
 from conftest import randomize, tiny_space
-from derive import derive
-from derive.slim import slim
-from ops import OPS, is_zero
-from supernet import MacroSupernet, StageSpec
+from maskednas.derive import derive
+from maskednas.derive.slim import slim
+from maskednas.ops import OPS, is_zero
+from maskednas.supernet import MacroSupernet, StageSpec
 
 
 def space_for(op: str):

@@ -8,14 +8,14 @@ import pytest
 import torch
 from torch import nn
 
-from datasource import DeviceLoader, load_dataset
-from derive import derive, slim
-from export import Architecture, LayerChoice, load, read_metrics
-from export.flops import fvcore_report
-from ops import ChannelMask, Cost, Head, MixedOp, Stem, apply_gate, get_op
-from pipeline import load_config, run
-from supernet import SPACES, Supernet, dense_cost, expected_cost, register_space
-from training.finetune import evaluate
+from maskednas.datasource import DeviceLoader, load_dataset
+from maskednas.derive import derive, slim
+from maskednas.export import Architecture, LayerChoice, load, read_metrics
+from maskednas.export.flops import fvcore_report
+from maskednas.ops import ChannelMask, Cost, Head, MixedOp, Stem, apply_gate, get_op
+from maskednas.pipeline import load_config, run
+from maskednas.supernet import SPACES, Supernet, dense_cost, expected_cost, register_space
+from maskednas.training.finetune import evaluate
 
 CANDIDATES = ("conv_3x3", "zero")
 

@@ -3,14 +3,14 @@ import pytest
 import torch
 
 from conftest import randomize, tiny_space
-from ops import WidthRounding
-from export import build
-from derive import derive
-from export.flops import fvcore_report
-from pipeline.config import TargetConfig
-from search.penalty import UnreachableTargetError, resolve_targets
-from supernet import MacroSpaceConfig, MacroSupernet, StageSpec, dense_cost, expected_cost, smallest_cost
-from supernet.cost_model import discrete_cost
+from maskednas.ops import WidthRounding
+from maskednas.export import build
+from maskednas.derive import derive
+from maskednas.export.flops import fvcore_report
+from maskednas.pipeline.config import TargetConfig
+from maskednas.search.penalty import UnreachableTargetError, resolve_targets
+from maskednas.supernet import MacroSpaceConfig, MacroSupernet, StageSpec, dense_cost, expected_cost, smallest_cost
+from maskednas.supernet.cost_model import discrete_cost
 
 
 def test_arch_and_weight_parameters_are_disjoint_and_cover_everything(tiny_net):

@@ -3,9 +3,9 @@ import pytest
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
 from conftest import small_config
-from pipeline.config import flat_dict, to_dict
-from pipeline.setup import prepare_search
-from search.tensorboard_log import SearchLogger
+from maskednas.pipeline.config import flat_dict, to_dict
+from maskednas.pipeline.setup import prepare_search
+from maskednas.search.tensorboard_log import SearchLogger
 
 
 @pytest.fixture(scope="module")

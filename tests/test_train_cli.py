@@ -10,9 +10,9 @@ import pytest
 import torch
 
 from conftest import SMALL_RUN
-from datasource import load_dataset, DeviceLoader
-from export import load, read_metrics
-from training.finetune import evaluate
+from maskednas.datasource import load_dataset, DeviceLoader
+from maskednas.export import load, read_metrics
+from maskednas.training.finetune import evaluate
 
 ROOT = Path(__file__).resolve().parents[1]
 

@@ -12,13 +12,12 @@ from safetensors.torch import save_file
 from torch import nn
 
 ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
 
-from benchmarks.cifar_resnet import resnet20  # noqa: E402
-from benchmarks.support_matrix import MODELS, check  # noqa: E402
-from export.model_source import ModelSourceError, build_source  # noqa: E402
-from pipeline.config import ConfigError, load_config  # noqa: E402
-from supernet.user_model import ModelSpaceConfig, UserModel  # noqa: E402
+from benchmarks.cifar_resnet import resnet20
+from benchmarks.support_matrix import MODELS, check
+from maskednas.export.model_source import ModelSourceError, build_source
+from maskednas.pipeline.config import ConfigError, load_config
+from maskednas.supernet.user_model import ModelSpaceConfig, UserModel
 
 RESNET20 = "benchmarks.cifar_resnet:resnet20"
 
@@ -61,14 +60,14 @@ def test_exports_load_in_a_fresh_process_with_identical_outputs(matrix):
     script = (
         "import json, sys, torch\n"
         "from safetensors.torch import load_file\n"
-        "import export\n"
+        "from maskednas import export\n"
         "out = {}\n"
         f"for i in range({len(results)}):\n"
         f"    m = export.load(r'{root}' + f'/m{{i}}')\n"
         f"    io = load_file(r'{root}' + f'/m{{i}}.io.safetensors')\n"
         "    with torch.no_grad():\n"
         "        out[i] = float((m(io['input']) - io['output']).abs().max())\n"
-        "assert not any(k.startswith(('supernet', 'search', 'derive')) for k in sys.modules)\n"
+        "assert not any(k.startswith(('maskednas.supernet', 'maskednas.search', 'maskednas.derive')) for k in sys.modules)\n"
         "print(json.dumps(out))\n")
     done = subprocess.run([sys.executable, "-c", script], cwd=ROOT, capture_output=True, text=True,
                           check=True)
@@ -85,7 +84,7 @@ def test_residual_blocks_with_identity_shortcuts_are_found():
 def test_mask_and_keep_gradients_reach_every_choice_through_loss_and_cost():
     torch.manual_seed(0)
     net = UserModel(ModelSpaceConfig(source=RESNET20, mask_init=0.5, keep_init=0.5), 3, 10, 32)
-    from supernet.cost_model import discrete_cost
+    from maskednas.supernet.cost_model import discrete_cost
     loss = nn.functional.cross_entropy(net(torch.randn(4, 3, 32, 32)), torch.tensor([0, 1, 2, 3]))
     grads = torch.autograd.grad(loss, net.arch_parameters())
     assert all(g.abs().sum() > 0 for g in grads)
@@ -97,7 +96,7 @@ def test_mask_and_keep_gradients_reach_every_choice_through_loss_and_cost():
 def test_expected_cost_is_exact_at_hard_gates():
     """At integer widths and one-hot keep weights the cost is the pruned network's fvcore count
     (the matrix checks derived networks; this one keeps 5 channels per group, all blocks)."""
-    from export.flops import fvcore_report
+    from maskednas.export.flops import fvcore_report
     net = UserModel(ModelSpaceConfig(source=RESNET20), 3, 10, 32).eval()
     keep = {g: torch.arange(5) for g in net.masks}
     ops = {b: "keep" for b in net.blocks}

@@ -6,7 +6,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from ops.candidates import conv, norm
+from maskednas.ops.candidates import conv, norm
 
 
 class AuxiliaryHead(nn.Module):

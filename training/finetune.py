@@ -17,10 +17,10 @@ from torch.optim.swa_utils import update_bn
 from timm.utils import ModelEmaV3
 from tqdm import tqdm
 
-import parallel
-from export.compact import set_drop_path
-from training.auxiliary import AuxiliaryTap
-from training.losses import NonFiniteLossError, cross_entropy, distillation_loss
+from maskednas import parallel
+from maskednas.export.compact import set_drop_path
+from maskednas.training.auxiliary import AuxiliaryTap
+from maskednas.training.losses import NonFiniteLossError, cross_entropy, distillation_loss
 
 
 @torch.no_grad()

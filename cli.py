@@ -1,0 +1,250 @@
+"""The `maskednas` command: one subcommand per job, each working from any directory.
+
+    maskednas run                                    # digits, every stage (= python train.py)
+    maskednas run --config cifar10_subset search.epochs=20   # a shipped config, or a YAML path
+    maskednas run --resume runs/<name>               # continue an interrupted run
+    maskednas run --run runs/<name> --stages derive,finetune,export derive.macs=200000 \\
+                  --export-name export_200k          # re-derive an earlier search, no new search
+    torchrun --nproc_per_node=2 train.py ...         # the same run over 2 processes (or GPUs)
+    maskednas latency --config digits latency.batch=1    # measure (or find) a latency table
+    maskednas inspect runs/<name>/export             # an export's architecture, cost and metrics
+    maskednas configs                                # the shipped configs
+
+This module is the command-line front only (arguments, run directories, error messages); the
+stages are the library function `maskednas.run`. Every check runs before anything is written:
+a command that fails leaves no folder and changes no file. Under torchrun every rank runs
+the command; rank 0 checks what one process checks for all and alone writes.
+"""
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import signal
+import sys
+import time
+from pathlib import Path
+
+import torch
+import yaml
+
+from maskednas import parallel
+from maskednas.pipeline import STAGES, ConfigError, RunConfig, check_stages, load_config, run, to_dict
+from maskednas.pipeline.config import (LATER_STAGES_MAY_CHANGE, RESUME_MAY_CHANGE, apply_override,
+                                       check_changes, from_dict, is_plain_name, plain_name_error, read_yaml,
+                                       validate)
+from maskednas.pipeline.config import shipped_configs
+from maskednas.export.inspect import describe_export
+from maskednas.pipeline.setup import (apply_threads, build_supernet, check_ranks, data_meta,
+                                      latency_model, load_data, preflight, select_device)
+from maskednas.search.checkpoint import load_checkpoint
+from maskednas.search.loop import Searcher
+
+
+RUN_HELP = """Search, derive, slim, fine-tune and export, as the config says.
+
+    maskednas run                                      # digits, every stage
+    maskednas run --config cifar10_subset search.epochs=20
+    maskednas run --resume runs/<name>                 # continue an interrupted run
+    maskednas run --run runs/<name> --stages derive,finetune,export derive.macs=200000 \\
+                  --export-name export_200k            # re-derive an earlier search
+    torchrun --nproc_per_node=2 train.py ...           # the same run over 2 processes (or GPUs)
+    torchrun --nproc_per_node=2 train.py --from-run runs/<name> --stages derive,finetune,export
+"""
+
+
+def parse_args(argv: list[str], prog: str = "maskednas run") -> argparse.Namespace:
+    p = argparse.ArgumentParser(prog=prog, description=RUN_HELP,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--config", default=None,
+                   help="a shipped config's name (see `maskednas configs`) or a YAML file (default: "
+                        "digits, or prune_model when an override sets model.*)")
+    p.add_argument("--resume", metavar="RUN_DIR", help="continue an interrupted run from its checkpoint")
+    p.add_argument("--run", "--from-run", metavar="RUN_DIR", dest="run",
+                   help="run later stages on an earlier run's search (under torchrun: --from-run, "
+                        "which torchrun does not take for its own --run-path)")
+    p.add_argument("--stages", default=",".join(STAGES),
+                   help=f"comma-separated subset of {','.join(STAGES)}, in that order")
+    p.add_argument("--export-name", default="export", help="export folder name inside the run dir")
+    p.add_argument("--debug", action="store_true", help="show the traceback of an error")
+    p.add_argument("overrides", nargs="*", help="config overrides, e.g. search.epochs=10")
+    args = p.parse_intermixed_args(argv)  # overrides may stand before and after options
+    if args.config is None:  # `model.source=...` alone means: prune that network
+        prune = any(o.split("=", 1)[0].startswith("model.") for o in args.overrides)
+        args.config = "prune_model" if prune else "digits"
+    return args
+
+
+def resolve_run(args) -> tuple[RunConfig, Path]:
+    """A new run from --config, or an existing run's saved config plus the overrides it may
+    take (see pipeline.config: RESUME_MAY_CHANGE, LATER_STAGES_MAY_CHANGE)."""
+    existing = args.resume or args.run
+    if args.resume and args.run:
+        raise ConfigError("use either --resume (continue a run) or --run (later stages), not both")
+    if not existing:
+        cfg = load_config(args.config, args.overrides)
+        cfg.name = cfg.name or f"{Path(args.config).stem}-{time.strftime('%Y%m%d-%H%M%S')}"
+        return cfg, Path(cfg.out_dir) / cfg.name
+    run_dir = Path(existing)
+    if not (run_dir / "config.yaml").is_file():
+        raise ConfigError(f"{run_dir} is not a run directory: it has no config.yaml")
+    data = read_yaml(run_dir / "config.yaml")
+    before = from_dict(RunConfig, data)
+    checkpoint = run_dir / Searcher.CHECKPOINT
+    if checkpoint.is_file():  # the config the search really ran with
+        before = from_dict(RunConfig, load_checkpoint(checkpoint, "search")["config"])
+    elif args.run:
+        raise ConfigError(f"{run_dir} has no search checkpoint ({checkpoint.name}) to derive from; "
+                          f"finish its search with --resume {run_dir}")
+    for assignment in args.overrides:
+        apply_override(data, assignment)
+    cfg = from_dict(RunConfig, data)
+    validate(cfg)
+    mode, allowed = (("--resume", RESUME_MAY_CHANGE) if args.resume
+                     else ("--run", LATER_STAGES_MAY_CHANGE))
+    check_changes(before, cfg, allowed, mode)
+    return cfg, run_dir
+
+
+def run_command(argv: list[str], prog: str = "maskednas run") -> dict:
+    """`maskednas run ARGS` (and `python train.py ARGS`): a run's stages; returns its metrics."""
+    args = parse_args(argv, prog)
+    stages = check_stages([s.strip() for s in args.stages.split(",") if s.strip()])
+    if not is_plain_name(args.export_name):
+        raise ConfigError(plain_name_error("--export-name", args.export_name))
+    if args.run and "search" in stages:
+        raise ConfigError("--run reuses an earlier search: drop 'search' from --stages, "
+                          "or use --resume to continue that search")
+    cfg, run_dir = resolve_run(args)
+    device = select_device(cfg.device)
+    parallel.start(device)
+    if not parallel.is_main():  # libraries' warnings (timm's scheduler) once, from rank 0
+        logging.getLogger().setLevel(logging.ERROR)
+    try:
+        cfg.name, run_dir = parallel.broadcast((cfg.name, run_dir))  # rank 0's clock names it
+        check_ranks(cfg, device)
+        if not (args.resume or args.run) and (run_dir / Searcher.CHECKPOINT).exists():
+            raise ConfigError(f"{run_dir} already holds a search; continue it with --resume "
+                              f"{run_dir}, re-derive with --run {run_dir}, or pick another name=...")
+        with parallel.main_first():  # rank 0 downloads, if anything
+            data = load_data(cfg)  # every split checked
+        if "search" in stages:  # the supernet and its targets (a resumed run: its latency table)
+            parallel.on_main(lambda: preflight(cfg, data, run_dir if args.resume else None))
+        if parallel.is_main():
+            run_dir.mkdir(parents=True, exist_ok=True)
+            if not args.run:  # a later-stage run keeps the search's config; overrides: the export
+                (run_dir / "config.yaml").write_text(yaml.safe_dump(to_dict(cfg), sort_keys=False))
+        return run(cfg, run_dir, stages, resume=bool(args.resume), export_name=args.export_name,
+                   data=data)
+    finally:
+        parallel.stop()
+
+
+def one_line(e: BaseException) -> str:
+    """The error's own message on one line (a KeyError's without its quotes)."""
+    text = e.args[0] if isinstance(e, KeyError) and e.args else str(e)
+    return " ".join(str(text).split()) or type(e).__name__
+
+
+def rank_prefix() -> str:
+    """'rank N: ' under torchrun, where every rank prints its own failure; else nothing."""
+    return f"rank {parallel.launched_rank()}: " if parallel.launched() else ""
+
+
+def error_line(e: BaseException) -> str:
+    """What a failed command prints: the error in one line (under torchrun, with the rank)."""
+    if parallel.launched() and parallel.peer_lost(e):
+        return (f"error: rank {parallel.launched_rank()} lost contact with another rank, which "
+                f"died or was stopped (torchrun's report below names it): "
+                f"{one_line(e).split(' This is typically')[0]} "
+                f"The last epoch's checkpoint is kept; continue with --resume <run dir>")
+    ours = isinstance(e, (ValueError, KeyError, OSError, RuntimeError))
+    text = (one_line(e) if ours else
+            f"{type(e).__name__}: {one_line(e)} (rerun with --debug for the traceback)")
+    return f"error: {rank_prefix()}{text}"
+
+
+def stop_on_sigterm(signum, frame) -> None:
+    """torchrun ends the other ranks with SIGTERM when one fails: stop as on Ctrl-C, so that a
+    checkpoint being written is abandoned cleanly (the last complete one stays). torchrun
+    signals twice (the process, its group) and kills after its timeout: later signals are
+    ignored, so that the cleanup runs once."""
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    raise KeyboardInterrupt
+
+
+def latency_command(argv: list[str], prog: str = "maskednas latency") -> None:
+    """Build (or find in the cache) the latency table of a config's search space, on the device
+    and runtime its `latency` section names, and print what it predicts. A table measured on the
+    machine the model will run on (`--out`) can be given to a search on another machine with
+    `latency.table=gpu_table.json`."""
+    p = argparse.ArgumentParser(prog=prog, description=latency_command.__doc__)
+    p.add_argument("--config", default="digits", help="a shipped config's name or a YAML file")
+    p.add_argument("--out", help="also write the table to this file")
+    p.add_argument("overrides", nargs="*", help="config overrides, e.g. latency.batch=8")
+    args = p.parse_args(argv)
+    cfg = load_config(args.config, args.overrides)
+    apply_threads(cfg)
+    net = build_supernet(cfg, data_meta(load_data(cfg)), torch.device("cpu"))
+    start = time.perf_counter()
+    model = latency_model(cfg, net, always=True)
+    m = model.meta
+    print(f"{len(model.parts)} parts, {m['device']}, {m['runtime']}, batch {m['batch']}, "
+          f"{m['threads']} thread(s) ({time.perf_counter() - start:.1f}s)")
+    print(f"dense network {model.dense_ms():.4g} ms; fastest reachable "
+          f"{model.fastest_ms(cfg.derive.min_channels):.4g} ms (table predictions)")
+    if args.out:
+        model.table.save(Path(args.out))
+        print(f"written to {args.out}")
+
+
+def inspect_command(argv: list[str], prog: str = "maskednas inspect") -> None:
+    """Print an export's architecture, cost and metrics. Reads arch.json and metrics.json after
+    checking them against the manifest; builds nothing."""
+    p = argparse.ArgumentParser(prog=prog, description=inspect_command.__doc__)
+    p.add_argument("export", help="an export folder (runs/<name>/export)")
+    args = p.parse_args(argv)
+    print(describe_export(args.export))
+
+
+def configs_command(argv: list[str], prog: str = "maskednas configs") -> None:
+    """List the shipped configs (`--config NAME`) with their first comment line."""
+    argparse.ArgumentParser(prog=prog, description=configs_command.__doc__).parse_args(argv)
+    for name, path in sorted(shipped_configs().items()):
+        first = next((line.lstrip("# ").strip() for line in path.read_text().splitlines()
+                      if line.startswith("#")), "")
+        print(f"{name:<22} {first}")
+
+
+COMMANDS = {"run": run_command, "latency": latency_command, "inspect": inspect_command,
+            "configs": configs_command}
+
+
+def main(argv: list[str] | None = None) -> None:
+    """The console command: `maskednas COMMAND ARGS`."""
+    argv = sys.argv[1:] if argv is None else list(argv)
+    if not argv or argv[0] in ("-h", "--help"):
+        print(__doc__.strip())
+        print(f"\ncommands: {', '.join(COMMANDS)}; `maskednas COMMAND --help` for each")
+        return
+    if argv[0] not in COMMANDS:
+        sys.exit(f"error: unknown command {argv[0]!r}; commands: {', '.join(COMMANDS)}")
+    execute(COMMANDS[argv[0]], argv[1:], f"maskednas {argv[0]}")
+
+
+def execute(command, argv: list[str], prog: str) -> None:
+    """Run one command; every failure ends in one line (`--debug`: the traceback)."""
+    if "" not in sys.path and os.getcwd() not in sys.path:  # a user's model.source=mynet:build
+        sys.path.insert(0, os.getcwd())  # imports ./mynet.py, as `python -m` would
+    if parallel.launched():
+        signal.signal(signal.SIGTERM, stop_on_sigterm)
+    try:
+        command(argv, prog)
+    except KeyboardInterrupt:
+        who = rank_prefix()
+        sys.exit(f"{who}interrupted; continue with --resume <run dir> (the last epoch's checkpoint "
+                 f"is kept){'; if another rank failed, torchrun names it' if who else ''}")
+    except Exception as e:  # noqa: BLE001: every failure ends in one line; --debug shows where
+        if "--debug" in argv:
+            raise
+        sys.exit(error_line(e))
