@@ -16,18 +16,17 @@ __version__ = "0.1.0"
 
 # public name -> the module that defines it (extend here when a name becomes public)
 _HOMES = {
-    "load_config": "maskednas.pipeline.config", "run": "maskednas.pipeline.stages",
-    "RunConfig": "maskednas.pipeline.config", "ConfigError": "maskednas.pipeline.config",
-    "shipped_configs": "maskednas.pipeline.config",
-    "load": "maskednas.export.folder", "load_onnx": "maskednas.export.onnx_runtime",
-    "build": "maskednas.export.compact", "read_metrics": "maskednas.export.folder",
-    "Architecture": "maskednas.export.architecture",
+    "load_config": "maskednas.pipeline.config", "shipped_configs": "maskednas.pipeline.config",
+    "run": "maskednas.pipeline.stages",
+    "load": "maskednas.export.folder", "read_metrics": "maskednas.export.folder",
+    "load_onnx": "maskednas.export.onnx_runtime", "describe_export": "maskednas.export.inspect",
+    "build": "maskednas.export.compact", "Architecture": "maskednas.export.architecture",
     "SPACES": "maskednas.supernet.base", "register_space": "maskednas.supernet.base",
     "Supernet": "maskednas.supernet.base",
-    "COST_TARGETS": "maskednas.supernet.targets", "register_cost_target": "maskednas.supernet.targets",
-    "CostTarget": "maskednas.supernet.targets",
-    "LAYER_RULES": "maskednas.supernet.layer_rules", "register_layer_rule": "maskednas.supernet.layer_rules",
-    "LayerRule": "maskednas.supernet.layer_rules",
+    "COST_TARGETS": "maskednas.supernet.targets", "CostTarget": "maskednas.supernet.targets",
+    "register_cost_target": "maskednas.supernet.targets",
+    "LAYER_RULES": "maskednas.ops.layer_rules", "LayerRule": "maskednas.ops.layer_rules",
+    "register_layer_rule": "maskednas.ops.layer_rules", "rule_for": "maskednas.ops.layer_rules",
 }
 
 __all__ = sorted(_HOMES)

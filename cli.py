@@ -3,7 +3,7 @@
     maskednas run                                    # digits, every stage (= python train.py)
     maskednas run --config cifar10_subset search.epochs=20   # a shipped config, or a YAML path
     maskednas run --resume runs/<name>               # continue an interrupted run
-    maskednas run --run runs/<name> --stages derive,finetune,export derive.macs=200000 \\
+    maskednas run --run runs/<name> --stages derive,finetune,export derive.target.macs=200000 \\
                   --export-name export_200k          # re-derive an earlier search, no new search
     torchrun --nproc_per_node=2 train.py ...         # the same run over 2 processes (or GPUs)
     maskednas latency --config digits latency.batch=1    # measure (or find) a latency table
@@ -46,7 +46,7 @@ RUN_HELP = """Search, derive, slim, fine-tune and export, as the config says.
     maskednas run                                      # digits, every stage
     maskednas run --config cifar10_subset search.epochs=20
     maskednas run --resume runs/<name>                 # continue an interrupted run
-    maskednas run --run runs/<name> --stages derive,finetune,export derive.macs=200000 \\
+    maskednas run --run runs/<name> --stages derive,finetune,export derive.target.macs=200000 \\
                   --export-name export_200k            # re-derive an earlier search
     torchrun --nproc_per_node=2 train.py ...           # the same run over 2 processes (or GPUs)
     torchrun --nproc_per_node=2 train.py --from-run runs/<name> --stages derive,finetune,export

@@ -4,7 +4,7 @@
     python -m benchmarks.latency_search --presets digits --quick
 
 For latency targets of 1/2 and 1/3 of the dense network's table latency, a search with
-`search.target.latency_fraction`: the table's prediction of the exported network against its
+`search.targets.latency_ms.fraction`: the table's prediction of the exported network against its
 measured latency. Then MACs-targeted searches on a ladder of MACs fractions; each latency run is
 compared with the MACs run whose exported network's measured latency is nearest to its own. Every
 run's exported network is timed as a latency-targeted run times it (`pipeline.stages.

@@ -85,8 +85,8 @@ class Bench:
 
     def ours_config(self, target: float, seed: int, changes: list[str] = ()):
         """The preset's config for one run of ours at an absolute MACs target."""
-        return load_config(ROOT / self.config, [*self.overrides, f"search.target.macs={target}",
-                                                "search.target.macs_fraction=null", f"seed={seed}",
+        return load_config(ROOT / self.config, [*self.overrides, f"search.targets.macs.value={target}",
+                                                "search.targets.macs.fraction=null", f"seed={seed}",
                                                 *changes])
 
     def train_eval(self, model, epochs: int, seed: int) -> float:

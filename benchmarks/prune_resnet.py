@@ -86,7 +86,7 @@ class Bench:
     def ours(self, target: float, seed: int, checkpoint: Path, workdir: Path) -> tuple:
         start = time.perf_counter()
         cfg = load_config(CONFIG, [*self.overrides, f"model.checkpoint={checkpoint}", f"seed={seed}",
-                                   f"search.target.macs={target}", "search.target.macs_fraction=null"])
+                                   f"search.targets.macs.value={target}", "search.targets.macs.fraction=null"])
         run_dir = workdir / f"ours-{target:.0f}-{seed}"
         run(cfg, run_dir, data=self.data, report=lambda line: None)
         model = load(run_dir / "export")

@@ -26,7 +26,7 @@ from maskednas.derive import derive, slim
 from maskednas.export.flops import fvcore_report
 from maskednas.export.latency import latencies_ms
 from maskednas.search.architect import Architect
-from maskednas.search.penalty import CostPenalty, Targets
+from maskednas.search.penalty import CostPenalty
 from maskednas.supernet.user_model import ModelSpaceConfig, UserModel
 
 
@@ -55,7 +55,7 @@ def main(argv=None) -> dict:
     r["groups"], r["blocks"] = len(net.masks), len(net.blocks)
     dense = net.dense_architecture().cost()
     target = 0.5 * dense.macs
-    architect = Architect(net, CostPenalty(Targets(target, None), 2.0), lr=0.1)
+    architect = Architect(net, CostPenalty(net, {"macs": target}, 2.0), lr=0.1)
     weights = torch.optim.SGD(net.weight_parameters(), lr=0.01, momentum=0.9)
     batch = lambda: (torch.randn(args.batch, 3, args.size, args.size),
                      torch.randint(0, args.classes, (args.batch,)))

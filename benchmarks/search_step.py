@@ -25,7 +25,7 @@ from pathlib import Path
 
 import torch
 
-from maskednas.pipeline.config import load_config
+from maskednas.pipeline.config import load_config, search_goals
 from maskednas.pipeline.setup import DataMeta, build_supernet, select_device
 from maskednas.search.loop import Searcher
 from maskednas.search.op_count import OpCounter
@@ -70,7 +70,7 @@ def main(argv=None) -> dict:
     torch.manual_seed(0)
     meta = DataMeta("random", 3, 10, args.size, (0.0,) * 3, (1.0,) * 3)
     net = build_supernet(cfg, meta, device).train()
-    targets = resolve_targets(cfg.search.target, net, cfg.derive.min_channels)
+    targets = resolve_targets(search_goals(cfg), net, cfg.derive.min_channels)
     searcher = Searcher(cfg, net, None, None, targets, Path(tempfile.mkdtemp()))
     for opt in (searcher.w_opt, searcher.architect.optimizer):
         opt.param_groups[0]["foreach"] = True  # what a GPU runs; the CPU default loops per tensor

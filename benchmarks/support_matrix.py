@@ -37,7 +37,7 @@ def randomize(net: UserModel, generator: torch.Generator) -> None:
     """Norm layers away from their identity defaults, mask logits and keep/skip logits at
     random: a slimmer that took the wrong channels, or a block the wrong way, shows."""
     for m in net.model.modules():
-        if isinstance(m, (torch.nn.BatchNorm2d, torch.nn.LayerNorm)) and m.weight is not None:
+        if isinstance(m, (torch.nn.BatchNorm2d, torch.nn.LayerNorm, torch.nn.GroupNorm)) and m.weight is not None:
             m.weight.copy_(torch.rand(m.weight.shape, generator=generator) + 0.5)
             m.bias.copy_(torch.randn(m.bias.shape, generator=generator) * 0.2)
         if isinstance(m, torch.nn.BatchNorm2d):

@@ -15,7 +15,6 @@ reaches the target is taken (bisection), so the choices whose alpha margins are 
 from __future__ import annotations
 
 import warnings
-from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -23,41 +22,51 @@ import torch
 
 from maskednas.export.architecture import Architecture
 from maskednas.ops.masks import KEEP_LOGIT, WidthRounding
+from maskednas.supernet.targets import COST_TARGETS, CostTarget
 
 
 @dataclass(frozen=True)
 class Budget:
-    """The figure a derivation meets: its target, its value for a derived network's record,
-    every candidate op's share of it at given widths (what `promote_ops` tilts choices by), and
-    the search metric that tracks it. MACs by default; latency from a table when the run has a
-    latency target."""
-    name: str
+    """The figure a derivation meets: a cost target bound to the supernet (supernet/targets)
+    and its value."""
+    cost: CostTarget
     target: float
-    of: Callable[[Architecture], float]
-    op_scores: Callable[[dict], dict[str, torch.Tensor]]
-    metric: str  # the search loop's per-epoch value of the derived network
-    unit: str = ""
+
+    @property
+    def name(self) -> str:
+        return self.cost.label
+
+    @property
+    def metric(self) -> str:  # the search loop's per-epoch value of the derived network
+        return f"discrete_{self.cost.name}"
+
+    def of(self, arch) -> float:
+        return self.cost.of(arch)
+
+    def op_scores(self, widths) -> dict[str, torch.Tensor]:
+        return self.cost.op_scores(widths)
 
     def show(self, value: float) -> str:
-        return f"{value:,.0f} MACs" if self.unit == "MACs" else f"{value:.4g} {self.unit}"
+        return self.cost.show(value)
+
+
+def budget(name: str, net, value: float, latency=None, batch: int = 1) -> Budget:
+    """The registered target `name` bound to `net` (latency targets: to the run's table)."""
+    return Budget(COST_TARGETS.get(name)(net, latency, batch), value)
 
 
 def macs_budget(net, target: float) -> Budget:
-    return Budget("MACs", target, lambda arch: arch.cost().macs, net.op_scores, "discrete_macs",
-                  "MACs")
+    return budget("macs", net, target)
 
 
-def latency_budget(latency, target_ms: float) -> Budget:
-    """`latency`: a `latency.LatencyModel` (the run's table)."""
-    return Budget("latency", target_ms, latency.architecture_ms, latency.op_scores,
-                  "discrete_latency_ms", "ms")
-
-
-def search_budget(net, targets, latency=None) -> Budget | None:
-    """The target a search holds and derivation meets: latency when there is one, else MACs."""
-    if targets.latency_ms is not None:
-        return latency_budget(latency, targets.latency_ms)
-    return macs_budget(net, targets.macs) if targets.macs is not None else None
+def search_budget(net, targets, latency=None, batch: int = 1) -> Budget | None:
+    """The target a search holds and derivation meets: the run's target of the highest priority
+    (latency, then peak memory, then MACs; a params target alone is penalised, not met)."""
+    ranked = sorted((COST_TARGETS.get(n).priority, n) for n in targets if COST_TARGETS.get(n).priority > 0)
+    if not ranked:
+        return None
+    name = ranked[-1][1]
+    return budget(name, net, targets[name], latency, batch)
 
 
 @dataclass
@@ -73,7 +82,7 @@ def _as_budget(net, target: float | Budget | None) -> Budget | None:
 
 def derive(net, target: float | Budget | None = None, tolerance: float = 0.03, round_to: int = 1,
            min_channels: int = 1, mean=(), std=(), promote_ops: bool = True) -> Derivation:
-    """`target`: MACs (a number) or a `Budget` (a latency target); None: the masks' own widths."""
+    """`target`: MACs (a number) or a `Budget` (any cost target); None: the masks' own widths."""
     if min_channels < 1:
         raise ValueError(f"min_channels must be >= 1, got {min_channels}")
     budget = _as_budget(net, target)

@@ -37,6 +37,17 @@ class LayerChoice:
 
 @dataclass(frozen=True)
 class Architecture:
+    """A derived network of the macro or DARTS space, as plain data that round-trips JSON.
+
+    >>> from maskednas import Architecture, build
+    >>> from maskednas.export.architecture import LayerChoice
+    >>> arch = Architecture(in_channels=1, input_size=8, num_classes=10, stem_channels=4,
+    ...                     layers=(LayerChoice("conv_3x3", 4, 8, 2, False, kernel=3),))
+    >>> Architecture.from_json(arch.to_json()) == arch
+    True
+    >>> arch.cost().macs  # stem 2304 + 512 (BN), conv 4608 + 256, pooling 128, classifier 80
+    7888
+    """
     in_channels: int
     input_size: int
     num_classes: int

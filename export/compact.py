@@ -73,7 +73,16 @@ class CompactNet(nn.Module):
 
 def build(arch) -> nn.Module:
     """The model of an architecture record: a `CompactNet`, or a pruned user network (its
-    source rebuilt at the recorded shapes, see export/pruned_model.py)."""
+    source rebuilt at the recorded shapes, see export/pruned_model.py).
+
+    >>> from maskednas import Architecture, build
+    >>> from maskednas.export.architecture import LayerChoice
+    >>> arch = Architecture(in_channels=1, input_size=8, num_classes=10, stem_channels=4,
+    ...                     layers=(LayerChoice("conv_3x3", 4, 8, 2, False, kernel=3),))
+    >>> import torch
+    >>> build(arch)(torch.zeros(2, 1, 8, 8)).shape
+    torch.Size([2, 10])
+    """
     from maskednas.export.pruned_model import PrunedArchitecture, build_pruned
     return build_pruned(arch) if isinstance(arch, PrunedArchitecture) else CompactNet(arch)
 

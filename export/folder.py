@@ -115,7 +115,21 @@ def _swap_in(tmp: Path, folder: Path) -> None:
 
 
 def load(folder: str | Path, device: str | torch.device = "cpu") -> CompactNet:
-    """Rebuild an exported subnet (eval mode) from its folder, without any supernet code."""
+    """Rebuild an exported subnet (eval mode) from its folder, without any supernet code.
+
+    >>> import tempfile
+    >>> import maskednas
+    >>> from maskednas.export.folder import save_export
+    >>> from maskednas import Architecture, build
+    >>> from maskednas.export.architecture import LayerChoice
+    >>> arch = Architecture(in_channels=1, input_size=8, num_classes=10, stem_channels=4,
+    ...                     layers=(LayerChoice("conv_3x3", 4, 8, 2, False, kernel=3),))
+    >>> folder = tempfile.mkdtemp() + "/export"
+    >>> _ = save_export(folder, maskednas.build(arch), {}, {"test_acc": 0.5})
+    >>> model = maskednas.load(folder)
+    >>> model.training, model.arch == arch
+    (False, True)
+    """
     folder = Path(folder)
     verify(folder)
     try:
@@ -138,7 +152,20 @@ def load(folder: str | Path, device: str | torch.device = "cpu") -> CompactNet:
 
 
 def read_metrics(folder: str | Path) -> dict:
-    """The export's recorded metrics, after checking the folder against its manifest."""
+    """The export's recorded metrics, after checking the folder against its manifest.
+
+    >>> import tempfile
+    >>> import maskednas
+    >>> from maskednas.export.folder import save_export
+    >>> from maskednas import Architecture, build
+    >>> from maskednas.export.architecture import LayerChoice
+    >>> arch = Architecture(in_channels=1, input_size=8, num_classes=10, stem_channels=4,
+    ...                     layers=(LayerChoice("conv_3x3", 4, 8, 2, False, kernel=3),))
+    >>> folder = tempfile.mkdtemp() + "/export"
+    >>> _ = save_export(folder, maskednas.build(arch), {}, {"test_acc": 0.5})
+    >>> maskednas.read_metrics(folder)["test_acc"]
+    0.5
+    """
     verify(folder)
     try:
         return json.loads((Path(folder) / METRICS).read_text())

@@ -17,7 +17,22 @@ PRECISIONS = {"fp32": ONNX, "fp16": "model.fp16.onnx", "int8": "model.int8.onnx"
 
 def load_onnx(folder: str | Path, precision: str = "fp32"):
     """An ONNX Runtime CPU session of the export's model at `precision`, after checking the
-    folder against its manifest (a truncated or modified artefact raises ExportError)."""
+    folder against its manifest (a truncated or modified artefact raises ExportError).
+
+    >>> import tempfile
+    >>> import maskednas
+    >>> from maskednas.export.folder import save_export
+    >>> from maskednas import Architecture, build
+    >>> from maskednas.export.architecture import LayerChoice
+    >>> arch = Architecture(in_channels=1, input_size=8, num_classes=10, stem_channels=4,
+    ...                     layers=(LayerChoice("conv_3x3", 4, 8, 2, False, kernel=3),))
+    >>> folder = tempfile.mkdtemp() + "/export"
+    >>> _ = save_export(folder, maskednas.build(arch), {}, {"test_acc": 0.5})
+    >>> import numpy as np
+    >>> session = maskednas.load_onnx(folder)
+    >>> session.run(None, {"input": np.zeros((3, 1, 8, 8), np.float32)})[0].shape
+    (3, 10)
+    """
 
     if precision not in PRECISIONS:
         raise ExportError(f"unknown precision {precision!r}; precisions are {', '.join(PRECISIONS)}")

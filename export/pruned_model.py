@@ -16,11 +16,9 @@ from torch import nn
 
 from maskednas.export.model_source import build_source, replace_module
 from maskednas.ops import Cost
+from maskednas.ops.layer_rules import width_attributes
 
 FORMAT_VERSION = 1
-# int attributes that describe a layer's width, as torch and timm layers name them
-WIDTH_ATTRIBUTES = ("in_channels", "out_channels", "groups", "num_features", "in_features",
-                    "out_features", "normalized_shape")
 
 
 @dataclass(frozen=True)
@@ -65,7 +63,7 @@ def layer_shapes(module: nn.Module) -> dict:
     out = {"tensors": {n: list(t.shape) for n, t in [*module.named_parameters(recurse=False),
                                                        *module.named_buffers(recurse=False)]
                        if t is not None and t.dim() > 0}}
-    for attr in WIDTH_ATTRIBUTES:  # plain attributes only (timm's ConvNormAct derives them)
+    for attr in width_attributes():  # plain attributes only (timm's ConvNormAct derives them)
         value = vars(module).get(attr)
         if isinstance(value, (int, tuple)) and not isinstance(value, bool):
             out[attr] = list(value) if isinstance(value, tuple) else value

@@ -89,7 +89,7 @@ class LatencyTable:
                     have, want = f"parts {have}", f"parts {want} (another space config or data shape)"
                 raise LatencyTableError(
                     f"the latency table {source} was measured for {what} {have!r}, this run needs "
-                    f"{what} {want!r}; build one for this run (python -m latency --config ...) "
+                    f"{what} {want!r}; build one for this run (maskednas latency --config ...) "
                     f"or leave latency.table unset to measure it")
 
     # -- files ----------------------------------------------------------------------------------

@@ -22,7 +22,8 @@ import yaml
 from maskednas.export.onnx_runtime import PRECISIONS
 from maskednas.export.quantize import CALIBRATIONS
 from maskednas.latency.measure import RUNTIMES
-from maskednas.supernet import ESTIMATORS, SPACES, Supernet
+from maskednas.supernet import ESTIMATORS, SPACES
+from maskednas.supernet.targets import COST_TARGETS
 
 
 class ConfigError(ValueError):
@@ -43,16 +44,20 @@ class DataConfig:
 
 
 @dataclass
+class TargetGoal:
+    """One cost target's value: absolute, in the target's unit, or a fraction of the dense
+    network's figure (exactly one of the two)."""
+    value: float | None = None
+    fraction: float | None = None
+
+
+def default_targets() -> dict:
+    return {"macs": TargetGoal(fraction=0.5)}
+
+
+@dataclass
 class TargetConfig:
-    """Cost target of the search. Absolute values win over fractions of the dense network."""
-    macs: float | None = None
-    macs_fraction: float | None = 0.5
-    params: float | None = None
-    params_fraction: float | None = None
-    # milliseconds per forward pass on latency.device (see the latency section), or a fraction
-    # of the dense network's; derivation then meets the latency target
-    latency_ms: float | None = None
-    latency_fraction: float | None = None
+    """How the search's cost penalty pulls toward its targets (`search.targets`)."""
     weight: float = 2.0  # penalty = weight * sum of log(cost / target)^2
     # discrete: cost of the currently derived network, straight-through gradients (default);
     # expected: the soft expectation over op weights and gates (plain DARTS-style relaxation)
@@ -73,6 +78,10 @@ class SearchConfig:
     # rest; the weights then see half the data in a search epoch)
     weight_data: str = "all"
     hessian_eps: float = 0.01  # second order: finite-difference step / |dL_val/dw'| (DARTS)
+    # the registered cost targets (supernet/targets: macs, params, latency_ms, peak_memory_kib)
+    # the search penalises, e.g. {macs: {fraction: 0.4}, latency_ms: {value: 0.5}}; derivation
+    # meets the one of the highest priority (latency, peak memory, MACs); null drops one
+    targets: dict[str, TargetGoal | None] = field(default_factory=default_targets)
     w_lr: float = 0.05
     w_lr_min: float = 0.001
     w_momentum: float = 0.9
@@ -93,7 +102,7 @@ class SearchConfig:
 class LatencyConfig:
     """Where a latency target's milliseconds are spent: the device and runtime the model will
     run on, at which batch size. Its table is measured once per space, device, runtime and batch
-    (cached in cache_dir) unless `table` names one measured elsewhere (`python -m latency`)."""
+    (cached in cache_dir) unless `table` names one measured elsewhere (`maskednas latency`)."""
     device: str = "cpu"  # cpu | cuda | cuda:N
     runtime: str = "torch"  # torch (eager) | onnxruntime (CPU)
     batch: int = 1
@@ -106,8 +115,9 @@ class LatencyConfig:
 
 @dataclass
 class DeriveConfig:
-    macs: float | None = None  # default: the search target
-    latency_ms: float | None = None  # default: the search target (wins over macs when set)
+    # the one cost target derivation meets, with its absolute value (e.g. {macs: 200000});
+    # default: the search's target of the highest priority
+    target: dict[str, float] = field(default_factory=dict)
     tolerance: float = 0.03
     round_to: int = 1
     min_channels: int = 1
@@ -192,6 +202,10 @@ def _convert(value: Any, hint: Any, key: str) -> Any:
         if not isinstance(value, dict):
             raise ConfigError(f"{key} must be a mapping, got {value!r}")
         return from_dict(hint, value, key)
+    if origin is dict:
+        if not isinstance(value, dict) or not all(isinstance(k, str) for k in value):
+            raise ConfigError(f"{key} must be a mapping of names, got {value!r}")
+        return {k: _convert(v, args[1], f"{key}.{k}") for k, v in value.items()}
     if origin is list:
         if not isinstance(value, (list, tuple)):
             raise ConfigError(f"{key} must be a list, got {value!r}")
@@ -220,6 +234,11 @@ def _build(cls: type, data: dict, prefix: str = "", exclude: tuple[str, ...] = (
     hints = typing.get_type_hints(cls)
     names = [f.name for f in dataclasses.fields(cls) if f.name not in exclude]
     unknown = [k for k in data if k not in names]
+    moved = [k for k in unknown if _join(prefix, k) in MOVED_KEYS]
+    if moved:
+        old, new = _join(prefix, moved[0]), MOVED_KEYS[_join(prefix, moved[0])]
+        raise ConfigError(f"config key '{old}' is now '{new}' (write {new}={data[moved[0]]!r}; "
+                          f"every registered cost target is configured this way)")
     if unknown:
         where = f"in '{prefix}'" if prefix else "at the top level"
         raise ConfigError(f"unknown config key '{_join(prefix, unknown[0])}'; valid keys {where}: "
@@ -326,22 +345,42 @@ def read_yaml(path: str | Path) -> dict:
     return data
 
 
-COST_TARGETS = ("macs", "macs_fraction", "params", "params_fraction", "latency_ms",
-                "latency_fraction")
+# keys of the fixed target fields these replaced (refused with the new form in the message)
+MOVED_KEYS = {"search.target.macs": "search.targets.macs.value",
+              "search.target.macs_fraction": "search.targets.macs.fraction",
+              "search.target.params": "search.targets.params.value",
+              "search.target.params_fraction": "search.targets.params.fraction",
+              "search.target.latency_ms": "search.targets.latency_ms.value",
+              "search.target.latency_fraction": "search.targets.latency_ms.fraction",
+              "derive.macs": "derive.target.macs", "derive.latency_ms": "derive.target.latency_ms"}
 
 
 def load_config(path: str | Path | None = None, overrides: list[str] = ()) -> RunConfig:
-    """The file's config with the overrides applied. Cost targets named in the overrides are
-    the run's targets: the file's (and the defaults') other cost targets are cleared, so that
-    `search.target.latency_ms=1.5` asks for a latency target alone, not for it and the file's
-    MACs fraction (name both to have both)."""
+    """The file's config (a path, or a shipped config's name) with the overrides applied.
+
+    An override of one cost target adds to the file's targets, never drops one: with the file's
+    `search.targets: {macs: {fraction: 0.4}}`, `search.targets.latency_ms.value=0.5` asks for
+    both (`search.targets.macs=null` drops MACs; `search.targets={...}` replaces them all). A
+    target's value replaces its own fraction (`search.targets.macs.value=3e5`), and the other way
+    round.
+
+    >>> from maskednas import load_config
+    >>> cfg = load_config("digits", ["search.targets.params.fraction=0.5"])
+    >>> sorted(cfg.search.targets)
+    ['macs', 'params']
+    """
     data = read_yaml(path) if path is not None else {}
     keys = [a.split("=", 1)[0].strip() for a in overrides]
-    if any(k.startswith("search.target.") and k.split(".")[-1] in COST_TARGETS for k in keys):
-        target = data.setdefault("search", {})
-        target = target.setdefault("target", {}) if isinstance(target, dict) else None
-        if isinstance(target, dict):
-            target.update(dict.fromkeys(COST_TARGETS))
+    search = data.get("search")
+    if any(k.startswith("search.targets.") for k in keys) and (search is None or (
+            isinstance(search, dict) and "targets" not in search)):  # the defaults, then the override
+        data.setdefault("search", {})["targets"] = to_dict(SearchConfig())["targets"]
+    for key in keys:  # a value given for a target replaces its fraction, and the other way round
+        parts = key.split(".")
+        if len(parts) == 4 and parts[:2] == ["search", "targets"] and parts[3] in ("value", "fraction"):
+            goal = data.get("search", {}).get("targets", {}).get(parts[2])
+            if isinstance(goal, dict):
+                goal.pop("fraction" if parts[3] == "value" else "value", None)
     for assignment in overrides:
         apply_override(data, assignment)
     cfg = from_dict(RunConfig, data)
@@ -383,12 +422,9 @@ RANGES: dict[str, Range] = {
     "search.grad_clip": POSITIVE, "search.arch_lr": POSITIVE, "search.arch_weight_decay": AT_LEAST_0,
     "search.mask_weight_decay": AT_LEAST_0, "search.temperature_start": POSITIVE,
     "search.temperature_end": POSITIVE,
-    "search.target.macs": POSITIVE, "search.target.macs_fraction": UNIT,
-    "search.target.params": POSITIVE, "search.target.params_fraction": UNIT,
-    "search.target.latency_ms": POSITIVE, "search.target.latency_fraction": UNIT,
-    "derive.latency_ms": POSITIVE, "latency.batch": AT_LEAST_1, "latency.grid_points": Range(2),
+    "latency.batch": AT_LEAST_1, "latency.grid_points": Range(2),
     "latency.repeats": AT_LEAST_1, "latency.rounds": AT_LEAST_1, "search.target.weight": AT_LEAST_0, "search.target.surrogate_temperature": POSITIVE,
-    "derive.macs": POSITIVE, "derive.tolerance": Range(0, 1, high_open=True),
+    "derive.tolerance": Range(0, 1, high_open=True),
     "derive.round_to": AT_LEAST_1, "derive.min_channels": AT_LEAST_1, "derive.eval_cells": AT_LEAST_1,
     "derive.eval_channels": Range(2),
     "finetune.epochs": AT_LEAST_0, "finetune.lr": POSITIVE, "finetune.lr_min": AT_LEAST_0,
@@ -451,11 +487,8 @@ def validate(cfg: RunConfig) -> None:
         (cfg.latency.runtime != "onnxruntime" or cfg.latency.device == "cpu",
          f"latency.runtime=onnxruntime runs on the CPU (CPUExecutionProvider); set "
          f"latency.device=cpu, or latency.runtime=torch for {cfg.latency.device}"),
-        (not uses_latency(cfg) or SPACES.get(cfg.space).latency_parts is not Supernet.latency_parts,
-         f"the {cfg.space!r} space has no latency model, so search.target.latency_ms, "
-         f"latency_fraction and derive.latency_ms cannot be used with it; spaces with one: "
-         f"{', '.join(n for n in SPACES.names() if SPACES.get(n).latency_parts is not Supernet.latency_parts)}"),
     ]
+    checks += target_checks(cfg)
     checks.append((cfg.name is None or is_plain_name(cfg.name), plain_name_error("name", cfg.name)))
     for ok, message in checks:
         if not ok:
@@ -467,10 +500,44 @@ def is_device_name(name: str) -> bool:
     return name in ("cpu", "cuda") or (name.startswith("cuda:") and name[5:].isdigit())
 
 
+def search_goals(cfg: RunConfig) -> dict[str, TargetGoal]:
+    """The search's cost targets, without the ones set to null."""
+    return {name: goal for name, goal in cfg.search.targets.items() if goal is not None}
+
+
+def target_checks(cfg: RunConfig) -> list[tuple[bool, str]]:
+    """Every target named is registered, has one value in range, and suits the space."""
+    goals, derive = search_goals(cfg), cfg.derive.target
+    registered = ", ".join(COST_TARGETS.names())
+    space = SPACES.get(cfg.space)
+    checks = [(len(derive) <= 1, f"derive.target names the one target derivation meets, got "
+                                 f"{', '.join(derive)}")]
+    for where, names in (("search.targets", goals), ("derive.target", derive)):
+        for name in names:
+            if name not in COST_TARGETS.names():
+                return [(False, f"{where}.{name}: unknown cost target {name!r}; registered: {registered}")]
+            why = COST_TARGETS.get(name).unavailable(space)
+            if why:
+                have = [n for n in SPACES.names() if not COST_TARGETS.get(name).unavailable(SPACES.get(n))]
+                checks.append((False, f"the {cfg.space!r} space {why}, so it cannot have the {name} "
+                                      f"target ({where}.{name}); spaces with it: {', '.join(have)}"))
+    for name, goal in goals.items():
+        key = f"search.targets.{name}"
+        checks += [((goal.value is None) != (goal.fraction is None),
+                    f"{key} needs exactly one of value (in the target's unit) and fraction (of the "
+                    f"dense network's), got {to_dict(goal)}"),
+                   (goal.value is None or goal.value in POSITIVE, f"{key}.value must be {POSITIVE}, got {goal.value!r}"),
+                   (goal.fraction is None or goal.fraction in UNIT,
+                    f"{key}.fraction must be {UNIT}, got {goal.fraction!r}")]
+    checks += [(value in POSITIVE, f"derive.target.{name} must be {POSITIVE}, got {value!r}")
+               for name, value in derive.items()]
+    return checks
+
+
 def uses_latency(cfg: RunConfig) -> bool:
     """Whether the run has a latency target (and so measures or reads a latency table)."""
-    t = cfg.search.target
-    return t.latency_ms is not None or t.latency_fraction is not None or cfg.derive.latency_ms is not None
+    return any(COST_TARGETS.get(n).needs_latency_table for n in [*search_goals(cfg), *cfg.derive.target]
+               if n in COST_TARGETS.names())
 
 
 _NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]*")

@@ -13,9 +13,10 @@ import torch
 from maskednas import parallel
 from maskednas.datasource import DeviceLoader, ImageData, load_dataset
 from maskednas.latency.cache import obtain_table, save_run_copy
-from maskednas.pipeline.config import ConfigError, FinetuneConfig, RunConfig, from_dict, to_dict, uses_latency
+from maskednas.pipeline.config import (ConfigError, FinetuneConfig, RunConfig, from_dict, search_goals,
+                                       to_dict, uses_latency)
 from maskednas.search.loop import Searcher
-from maskednas.search.penalty import Targets, resolve_targets
+from maskednas.search.penalty import resolve_targets
 from maskednas.supernet import SPACES
 from maskednas.training.autocast import autocast_factory
 from maskednas.training.finetune import evaluate, finetune
@@ -123,7 +124,8 @@ def prepare_search(cfg: RunConfig, run_dir: Path, data: ImageData | None = None,
         latency = latency_model(cfg, net, run_dir)
         if latency is not None and parallel.is_main():
             save_run_copy(latency, run_dir)
-    targets = resolve_targets(cfg.search.target, net, cfg.derive.min_channels, latency)
+    targets = resolve_targets(search_goals(cfg), net, cfg.derive.min_channels, latency,
+                              cfg.latency.batch)
     if cfg.sync_bn:  # one process: the same as BatchNorm (its batch is the global one)
         net = parallel.sync_batchnorm(net)
     train_idx, val_idx = split_train_val(len(data.y_train), cfg.data.val_fraction, cfg.seed)
@@ -131,7 +133,7 @@ def prepare_search(cfg: RunConfig, run_dir: Path, data: ImageData | None = None,
         train_idx = torch.arange(len(data.y_train))
     train = loader(cfg, data.x_train[train_idx], data.y_train[train_idx], meta, device, True, cfg.seed)
     val = loader(cfg, data.x_train[val_idx], data.y_train[val_idx], meta, device, True, cfg.seed + 1)
-    logger = (logger_factory(run_dir, net, targets.macs, targets.latency_ms)
+    logger = (logger_factory(run_dir, net, targets)
               if logger_factory and parallel.is_main() else None)
     return Searcher(cfg, net, train, val, targets, run_dir, logger, latency=latency,
                     extra_state={"config": to_dict(cfg), "data": asdict(meta)})
@@ -156,8 +158,8 @@ def preflight(cfg: RunConfig, data: ImageData, run_dir: Path | None = None) -> N
     apply_threads(cfg)
     meta = data_meta(data)
     net = build_supernet(cfg, meta, torch.device("cpu"))
-    resolve_targets(cfg.search.target, net, cfg.derive.min_channels,
-                    latency_model(cfg, net, run_dir, write_cache=False))
+    resolve_targets(search_goals(cfg), net, cfg.derive.min_channels,
+                    latency_model(cfg, net, run_dir, write_cache=False), cfg.latency.batch)
 
 
 def restore_supernet(state: dict, device) -> tuple[torch.nn.Module, RunConfig, DataMeta]:
@@ -218,7 +220,7 @@ class TrainingContext:
         return [(bx.numpy(), by.numpy()) for bx, by in itertools.islice(plain, batches)]
 
 
-__all__ = ["DataMeta", "Targets", "latency_model", "apply_threads", "TrainingContext",
+__all__ = ["DataMeta", "latency_model", "apply_threads", "TrainingContext",
            "prepare_search", "preflight", "check_ranks", "restore_supernet", "select_device",
            "seed_everything", "split_train_val", "loader", "load_data", "data_meta",
            "build_supernet"]

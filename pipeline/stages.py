@@ -2,7 +2,7 @@
 -> summary, for one resolved config and one run directory.
 
     from maskednas.pipeline import load_config, run
-    metrics = run(load_config("configs/digits.yaml", ["search.epochs=5"]), Path("runs/x"))
+    metrics = run(load_config("digits", ["search.epochs=5"]), Path("runs/x"))
 
 `train.py` adds argument parsing, run-directory rules and error messages on top; the benchmarks
 call `run` (or the stage functions) directly.
@@ -25,7 +25,7 @@ import torch
 from maskednas import parallel
 from maskednas.datasource import ImageData
 from maskednas.derive import Derivation, derive, slim
-from maskednas.derive.discretize import Budget, latency_budget, macs_budget
+from maskednas.derive.discretize import Budget, budget as bind_budget, search_budget
 from maskednas.export import save_export
 from maskednas.export.architecture import evaluation_architecture
 from maskednas.export.compact import build
@@ -37,7 +37,8 @@ from maskednas.pipeline.setup import (DataMeta, TrainingContext, latency_model, 
 from maskednas.pipeline.summary import latency_table, onnx_table, summary_table
 from maskednas.search.checkpoint import load_checkpoint
 from maskednas.search.loop import Searcher
-from maskednas.search.penalty import Targets
+from maskednas.search.penalty import bind_targets
+from maskednas.supernet.targets import COST_TARGETS
 from maskednas.search.tensorboard_log import SearchLogger
 from maskednas.supernet import Supernet
 from maskednas.training.finetune import recalibrate_batchnorm
@@ -62,7 +63,7 @@ def check_stages(stages: Sequence[str]) -> list[str]:
 @dataclass
 class SearchOutcome:
     net: Supernet
-    targets: Targets
+    targets: dict[str, float]  # cost target -> value
     metrics: dict  # the last search epoch's (empty if none ran)
     logger: SearchLogger | None = None  # the run's TensorBoard writer, still open
     latency: LatencyModel | None = None  # the run's latency table, when it has a latency target
@@ -95,19 +96,18 @@ def search(cfg: RunConfig, run_dir: Path, data: ImageData, resume: bool = False,
                f"per rank")
     metrics = searcher.run()
     net = parallel.plain_batchnorm(searcher.net) if cfg.sync_bn else searcher.net
-    latency = (f", table latency {metrics['discrete_latency_ms']:.4g} ms"
-               if "discrete_latency_ms" in metrics else "")
+    others = "".join(f", {t.label} {t.show(metrics[f'discrete_{name}'])}"
+                     for name in searcher.targets if name != "macs"
+                     for t in [COST_TARGETS.get(name)])
     report(f"search done in {time.perf_counter() - start:.0f}s: val acc {metrics['val_acc']:.3f}, "
            f"MACs of the derived network {metrics['discrete_macs']:,.0f} "
-           f"(soft expectation {metrics['expected_macs']:,.0f}){latency}")
+           f"(soft expectation {metrics['expected_macs']:,.0f}){others}")
     return SearchOutcome(net, searcher.targets, metrics, searcher.logger, searcher.latency)
 
 
-def describe_targets(t: Targets) -> str:
-    parts = [f"{t.macs:,.0f} MACs" if t.macs is not None else "",
-             f"{t.params:,.0f} params" if t.params is not None else "",
-             f"{t.latency_ms:.4g} ms" if t.latency_ms is not None else ""]
-    return ", ".join(p for p in parts if p) or "none (no cost penalty)"
+def describe_targets(targets: dict[str, float]) -> str:
+    return ", ".join(COST_TARGETS.get(name).show(value)
+                     for name, value in targets.items()) or "none (no cost penalty)"
 
 
 def load_search(cfg: RunConfig, run_dir: Path) -> SearchOutcome:
@@ -117,7 +117,8 @@ def load_search(cfg: RunConfig, run_dir: Path) -> SearchOutcome:
         print(f"warning: the search in {run_dir} stopped at epoch {state['epoch']}/"
               f"{cfg.search.epochs}; deriving from it anyway", file=sys.stderr)
     net, _, _ = restore_supernet(state, select_device(cfg.device))
-    return SearchOutcome(net, Targets(**state["targets"]),
+    targets = {name: v for name, v in state["targets"].items() if v is not None}
+    return SearchOutcome(net, targets,
                          state["history"][-1] if state["history"] else {},
                          latency=latency_model(cfg, net, run_dir))
 
@@ -140,15 +141,25 @@ def derive_and_slim(cfg: RunConfig, net: Supernet, meta: DataMeta, target: float
 
 
 def derive_budget(cfg: RunConfig, net: Supernet, searched: SearchOutcome) -> Budget | None:
-    """What derivation meets: derive.latency_ms or the search's latency target (a table
-    latency), else derive.macs or the search's MACs target; None: the masks' own widths."""
-    d, t = cfg.derive, searched.targets
-    latency_ms = d.latency_ms if d.latency_ms is not None else (
-        t.latency_ms if d.macs is None else None)
-    if latency_ms is not None:
-        return latency_budget(searched.latency, latency_ms)
-    macs = d.macs if d.macs is not None else t.macs
-    return macs_budget(net, macs) if macs is not None else None
+    """What derivation meets: derive.target, else the search's target of the highest priority
+    (`search_budget`); None: the masks' own widths."""
+    for name, value in cfg.derive.target.items():
+        return bind_budget(name, net, value, searched.latency, cfg.latency.batch)
+    return search_budget(net, searched.targets, searched.latency, cfg.latency.batch)
+
+
+def target_figures(cfg: RunConfig, net: Supernet, searched: SearchOutcome, budget: Budget | None,
+                   arch, dense) -> dict:
+    """`target_<name>` of every target the run penalised or derived to (derivation's value where
+    it met one; `target_macs` is always there, None without a MACs target), and `cost_targets`:
+    each one's target, dense and exported figures, for the summary and metrics.json."""
+    targets = dict(searched.targets)
+    if budget is not None:
+        targets[budget.cost.name] = budget.target
+    bound = bind_targets(targets, net, searched.latency, cfg.latency.batch)
+    return {"target_macs": targets.get("macs"), **{f"target_{n}": v for n, v in targets.items()},
+            "cost_targets": {n: {"target": targets[n], "dense": t.of(dense), "exported": t.of(arch)}
+                             for n, t in bound.items()}}
 
 
 def latency_check(cfg: RunConfig, latency: LatencyModel, arch, dense, compact: torch.nn.Module,
@@ -161,7 +172,7 @@ def latency_check(cfg: RunConfig, latency: LatencyModel, arch, dense, compact: t
                          lat.batch, cfg.channels_last)
     predicted = {"exported": latency.architecture_ms(arch), "dense": latency.architecture_ms(dense)}
     return {"device": latency.meta["device"], "runtime": lat.runtime, "batch": lat.batch,
-            "target_ms": budget.target if budget and budget.unit == "ms" else None,
+            "target_ms": budget.target if budget and budget.cost.name == "latency_ms" else None,
             **{f"{k}_predicted_ms": v for k, v in predicted.items()},
             **{f"{k}_measured_ms": v for k, v in measured.items()},
             "prediction_error": measured["exported"] / predicted["exported"] - 1,
@@ -220,7 +231,7 @@ def derive_and_export(cfg: RunConfig, run_dir: Path, data: ImageData, searched: 
         "slimmed_test_acc": slim_acc, "slim_max_abs_diff": slimmed.gap,
         "slim_output_scale": slimmed.scale,
         "macs": cost.macs, "params": cost.params,
-        "target_macs": budget.target if budget and budget.unit == "MACs" else searched.targets.macs,
+        **target_figures(cfg, net, searched, budget, slimmed.derivation.arch, dense),
         "dense_macs": dense_cost.macs, "dense_params": dense_cost.params,
         "search_val_acc": searched.metrics.get("val_acc"), "data": asdict(meta),
         "from_scratch": cfg.finetune.from_scratch or bool(cfg.derive.eval_cells),
@@ -264,7 +275,18 @@ def run(cfg: RunConfig, run_dir: str | Path, stages: Sequence[str] = STAGES, *,
         resume: bool = False, export_name: str = "export", data: ImageData | None = None,
         report: Report = print) -> dict:
     """Run `stages` of the pipeline for `cfg` in `run_dir`. Without 'search', the supernet comes
-    from the run's checkpoint. Returns the metrics of the derived model ({} without 'derive')."""
+    from the run's checkpoint. Returns the metrics of the derived model ({} without 'derive').
+
+    >>> import maskednas, tempfile
+    >>> cfg = maskednas.load_config("digits", ["search.epochs=1", "search.warmup_epochs=0",
+    ...                                        "finetune.epochs=0", "data.batch_size=256"])
+    >>> run_dir = tempfile.mkdtemp()
+    >>> metrics = maskednas.run(cfg, run_dir, report=lambda line: None)
+    >>> metrics["macs"] == metrics["fvcore_flops"]  # the export's MACs, checked against fvcore
+    True
+    >>> maskednas.load(run_dir + "/export").arch.cost().macs == metrics["macs"]
+    True
+    """
     stages, run_dir = check_stages(stages), Path(run_dir)
     data = data or load_data(cfg)
     if not parallel.is_main():

@@ -1,6 +1,8 @@
 """The table a run prints at its end: dense reference against the exported model."""
 from __future__ import annotations
 
+from maskednas.supernet.targets import COST_TARGETS
+
 
 def summary_table(m: dict) -> str:
     lat = m["cpu_latency_ms"]
@@ -14,6 +16,11 @@ def summary_table(m: dict) -> str:
          f"({lat['dense_b64'] / lat['slim_b64']:.1f}x faster)"),
         ("test accuracy", "", f"{m['slimmed_test_acc']:.4f} slimmed -> {m['test_acc']:.4f} fine-tuned"),
     ]
+    for name, f in m.get("cost_targets", {}).items():  # the run's other targets, as derived
+        if name not in ("macs", "params"):
+            show = COST_TARGETS.get(name).show
+            rows.insert(3, (COST_TARGETS.get(name).label, show(f["dense"]),
+                            f"{show(f['exported'])} (target {show(f['target'])})"))
     return columns(rows)
 
 

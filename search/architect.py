@@ -35,9 +35,8 @@ class Architect:
                  order: int = 1, betas: tuple[float, float] = (0.5, 0.999),
                  estimator: str = "discrete", hessian_eps: float = 0.01,
                  rounding: WidthRounding = WidthRounding(), mask_weight_decay: float = 0.0,
-                 surrogate_temperature: float | None = 1.0, latency=None) -> None:
+                 surrogate_temperature: float | None = 1.0) -> None:
         self.net, self.penalty, self.order = net, penalty, order
-        self.latency = latency  # a latency.LatencyModel when the penalty has a latency target
         self.hessian_eps = hessian_eps  # finite-difference step, relative to |d L_val / d w'|
         self.point_fn = functools.partial(ESTIMATORS.get(estimator), rounding=rounding,
                                           surrogate_temperature=surrogate_temperature)
@@ -53,14 +52,11 @@ class Architect:
         self.weight_names = [n for n, p in net.named_parameters() if id(p) not in arch_ids]
 
     def objective(self, logits: torch.Tensor, y: torch.Tensor):
-        """Validation loss + cost penalty; also returns the parts for logging. MACs, params and
-        latency are read at one point (op weights and widths) of the estimator."""
+        """Validation loss + cost penalty; also returns the parts for logging. Every target's
+        figure is read at one point (op weights and widths) of the estimator."""
         loss = cross_entropy(logits, y)
-        weights, widths = self.point_fn(self.net)
-        cost = self.net.cost(weights, widths)
-        latency = self.latency.ms(weights, widths) if self.latency is not None else None
-        penalty = self.penalty(cost, latency).to(loss.device)
-        return loss + penalty, loss, penalty, cost
+        penalty, figures = self.penalty(*self.point_fn(self.net))
+        return loss + penalty.to(loss.device), loss, penalty, figures
 
     def step(self, train_batch, val_batch, xi: float = 0.0, w_weight_decay: float = 0.0,
              autocast=contextlib.nullcontext) -> dict[str, torch.Tensor]:
@@ -78,10 +74,10 @@ class Architect:
         x, y = val_batch
         with autocast():
             logits = self.net(x)
-        total, loss, penalty, cost = self.objective(logits, y)
+        total, loss, penalty, figures = self.objective(logits, y)
         grads = _grads(total, self.params)
         parallel.average_(grads)
-        return grads, _stats(logits, y, loss, penalty, cost)
+        return grads, _stats(logits, y, loss, penalty, figures)
 
     def second_order_grads(self, train_batch, val_batch, xi: float, w_weight_decay: float = 0.0,
                            autocast=contextlib.nullcontext):
@@ -102,7 +98,7 @@ class Architect:
         x, y = val_batch
         with autocast():
             logits = functional_call(self.net, {**unrolled, **arch}, (x,))
-        total, loss, penalty, cost = self.objective(logits, y)
+        total, loss, penalty, figures = self.objective(logits, y)
         grads = _grads(total, [*arch.values(), *unrolled.values()])
         parallel.average_(grads)
         d_arch, d_w = grads[:len(arch)], grads[len(arch):]
@@ -114,7 +110,7 @@ class Architect:
         difference = [gp - gm for gp, gm in zip(plus, minus)]
         parallel.average_(difference)
         arch_grads = [da - xi * dg / (2 * eps) for da, dg in zip(d_arch, difference)]
-        return arch_grads, _stats(logits, y, loss, penalty, cost)
+        return arch_grads, _stats(logits, y, loss, penalty, figures)
 
 
 def _grads(output: torch.Tensor, inputs: list[torch.Tensor]) -> list[torch.Tensor]:
@@ -122,6 +118,7 @@ def _grads(output: torch.Tensor, inputs: list[torch.Tensor]) -> list[torch.Tenso
     return [torch.zeros_like(i) if g is None else g for i, g in zip(inputs, grads)]
 
 
-def _stats(logits, y, loss, penalty, cost) -> dict[str, torch.Tensor]:
+def _stats(logits, y, loss, penalty, figures) -> dict[str, torch.Tensor]:
     return {"val_loss": loss.detach(), "val_correct": (logits.argmax(1) == y).sum(),
-            "penalty": penalty.detach(), "penalised_macs": torch.as_tensor(cost.macs).detach()}
+            "penalty": penalty.detach(),
+            **{f"penalised_{name}": torch.as_tensor(v).detach() for name, v in figures.items()}}

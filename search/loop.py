@@ -21,7 +21,7 @@ from maskednas.derive.discretize import hold_target, search_budget
 from maskednas.ops import WidthRounding
 from maskednas.search.architect import Architect
 from maskednas.search.checkpoint import load_checkpoint, rng_state, save_checkpoint, set_rng_state
-from maskednas.search.penalty import CostPenalty, Targets
+from maskednas.search.penalty import CostPenalty, bind_targets
 from maskednas.supernet.cost_model import discrete_point, expected_point
 from maskednas.training.autocast import autocast_factory
 from maskednas.training.losses import NonFiniteLossError, cross_entropy
@@ -51,11 +51,11 @@ def _cycle(loader):
 class Searcher:
     CHECKPOINT = "search.pt"
 
-    def __init__(self, cfg, net, train_loader, val_loader, targets: Targets, run_dir: Path,
+    def __init__(self, cfg, net, train_loader, val_loader, targets: dict[str, float], run_dir: Path,
                  logger=None, extra_state: dict | None = None, latency=None) -> None:
         self.cfg, self.net, self.logger, self.latency = cfg, net, logger, latency
         self.train_loader, self.val_loader = train_loader, val_loader
-        self.targets, self.run_dir = targets, Path(run_dir)
+        self.targets, self.run_dir = dict(targets), Path(run_dir)  # cost target -> value
         self.extra_state = extra_state or {}
         self.device = next(net.parameters()).device
         # the weight step's view of the supernet: DDP averages the weights' gradients over ranks
@@ -67,13 +67,16 @@ class Searcher:
         self.w_sched = CosineLRScheduler(self.w_opt, t_initial=s.epochs, lr_min=s.w_lr_min)
         self.rounding = rounding = WidthRounding(cfg.derive.round_to, cfg.derive.min_channels)
         self.discrete_point = functools.partial(discrete_point, rounding=rounding)
-        self.budget = search_budget(net, targets, latency)  # what hold_target holds
-        self.architect = Architect(net, CostPenalty(targets, s.target.weight), s.arch_lr,
+        batch = cfg.latency.batch  # the deployment batch (peak memory is counted at it)
+        self.budget = search_budget(net, targets, latency, batch)  # what hold_target holds
+        # the figures every epoch reports: MACs and params always, and the run's targets
+        self.penalty = CostPenalty(net, targets, s.target.weight, latency, batch)
+        self.reported = bind_targets(dict.fromkeys(["macs", "params", *targets]), net, latency, batch)
+        self.architect = Architect(net, self.penalty, s.arch_lr,
                                    s.arch_weight_decay, s.order, estimator=s.target.estimator,
                                    hessian_eps=s.hessian_eps, rounding=rounding,
                                    mask_weight_decay=s.mask_weight_decay,
-                                   surrogate_temperature=s.target.surrogate_temperature,
-                                   latency=latency)
+                                   surrogate_temperature=s.target.surrogate_temperature)
         self.epoch, self.step, self.history = 0, 0, []
         parallel.fork_rng()  # the initial weights and alpha are drawn: now a stream per rank
 
@@ -142,24 +145,21 @@ class Searcher:
     def _progress(self, bar: tqdm, sums: torch.Tensor, counts: list[int]) -> None:
         loss, acc, _, val_acc = self._means(sums, counts)
         with torch.no_grad():
-            weights, widths = self.discrete_point(self.net)
-            cost = {"macs": f"{float(self.net.cost(weights, widths).macs):,.0f}"}
-            if self.latency is not None:
-                cost["ms"] = f"{float(self.latency.ms(weights, widths)):.3f}"
-        bar.set_postfix(loss=f"{loss:.3f}", acc=f"{acc:.3f}", val_acc=f"{val_acc:.3f}", **cost)
+            point = self.discrete_point(self.net)
+            shown = {name: t.show(float(t.value(*point))).split()[0]
+                     for name, t in self.reported.items() if name == "macs" or name in self.targets}
+        bar.set_postfix(loss=f"{loss:.3f}", acc=f"{acc:.3f}", val_acc=f"{val_acc:.3f}", **shown)
 
     def _epoch_metrics(self, sums: torch.Tensor, counts: list[int]) -> dict[str, float]:
         train_loss, train_acc, val_loss, val_acc = self._means(sums, counts)
         with torch.no_grad():
-            expected, discrete = expected_point(self.net), self.discrete_point(self.net)
-            cost, discrete_cost = self.net.cost(*expected), self.net.cost(*discrete)
-            latency = {} if self.latency is None else {
-                "expected_latency_ms": float(self.latency.ms(*expected)),
-                "discrete_latency_ms": float(self.latency.ms(*discrete))}
+            figures = {f"{point}_{name}": float(value)
+                       for point, at in (("expected", expected_point(self.net)),
+                                         ("discrete", self.discrete_point(self.net)))
+                       for name, target in self.reported.items() for value in [target.value(*at)]}
         return {"epoch": self.epoch, "train_loss": train_loss, "train_acc": train_acc,
-                "val_loss": val_loss, "val_acc": val_acc, "expected_macs": float(cost.macs),
-                "expected_params": float(cost.params), "discrete_macs": float(discrete_cost.macs),
-                **latency, "temperature": float(self.net.temperature),
+                "val_loss": val_loss, "val_acc": val_acc, **figures,
+                "temperature": float(self.net.temperature),
                 "w_lr": self.w_opt.param_groups[0]["lr"], **self.net.arch_stats()}
 
     def _hold_target(self, metrics: dict[str, float]) -> None:
@@ -168,7 +168,7 @@ class Searcher:
         off is moved back by shifting all mask logits by one offset (`derive.hold_target`), so
         that the search ends at its target and derivation changes nothing. Annealed gates make
         the penalty's discrete cost jump a few percent around the target from step to step.
-        The target held is the one derivation meets: latency when there is one, else MACs."""
+        The target held is the one derivation meets (`derive.discretize.search_budget`)."""
         budget, tol, s = self.budget, self.cfg.derive.tolerance, self.cfg.search
         if budget is None or not s.hold_target or self.epoch < s.warmup_epochs:
             return
@@ -229,9 +229,8 @@ class Searcher:
                              "acc/train": m["train_acc"], "acc/val": m["val_acc"],
                              "lr/weights": m["w_lr"], "temperature": m["temperature"],
                              "cost/mask_shift": m.get("mask_shift", 0.0)}, e)
-        self.logger.architecture(self.net, e, {k: m[k] for k in (
-            "expected_macs", "discrete_macs", "expected_params", "expected_latency_ms",
-            "discrete_latency_ms") if k in m})
+        self.logger.architecture(self.net, e, {k: v for k, v in m.items()
+                                               if k.startswith(("expected_", "discrete_"))})
 
     # -- checkpointing --------------------------------------------------------------------------
     def state_dict(self) -> dict:
@@ -241,7 +240,7 @@ class Searcher:
                 "loaders": {"train": self.train_loader.state_dict(),
                             "val": self.val_loader.state_dict()},
                 "rng": parallel.gather(rng_state()), "history": self.history,
-                "targets": self.targets.as_dict(),
+                "targets": self.targets,
                 **self.extra_state}
 
     def load_state_dict(self, state: dict) -> None:

@@ -2,9 +2,9 @@
 
 Tags: `alpha/<choice>/<op>` (a choice is a macro layer or a DARTS edge such as `normal/n1<-s0`;
 grouped per choice by a custom-scalar layout), `alpha/heatmap`, `mask/<group>` histograms,
-`channels/<group>` kept counts, `cost/expected_macs` and `cost/discrete_macs` against
-`cost/target_macs` (with a latency target, `cost/expected_latency_ms` and
-`cost/discrete_latency_ms` against `cost/target_latency_ms`), the space's own statistics (DARTS: `skips/normal`, `skips/reduce`),
+`channels/<group>` kept counts, `cost/expected_<target>` and `cost/discrete_<target>` for MACs,
+params and every cost target of the run, against `cost/target_<target>` (`cost/target_macs`,
+`cost/target_latency_ms`, ...), the space's own statistics (DARTS: `skips/normal`, `skips/reduce`),
 `loss/*`, `acc/*`, `lr/*`, `temperature`, the architecture as text, and the run's
 hyperparameters.
 """
@@ -24,19 +24,17 @@ from torch.utils.tensorboard.summary import hparams  # noqa: E402
 
 
 class SearchLogger:
-    def __init__(self, log_dir: str | Path, net, target_macs: float | None,
-                 target_latency_ms: float | None = None) -> None:
+    def __init__(self, log_dir: str | Path, net, targets: dict[str, float]) -> None:
+        """`targets`: the run's cost targets (name -> value), drawn against the search's figures."""
         self.writer = SummaryWriter(str(log_dir))
-        self.targets = {"target_macs": target_macs, "target_latency_ms": target_latency_ms}
+        self.targets = {f"target_{name}": value for name, value in targets.items()}
         rows = net.choice_rows(net.op_weights())
         layout = {"op probabilities": {
             row: ["Multiline", [f"alpha/{row}/{op}" for op in names]]
             for row, (names, _) in rows.items()}}
-        layout["cost"] = {"expected MACs vs target": ["Multiline", [
-            "cost/expected_macs", "cost/discrete_macs", "cost/target_macs"]]}
-        if target_latency_ms is not None:
-            layout["cost"]["latency vs target (table)"] = ["Multiline", [
-                "cost/expected_latency_ms", "cost/discrete_latency_ms", "cost/target_latency_ms"]]
+        layout["cost"] = {f"{name} vs target": ["Multiline", [
+            f"cost/expected_{name}", f"cost/discrete_{name}", f"cost/target_{name}"]]
+            for name in dict.fromkeys(["macs", *targets])}
         self.writer.add_custom_scalars(layout)
 
     def scalars(self, values: dict[str, float], step: int) -> None:
@@ -46,8 +44,8 @@ class SearchLogger:
     @torch.no_grad()
     def architecture(self, net, epoch: int, costs: dict[str, float]) -> None:
         """Op probabilities, masks and kept channels of `net`; `costs` holds the epoch's
-        expected_macs, discrete_macs, expected_params (and with a latency table
-        expected_latency_ms, discrete_latency_ms) as the search loop computed them."""
+        expected_<target> and discrete_<target> figures (MACs, params and the run's targets) as
+        the search loop computed them."""
         rows, gates = net.choice_rows(net.op_weights()), net.gates()
         kept = {group: mask.kept() for group, mask in net.masks.items()}
         for row, (names, weights) in rows.items():
@@ -60,8 +58,7 @@ class SearchLogger:
         for name, value in costs.items():
             self.writer.add_scalar(f"cost/{name}", value, epoch)
         for name, value in self.targets.items():
-            if value is not None:
-                self.writer.add_scalar(f"cost/{name}", value, epoch)
+            self.writer.add_scalar(f"cost/{name}", value, epoch)
         self.scalars(net.arch_stats(), epoch)
         self.writer.add_text("architecture", net.describe(), epoch)
 

@@ -9,7 +9,14 @@ tensors. A derivation is the space's `Ops` (plain data: which op each choice too
 channel indices of every group it uses.
 
 To add a space: subclass `Supernet`, implement the abstract methods, and decorate the class with
-`@register_space("name", ConfigDataclass)`; its config section in YAML is then `name:`.
+`@register_space("name", ConfigDataclass)`; its config section in YAML is then `name:`
+(tests/test_space_protocol.py defines one). The registry of spaces:
+
+    >>> from maskednas import SPACES
+    >>> sorted(SPACES.names())
+    ['darts', 'macro', 'model']
+    >>> SPACES.get("macro").__name__
+    'MacroSupernet'
 """
 from __future__ import annotations
 
@@ -36,7 +43,17 @@ SPACES = Registry("search space")
 
 def register_space(name: str, config_class: type):
     """Class decorator: make a space selectable as `space: name`, configured by the YAML section
-    `name:` whose keys are the fields of `config_class`."""
+    `name:` whose keys are the fields of `config_class`.
+
+    >>> from maskednas import SPACES, register_space
+    >>> from maskednas.supernet import MacroSpaceConfig, MacroSupernet
+    >>> @register_space("wide_macro", MacroSpaceConfig)  # the macro space under another name
+    ... class WideMacro(MacroSupernet):
+    ...     pass
+    >>> SPACES.get("wide_macro").space_name
+    'wide_macro'
+    >>> del SPACES._obj_map["wide_macro"]  # (keep the doctest's registry clean)
+    """
     def add(cls: type[Supernet]) -> type[Supernet]:
         cls.space_name, cls.config_class = name, config_class
         return SPACES.add(name, cls)
@@ -44,6 +61,16 @@ def register_space(name: str, config_class: type):
 
 
 class Supernet(nn.Module, abc.ABC):
+    """A weight-sharing supernet: weights, op logits (`alphas`), channel masks and the methods
+    the search, the cost model, the discretizer and the slimmer call.
+
+    >>> from maskednas import Supernet
+    >>> from maskednas.supernet import MacroSpaceConfig, MacroSupernet, StageSpec
+    >>> net = MacroSupernet(MacroSpaceConfig(stem_channels=4, stages=[StageSpec(8, 2, 2)],
+    ...                     candidates=["conv_3x3", "zero"], first_candidates=["conv_3x3"]), 1, 10, 8)
+    >>> isinstance(net, Supernet), sorted(net.full_widths().items())
+    (True, [('s1', 8), ('stem', 4)])
+    """
     space_name = "?"  # set by `register_space`; recorded in every Architecture
     config_class: type = object
     cell_based = False  # derived networks are cells with a genotype (DARTS' evaluation protocol)

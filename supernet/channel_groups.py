@@ -17,8 +17,12 @@ from dataclasses import dataclass, field
 import torch
 from torch import nn
 
-# layers whose channels this tool can gate, count and slim
-SUPPORTED = (nn.Conv2d, nn.Linear, nn.BatchNorm2d, nn.LayerNorm)
+from maskednas.ops.layer_rules import LAYER_RULES, rule_for
+
+
+def supported_types() -> tuple[type, ...]:
+    """The layer types some registered layer rule covers (ops/layer_rules)."""
+    return tuple(dict.fromkeys(LAYER_RULES.get(n).layer_type for n in LAYER_RULES.names()))
 
 
 @dataclass
@@ -72,15 +76,13 @@ def _width_of(dg, module, handler) -> int:
     return dg.get_out_channels(module) if "out" in handler.__name__ else dg.get_in_channels(module)
 
 
-def is_depthwise(m: nn.Module) -> bool:
-    return isinstance(m, nn.Conv2d) and m.groups > 1 and m.groups == m.in_channels == m.out_channels
-
-
 def _why_unsupported(module: nn.Module) -> str | None:
-    if isinstance(module, nn.Conv2d) and module.groups > 1 and not is_depthwise(module):
-        return f"grouped convolution (groups={module.groups}) whose groups would have to shrink together"
-    if not isinstance(module, SUPPORTED) and any(True for _ in module.parameters(recurse=False)):
-        return f"{type(module).__name__} is not a layer this tool can slim"
+    rule = rule_for(module)
+    if rule is not None:
+        return rule.unsupported(module)
+    if any(True for _ in module.parameters(recurse=False)):
+        return (f"{type(module).__name__} is not a layer this tool can slim (no layer rule: see "
+                f"maskednas.register_layer_rule)")
     return None
 
 
@@ -134,12 +136,7 @@ def _space_size(model: nn.Module, name: str, side: str) -> int:
     if side == "param":  # Torch-Pruning prunes a loose parameter's last non-singleton dim
         return [d for d in model.get_parameter(name).shape if d > 1][-1]
     m = model.get_submodule(name)
-    if isinstance(m, nn.Conv2d):
-        return m.in_channels if side == "input" else m.out_channels
-    if isinstance(m, nn.Linear):
-        return m.in_features if side == "input" else m.out_features
-    if isinstance(m, nn.BatchNorm2d):
-        return m.num_features
-    if isinstance(m, nn.LayerNorm):
-        return m.normalized_shape[0]
-    raise TypeError(f"{name}: {type(m).__name__}")
+    rule = rule_for(m)
+    if rule is None:
+        raise TypeError(f"{name}: {type(m).__name__} has no layer rule")
+    return rule.channels(m, side)

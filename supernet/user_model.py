@@ -14,7 +14,6 @@ Torch-Pruning's physical pruning of a copy of the network.
 from __future__ import annotations
 
 import copy
-import math
 import warnings
 from dataclasses import dataclass, field, replace
 
@@ -25,7 +24,8 @@ from maskednas.export.model_source import build_source, check_source, load_check
 from maskednas.export.pruned_model import PrunedArchitecture, changed_layers, remove_blocks
 from maskednas.ops import ChannelMask, Cost
 from maskednas.supernet.base import Supernet, register_space
-from maskednas.supernet.channel_groups import SUPPORTED, ChannelGroups, discover, group_key, is_depthwise
+from maskednas.ops.layer_rules import LayerRule, rule_for
+from maskednas.supernet.channel_groups import ChannelGroups, discover, group_key, supported_types
 from maskednas.supernet.model_trace import trace
 
 OPS = ("keep", "skip")
@@ -57,6 +57,17 @@ class CostMismatchError(ValueError):
     pass
 
 
+@dataclass(frozen=True)
+class LayerWidths:
+    name: str
+    module: nn.Module
+    rule: LayerRule
+    c_in: object  # input channels at the widths asked for (int, float or tensor)
+    c_out: object
+    shape_in: tuple[int, ...]  # traced shapes of the dense network (batch 1)
+    shape_out: tuple[int, ...]
+
+
 @register_space("model", ModelSpaceConfig)
 class UserModel(Supernet):
     def __init__(self, space: ModelSpaceConfig, in_channels: int, num_classes: int,
@@ -67,7 +78,7 @@ class UserModel(Supernet):
             for name in load_checkpoint_into(model, space.checkpoint):
                 warnings.warn(f"{space.checkpoint}: {name} has another class count; left fresh")
         self.example = torch.zeros(1, in_channels, input_size, input_size)
-        self.trace = trace(model, self.example, SUPPORTED)
+        self.trace = trace(model, self.example, supported_types())
         modules = dict(model.named_modules())
         unknown = [n for n in space.ignore if n not in modules]
         if unknown:
@@ -84,6 +95,7 @@ class UserModel(Supernet):
                           stacklevel=2)
         self.teacher = [copy.deepcopy(model).eval()]  # the original network (a list: unregistered)
         self.model = model
+        self.partitions = self._partitions(modules)  # group -> partition id of each channel
         for key, size in self.groups.sizes.items():
             self.masks[key] = ChannelMask(size, space.mask_init)
         self.blocks = self.trace.residual_blocks if space.depth else []
@@ -94,7 +106,8 @@ class UserModel(Supernet):
         self._state: tuple[dict, dict] | None = None  # this forward's gates and op weights
         self._hooks = self._attach(modules)
         # what the cost formulas read, gathered once (the penalty evaluates them every step)
-        self._counted = [(name, modules[name], shapes) for name, shapes in self.trace.shapes.items()]
+        self._counted = [(name, modules[name], rule_for(modules[name]), shapes)
+                         for name, shapes in self.trace.shapes.items()]
         self._loose = [(name, space, model.get_parameter(name).numel() // space.size)
                        for name, space in self.groups.params.items()]
         self._fixed = [(name, p.numel()) for name, p in self._fixed_parameters()]
@@ -102,43 +115,72 @@ class UserModel(Supernet):
 
     # -- gating ------------------------------------------------------------------------------
     def _attach(self, modules: dict[str, nn.Module]) -> list:
+        """Gates where the layer rules say a pruned channel must be kept out: the inputs of
+        layers that mix channels, the statistics of norms over channels."""
         handles = []
         for name, space in self.groups.inputs.items():
-            m = modules[name]
-            if isinstance(m, (nn.Conv2d, nn.Linear)) and not is_depthwise(m):
-                handles.append(m.register_forward_pre_hook(self._gate_input(space, m)))
+            rule = rule_for(modules[name])
+            if rule is not None and rule.gate_input is not None:
+                handles.append(modules[name].register_forward_pre_hook(self._gate_input(space, rule)))
         for name, space in self.groups.outputs.items():
-            if isinstance(modules[name], nn.LayerNorm):
-                handles.append(modules[name].register_forward_hook(self._weighted_norm(space)))
+            rule = rule_for(modules[name])
+            if rule is not None and rule.normalize is not None:
+                handles.append(modules[name].register_forward_hook(self._weighted_norm(space, rule)))
         for name in self.blocks:
             handles.append(modules[name].register_forward_hook(self._keep_or_skip(name)))
         return handles
 
-    def _gate_input(self, space, module):
-        view = (1, -1, 1, 1) if isinstance(module, nn.Conv2d) else (-1,)
-
+    def _gate_input(self, space, rule: LayerRule):
         def hook(m, args):
             if self._state is None:  # the bare network (as fvcore and the teacher see it)
                 return None
-            gate = space.gate(self._state[0])
-            return (args[0] * gate.view(view).to(args[0].dtype), *args[1:])
+            return (rule.gate_input(m, args[0], space.gate(self._state[0])), *args[1:])
         return hook
 
-    def _weighted_norm(self, space):
+    def _weighted_norm(self, space, rule: LayerRule):
         def hook(m, args, output):
             if self._state is None:
                 return None
-            x = args[0]
-            channels_first = x.shape[-1] != m.normalized_shape[0] or "2d" in type(m).__name__.lower()
-            x = x.movedim(1, -1) if channels_first else x
-            w = space.gate(self._state[0]).to(x.dtype)
-            w = w / w.sum()
-            mean = (x * w).sum(-1, keepdim=True)
-            y = (x - mean) * torch.rsqrt(((x - mean) ** 2 * w).sum(-1, keepdim=True) + m.eps)
-            if m.weight is not None:
-                y = y * m.weight + m.bias
-            return y.movedim(-1, 1) if channels_first else y
+            return rule.normalize(m, args[0], space.gate(self._state[0]))
         return hook
+
+    def _partitions(self, modules: dict[str, nn.Module]) -> dict[str, torch.Tensor]:
+        """Per group read by a layer whose channel partitions must stay equal (GroupNorm's
+        groups): the partition of each group channel, the common refinement where several such
+        layers read it (GroupNorm(8) and GroupNorm(4) over one stream: 8 cells). The group keeps
+        equally many channels in every cell, so every layer's groups stay equal (`channel_step`,
+        `keep_channels`)."""
+        out = {}
+        for name, space in self.groups.outputs.items():
+            rule = rule_for(modules[name])
+            parts = rule.partitions(modules[name]) if rule is not None else 1
+            if parts == 1:
+                continue
+            for s in space.slices:
+                ids = s.index // (space.size // parts)
+                if s.group in out:  # refine: a cell per combination of partitions
+                    ids = torch.unique(out[s.group] * parts + ids, return_inverse=True)[1]
+                if len(set(torch.bincount(ids).tolist())) != 1:
+                    raise ValueError(f"{name}: the channels of {self.groups.roots[s.group][0]}'s group "
+                                     f"do not fall into equal GroupNorm groups; list {name} in "
+                                     f"model.ignore")
+                out[s.group] = ids
+        return out
+
+    def channel_step(self, group: str) -> int:
+        ids = self.partitions.get(group)
+        return 1 if ids is None else int(ids.max()) + 1
+
+    def keep_channels(self, group: str, logits: torch.Tensor, count: int) -> torch.Tensor:
+        """The highest logits; within each partition alike where the group has partitions."""
+        ids = self.partitions.get(group)
+        if ids is None:
+            return super().keep_channels(group, logits, count)
+        parts = int(ids.max()) + 1
+        ids = ids.to(logits.device)
+        kept = [torch.nonzero(ids == p).flatten()[torch.topk(logits[ids == p], count // parts).indices]
+                for p in range(parts)]
+        return torch.sort(torch.cat(kept)).values
 
     def _keep_or_skip(self, name):
         key = group_key(name)
@@ -167,11 +209,11 @@ class UserModel(Supernet):
     def op_weights(self, temperature=None) -> dict[str, torch.Tensor]:
         t = self.temperature if temperature is None else temperature
         if self._restricted is not None:
-            return self._one_hot(self._restricted, dtype=self.temperature.dtype,
+            return self.one_hot(self._restricted, dtype=self.temperature.dtype,
                                  device=self.temperature.device)
         return {key: torch.softmax(a / t, dim=0) for key, a in self.alphas.items()}
 
-    def _one_hot(self, ops, dtype=torch.float64, device=None) -> dict[str, torch.Tensor]:
+    def one_hot(self, ops, dtype=torch.float64, device=None) -> dict[str, torch.Tensor]:
         """Keep/skip weights of a derivation's `ops` (block -> "keep" | "skip"); float64 by
         default, so that counting MACs in the billions stays exact."""
         return {group_key(b): torch.tensor([1.0, 0.0] if ops[b] == "keep" else [0.0, 1.0],
@@ -213,32 +255,30 @@ class UserModel(Supernet):
         return "\n".join(rows)
 
     # -- cost ------------------------------------------------------------------------------------
+    def layer_widths(self, widths) -> list[LayerWidths]:
+        """Every counted layer (conv, linear, norm: those a layer rule covers) with its input
+        and output widths at these group widths (ints, floats or tensors)."""
+        g = self.groups
+        width = lambda spaces, name, m, side: (spaces[name].width(widths) if name in spaces
+                                               else rule.channels(m, side))
+        out = []
+        for name, m, rule, (shape_in, shape_out) in self._counted:
+            c_out = width(g.outputs, name, m, "output")
+            c_in = c_out if rule.same_channels else width(g.inputs, name, m, "input")
+            out.append(LayerWidths(name, m, rule, c_in, c_out, shape_in, shape_out))
+        return out
+
+    def keep_weight(self, layer: str, weights):
+        """The keep weight of the block `layer` lies in (1 outside every block)."""
+        block = self._block(layer)
+        return 1 if block is None else weights[group_key(block)][0]
+
     def _layer_costs(self, widths) -> list[tuple[str, Cost]]:
         """(layer, cost) of every counted layer and pooling at these group widths."""
         g = self.groups
         width = lambda spaces, name, default: spaces[name].width(widths) if name in spaces else default
-        out = []
-        for name, m, (shape_in, shape_out) in self._counted:
-            if isinstance(m, nn.Conv2d):
-                c_out = width(g.outputs, name, m.out_channels)
-                k = m.kernel_size[0] * m.kernel_size[1]
-                per_out = k if is_depthwise(m) else k * width(g.inputs, name, m.in_channels) / m.groups
-                weights = c_out * per_out
-                cost = Cost(weights * shape_out[-2] * shape_out[-1],
-                            weights + (c_out if m.bias is not None else 0))
-            elif isinstance(m, nn.Linear):
-                c_in, c_out = width(g.inputs, name, m.in_features), width(g.outputs, name, m.out_features)
-                rows = math.prod(shape_in[1:]) // m.in_features
-                cost = Cost(c_in * c_out * rows, c_in * c_out + (c_out if m.bias is not None else 0))
-            elif isinstance(m, nn.BatchNorm2d):
-                c = width(g.outputs, name, m.num_features)
-                cost = Cost((2 if m.affine else 1) * c * math.prod(shape_in[2:]), 2 * c if m.affine else 0)
-            else:  # LayerNorm
-                c = width(g.outputs, name, m.normalized_shape[0])
-                affine = m.weight is not None
-                cost = Cost((5 if affine else 4) * c * math.prod(shape_in[1:]) // m.normalized_shape[0],
-                            2 * c if affine else 0)
-            out.append((name, cost))
+        out = [(w.name, w.rule.cost(w.module, w.c_in, w.c_out, w.shape_in, w.shape_out))
+               for w in self.layer_widths(widths)]
         for pool in self.trace.pools:
             out.append((pool.inside, Cost(width(g.outputs, pool.producer, self.trace.shapes[
                 pool.producer][1][1]) * pool.size, 0)))
@@ -249,7 +289,7 @@ class UserModel(Supernet):
     def _fixed_parameters(self):
         """Parameters of layers the cost formulas do not cover (loose parameters outside groups,
         e.g. a class token): counted as they are."""
-        covered = {f"{n}.{p}" for n, m in self.model.named_modules() if isinstance(m, SUPPORTED)
+        covered = {f"{n}.{p}" for n, m in self.model.named_modules() if rule_for(m) is not None
                    for p, _ in m.named_parameters(recurse=False)} | set(self.groups.params)
         return [(n, p) for n, p in self.model.named_parameters() if n not in covered]
 
@@ -278,7 +318,7 @@ class UserModel(Supernet):
 
     def _check_cost(self, model: nn.Module) -> None:
         from maskednas.export.flops import fvcore_report
-        analytic = self.cost(self._one_hot({b: "keep" for b in self.blocks}), self.full_widths())
+        analytic = self.cost(self.one_hot({b: "keep" for b in self.blocks}), self.full_widths())
         flops, params, _ = fvcore_report(model, self.example)
         if (round(float(analytic.macs)), round(float(analytic.params))) != (flops, params):
             raise CostMismatchError(
@@ -286,12 +326,12 @@ class UserModel(Supernet):
                 f"cost model {float(analytic.macs):,.0f} and {float(analytic.params):,.0f}: the "
                 f"network computes with an op this tool does not model (fvcore's count by op: "
                 f"{_by_operator(model, self.example)}; modelled: "
-                f"{', '.join(t.__name__ for t in SUPPORTED)} and adaptive average pooling); its "
+                f"{', '.join(t.__name__ for t in supported_types())} and adaptive average pooling); its "
                 f"cost would be wrong, so this network cannot be pruned here")
 
     # -- records and slimming ----------------------------------------------------------------------
     def architecture(self, ops, widths, mean=(), std=()) -> PrunedArchitecture:
-        cost = self.cost(self._one_hot(ops), widths)
+        cost = self.cost(self.one_hot(ops), widths)
         return PrunedArchitecture(self.space.source, self.in_channels, self.input_size,
                                   self.num_classes, round(float(cost.macs)),
                                   round(float(cost.params)), {k: int(v) for k, v in widths.items()},

@@ -7,8 +7,9 @@ from torch.func import functional_call
 from conftest import randomize, small_config, tiny_space
 from maskednas.pipeline.setup import prepare_search
 from maskednas.search.architect import Architect
-from maskednas.search.penalty import CostPenalty, Targets
-from maskednas.supernet import MacroSupernet, dense_cost, expected_cost
+from maskednas.search.penalty import CostPenalty
+from maskednas.supernet import MacroSupernet, dense_cost
+from maskednas.supernet.cost_model import expected_point
 
 
 def batches(seed=0, n=12, dtype=torch.float32):
@@ -31,7 +32,7 @@ def setup():
     net = MacroSupernet(tiny_space(), 1, 10, 8)
     randomize(net)
     net.train()
-    penalty = CostPenalty(Targets(0.5 * float(dense_cost(net).macs), None), weight=1.0)
+    penalty = CostPenalty(net, {"macs": 0.5 * float(dense_cost(net).macs)}, weight=1.0)
     return net, penalty
 
 
@@ -93,7 +94,7 @@ def test_second_order_gradient_matches_finite_differences(hessian_eps):
     net = MacroSupernet(tiny_space(), 1, 10, 8).double()
     randomize(net)
     net.train()
-    penalty = CostPenalty(Targets(0.4 * float(dense_cost(net).macs), None), weight=1.0)
+    penalty = CostPenalty(net, {"macs": 0.4 * float(dense_cost(net).macs)}, weight=1.0)
     train, val = batches(dtype=torch.float64)
     xi, wd = 0.1, 0.0
     arch = Architect(net, penalty, lr=0.0, order=2, estimator="expected", hessian_eps=hessian_eps)
@@ -111,7 +112,7 @@ def test_second_order_gradient_matches_finite_differences(hessian_eps):
         logits = functional_call(net, {**unrolled, **a}, (val[0],))
         for name, p in a.items():  # the penalty reads the module's own arch parameters
             named[name].data.copy_(p)
-        return F.cross_entropy(logits, val[1]) + penalty(expected_cost(net))
+        return F.cross_entropy(logits, val[1]) + penalty(*expected_point(net))[0]
 
     base = [named[n].detach().clone() for n in arch.arch_names]
     direction = [torch.randn_like(b) for b in base]

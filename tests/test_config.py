@@ -14,7 +14,7 @@ from conftest import small_config
     ("search.epochs=three", "search.epochs must be int, got 'three'"),
     ("search.order=3", "search.order must be 1 (first order) or 2"),
     ("search.warmup_epochs=50", "search.warmup_epochs must be in [0, search.epochs="),
-    ("search.target.macs_fraction=1.5", "search.target.macs_fraction must be in (0, 1]"),
+    ("search.targets.macs.fraction=1.5", "search.targets.macs.fraction must be in (0, 1]"),
     ("search.target.estimator=guess", "must be one of discrete, expected, got 'guess'"),
     ("data.val_fraction=1", "data.val_fraction must be in (0, 1)"),
     ("macro.stages=[{channels: 8, layers: 1, stride: 4}]", "stride 1 or 2"),
@@ -28,8 +28,8 @@ def test_bad_config_values(override, message):
 
 
 def test_scientific_notation_is_a_number():
-    cfg = load_config(None, ["search.target.macs=3e5", "search.w_lr=1e-3"])
-    assert cfg.search.target.macs == 300000.0 and cfg.search.w_lr == 0.001
+    cfg = load_config(None, ["search.targets.macs.value=3e5", "search.w_lr=1e-3"])
+    assert cfg.search.targets["macs"].value == 300000.0 and cfg.search.w_lr == 0.001
     with pytest.raises(ConfigError, match="search.w_lr must be float, got 'fast'"):
         load_config(None, ["search.w_lr=fast"])
 
@@ -53,7 +53,7 @@ def test_data_errors_say_what_is_missing(tmp_path):
 
 
 def test_unreachable_target_fails_before_training(tmp_path):
-    cfg = small_config(tmp_path, "search.target.macs=10", "search.target.macs_fraction=null")
+    cfg = small_config(tmp_path, "search.targets.macs.value=10", "search.targets.macs.fraction=null")
     with pytest.raises(UnreachableTargetError, match="smallest network this search space can reach"):
         prepare_search(cfg, tmp_path)
     assert not (tmp_path / "search.pt").exists()

@@ -9,13 +9,13 @@ import torch
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
 from conftest import synthetic_ms, synthetic_table, tiny_space
-from maskednas.derive.discretize import derive, latency_budget
+from maskednas.derive.discretize import budget, derive
 from maskednas.latency import LatencyModel, LatencyTable, LatencyTableError, measure_table
 from maskednas.latency.cache import obtain_table
 from maskednas.latency.table import TableEntry, grid_widths, monotone
 from maskednas.pipeline import load_config, run
-from maskednas.pipeline.config import ConfigError
-from maskednas.search.penalty import CostPenalty, Targets, UnreachableTargetError, resolve_targets
+from maskednas.pipeline.config import ConfigError, search_goals
+from maskednas.search.penalty import CostPenalty, UnreachableTargetError, resolve_targets
 from maskednas.supernet import MacroSupernet
 from maskednas.supernet.cost_model import discrete_point, expected_point
 
@@ -111,31 +111,29 @@ def test_penalty_pulls_latency_toward_its_target(latency_net):
     net, model = latency_net
     weights, widths = discrete_point(net)
     now = float(model.ms(weights, widths).detach())
-    penalty = CostPenalty(Targets(None, None, latency_ms=0.5 * now), weight=1.0)
-    loss = penalty(net.cost(weights, widths), model.ms(weights, widths))
+    penalty = CostPenalty(net, {"latency_ms": 0.5 * now}, weight=1.0, latency=model)
+    loss, _ = penalty(weights, widths)
     assert float(loss) == pytest.approx(torch.log(torch.tensor(2.0)).item() ** 2)
     grads = torch.autograd.grad(loss, net.arch_parameters(), allow_unused=True)
     assert any(g is not None and g.abs().sum() > 0 for g in grads)
 
 
 def test_unreachable_latency_targets_fail_with_the_reachable_range(latency_net):
-    from maskednas.pipeline.config import TargetConfig
-
     net, model = latency_net
     fastest, dense = model.fastest_ms(), model.dense_ms()
     assert fastest < dense
     with pytest.raises(UnreachableTargetError, match=f"fastest network .* {fastest:.4g} ms"):
-        resolve_targets(TargetConfig(macs_fraction=None, latency_ms=0.9 * fastest), net, 1, model)
+        resolve_targets({"latency_ms": {"value": 0.9 * fastest}}, net, 1, model)
     with pytest.raises(UnreachableTargetError, match=f"above the dense network's {dense:.4g} ms"):
-        resolve_targets(TargetConfig(macs_fraction=None, latency_ms=1.1 * dense), net, 1, model)
-    t = resolve_targets(TargetConfig(macs_fraction=None, latency_fraction=0.5), net, 1, model)
-    assert t.latency_ms == pytest.approx(0.5 * dense) and t.macs is None
+        resolve_targets({"latency_ms": {"value": 1.1 * dense}}, net, 1, model)
+    t = resolve_targets({"latency_ms": {"fraction": 0.5}}, net, 1, model)
+    assert t["latency_ms"] == pytest.approx(0.5 * dense) and "macs" not in t
 
 
 def test_derivation_meets_a_latency_target(latency_net):
     net, model = latency_net
     target = 0.5 * (model.fastest_ms() + model.dense_ms())
-    d = derive(net, latency_budget(model, target), tolerance=0.03)
+    d = derive(net, budget("latency_ms", net, target, model), tolerance=0.03)
     assert abs(model.architecture_ms(d.arch) / target - 1) <= 0.03
 
 
@@ -143,7 +141,7 @@ def test_a_search_meets_a_latency_target_on_a_synthetic_table(tmp_path):
     """train.py's pipeline with a latency target and a given table: the search ends on the
     target (table latency of the network it derives), the derived network is within the
     derivation's tolerance, and the summary has the prediction and a measured figure."""
-    cfg = load_config(None, [*_digits_small(tmp_path), "search.target.latency_fraction=0.5"])
+    cfg = load_config(None, [*_digits_small(tmp_path), "search.targets={latency_ms: {fraction: 0.5}}"])
     net = MacroSupernet(cfg.space_config, 1, 10, 8)
     path = tmp_path / "table.json"
     synthetic_table(net).save(path)
@@ -204,7 +202,7 @@ def test_tables_are_measured_once_then_reused_from_the_cache(tmp_path, monkeypat
         values = entry.values()
         assert (values > 0).all() and torch.equal(monotone(values), values), key
         assert [len(g) for g in entry.grid] == list(values.shape)
-    monkeypatch.setattr("latency.cache.measure_table", lambda *a, **k: pytest.fail("measured again"))
+    monkeypatch.setattr("maskednas.latency.cache.measure_table", lambda *a, **k: pytest.fail("measured again"))
     again = obtain_table(net, **kw).table
     assert again.entries.keys() == first.entries.keys() and again.meta == first.meta
 
@@ -218,19 +216,35 @@ def test_onnxruntime_tables_time_onnx_sessions():
     assert (table.entries["stem"].values() > 0).all()
 
 
-def test_latency_targets_on_the_command_line_replace_the_files_cost_targets():
-    cfg = load_config("configs/digits.yaml", ["search.target.latency_ms=0.5"])
-    assert cfg.search.target.latency_ms == 0.5 and cfg.search.target.macs_fraction is None
-    cfg = load_config("configs/digits.yaml", ["search.target.latency_ms=0.5",
-                                              "search.target.macs_fraction=0.3"])
-    assert (cfg.search.target.latency_ms, cfg.search.target.macs_fraction) == (0.5, 0.3)
+def test_a_target_override_adds_to_the_files_targets_and_never_drops_one():
+    """An override of one target adds it to the file's (digits: MACs at 40%); naming the whole
+    mapping replaces them, and null drops one."""
+    cfg = load_config("configs/digits.yaml", ["search.targets.latency_ms.value=0.5"])
+    assert cfg.search.targets["latency_ms"].value == 0.5
+    assert cfg.search.targets["macs"].fraction == 0.4  # the file's target still applies
+    cfg = load_config(None, ["search.targets.latency_ms.value=0.5"])  # no file: the defaults stay
+    assert cfg.search.targets["macs"].fraction == 0.5 and cfg.search.targets["latency_ms"].value == 0.5
+    cfg = load_config("configs/digits.yaml", ["search.targets={latency_ms: {value: 0.5}}"])
+    assert list(cfg.search.targets) == ["latency_ms"]
+    cfg = load_config("configs/digits.yaml", ["search.targets.latency_ms.value=0.5",
+                                              "search.targets.macs=null"])
+    assert search_goals(cfg).keys() == {"latency_ms"}
     cfg = load_config("configs/digits.yaml", ["seed=3"])
-    assert cfg.search.target.macs_fraction == 0.4  # untouched without a target override
+    assert cfg.search.targets["macs"].fraction == 0.4  # untouched without a target override
+
+
+def test_the_old_target_keys_are_refused_with_the_new_form():
+    with pytest.raises(ConfigError, match=r"'search.target.latency_ms' is now "
+                                          r"'search.targets.latency_ms.value' \(write "
+                                          r"search.targets.latency_ms.value=0.5"):
+        load_config("configs/digits.yaml", ["search.target.latency_ms=0.5"])
+    with pytest.raises(ConfigError, match="'derive.macs' is now 'derive.target.macs'"):
+        load_config("configs/digits.yaml", ["derive.macs=1000"])
 
 
 def test_spaces_without_a_latency_model_refuse_latency_targets():
     with pytest.raises(ConfigError, match="'darts' space has no latency model"):
-        load_config("configs/darts_digits.yaml", ["search.target.latency_ms=1"])
+        load_config("configs/darts_digits.yaml", ["search.targets={latency_ms: {value: 1}}"])
 
 
 def test_a_resumed_search_reads_the_table_its_run_kept(tmp_path, monkeypatch):
@@ -239,16 +253,16 @@ def test_a_resumed_search_reads_the_table_its_run_kept(tmp_path, monkeypatch):
     from maskednas.pipeline.setup import prepare_search
 
     cfg = load_config(None, [*_digits_small(tmp_path), "search.epochs=2",
-                             "search.target.latency_fraction=0.5"])
+                             "search.targets={latency_ms: {fraction: 0.5}}"])
     path = tmp_path / "table.json"
     synthetic_table(MacroSupernet(cfg.space_config, 1, 10, 8)).save(path)
     cfg.latency.table = str(path)
     first = prepare_search(cfg, tmp_path / "run")
     first.run()
     path.unlink()  # the named table is gone; the run's copy remains
-    monkeypatch.setattr("latency.cache.measure_table", lambda *a, **k: pytest.fail("measured again"))
+    monkeypatch.setattr("maskednas.latency.cache.measure_table", lambda *a, **k: pytest.fail("measured again"))
     resumed = prepare_search(load_config(None, [*_digits_small(tmp_path), "search.epochs=3",
-                                                "search.target.latency_fraction=0.5"]),
+                                                "search.targets={latency_ms: {fraction: 0.5}}"]),
                              tmp_path / "run")
     resumed.resume()
     assert resumed.targets == first.targets and resumed.epoch == 2

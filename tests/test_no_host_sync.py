@@ -58,7 +58,7 @@ def test_search_steps_with_a_latency_target_do_not_sync(tmp_path):
     from maskednas.supernet import MacroSupernet
 
     cfg = small_config(tmp_path, "device=cuda", "search.warmup_epochs=0",
-                       "search.target.latency_fraction=0.5")
+                       "search.targets={latency_ms: {fraction: 0.5}}")
     path = tmp_path / "table.json"
     synthetic_table(MacroSupernet(cfg.space_config, 1, 10, 8)).save(path)
     cfg.latency.table = str(path)

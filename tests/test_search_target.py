@@ -8,10 +8,10 @@ from maskednas.pipeline.setup import prepare_search
 
 def test_a_short_default_search_ends_on_its_target(tmp_path):
     cfg = small_config(tmp_path, "search.epochs=5", "search.warmup_epochs=1",
-                       "search.target.macs_fraction=0.4")
+                       "search.targets.macs.fraction=0.4")
     searcher = prepare_search(cfg, tmp_path)
     metrics = searcher.run()
-    target = searcher.targets.macs
+    target = searcher.targets["macs"]
     assert abs(metrics["discrete_macs"] - target) <= cfg.derive.tolerance * target
     d = cfg.derive
     derived = derive(searcher.net, target, d.tolerance, d.round_to, d.min_channels)

@@ -159,7 +159,7 @@ def test_toy_space_slims_to_the_hard_masked_supernet_with_exact_costs(chain_spac
 def test_toy_space_runs_the_whole_pipeline_from_its_config_section(chain_space, tmp_path):
     cfg = load_config(None, ["space=chain", "chain.layers=2", "chain.channels=12",
                              "search.epochs=3", "search.warmup_epochs=1", "finetune.epochs=1",
-                             "data.batch_size=128", "search.target.macs_fraction=0.6"])
+                             "data.batch_size=128", "search.targets.macs.fraction=0.6"])
     assert isinstance(cfg.space_config, ChainConfig) and cfg.space_config.channels == 12
     metrics = run(cfg, tmp_path / "run", report=lambda _: None)
     folder = tmp_path / "run" / "export"

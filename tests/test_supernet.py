@@ -7,7 +7,6 @@ from maskednas.ops import WidthRounding
 from maskednas.export import build
 from maskednas.derive import derive
 from maskednas.export.flops import fvcore_report
-from maskednas.pipeline.config import TargetConfig
 from maskednas.search.penalty import UnreachableTargetError, resolve_targets
 from maskednas.supernet import MacroSpaceConfig, MacroSupernet, StageSpec, dense_cost, expected_cost, smallest_cost
 from maskednas.supernet.cost_model import discrete_cost
@@ -101,18 +100,18 @@ def test_expected_cost_by_hand_for_a_one_layer_space():
 
 def test_fractional_and_absolute_targets(tiny_net):
     dense = dense_cost(tiny_net)
-    t = resolve_targets(TargetConfig(macs_fraction=0.5), tiny_net)
-    assert t.macs == 0.5 * dense.macs and t.params is None
-    t = resolve_targets(TargetConfig(macs=12345, macs_fraction=0.5, params_fraction=0.5), tiny_net)
-    assert t.macs == 12345 and t.params == 0.5 * dense.params
+    t = resolve_targets({"macs": {"fraction": 0.5}}, tiny_net)
+    assert t["macs"] == 0.5 * dense.macs and "params" not in t
+    t = resolve_targets({"macs": {"value": 12345, "fraction": 0.5}, "params": {"fraction": 0.5}}, tiny_net)
+    assert t["macs"] == 12345 and t["params"] == 0.5 * dense.params
 
 
 def test_unreachable_target_fails_with_the_smallest_reachable_figure(tiny_net):
     smallest = smallest_cost(tiny_net).macs
     with pytest.raises(UnreachableTargetError) as e:
-        resolve_targets(TargetConfig(macs=smallest - 1, macs_fraction=None), tiny_net)
+        resolve_targets({"macs": {"value": smallest - 1}}, tiny_net)
     assert f"{smallest:,.0f}" in str(e.value)
-    resolve_targets(TargetConfig(macs=smallest, macs_fraction=None), tiny_net)  # reachable: fine
+    resolve_targets({"macs": {"value": smallest}}, tiny_net)  # reachable: fine
 
 
 def test_fixed_supernet_runs_only_the_chosen_op(tiny_net):

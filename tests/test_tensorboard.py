@@ -44,7 +44,7 @@ def test_masks_channels_and_cost_against_target(logged_run):
         assert f"mask/{group}" in tags["histograms"]
         kept = values(events, f"channels/{group}")
         assert all(0 <= k <= mask.channels for k in kept)
-    assert values(events, "cost/target_macs") == [pytest.approx(searcher.targets.macs)] * 3
+    assert values(events, "cost/target_macs") == [pytest.approx(searcher.targets["macs"])] * 3
     assert values(events, "cost/expected_macs")[-1] == pytest.approx(
         searcher.history[-1]["expected_macs"], rel=1e-6)
     assert values(events, "cost/discrete_macs")[-1] == pytest.approx(

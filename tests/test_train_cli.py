@@ -61,7 +61,7 @@ def test_derive_again_with_another_target_without_searching(run):
     before = (run_dir / "search.pt").read_bytes()
     target = round(0.7 * metrics["target_macs"])
     cli("--run", str(run_dir), "--stages", "derive,export", "--export-name", "export_small",
-        f"derive.macs={target}")
+        f"derive.target.macs={target}")
     again = json.loads((run_dir / "summary-export_small.json").read_text())
     assert (run_dir / "search.pt").read_bytes() == before  # the search was not touched
     assert abs(again["macs"] - target) <= 0.03 * target
