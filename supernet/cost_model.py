@@ -25,7 +25,7 @@ def _surrogate(net, temperature) -> tuple[dict, dict]:
     """Op weights and gates of the relaxation whose gradients the penalty passes on.
 
     At the search temperature (`None`) they vanish as it cools: sigmoid(l / T) at T = 0.01 has
-    zero gradient for every logit beyond about 0.2 (issue 18 measured 76% of the mask logits'
+    zero gradient for every logit beyond about 0.2 (measured: 76% of the mask logits'
     penalty gradients exactly 0 in the last epoch), so the architecture froze off its target.
     At a fixed temperature (1 by default) the penalty keeps pulling every choice while the
     forward pass anneals."""

@@ -1,4 +1,4 @@
-"""The search ends at its target (issue 18, part 3): the network derived from the supernet as the
+"""The search ends at its target: the network derived from the supernet as the
 last search epoch leaves it is within the derivation's tolerance of the MACs target, so that the
 discretizer changes nothing."""
 from conftest import small_config
