@@ -65,6 +65,10 @@ class ChannelGroups:
     params: dict[str, ChannelSpace]  # unwrapped parameter (e.g. ConvNeXt's layer scale) -> its channels
     skipped: dict[str, str]  # root layer -> why its group is left unpruned
     members: dict[str, set[str]] = field(default_factory=dict)  # group -> layer names
+    # group -> the Torch-Pruning groups merged into it (a grouped convolution's output channels):
+    # (root layer, handler, the merged group's channel matching each of this group's channels)
+    linked: dict[str, list[tuple[str, object, torch.Tensor]]] = field(default_factory=dict)
+    grouped_convs: list[str] = field(default_factory=list)  # pruned by whole groups
 
 
 def group_key(name: str) -> str:
@@ -129,7 +133,53 @@ def discover(model: nn.Module, example: torch.Tensor, head: nn.Module,
             repeat = len(idxs) // size
             spaces[name].slices.append(Slice(key, torch.as_tensor([int(i) for i in idxs]), repeat))
             out.members[key].add(name)
+    _link_grouped_convs(model, out)
     return out
+
+
+def _link_grouped_convs(model: nn.Module, out: ChannelGroups) -> None:
+    """A grouped convolution is pruned by whole groups, each with its input and output channels:
+    its output channel group is merged into its input channel group, channel by channel at the
+    same position of the convolution, so that one mask decides both sides."""
+    for name, m in model.named_modules():
+        if not (isinstance(m, nn.Conv2d) and rule_for(m) is LAYER_RULES.get("grouped_conv")):
+            continue
+        ins, outs = out.inputs.get(name), out.outputs.get(name)
+        whole = lambda space, size: (space is not None and len(space.slices) == 1 and
+                                     space.slices[0].repeat == 1 and len(space.slices[0].index) == size)
+        if not (whole(ins, m.in_channels) and whole(outs, m.out_channels)):
+            for space in (ins, outs):
+                for group in {s.group for s in (space.slices if space else [])}:
+                    _leave_whole(out, group, f"{name} is a grouped convolution whose inputs or outputs "
+                                             f"are not one whole channel group")
+            continue
+        (into, a_index), (merged, b_index) = [(s.group, s.index) for s in (ins.slices[0], outs.slices[0])]
+        out.grouped_convs.append(name)
+        if into == merged:
+            continue
+        at_position = torch.empty_like(b_index)
+        at_position[b_index] = torch.arange(len(b_index))
+        match = at_position[a_index]  # the output group's channel beside each input channel
+        for space in [*out.inputs.values(), *out.outputs.values(), *out.params.values()]:
+            for s in space.slices:
+                if s.group == merged:
+                    s.group, s.index = into, s.index.view(-1, s.repeat)[match].flatten()
+        out.linked.setdefault(into, []).append((*out.roots[merged], match))
+        for root, handler, inner in out.linked.pop(merged, []):
+            out.linked[into].append((root, handler, inner[match]))
+        out.members[into] |= out.members.pop(merged)
+        del out.sizes[merged], out.roots[merged]
+
+
+def _leave_whole(out: ChannelGroups, group: str, why: str) -> None:
+    """Drop `group` from the pruned ones: its layers keep all its channels."""
+    if group not in out.sizes:
+        return
+    out.skipped[out.roots[group][0]] = why
+    for space in [*out.inputs.values(), *out.outputs.values(), *out.params.values()]:
+        space.slices = [s for s in space.slices if s.group != group]
+    for key in ("sizes", "roots", "members", "linked"):
+        getattr(out, key).pop(group, None)
 
 
 def _space_size(model: nn.Module, name: str, side: str) -> int:

@@ -144,42 +144,55 @@ class UserModel(Supernet):
             return rule.normalize(m, args[0], space.gate(self._state[0]))
         return hook
 
-    def _partitions(self, modules: dict[str, nn.Module]) -> dict[str, torch.Tensor]:
-        """Per group read by a layer whose channel partitions must stay equal (GroupNorm's
-        groups): the partition of each group channel, the common refinement where several such
-        layers read it (GroupNorm(8) and GroupNorm(4) over one stream: 8 cells). The group keeps
-        equally many channels in every cell, so every layer's groups stay equal (`channel_step`,
-        `keep_channels`)."""
+    def _partitions(self, modules: dict[str, nn.Module]) -> dict[str, tuple[torch.Tensor, bool]]:
+        """Per group read by a layer whose channel partitions pruning must respect: the
+        partition (cell) of each group channel, and whether cells go whole (a grouped
+        convolution's groups) or each keeps equally many channels (GroupNorm's groups). Where
+        several layers partition one group, the cells are their common refinement (GroupNorm(8)
+        and GroupNorm(4) over one stream: 8 cells). See `channel_step`, `keep_channels`."""
         out = {}
-        for name, space in self.groups.outputs.items():
+        for name, space in [*self.groups.inputs.items(), *self.groups.outputs.items()]:
             rule = rule_for(modules[name])
             parts = rule.partitions(modules[name]) if rule is not None else 1
             if parts == 1:
                 continue
             for s in space.slices:
-                ids = s.index // (space.size // parts)
+                ids, whole = s.index // (space.size // parts), rule.whole_partitions
                 if s.group in out:  # refine: a cell per combination of partitions
-                    ids = torch.unique(out[s.group] * parts + ids, return_inverse=True)[1]
+                    before, was_whole = out[s.group]
+                    if was_whole != whole:
+                        raise ValueError(f"{name}: {self.groups.roots[s.group][0]}'s channel group runs "
+                                         f"through a grouped convolution and a GroupNorm; list {name} "
+                                         f"in model.ignore")
+                    ids = torch.unique(before * parts + ids, return_inverse=True)[1]
                 if len(set(torch.bincount(ids).tolist())) != 1:
                     raise ValueError(f"{name}: the channels of {self.groups.roots[s.group][0]}'s group "
-                                     f"do not fall into equal GroupNorm groups; list {name} in "
-                                     f"model.ignore")
-                out[s.group] = ids
+                                     f"do not fall into equal groups; list {name} in model.ignore")
+                out[s.group] = (ids, whole)
         return out
 
     def channel_step(self, group: str) -> int:
-        ids = self.partitions.get(group)
-        return 1 if ids is None else int(ids.max()) + 1
+        """Kept counts are multiples of this: the number of cells (each keeps as many), or a
+        cell's size (cells go whole)."""
+        if group not in self.partitions:
+            return 1
+        ids, whole = self.partitions[group]
+        cells = int(ids.max()) + 1
+        return len(ids) // cells if whole else cells
 
     def keep_channels(self, group: str, logits: torch.Tensor, count: int) -> torch.Tensor:
-        """The highest logits; within each partition alike where the group has partitions."""
-        ids = self.partitions.get(group)
-        if ids is None:
+        """The highest logits; where the group has cells, the best of each cell alike, or the
+        whole cells of the highest mean logit."""
+        if group not in self.partitions:
             return super().keep_channels(group, logits, count)
-        parts = int(ids.max()) + 1
-        ids = ids.to(logits.device)
-        kept = [torch.nonzero(ids == p).flatten()[torch.topk(logits[ids == p], count // parts).indices]
-                for p in range(parts)]
+        ids, whole = self.partitions[group]
+        ids, cells = ids.to(logits.device), int(ids.max()) + 1
+        members = [torch.nonzero(ids == c).flatten() for c in range(cells)]
+        if whole:
+            means = torch.stack([logits[m].mean() for m in members])
+            kept = [members[c] for c in torch.topk(means, count // len(members[0])).indices.tolist()]
+        else:
+            kept = [m[torch.topk(logits[m], count // cells).indices] for m in members]
         return torch.sort(torch.cat(kept)).values
 
     def _keep_or_skip(self, name):
@@ -356,16 +369,42 @@ class UserModel(Supernet):
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
             dg = tp.DependencyGraph().build_dependency(pruned.eval(), example_inputs=self.example)
+            grouped = {pruned.get_submodule(n) for n in self.groups.grouped_convs}
             for key, kept in keep.items():
                 root, handler = self.groups.roots[key]
                 drop = sorted(set(range(self.groups.sizes[key])) - set(kept.tolist()))
-                if drop:
+                if not drop:
+                    continue
+                linked = [(r, h, match[drop]) for r, h, match in self.groups.linked.get(key, [])]
+                for root, handler, channels in [(root, handler, drop), *linked]:
                     layer = pruned.get_submodule(root)
-                    dg.get_pruning_group(layer, getattr(dg.get_pruner_of_module(layer), handler.__name__),
-                                         drop).prune()
+                    group = dg.get_pruning_group(layer, getattr(dg.get_pruner_of_module(layer), handler.__name__),
+                                                 sorted(int(c) for c in channels))
+                    # Torch-Pruning would slice a grouped convolution's inputs channel by channel:
+                    # it loses whole groups below instead
+                    group._group = [item for item in group.items if item.dep.target.module not in grouped]
+                    group.prune(record_history=False)
+        for name in self.groups.grouped_convs:
+            self._keep_whole_groups(pruned.get_submodule(name), name, keep)
         remove_blocks(pruned, arch.removed)
         pruned.arch = replace(arch, modules=changed_layers(self.teacher[0], pruned))
         return pruned.to(next(self.parameters()).device)
+
+
+    def _keep_whole_groups(self, conv: nn.Conv2d, name: str, keep) -> None:
+        """A grouped convolution with the kept groups' filters only (each reads its own inputs,
+        so the input dimension keeps its per-group width)."""
+        (s,) = self.groups.outputs[name].slices
+        if s.group not in keep:
+            return
+        dense = self.model.get_submodule(name)
+        positions = torch.sort(s.index[keep[s.group].cpu()]).values
+        conv.weight = nn.Parameter(conv.weight.detach()[positions].clone())
+        if conv.bias is not None:
+            conv.bias = nn.Parameter(conv.bias.detach()[positions].clone())
+        conv.out_channels = len(positions)
+        conv.groups = len(positions) // (dense.out_channels // dense.groups)
+        conv.in_channels = conv.groups * (dense.in_channels // dense.groups)
 
 
 def _by_operator(model: nn.Module, example: torch.Tensor) -> dict[str, int]:

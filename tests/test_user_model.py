@@ -46,11 +46,19 @@ def test_support_matrix(matrix, source):
     assert abs(r["macs"] / r["dense_macs"] - 0.5) <= 0.03
 
 
-def test_grouped_convolutions_are_left_whole_and_named_once(matrix):
-    r = matrix[1]["timm:regnetx_002"]
-    assert r["skipped_groups"] > 0 and len(r["left_unpruned"]) == 1
-    assert "grouped convolution" in r["left_unpruned"][0]
-    assert all(s["skipped_groups"] == 0 for src, s in matrix[1].items() if "regnet" not in src)
+@pytest.mark.parametrize("source", ["timm:regnetx_002", "torchvision:regnet_y_400mf",
+                                    "torchvision:resnext50_32x4d"])
+def test_grouped_convolutions_lose_whole_groups(matrix, source):
+    """No channel group is left whole anywhere; the grouped convolutions of RegNet and ResNeXt
+    keep fewer groups of their original width."""
+    assert all(s["skipped_groups"] == 0 and not s["left_unpruned"] for s in matrix[1].values())
+    r = matrix[1][source]
+    dense = {n: m for n, m in build_source(source, 10, 3).named_modules()
+             if isinstance(m, nn.Conv2d) and 1 < m.groups < m.in_channels}
+    pruned = dict(r["model"].named_modules())
+    assert dense and all(pruned[n].in_channels // pruned[n].groups == m.in_channels // m.groups
+                         for n, m in dense.items() if n in pruned)
+    assert any(pruned[n].groups < m.groups for n, m in dense.items() if n in pruned)
 
 
 def test_exports_load_in_a_fresh_process_with_identical_outputs(matrix):

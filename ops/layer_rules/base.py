@@ -36,9 +36,12 @@ class LayerRule:
     gate_input: Callable[[nn.Module, torch.Tensor, torch.Tensor], torch.Tensor] | None = None
     # (module, x, gate vector) -> its output with gate-weighted statistics (norms over channels)
     normalize: Callable[[nn.Module, torch.Tensor, torch.Tensor], torch.Tensor] | None = None
-    # how many equal, contiguous partitions of its channels must keep equally many channels
-    # (GroupNorm's groups); 1: none
+    # how many equal, contiguous partitions its channels fall into that pruning must respect
+    # (GroupNorm's groups, a grouped convolution's groups); 1: none
     partitions: Callable[[nn.Module], int] = lambda m: 1
+    # whether pruning removes whole partitions (a grouped convolution's groups) rather than
+    # keeping equally many channels in each (GroupNorm's)
+    whole_partitions: bool = False
     # the plain int attributes slimming changes (rebuilt from the export's record)
     width_attributes: tuple[str, ...] = ()
     # why this layer cannot be pruned (None: it can)

@@ -1,5 +1,5 @@
 """Conv2d: dense (its input gated channel by channel) and depthwise (channel-wise: nothing to
-gate, one width). A grouped convolution's groups would have to shrink together: refused."""
+gate, one width). Grouped convolutions have a rule of their own (grouped_conv.py)."""
 from __future__ import annotations
 
 from torch import nn
@@ -26,14 +26,8 @@ def _gate(m, x, gate):
     return x * gate.view(1, -1, 1, 1).to(x.dtype)
 
 
-def _grouped(m: nn.Conv2d) -> str | None:
-    if m.groups > 1 and not is_depthwise(m):
-        return f"grouped convolution (groups={m.groups}) whose groups would have to shrink together"
-    return None
-
-
 WIDTHS = ("in_channels", "out_channels", "groups")
 register_layer_rule("conv", LayerRule(nn.Conv2d, _channels, _cost, gate_input=_gate,
-                                      width_attributes=WIDTHS, unsupported=_grouped))
+                                      width_attributes=WIDTHS))
 register_layer_rule("depthwise_conv", LayerRule(nn.Conv2d, _channels, _cost, same_channels=True,
                                                 width_attributes=WIDTHS, applies=is_depthwise))
