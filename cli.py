@@ -32,8 +32,7 @@ from maskednas import parallel
 from maskednas.pipeline import STAGES, ConfigError, RunConfig, check_stages, load_config, run, to_dict
 from maskednas.pipeline.config import (LATER_STAGES_MAY_CHANGE, RESUME_MAY_CHANGE, apply_override,
                                        check_changes, from_dict, is_plain_name, plain_name_error, read_yaml,
-                                       validate)
-from maskednas.pipeline.config import shipped_configs
+                                       shipped_configs, upgrade_moved_keys, validate)
 from maskednas.export.inspect import describe_export
 from maskednas.pipeline.setup import (apply_threads, build_supernet, check_ranks, data_meta,
                                       latency_model, load_data, preflight, select_device)
@@ -89,10 +88,16 @@ def resolve_run(args) -> tuple[RunConfig, Path]:
     if not (run_dir / "config.yaml").is_file():
         raise ConfigError(f"{run_dir} is not a run directory: it has no config.yaml")
     data = read_yaml(run_dir / "config.yaml")
+    moved = upgrade_moved_keys(data)
+    if moved:
+        print(f"note: {run_dir}/config.yaml has the earlier target keys; read as {', '.join(moved)}",
+              file=sys.stderr)
     before = from_dict(RunConfig, data)
     checkpoint = run_dir / Searcher.CHECKPOINT
     if checkpoint.is_file():  # the config the search really ran with
-        before = from_dict(RunConfig, load_checkpoint(checkpoint, "search")["config"])
+        saved = load_checkpoint(checkpoint, "search")["config"]
+        upgrade_moved_keys(saved)
+        before = from_dict(RunConfig, saved)
     elif args.run:
         raise ConfigError(f"{run_dir} has no search checkpoint ({checkpoint.name}) to derive from; "
                           f"finish its search with --resume {run_dir}")

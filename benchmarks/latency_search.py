@@ -58,11 +58,12 @@ def preset(name: str, quick: bool, out: Path) -> dict:
     config, extra, macs_fractions = PRESETS[name]
     extra = [*extra, *(QUICK if quick else []), f"latency.cache_dir={out / 'tables'}"]
     runs = []
-    for kind, key, fractions in (("latency", "latency_fraction", LATENCY_FRACTIONS),
-                                 ("macs", "macs_fraction", macs_fractions)):
+    for kind, key, fractions in (("latency", "latency_ms", LATENCY_FRACTIONS),
+                                 ("macs", "macs", macs_fractions)):
         for f in fractions:
             runs.append({"kind": kind, "fraction": f, **one_run(
-                config, [*extra, f"search.target.{key}={f}"], out, f"{name}-{kind}{f:.3g}")})
+                config, [*extra, f"search.targets={{{key}: {{fraction: {f}}}}}"], out,  # this target alone
+                f"{name}-{kind}{f:.3g}")})
             print(json.dumps(runs[-1]), flush=True)
     first = runs[0]["latency"]
     return {"preset": name, "config": config, "dense_measured_ms": first["dense_measured_ms"],

@@ -33,6 +33,8 @@ def describe_export(folder: str | Path) -> str:
              f"{arch.in_channels} channel(s), {arch.num_classes} classes"]
     lines += _layers(arch)
     lines.append(f"cost: {int(cost.macs):,} MACs, {int(cost.params):,} params")
+    lines += [f"cost target {name}: {f['exported']:.6g} (target {f['target']:.6g}, dense {f['dense']:.6g})"
+              for name, f in metrics.get("cost_targets", {}).items()]
     lines += [f"{key}: {value}" for key, value in metrics.items() if not isinstance(value, dict)]
     return "\n".join(lines)
 

@@ -237,7 +237,7 @@ def _build(cls: type, data: dict, prefix: str = "", exclude: tuple[str, ...] = (
     moved = [k for k in unknown if _join(prefix, k) in MOVED_KEYS]
     if moved:
         old, new = _join(prefix, moved[0]), MOVED_KEYS[_join(prefix, moved[0])]
-        raise ConfigError(f"config key '{old}' is now '{new}' (write {new}={data[moved[0]]!r}; "
+        raise ConfigError(f"config key '{old}' is now '{new}' (write {new}={data[moved[0]]}; "
                           f"every registered cost target is configured this way)")
     if unknown:
         where = f"in '{prefix}'" if prefix else "at the top level"
@@ -355,6 +355,33 @@ MOVED_KEYS = {"search.target.macs": "search.targets.macs.value",
               "derive.macs": "derive.target.macs", "derive.latency_ms": "derive.target.latency_ms"}
 
 
+def upgrade_moved_keys(data: dict) -> list[str]:
+    """A saved run's config (config.yaml, a checkpoint) in the current form: the fixed target
+    fields it was written with become `search.targets` and `derive.target` (exactly the targets
+    it had). Returns what was moved, for the command to say."""
+    moved, names = [], set()
+    for old, new in MOVED_KEYS.items():
+        section, key = old.rsplit(".", 1)
+        node = data
+        for part in section.split("."):
+            node = node.get(part) if isinstance(node, dict) else None
+        if not isinstance(node, dict) or key not in node:
+            continue
+        value = node.pop(key)
+        if value is None:
+            continue
+        parts, target = new.split("."), data
+        for part in parts[:-1]:
+            target = target.setdefault(part, {})
+        target[parts[-1]] = value
+        moved.append(f"{old} -> {new}")
+        names |= {parts[2]} if parts[:2] == ["search", "targets"] else set()
+    if names:  # the saved run's targets, and only those (not the defaults)
+        targets = data["search"]["targets"]
+        data["search"]["targets"] = {n: targets[n] for n in targets if n in names}
+    return moved
+
+
 def load_config(path: str | Path | None = None, overrides: list[str] = ()) -> RunConfig:
     """The file's config (a path, or a shipped config's name) with the overrides applied.
 
@@ -373,12 +400,13 @@ def load_config(path: str | Path | None = None, overrides: list[str] = ()) -> Ru
     keys = [a.split("=", 1)[0].strip() for a in overrides]
     search = data.get("search")
     if any(k.startswith("search.targets.") for k in keys) and (search is None or (
-            isinstance(search, dict) and "targets" not in search)):  # the defaults, then the override
+            isinstance(search, dict) and search.get("targets") is None)):  # the defaults, then the override
         data.setdefault("search", {})["targets"] = to_dict(SearchConfig())["targets"]
     for key in keys:  # a value given for a target replaces its fraction, and the other way round
         parts = key.split(".")
         if len(parts) == 4 and parts[:2] == ["search", "targets"] and parts[3] in ("value", "fraction"):
-            goal = data.get("search", {}).get("targets", {}).get(parts[2])
+            targets = data.get("search", {}).get("targets") if isinstance(data.get("search"), dict) else None
+            goal = targets.get(parts[2]) if isinstance(targets, dict) else None
             if isinstance(goal, dict):
                 goal.pop("fraction" if parts[3] == "value" else "value", None)
     for assignment in overrides:

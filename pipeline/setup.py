@@ -2,6 +2,8 @@
 which compact models are trained and evaluated."""
 from __future__ import annotations
 
+import copy
+
 import itertools
 import random
 from dataclasses import asdict, dataclass
@@ -14,7 +16,7 @@ from maskednas import parallel
 from maskednas.datasource import DeviceLoader, ImageData, load_dataset
 from maskednas.latency.cache import obtain_table, save_run_copy
 from maskednas.pipeline.config import (ConfigError, FinetuneConfig, RunConfig, from_dict, search_goals,
-                                       to_dict, uses_latency)
+                                       to_dict, upgrade_moved_keys, uses_latency)
 from maskednas.search.loop import Searcher
 from maskednas.search.penalty import resolve_targets
 from maskednas.supernet import SPACES
@@ -164,7 +166,9 @@ def preflight(cfg: RunConfig, data: ImageData, run_dir: Path | None = None) -> N
 
 def restore_supernet(state: dict, device) -> tuple[torch.nn.Module, RunConfig, DataMeta]:
     """Rebuild a searched supernet from a search checkpoint (its config and data are inside)."""
-    cfg = from_dict(RunConfig, state["config"])
+    saved = copy.deepcopy(state["config"])
+    upgrade_moved_keys(saved)  # a checkpoint written with the earlier target keys
+    cfg = from_dict(RunConfig, saved)
     meta = DataMeta(**{k: tuple(v) if isinstance(v, list) else v for k, v in state["data"].items()})
     net = build_supernet(cfg, meta, device)
     net.load_state_dict(state["model"])

@@ -169,6 +169,8 @@ def _link_grouped_convs(model: nn.Module, out: ChannelGroups) -> None:
             out.linked[into].append((root, handler, inner[match]))
         out.members[into] |= out.members.pop(merged)
         del out.sizes[merged], out.roots[merged]
+    # a group left whole after its convolution was linked takes the convolution with it
+    out.grouped_convs = [n for n in out.grouped_convs if out.outputs[n].slices and out.inputs[n].slices]
 
 
 def _leave_whole(out: ChannelGroups, group: str, why: str) -> None:

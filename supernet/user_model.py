@@ -108,8 +108,12 @@ class UserModel(Supernet):
         # what the cost formulas read, gathered once (the penalty evaluates them every step)
         self._counted = [(name, modules[name], rule_for(modules[name]), shapes)
                          for name, shapes in self.trace.shapes.items()]
+        self._own_params = {n.rpartition(".")[0]: space for n, space in self.groups.params.items()
+                            if rule_for(model.get_submodule(n.rpartition(".")[0])) is not None}
+        # loose parameters outside layers with a rule (a rule's cost counts its own parameters)
         self._loose = [(name, space, model.get_parameter(name).numel() // space.size)
-                       for name, space in self.groups.params.items()]
+                       for name, space in self.groups.params.items()
+                       if rule_for(model.get_submodule(name.rpartition(".")[0])) is None]
         self._fixed = [(name, p.numel()) for name, p in self._fixed_parameters()]
         self._check_cost(model)
 
@@ -120,11 +124,11 @@ class UserModel(Supernet):
         handles = []
         for name, space in self.groups.inputs.items():
             rule = rule_for(modules[name])
-            if rule is not None and rule.gate_input is not None:
+            if rule is not None and rule.gate_input is not None and space.slices:
                 handles.append(modules[name].register_forward_pre_hook(self._gate_input(space, rule)))
         for name, space in self.groups.outputs.items():
             rule = rule_for(modules[name])
-            if rule is not None and rule.normalize is not None:
+            if rule is not None and rule.normalize is not None and space.slices:
                 handles.append(modules[name].register_forward_hook(self._weighted_norm(space, rule)))
         for name in self.blocks:
             handles.append(modules[name].register_forward_hook(self._keep_or_skip(name)))
@@ -276,7 +280,9 @@ class UserModel(Supernet):
                                                else rule.channels(m, side))
         out = []
         for name, m, rule, (shape_in, shape_out) in self._counted:
-            c_out = width(g.outputs, name, m, "output")
+            # a layer Torch-Pruning knows only by its parameter (a user's layer): that one's channels
+            outputs = g.outputs if name in g.outputs or name not in self._own_params else self._own_params
+            c_out = width(outputs, name, m, "output")
             c_in = c_out if rule.same_channels else width(g.inputs, name, m, "input")
             out.append(LayerWidths(name, m, rule, c_in, c_out, shape_in, shape_out))
         return out

@@ -57,3 +57,19 @@ def test_unreachable_target_fails_before_training(tmp_path):
     with pytest.raises(UnreachableTargetError, match="smallest network this search space can reach"):
         prepare_search(cfg, tmp_path)
     assert not (tmp_path / "search.pt").exists()
+
+
+def test_a_saved_run_with_the_earlier_target_keys_reads_as_the_new_form():
+    from maskednas.pipeline.config import RunConfig, from_dict, to_dict, upgrade_moved_keys
+    saved = to_dict(load_config("digits"))
+    saved["search"].pop("targets")
+    saved["search"]["target"].update(macs=None, macs_fraction=0.4, params=None, params_fraction=None,
+                                     latency_ms=None, latency_fraction=None)
+    saved["derive"].pop("target")
+    saved["derive"].update(macs=2e5, latency_ms=None)
+    moved = upgrade_moved_keys(saved)
+    assert moved == ["search.target.macs_fraction -> search.targets.macs.fraction",
+                     "derive.macs -> derive.target.macs"]
+    cfg = from_dict(RunConfig, saved)
+    assert list(cfg.search.targets) == ["macs"] and cfg.search.targets["macs"].fraction == 0.4
+    assert cfg.derive.target == {"macs": 2e5}

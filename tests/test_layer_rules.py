@@ -98,3 +98,63 @@ def test_a_layer_without_a_rule_is_left_unpruned_with_the_way_to_add_one():
     from maskednas.supernet.channel_groups import _why_unsupported
     assert "register_layer_rule" in _why_unsupported(model[1])
     assert _why_unsupported(model[0]) is None
+
+
+class ChannelScale(nn.Module):
+    """A user's own layer: one weight per channel (Torch-Pruning slims it as a loose parameter)."""
+
+    def __init__(self, channels: int):
+        super().__init__()
+        self.weight = nn.Parameter(torch.ones(1, channels, 1, 1))
+
+    def forward(self, x):
+        return x * self.weight
+
+
+def scaled_net(num_classes: int = 10, in_channels: int = 3) -> nn.Module:
+    return nn.Sequential(nn.Conv2d(in_channels, 16, 3, padding=1), ChannelScale(16), nn.ReLU(),
+                         nn.Conv2d(16, 16, 3, padding=1), nn.BatchNorm2d(16), nn.ReLU(),
+                         nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(16, num_classes))
+
+
+@pytest.fixture
+def channel_scale_rule():
+    from maskednas import LayerRule, register_layer_rule
+    from maskednas.ops import Cost
+    rule = register_layer_rule("channel_scale", LayerRule(
+        ChannelScale, channels=lambda m, side: m.weight.shape[1], same_channels=True,
+        cost=lambda m, c_in, c_out, shape_in, shape_out: Cost(0, c_out)))
+    yield rule
+    del LAYER_RULES._obj_map["channel_scale"]
+
+
+def test_a_users_registered_layer_is_counted_once_and_prunes_exactly(channel_scale_rule, tmp_path):
+    net = UserModel(ModelSpaceConfig(source="test_layer_rules:scaled_net"), 3, 10, 16)
+    assert rule_for(net.model[1]) is channel_scale_rule and not net.groups.skipped
+    r = check("test_layer_rules:scaled_net", 16, export_to=tmp_path / "export")
+    assert r["gap"] <= 1e-5 * r["scale"]
+    assert (r["macs"], r["params"]) == (r["fvcore_macs"], r["fvcore_params"])
+    assert r["model"][1].weight.shape[1] < 16  # its channels went with the group
+
+
+def ln_gn_net(num_classes: int = 10, in_channels: int = 3) -> nn.Module:
+    class ChannelsLastNorm(nn.Module):
+        def __init__(self, c):
+            super().__init__()
+            self.norm = nn.LayerNorm(c)
+
+        def forward(self, x):
+            return self.norm(x.permute(0, 2, 3, 1)).permute(0, 3, 1, 2)
+
+    return nn.Sequential(nn.Conv2d(in_channels, 16, 3, padding=1), nn.GroupNorm(4, 16), nn.ReLU(),
+                         nn.Conv2d(16, 16, 3, padding=1), ChannelsLastNorm(16), nn.ReLU(),
+                         nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(16, num_classes))
+
+
+def test_the_penalty_differentiates_through_norm_layer_costs():
+    """MACs of LayerNorm and GroupNorm layers at tensor widths: a gradient for every mask."""
+    from maskednas.supernet.cost_model import discrete_point
+    net = UserModel(ModelSpaceConfig(source="test_layer_rules:ln_gn_net"), 3, 10, 16)
+    macs = net.cost(*discrete_point(net)).macs
+    grads = torch.autograd.grad(macs, [m.logits for m in net.masks.values()])
+    assert len(grads) == 2 and all(g.abs().sum() > 0 for g in grads)

@@ -64,6 +64,13 @@ def test_every_room_imports_only_rooms_below_it():
     assert violations() == []
 
 
+def test_every_installed_subpackage_is_a_room():
+    """A new top-level folder must take its place in the order."""
+    import tomllib
+    packages = tomllib.loads((ROOT / "pyproject.toml").read_text())["tool"]["setuptools"]["packages"]
+    assert {p.split(".")[1] for p in packages if p.count(".") >= 1} == LIBRARY_ROOMS
+
+
 def test_the_check_fails_on_a_planted_upward_import(tmp_path):
     """An upward import, a bare one and a relative one that climbs are each caught."""
     for room in LIBRARY_ROOMS:

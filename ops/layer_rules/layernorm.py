@@ -14,8 +14,8 @@ from maskednas.ops.layer_rules.base import LayerRule, register_layer_rule
 
 def _cost(m: nn.LayerNorm, c_in, c, shape_in, shape_out) -> Cost:
     affine = m.weight is not None
-    return Cost((5 if affine else 4) * c * math.prod(shape_in[1:]) // m.normalized_shape[0],
-                2 * c if affine else 0)
+    rows = math.prod(shape_in[1:]) // m.normalized_shape[0]  # positions normalised per sample
+    return Cost((5 if affine else 4) * c * rows, 2 * c if affine else 0)
 
 
 def _normalize(m: nn.LayerNorm, x: torch.Tensor, gate: torch.Tensor) -> torch.Tensor:

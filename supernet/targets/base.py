@@ -95,7 +95,8 @@ class CostTarget:
 
 
 def register_cost_target(cls: type[CostTarget]) -> type[CostTarget]:
-    """Class decorator: make `cls` selectable as `search.targets.<cls.name>`.
+    """Class decorator: make `cls` selectable as `search.targets.<cls.name>` in configs loaded
+    after it is registered (in Python: the command imports no user code).
 
     >>> from maskednas import CostTarget, register_cost_target, COST_TARGETS
     >>> @register_cost_target
