@@ -286,11 +286,23 @@ def to_dict(cfg: Any) -> dict:
     return out
 
 
+def replaces_target_form(data: dict, key: str, raw: str) -> None:
+    """`search.targets.NAME.value=V` replaces that target's fraction, and the other way round
+    (`...fraction=null` only clears the fraction)."""
+    parts = key.split(".")
+    if raw.strip() not in ("null", "~", "") and len(parts) == 4 and parts[:2] == ["search", "targets"] and parts[3] in ("value", "fraction"):
+        targets = data.get("search", {}).get("targets") if isinstance(data.get("search"), dict) else None
+        goal = targets.get(parts[2]) if isinstance(targets, dict) else None
+        if isinstance(goal, dict):
+            goal.pop("fraction" if parts[3] == "value" else "value", None)
+
+
 def apply_override(data: dict, assignment: str) -> None:
     """Apply `a.b.c=value` (value parsed as YAML) to a nested dict."""
     if "=" not in assignment:
         raise ConfigError(f"override {assignment!r} must look like key=value, e.g. search.epochs=10")
     key, raw = assignment.split("=", 1)
+    replaces_target_form(data, key.strip(), raw)
     *parents, leaf = key.strip().split(".")
     node = data
     for p in parents:
@@ -402,13 +414,6 @@ def load_config(path: str | Path | None = None, overrides: list[str] = ()) -> Ru
     if any(k.startswith("search.targets.") for k in keys) and (search is None or (
             isinstance(search, dict) and search.get("targets") is None)):  # the defaults, then the override
         data.setdefault("search", {})["targets"] = to_dict(SearchConfig())["targets"]
-    for key in keys:  # a value given for a target replaces its fraction, and the other way round
-        parts = key.split(".")
-        if len(parts) == 4 and parts[:2] == ["search", "targets"] and parts[3] in ("value", "fraction"):
-            targets = data.get("search", {}).get("targets") if isinstance(data.get("search"), dict) else None
-            goal = targets.get(parts[2]) if isinstance(targets, dict) else None
-            if isinstance(goal, dict):
-                goal.pop("fraction" if parts[3] == "value" else "value", None)
     for assignment in overrides:
         apply_override(data, assignment)
     cfg = from_dict(RunConfig, data)

@@ -142,7 +142,8 @@ def _link_grouped_convs(model: nn.Module, out: ChannelGroups) -> None:
     its output channel group is merged into its input channel group, channel by channel at the
     same position of the convolution, so that one mask decides both sides."""
     for name, m in model.named_modules():
-        if not (isinstance(m, nn.Conv2d) and rule_for(m) is LAYER_RULES.get("grouped_conv")):
+        rule = rule_for(m)
+        if not (isinstance(m, nn.Conv2d) and rule is not None and rule.whole_partitions):
             continue
         ins, outs = out.inputs.get(name), out.outputs.get(name)
         whole = lambda space, size: (space is not None and len(space.slices) == 1 and

@@ -3,7 +3,10 @@ layer, in KiB of float32 at the deployment batch (`latency.batch`). Under a laye
 schedule this is the working set a device's memory must hold (MCUNet's peak-SRAM figure;
 residual buffers held across a block are not counted). Users' networks (the `model` space):
 each layer's widths come from its channel groups, so the figure is differentiable in the mask
-gates and exact for a pruned network (tested against the exported network's own tensors)."""
+gates and exact for a pruned network (tested against the exported network's own tensors). As a
+maximum it never grows when a width shrinks (what derivation's bisection needs), but only the
+peak layer's groups lower it; op promotion and the cheapest network rank blocks by their MACs
+(the default `op_scores`)."""
 from __future__ import annotations
 
 import math
