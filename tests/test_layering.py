@@ -68,7 +68,8 @@ def test_every_installed_subpackage_is_a_room():
     """A new top-level folder must take its place in the order."""
     import tomllib
     packages = tomllib.loads((ROOT / "pyproject.toml").read_text())["tool"]["setuptools"]["packages"]
-    assert {p.split(".")[1] for p in packages if p.count(".") >= 1} == LIBRARY_ROOMS
+    assert {p.split(".")[1] for p in packages if p.count(".") >= 1} == LIBRARY_ROOMS | {"configs"}
+    assert not list((ROOT / "configs").glob("*.py"))  # configs/ holds data only
 
 
 def test_the_check_fails_on_a_planted_upward_import(tmp_path):
