@@ -33,8 +33,8 @@ def describe_export(folder: str | Path) -> str:
              f"{arch.in_channels} channel(s), {arch.num_classes} classes"]
     lines += _layers(arch)
     lines.append(f"cost: {int(cost.macs):,} MACs, {int(cost.params):,} params")
-    lines += [f"cost target {name}: {f['exported']:.6g} (target {f['target']:.6g}, dense {f['dense']:.6g})"
-              for name, f in metrics.get("cost_targets", {}).items()]
+    lines += [f"cost target {name}: {_figure(f['exported'])} (target {_figure(f['target'])}, "
+              f"dense {_figure(f['dense'])})" for name, f in metrics.get("cost_targets", {}).items()]
     lines += [f"{key}: {value}" for key, value in metrics.items() if not isinstance(value, dict)]
     return "\n".join(lines)
 
@@ -52,3 +52,7 @@ def _layers(arch) -> list[str]:
         what = "removed" if layer.removed else f"{layer.op} {layer.c_in}->{layer.c_out}{hidden}"
         rows.append(f"layer {i}: {what}, stride {layer.stride}{', residual' if layer.residual else ''}")
     return rows
+
+
+def _figure(value: float) -> str:
+    return f"{value:,.0f}" if abs(value) >= 100 else f"{value:.4g}"
