@@ -72,7 +72,10 @@ class LatencyTable:
         # contract one axis at a time: out[i, ...] -> (1 - t) out[k-1, ...] + t out[k, ...]
         for axis, (grid, w) in enumerate(zip(grids, widths)):
             bounds = self.entries[key].grid[axis]
-            w = torch.as_tensor(w, dtype=torch.float64, device=device).clamp(bounds[0], bounds[-1])
+            w = torch.as_tensor(w, dtype=torch.float64, device=device)
+            # the value clamped to the grid, the gradient straight through: at the grid's ends
+            # (every group of a fresh supernet is at its full width) the slope of the end segment
+            w = w + (w.clamp(bounds[0], bounds[-1]) - w).detach()
             k = torch.searchsorted(grid, w.detach().reshape(1)).clamp(1, len(grid) - 1)
             lo, hi = grid[k - 1], grid[k]
             t = ((w - lo) / (hi - lo)).reshape(())

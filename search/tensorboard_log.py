@@ -51,7 +51,8 @@ class SearchLogger:
         for row, (names, weights) in rows.items():
             for op, p in zip(names, weights.tolist()):
                 self.writer.add_scalar(f"alpha/{row}/{op}", p, epoch)
-        self.writer.add_figure("alpha/heatmap", heatmap(rows), epoch)
+        if rows:  # a network without choices (a user's plain conv net) has no heatmap
+            self.writer.add_figure("alpha/heatmap", heatmap(rows), epoch)
         for group, g in gates.items():
             self.writer.add_histogram(f"mask/{group}", g.float().cpu(), epoch)
             self.writer.add_scalar(f"channels/{group}", int(kept[group].sum()), epoch)

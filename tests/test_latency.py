@@ -268,3 +268,21 @@ def test_a_resumed_search_reads_the_table_its_run_kept(tmp_path, monkeypatch):
     assert resumed.targets == first.targets and resumed.epoch == 2
     resumed.run()
     assert "discrete_latency_ms" in resumed.history[-1]
+
+
+@pytest.mark.parametrize("logit", [5.0, -5.0], ids=["full-width", "minimum-width"])
+def test_every_used_mask_gets_a_latency_gradient_at_the_ends_of_the_grid(logit):
+    """A fresh supernet keeps every channel (the table's last grid point) and a pruned-out group
+    sits at its first: the latency penalty must still reach every mask the network uses."""
+    torch.manual_seed(0)
+    net = MacroSupernet(tiny_space(), in_channels=1, num_classes=10, input_size=8).double()
+    with torch.no_grad():
+        for mask in net.masks.values():
+            mask.logits.fill_(logit)
+    model = LatencyModel(net, net.latency_parts(), synthetic_table(net))
+    penalty = CostPenalty(net, {"latency_ms": 0.5 * model.dense_ms()}, weight=1.0, latency=model)
+    loss, _ = penalty(*discrete_point(net))
+    used = net.used_groups(net.derive_ops())
+    grads = torch.autograd.grad(loss, [net.masks[g].logits for g in used], allow_unused=True)
+    assert all(g is not None and g.abs().sum() > 0 for g in grads), \
+        [g for g, d in zip(used, grads) if d is None or d.abs().sum() == 0]

@@ -1,5 +1,6 @@
 """A short search's event file holds every documented tag, with the logged values."""
 import pytest
+import torch
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
 from conftest import small_config
@@ -61,3 +62,23 @@ def test_losses_accuracies_text_and_hparams(logged_run):
     assert "architecture/text_summary" in events.Tags()["tensors"]
     assert "_hparams_/experiment" in events.PluginTagToContent("hparams")
     assert values(events, "hparam/test_acc") == [0.5]
+
+
+def plain_net(num_classes: int = 10, in_channels: int = 1) -> torch.nn.Module:
+    """conv-BN-ReLU twice, pool, linear: no residual block, so no keep/skip choice."""
+    from torch import nn
+    return nn.Sequential(nn.Conv2d(in_channels, 8, 3, padding=1), nn.BatchNorm2d(8), nn.ReLU(),
+                         nn.Conv2d(8, 8, 3, padding=1), nn.BatchNorm2d(8), nn.ReLU(),
+                         nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(8, num_classes))
+
+
+def test_a_network_without_choices_logs_masks_and_no_heatmap(tmp_path):
+    from maskednas.supernet.user_model import ModelSpaceConfig, UserModel
+    net = UserModel(ModelSpaceConfig(source="test_tensorboard:plain_net"), 1, 10, 8)
+    assert net.choice_rows(net.op_weights()) == {}
+    logger = SearchLogger(tmp_path, net, {"macs": 1000.0})
+    logger.architecture(net, 0, {"discrete_macs": 2000.0})
+    logger.close()
+    events = EventAccumulator(str(tmp_path)).Reload()
+    assert {f"channels/{g}" for g in net.masks} <= set(events.Tags()["scalars"])
+    assert "alpha/heatmap" not in events.Tags()["images"]
