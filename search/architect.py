@@ -84,11 +84,14 @@ class Architect:
         named = dict(self.net.named_parameters())
         arch = {n: named[n] for n in self.arch_names}
         weights = {n: named[n] for n in self.weight_names}
+        # the passes run at virtual weights (w', w +- eps v): BatchNorm's running statistics
+        # update copies, so the network's own describe only the weights it really has
+        scratch = {n: b.clone() for n, b in self.net.named_buffers()}
 
         def train_loss(w: dict) -> torch.Tensor:
             x, y = train_batch
             with autocast():
-                logits = functional_call(self.net, {**w, **arch}, (x,))
+                logits = functional_call(self.net, {**w, **arch, **scratch}, (x,))
             return cross_entropy(logits, y)
 
         g = _grads(train_loss(weights), list(weights.values()))
@@ -97,7 +100,7 @@ class Architect:
                     for (n, w), gw in zip(weights.items(), g)}
         x, y = val_batch
         with autocast():
-            logits = functional_call(self.net, {**unrolled, **arch}, (x,))
+            logits = functional_call(self.net, {**unrolled, **arch, **scratch}, (x,))
         total, loss, penalty, figures = self.objective(logits, y)
         grads = _grads(total, [*arch.values(), *unrolled.values()])
         parallel.average_(grads)

@@ -128,3 +128,13 @@ def test_second_order_gradient_matches_finite_differences(hessian_eps):
     first, _ = arch.first_order_grads(val)
     first_dir = float(sum((g * d).sum() for g, d in zip(first, direction)))
     assert abs(first_dir - numeric) > 10 * abs(analytic - numeric)
+
+
+def test_a_second_order_step_leaves_batchnorm_statistics_unchanged(setup):
+    """Its passes run at virtual weights (w', w + eps v, w - eps v): running statistics gathered
+    there would describe no network the search ever has."""
+    net, penalty = setup
+    train, val = batches()
+    before = {n: b.clone() for n, b in net.named_buffers()}
+    Architect(net, penalty, lr=0.01, order=2).step(train, val, xi=0.05)
+    assert before.keys() and all(torch.equal(before[n], b) for n, b in net.named_buffers())
