@@ -74,6 +74,10 @@ def save_export(folder: str | Path, model: CompactNet, config: dict, metrics: di
         (tmp / CONFIG).write_text(yaml.safe_dump(config, sort_keys=False))
         example = torch.randn(1, arch.in_channels, arch.input_size, arch.input_size)
         flops, params, table = fvcore_report(model, example)  # per image
+        if flops != arch.cost().macs:  # checked before anything is swapped in
+            raise ExportError(f"the architecture record counts {arch.cost().macs:,} MACs but fvcore "
+                              f"counts {flops:,} on the model: the cost model is wrong for it, so "
+                              f"nothing was exported")
         (tmp / FLOPS).write_text(table + "\n")
         metrics = {**metrics, "fvcore_flops": flops, "fvcore_params": params}
         if onnx:

@@ -257,8 +257,6 @@ def derive_and_export(cfg: RunConfig, run_dir: Path, data: ImageData, searched: 
             calibration=[x for x, _ in ctx.arrays("train", e.calibration_batches)],
             calibration_method=e.calibration,
             test_set=(np.concatenate([x for x, _ in test]), np.concatenate([y for _, y in test])))
-        if metrics["fvcore_flops"] != cost.macs:
-            raise AssertionError(f"analytic MACs {cost.macs} != fvcore {metrics['fvcore_flops']}")
 
     report(summary_table(metrics))
     if metrics.get("latency"):

@@ -163,3 +163,14 @@ def test_an_onnx_graph_that_disagrees_fails_the_export_and_writes_nothing(export
         save_export(folder, model, {}, {"test_acc": 0.1})
     assert {p.name: p.read_bytes() for p in folder.iterdir()} == before  # the old export stands
     assert [p.name for p in folder.parent.iterdir() if p.name.startswith(".export")] == []
+
+
+def test_an_export_whose_macs_fvcore_disputes_writes_nothing(exported, monkeypatch, tmp_path):
+    """The MACs check comes before the folder is swapped in: a failing export leaves no folder."""
+    import maskednas.export.flops as flops
+    _, model, _, _ = exported
+    real = flops.fvcore_report
+    monkeypatch.setattr(flops, "fvcore_report", lambda m, x: (real(m, x)[0] + 1, *real(m, x)[1:]))
+    with pytest.raises(ExportError, match="the architecture record counts .* MACs but fvcore counts"):
+        save_export(tmp_path / "disputed", model, {}, {"test_acc": 0.1}, onnx=False)
+    assert [p.name for p in tmp_path.iterdir() if "disputed" in p.name] == []  # no folder, no temporary
