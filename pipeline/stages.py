@@ -182,7 +182,12 @@ def latency_check(cfg: RunConfig, latency: LatencyModel, arch, dense, compact: t
             / (predicted["exported"] / predicted["dense"]) - 1}
 
 
-def cpu_latencies(models: dict[str, torch.nn.Module], shape: tuple[int, ...]) -> dict[str, float]:
+def cpu_latencies(models: dict[str, torch.nn.Module], shape: tuple[int, ...],
+                  channels_last: bool) -> dict[str, float]:
+    """Each model timed at batch 1 and 64, all in the run's memory format (a speed-up between
+    formats would be the layout's, not the search's)."""
+    layout = torch.channels_last if channels_last else torch.contiguous_format
+    models = {name: m.to(memory_format=layout) for name, m in models.items()}
     out = {}
     for batch in (1, 64):
         out.update({f"{name}_b{batch}": ms for name, ms in latencies_ms(models, (batch, *shape)).items()})
@@ -245,7 +250,8 @@ def derive_and_export(cfg: RunConfig, run_dir: Path, data: ImageData, searched: 
     if not parallel.is_main():  # the other ranks are done; rank 0 times, exports and reports
         return metrics
     metrics["cpu_latency_ms"] = cpu_latencies({"dense": build(dense), "slim": compact},
-                                              (meta.in_channels, meta.input_size, meta.input_size))
+                                              (meta.in_channels, meta.input_size, meta.input_size),
+                                              cfg.channels_last)
     if searched.latency is not None:  # the table's prediction against the derived model, timed
         metrics["latency"] = latency_check(cfg, searched.latency, slimmed.derivation.arch, dense,
                                            compact, budget)

@@ -102,3 +102,31 @@ def test_resume_continues_the_same_run(tmp_path):
     assert state["epoch"] == 3 and state["history"][:2] == first["history"]
     config = (run_dir / "config.yaml").read_text()
     assert "epochs: 3" in config and "batch_size: 128" in config and "stem_channels: 6" in config
+
+
+def test_the_dense_and_exported_models_are_timed_in_one_memory_format(tmp_path, monkeypatch):
+    """A speed-up must be the search's, not channels_last's: both models are timed in the run's
+    memory format, and the pipeline passes it."""
+    import torch
+
+    import maskednas.pipeline.stages as stages
+    from maskednas.pipeline import load_config, run
+    seen = []
+    monkeypatch.setattr(stages, "latencies_ms", lambda models, shape: seen.append(
+        {n: m[0].weight.is_contiguous(memory_format=torch.channels_last) for n, m in models.items()})
+        or dict.fromkeys(models, 1.0))
+    conv = lambda: torch.nn.Sequential(torch.nn.Conv2d(4, 8, 3), torch.nn.ReLU())
+    for channels_last in (True, False):
+        stages.cpu_latencies({"dense": conv(), "slim": conv().to(memory_format=torch.channels_last)},
+                             (4, 8, 8), channels_last)
+        assert seen[-1] == {"dense": channels_last, "slim": channels_last}
+
+    monkeypatch.undo()
+    passed = []
+    real = stages.cpu_latencies
+    monkeypatch.setattr(stages, "cpu_latencies", lambda models, shape, channels_last: passed.append(
+        channels_last) or real(models, shape, channels_last))
+    cfg = load_config("digits", ["search.epochs=1", "search.warmup_epochs=0", "finetune.epochs=0",
+                                 "data.batch_size=256"])
+    run(cfg, tmp_path / "run", ["search", "derive"], report=lambda line: None)
+    assert passed == [cfg.channels_last] == [True]
