@@ -74,9 +74,6 @@ class UserModel(Supernet):
                  input_size: int) -> None:
         super().__init__(space, in_channels, num_classes, input_size)
         model = build_source(space.source, num_classes, in_channels, space.pretrained)
-        if space.checkpoint:
-            for name in load_checkpoint_into(model, space.checkpoint):
-                warnings.warn(f"{space.checkpoint}: {name} has another class count; left fresh")
         self.example = torch.zeros(1, in_channels, input_size, input_size)
         self.trace = trace(model, self.example, supported_types())
         modules = dict(model.named_modules())
@@ -87,6 +84,9 @@ class UserModel(Supernet):
         if self.trace.output_layer is None:
             raise ValueError(f"{space.source}: the network's output does not come straight from "
                              f"a conv or linear layer, so its classifier cannot be told apart")
+        if space.checkpoint:  # only the classifier (the layer the logits come from) may differ
+            for name in load_checkpoint_into(model, space.checkpoint, self.trace.output_layer):
+                warnings.warn(f"{space.checkpoint}: {name} has another class count; left fresh")
         self.groups: ChannelGroups = discover(model, self.example, modules[self.trace.output_layer],
                                               [modules[n] for n in space.ignore])
         if self.groups.skipped:

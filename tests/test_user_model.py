@@ -134,6 +134,27 @@ def test_checkpoints_load_from_safetensors_and_torch_files(tmp_path):
         UserModel(ModelSpaceConfig(source=RESNET20, checkpoint=str(tmp_path / "bad.safetensors")), 3, 10, 32)
 
 
+def mlp_head_net(num_classes: int = 10, in_channels: int = 3, hidden: int = 32) -> nn.Module:
+    """Convolutions, then two linear layers: only the last one gives the class logits."""
+    return nn.Sequential(nn.Conv2d(in_channels, 8, 3, padding=1), nn.ReLU(), nn.AdaptiveAvgPool2d(1),
+                         nn.Flatten(), nn.Linear(8, hidden), nn.ReLU(), nn.Linear(hidden, num_classes))
+
+
+def test_only_the_classifier_may_differ_from_the_checkpoint(tmp_path):
+    """The classifier is the layer whose outputs are the logits: a hidden linear layer of another
+    width is a checkpoint that does not fit, not a class count to leave fresh."""
+    source = "test_user_model:mlp_head_net"
+    save_file({k: v.contiguous() for k, v in mlp_head_net(hidden=16).state_dict().items()},
+              str(tmp_path / "narrow.safetensors"))
+    with pytest.raises(ModelSourceError, match=r"other shapes \['4.bias', '4.weight'"):
+        UserModel(ModelSpaceConfig(source=source, checkpoint=str(tmp_path / "narrow.safetensors")), 3, 10, 16)
+    save_file({k: v.contiguous() for k, v in mlp_head_net(num_classes=5).state_dict().items()},
+              str(tmp_path / "five.safetensors"))
+    with pytest.warns(UserWarning, match="6.weight has another class count"):
+        net = UserModel(ModelSpaceConfig(source=source, checkpoint=str(tmp_path / "five.safetensors")), 3, 10, 16)
+    assert net.model[6].out_features == 10
+
+
 class FixedHead(nn.Module):
     """A user's network whose factory takes no class or channel count."""
 
