@@ -108,12 +108,13 @@ class UserModel(Supernet):
         # what the cost formulas read, gathered once (the penalty evaluates them every step)
         self._counted = [(name, modules[name], rule_for(modules[name]), shapes)
                          for name, shapes in self.trace.shapes.items()]
-        self._own_params = {n.rpartition(".")[0]: space for n, space in self.groups.params.items()
-                            if rule_for(model.get_submodule(n.rpartition(".")[0])) is not None}
+        owner = lambda param: param.rpartition(".")[0]
+        # a layer with a rule that Torch-Pruning knows only by its parameter: that one's channels
+        self._own_params = {owner(n): space for n, space in self.groups.params.items()
+                            if rule_for(model.get_submodule(owner(n))) is not None}
         # loose parameters outside layers with a rule (a rule's cost counts its own parameters)
         self._loose = [(name, space, model.get_parameter(name).numel() // space.size)
-                       for name, space in self.groups.params.items()
-                       if rule_for(model.get_submodule(name.rpartition(".")[0])) is None]
+                       for name, space in self.groups.params.items() if owner(name) not in self._own_params]
         self._fixed = [(name, p.numel()) for name, p in self._fixed_parameters()]
         self._check_cost(model)
 
@@ -280,8 +281,7 @@ class UserModel(Supernet):
                                                else rule.channels(m, side))
         out = []
         for name, m, rule, (shape_in, shape_out) in self._counted:
-            # a layer Torch-Pruning knows only by its parameter (a user's layer): that one's channels
-            outputs = g.outputs if name in g.outputs or name not in self._own_params else self._own_params
+            outputs = self._own_params if name not in g.outputs and name in self._own_params else g.outputs
             c_out = width(outputs, name, m, "output")
             c_in = c_out if rule.same_channels else width(g.inputs, name, m, "input")
             out.append(LayerWidths(name, m, rule, c_in, c_out, shape_in, shape_out))
