@@ -34,15 +34,18 @@ MODELS = {  # source -> input size (the CIFAR ResNet is built for 32x32)
 
 @torch.no_grad()
 def randomize(net: UserModel, generator: torch.Generator) -> None:
-    """Norm layers away from their identity defaults, mask logits and keep/skip logits at
-    random: a slimmer that took the wrong channels, or a block the wrong way, shows."""
-    for m in net.model.modules():
-        if isinstance(m, (torch.nn.BatchNorm2d, torch.nn.LayerNorm, torch.nn.GroupNorm)) and m.weight is not None:
-            m.weight.copy_(torch.rand(m.weight.shape, generator=generator) + 0.5)
-            m.bias.copy_(torch.randn(m.bias.shape, generator=generator) * 0.2)
-        if isinstance(m, torch.nn.BatchNorm2d):
-            m.running_mean.copy_(torch.randn(m.running_mean.shape, generator=generator) * 0.1)
-            m.running_var.copy_(torch.rand(m.running_var.shape, generator=generator) + 0.5)
+    """Every vector parameter (norm scales and shifts, layer scales, GRN, biases) and norm
+    statistic away from its identity default, mask logits and keep/skip logits at random: a
+    slimmer that took the wrong channels, or a block the wrong way, shows."""
+    for name, p in net.model.named_parameters():
+        if p.ndim == 1:
+            p.copy_(torch.randn(p.shape, generator=generator) * 0.2 if name.endswith("bias")
+                    else torch.rand(p.shape, generator=generator) + 0.5)
+    for name, b in net.model.named_buffers():
+        if name.endswith("running_mean"):
+            b.copy_(torch.randn(b.shape, generator=generator) * 0.1)
+        elif name.endswith("running_var"):
+            b.copy_(torch.rand(b.shape, generator=generator) + 0.5)
     for mask in net.masks.values():
         mask.logits.copy_(torch.randn(mask.logits.shape, generator=generator))
     for alpha in net.alphas.values():  # about one block in four skipped

@@ -26,6 +26,7 @@ from maskednas import parallel
 from maskednas.datasource import ImageData
 from maskednas.derive import Derivation, derive, slim
 from maskednas.derive.discretize import Budget, budget as bind_budget, search_budget
+from maskednas.derive.equivalence import check_equivalence
 from maskednas.export import save_export
 from maskednas.export.architecture import evaluation_architecture
 from maskednas.export.compact import build
@@ -125,19 +126,17 @@ def load_search(cfg: RunConfig, run_dir: Path) -> SearchOutcome:
 
 def derive_and_slim(cfg: RunConfig, net: Supernet, meta: DataMeta, target: float | Budget | None,
                     probe: torch.Tensor) -> Slimmed:
-    """Derive the architecture, slim the supernet into it, and measure how far the compact
-    model is from the hard-masked supernet on a real batch."""
+    """Derive the architecture, slim the supernet into it, and check on a real batch that the
+    compact model computes what the hard-masked supernet does (it stops the run if not)."""
     net.eval()
     d = cfg.derive
     derivation = derive(net, target, d.tolerance, d.round_to, d.min_channels, meta.mean, meta.std,
                         promote_ops=d.promote_ops)
     compact = slim(net, derivation).eval()
-    with torch.no_grad(), net.hard_masked(derivation.ops, derivation.keep):
-        reference = net(probe)
-        gap, scale = float((reference - compact(probe)).abs().max()), float(reference.abs().max())
+    same = check_equivalence(net, derivation, compact, probe)
     if cfg.channels_last:
         compact = compact.to(memory_format=torch.channels_last)
-    return Slimmed(derivation, compact, gap, scale)
+    return Slimmed(derivation, compact, same.gap, same.scale)
 
 
 def derive_budget(cfg: RunConfig, net: Supernet, searched: SearchOutcome) -> Budget | None:

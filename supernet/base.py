@@ -202,6 +202,11 @@ class Supernet(nn.Module, abc.ABC):
         `copy_plan`."""
         return None
 
+    def first_mismatch(self, compact: nn.Module, x: torch.Tensor, tolerance: float) -> str | None:
+        """Under hard masks: the first layer whose output in `compact` differs from its own by
+        more than `tolerance` of its scale (None: the space cannot tell)."""
+        return None
+
     def distillation_teacher(self) -> nn.Module:
         """What the fine-tune distils from (`finetune.kd_weight`): the soft supernet itself."""
         return self

@@ -43,6 +43,13 @@ class ChannelSpace:
         fixed = self.size - sum(len(s.index) for s in self.slices)
         return fixed + sum(s.repeat * widths[s.group] for s in self.slices)
 
+    def kept_positions(self, keep: dict[str, torch.Tensor]) -> torch.Tensor:
+        """The positions a slimmed layer keeps, in order, given each group's 0/1 keep vector."""
+        kept = torch.ones(self.size, dtype=torch.bool)
+        for s in self.slices:
+            kept[s.index.cpu()] = keep[s.group].cpu().bool().repeat_interleave(s.repeat)
+        return torch.nonzero(kept).flatten()
+
     def gate(self, gates: dict[str, torch.Tensor]) -> torch.Tensor | None:
         """Per-channel gate vector of this space (None when no group reaches it)."""
         if not self.slices:

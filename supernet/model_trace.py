@@ -2,8 +2,9 @@
 
 Recorded per layer: its input and output shapes (the feature sizes the cost formulas need);
 every adaptive average pooling (fvcore counts it; inside SE blocks and before classifiers it is
-often a functional call no module hook sees) with the layer whose channels it pools; and the
-residual blocks with an identity shortcut: modules whose forward adds their own input tensor
+often a functional call no module hook sees) with the layer whose channels it pools; every
+`F.normalize` (a functional op that mixes channels when it normalises over them), in call order;
+and the residual blocks with an identity shortcut: modules whose forward adds their own input tensor
 to something, found by watching additions under a `TorchFunctionMode`.
 """
 from __future__ import annotations
@@ -27,9 +28,17 @@ class Pool:
 
 
 @dataclass
+class Normalize:
+    producer: str  # the layer whose output channels reach it
+    dim: int  # the dimension it normalises over
+    over_channels: bool  # whether that is the producer's channel dimension
+
+
+@dataclass
 class Trace:
     shapes: dict[str, tuple[tuple[int, ...], tuple[int, ...]]] = field(default_factory=dict)
     pools: list[Pool] = field(default_factory=list)
+    normalizations: list[Normalize] = field(default_factory=list)  # F.normalize calls, in order
     residual_blocks: list[str] = field(default_factory=list)
     output_layer: str | None = None  # the layer whose output is the network's output
 
@@ -38,6 +47,7 @@ class _Watch(TorchFunctionMode):
     def __init__(self, trace: Trace, stack: list, produced: dict) -> None:
         super().__init__()
         self.trace, self.stack, self.produced, self.adders = trace, stack, produced, set()
+        self.linear = {}  # layer -> whether its channels are its output's last dimension
 
     def __torch_function__(self, func, types, args=(), kwargs=None):
         kwargs = kwargs or {}
@@ -49,6 +59,11 @@ class _Watch(TorchFunctionMode):
             x = args[0]
             self.trace.pools.append(Pool(_producer(x, self.produced), x.shape[-2] * x.shape[-1],
                                          self.stack[-1][0] if self.stack else ""))
+        elif func is F.normalize:
+            x, dim = args[0], kwargs.get("dim", args[2] if len(args) > 2 else 1)
+            producer = _producer(x, self.produced)
+            channel_dim = x.ndim - 1 if self.linear[producer] else 1
+            self.trace.normalizations.append(Normalize(producer, dim, dim % x.ndim == channel_dim))
         return func(*args, **kwargs)
 
 
@@ -70,6 +85,7 @@ def trace(model: nn.Module, example: torch.Tensor, layers: tuple[type, ...]) -> 
     """Run `model` once on `example` (eval mode, gradients on so that the autograd graph links
     each tensor to the layer that made it)."""
     out, stack, produced, handles = Trace(), [], {}, []
+    watch = _Watch(out, stack, produced)
 
     def before(name):
         def hook(module, args):
@@ -83,6 +99,7 @@ def trace(model: nn.Module, example: torch.Tensor, layers: tuple[type, ...]) -> 
                 out.shapes[name] = (tuple(args[0].shape), tuple(output.shape))
                 if output.grad_fn is not None:
                     produced[output.grad_fn] = name
+                watch.linear[name] = isinstance(module, nn.Linear)
         return hook
 
     for name, m in model.named_modules():
@@ -92,7 +109,7 @@ def trace(model: nn.Module, example: torch.Tensor, layers: tuple[type, ...]) -> 
     was_training = model.training
     model.eval()
     try:
-        with torch.enable_grad(), _Watch(out, stack, produced) as watch:
+        with torch.enable_grad(), watch:
             result = model(example)
     finally:
         for h in handles:

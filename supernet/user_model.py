@@ -26,6 +26,7 @@ from maskednas.ops import ChannelMask, Cost
 from maskednas.supernet.base import Supernet, register_space
 from maskednas.ops.layer_rules import LayerRule, rule_for
 from maskednas.supernet.channel_groups import ChannelGroups, discover, group_key, supported_types
+from maskednas.supernet.functional_gates import GatedNormalize
 from maskednas.supernet.model_trace import trace
 
 OPS = ("keep", "skip")
@@ -104,7 +105,6 @@ class UserModel(Supernet):
         self._block_of = {}  # layer -> the block it lies in (None: outside every block)
         self._restricted: dict[str, str] | None = None
         self._state: tuple[dict, dict] | None = None  # this forward's gates and op weights
-        self._hooks = self._attach(modules)
         # what the cost formulas read, gathered once (the penalty evaluates them every step)
         self._counted = [(name, modules[name], rule_for(modules[name]), shapes)
                          for name, shapes in self.trace.shapes.items()]
@@ -116,6 +116,12 @@ class UserModel(Supernet):
         self._loose = [(name, space, model.get_parameter(name).numel() // space.size)
                        for name, space in self.groups.params.items() if owner(name) not in self._own_params]
         self._fixed = [(name, p.numel()) for name, p in self._fixed_parameters()]
+        self._hooks = self._attach(modules)
+        # per traced F.normalize: the channel space and dimension to gate (None: not over a group)
+        self._normalize_spaces = [
+            (self.groups.outputs[n.producer], n.dim)
+            if n.over_channels and n.producer in self.groups.outputs else None
+            for n in self.trace.normalizations]
         self._check_cost(model)
 
     # -- gating ------------------------------------------------------------------------------
@@ -127,7 +133,7 @@ class UserModel(Supernet):
             rule = rule_for(modules[name])
             if rule is not None and rule.gate_input is not None and space.slices:
                 handles.append(modules[name].register_forward_pre_hook(self._gate_input(space, rule)))
-        for name, space in self.groups.outputs.items():
+        for name, space in {**self._own_params, **self.groups.outputs}.items():
             rule = rule_for(modules[name])
             if rule is not None and rule.normalize is not None and space.slices:
                 handles.append(modules[name].register_forward_hook(self._weighted_norm(space, rule)))
@@ -215,7 +221,10 @@ class UserModel(Supernet):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         self._state = (self.gates(), self.op_weights())
         try:
-            return self.model(x)
+            if not any(self._normalize_spaces):
+                return self.model(x)
+            with GatedNormalize(self._normalize_spaces, self._state[0]):
+                return self.model(x)
         finally:
             self._state = None
 
@@ -396,6 +405,33 @@ class UserModel(Supernet):
         pruned.arch = replace(arch, modules=changed_layers(self.teacher[0], pruned))
         return pruned.to(next(self.parameters()).device)
 
+
+    def first_mismatch(self, compact: nn.Module, x: torch.Tensor, tolerance: float) -> str | None:
+        """Compares every counted layer's output on its kept channels, in execution order."""
+        ours, theirs, handles = {}, {}, []
+        record = lambda store, name: lambda m, args, out: store.setdefault(name, out)
+        pruned = dict(compact.named_modules())
+        for name, m, _, _ in self._counted:
+            handles.append(m.register_forward_hook(record(ours, name)))
+            if name in pruned:
+                handles.append(pruned[name].register_forward_hook(record(theirs, name)))
+        try:
+            self(x), compact(x)
+        finally:
+            for h in handles:
+                h.remove()
+        keep = {k: m.keep for k, m in self.masks.items()}
+        for name, out in ours.items():
+            if name not in theirs or not isinstance(out, torch.Tensor):
+                continue
+            mine, other = out, theirs[name]
+            space = self.groups.outputs.get(name, self._own_params.get(name))
+            differs = [d for d in range(mine.ndim) if mine.shape[d] != other.shape[d]]
+            if space is not None and len(differs) == 1:
+                mine = mine.index_select(differs[0], space.kept_positions(keep).to(mine.device))
+            if mine.shape == other.shape and float((mine - other).abs().max()) > tolerance * float(mine.abs().max()):
+                return name
+        return None
 
     def _keep_whole_groups(self, conv: nn.Conv2d, name: str, keep) -> None:
         """A grouped convolution with the kept groups' filters only (each reads its own inputs,

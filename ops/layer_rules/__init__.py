@@ -30,7 +30,7 @@ the layer holds parameters whose shapes change.
 """
 from maskednas.ops.layer_rules.base import (LAYER_RULES, LayerRule, register_layer_rule, rule_for,
                                             width_attributes)
-from maskednas.ops.layer_rules import (batchnorm, conv, grouped_conv, groupnorm, layernorm,  # noqa: F401
-                                       linear)  # (importing them registers them)
+from maskednas.ops.layer_rules import (batchnorm, conv, grn, grouped_conv, groupnorm,  # noqa: F401
+                                       layernorm, linear)  # (importing them registers them)
 
 __all__ = ["LAYER_RULES", "LayerRule", "register_layer_rule", "rule_for", "width_attributes"]

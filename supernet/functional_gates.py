@@ -1,0 +1,33 @@
+"""Gates for functional ops that mix channels, which no module hook reaches: `F.normalize` over
+a pruned group's channels. Its input is multiplied by the gate, so a pruned channel adds nothing
+to the norm, exactly as in the slimmed network where the channel is gone.
+
+The n-th `F.normalize` of a forward pass is the n-th one the trace saw (a network's forward runs
+the same ops in the same order); only those over a group's channels are gated.
+"""
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch.overrides import TorchFunctionMode
+
+from maskednas.supernet.channel_groups import ChannelSpace
+
+
+class GatedNormalize(TorchFunctionMode):
+    def __init__(self, spaces: list[tuple[ChannelSpace, int] | None], gates: dict[str, torch.Tensor]) -> None:
+        super().__init__()
+        self.spaces, self.gates, self.calls = spaces, gates, 0
+
+    def __torch_function__(self, func, types, args=(), kwargs=None):
+        kwargs = kwargs or {}
+        if func is F.normalize:
+            gated = self.spaces[self.calls] if self.calls < len(self.spaces) else None
+            self.calls += 1
+            if gated is not None:
+                space, dim = gated
+                x = args[0]
+                shape = [1] * x.ndim
+                shape[dim] = -1
+                args = (x * space.gate(self.gates).view(shape).to(x.dtype), *args[1:])
+        return func(*args, **kwargs)
