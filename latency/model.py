@@ -6,6 +6,7 @@ from collections.abc import Mapping
 
 import torch
 
+from maskednas.latency.batched import BatchedParts
 from maskednas.latency.parts import LatencyPart
 from maskednas.latency.table import LatencyTable, LatencyTableError
 
@@ -18,6 +19,7 @@ class LatencyModel:
                                     f"({len(missing)} part(s) missing)")
         self.net, self.parts, self.table = net, parts, table
         self.meta = table.meta
+        self._batched: BatchedParts | None = None  # built on first use (it reads the op weights)
 
     def _part_ms(self, part: LatencyPart, widths: Mapping) -> torch.Tensor:
         return self.table.ms(part.key, [widths[g] for g in part.groups])
@@ -25,6 +27,13 @@ class LatencyModel:
     def ms(self, weights: Mapping[str, torch.Tensor], widths: Mapping) -> torch.Tensor:
         """Expected milliseconds: every part at these widths (soft or whole), scaled by the op
         weight of its choice. Exact table latency at one-hot weights and integer widths."""
+        if self._batched is None:
+            self._batched = BatchedParts(self.parts, self.table, list(self.net.masks),
+                                         {k: len(w) for k, w in self.net.op_weights().items()})
+        return self._batched.ms(weights, widths)
+
+    def ms_part_by_part(self, weights: Mapping[str, torch.Tensor], widths: Mapping) -> torch.Tensor:
+        """`ms`, one table interpolation per part (the reference the batched one is tested on)."""
         terms = []
         for part in self.parts:
             ms = self._part_ms(part, widths)

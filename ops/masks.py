@@ -72,13 +72,21 @@ class WidthRounding:
     round_to: int = 1
     min_channels: int = 1
 
+    def divisor(self, step: int = 1) -> int:
+        """What a group with channel step `step` rounds its widths to a multiple of."""
+        return math.lcm(self.round_to, step)
+
     def __call__(self, count, size: int, step: int = 1):
         """The width for `count` kept channels (an int, or a tensor on any device: no sync)."""
-        divisor = math.lcm(self.round_to, step)
+        divisor = self.divisor(step)
         exact = isinstance(count, int)
-        count = torch.as_tensor(count).clamp(min=self.min_channels)
-        if divisor > 1:  # timm.layers.make_divisible(count, divisor), in tensor ops
-            rounded = ((count + divisor / 2) // divisor * divisor).clamp(min=divisor)
-            count = torch.where(rounded < 0.9 * count, rounded + divisor, rounded)
-        count = count.clamp(max=size)
+        count = torch.as_tensor(count)
+        count = self.rounded(count, size, divisor) if divisor > 1 else count.clamp(self.min_channels, size)
         return int(count) if exact else count
+
+    def rounded(self, count: torch.Tensor, size, divisor) -> torch.Tensor:
+        """Elementwise widths for integer `count`s (`size` and `divisor` numbers or tensors
+        like it): timm.layers.make_divisible(count, divisor), in tensor ops, then the bounds."""
+        count = count.clamp(min=self.min_channels)
+        rounded = torch.clamp((count + divisor / 2) // divisor * divisor, min=divisor)
+        return torch.clamp(torch.where(rounded < 0.9 * count, rounded + divisor, rounded), max=size)

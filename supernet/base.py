@@ -60,6 +60,12 @@ def register_space(name: str, config_class: type):
     return add
 
 
+def one_hot_max(scores: torch.Tensor) -> torch.Tensor:
+    """1 at the highest score, 0 elsewhere, in the scores' dtype (F.one_hot checks its indices
+    on the host: a sync per call)."""
+    return (torch.arange(len(scores), device=scores.device) == scores.argmax()).to(scores.dtype)
+
+
 class Supernet(nn.Module, abc.ABC):
     """A weight-sharing supernet: weights, op logits (`alphas`), channel masks and the methods
     the search, the cost model, the discretizer and the slimmer call.

@@ -11,6 +11,7 @@ to, at which indices. Width, cost and gating are all computed from these spaces.
 """
 from __future__ import annotations
 
+import collections
 import warnings
 from dataclasses import dataclass, field
 
@@ -49,18 +50,6 @@ class ChannelSpace:
         for s in self.slices:
             kept[s.index.cpu()] = keep[s.group].cpu().bool().repeat_interleave(s.repeat)
         return torch.nonzero(kept).flatten()
-
-    def gate(self, gates: dict[str, torch.Tensor]) -> torch.Tensor | None:
-        """Per-channel gate vector of this space (None when no group reaches it)."""
-        if not self.slices:
-            return None
-        ref = gates[self.slices[0].group]
-        vector = torch.ones(self.size, dtype=ref.dtype, device=ref.device)
-        for s in self.slices:
-            g = gates[s.group]
-            vector = vector.index_copy(0, s.index.to(g.device),
-                                       g.repeat_interleave(s.repeat) if s.repeat > 1 else g)
-        return vector
 
 
 @dataclass
@@ -116,32 +105,48 @@ def discover(model: nn.Module, example: torch.Tensor, head: nn.Module,
         root_name, size = names[root.target.module], _width_of(dg, root.target.module, root.handler)
         full = dg.get_pruning_group(root.target.module, root.handler, list(range(size)))
         entries, why = [], None
-        for dep, idxs in full:
-            target = dep.target.module
+        for item in full.items:
+            target = item.dep.target.module
+            idxs, roots = [int(i) for i in item.idxs], [int(r) for r in item.root_idxs]
             if isinstance(target, nn.Parameter):
-                entries.append(("param", param_names[target], idxs))
+                entries.append(("param", param_names[target], idxs, roots))
             elif isinstance(target, nn.Module) and target in names:
                 why = why or _why_unsupported(target)
-                side = "output" if "out" in dep.handler.__name__ else "input"
-                entries.append((side, names[target], idxs))
+                side = "output" if "out" in item.dep.handler.__name__ else "input"
+                entries.append((side, names[target], idxs, roots))
         touched = [names[d.target.module] for d, _ in full if any(d.target.module is m for m in ignored)]
         if touched:
             why = f"shares channels with {touched[0]}, listed in model.ignore"
+        for _, name, _, roots in entries:
+            why = why or _why_partial(name, root_name, roots, size)
         if why:
             out.skipped[root_name] = why
             continue
         key = group_key(root_name)
         out.sizes[key], out.roots[key] = size, (root_name, root.handler)
         out.members[key] = set()
-        for side, name, idxs in entries:
+        for side, name, idxs, roots in entries:
             spaces = {"param": out.params, "input": out.inputs, "output": out.outputs}[side]
             if name not in spaces:
                 spaces[name] = ChannelSpace(_space_size(model, name, side))
-            repeat = len(idxs) // size
-            spaces[name].slices.append(Slice(key, torch.as_tensor([int(i) for i in idxs]), repeat))
+            order = sorted(range(len(idxs)), key=lambda k: (roots[k], idxs[k]))  # by group channel
+            spaces[name].slices.append(Slice(key, torch.tensor([idxs[k] for k in order]), len(idxs) // size))
             out.members[key].add(name)
     _link_grouped_convs(model, out)
     return out
+
+
+def _why_partial(name: str, root: str, roots: list[int], size: int) -> str | None:
+    """Why a layer that reads the group's channels other than each equally often cannot be
+    pruned with it (None: it reads every channel at the same number of positions)."""
+    counts = collections.Counter(roots)
+    if len(counts) < size:
+        return (f"{name} reads {len(counts)} of the {size} channels of {root} (a channel split, "
+                f"slice or one input of a concatenation: its bounds are in the network's code, "
+                f"which pruning cannot change)")
+    if len(set(counts.values())) > 1:
+        return f"{name} reads the channels of {root} at different numbers of positions"
+    return None
 
 
 def _link_grouped_convs(model: nn.Module, out: ChannelGroups) -> None:

@@ -7,6 +7,8 @@ the same ops in the same order); only those over a group's channels are gated.
 """
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import torch
 import torch.nn.functional as F
 from torch.overrides import TorchFunctionMode
@@ -15,19 +17,20 @@ from maskednas.supernet.channel_groups import ChannelSpace
 
 
 class GatedNormalize(TorchFunctionMode):
-    def __init__(self, spaces: list[tuple[ChannelSpace, int] | None], gates: dict[str, torch.Tensor]) -> None:
+    def __init__(self, spaces: list[tuple[ChannelSpace, int] | None],
+                 gate_of: Callable[[ChannelSpace], torch.Tensor]) -> None:
         super().__init__()
-        self.spaces, self.gates, self.calls = spaces, gates, 0
+        self.spaces, self.gate_of, self.calls = spaces, gate_of, 0
 
     def __torch_function__(self, func, types, args=(), kwargs=None):
         kwargs = kwargs or {}
         if func is F.normalize:
             gated = self.spaces[self.calls] if self.calls < len(self.spaces) else None
             self.calls += 1
-            if gated is not None:
+            x = args[0]
+            if gated is not None and x.shape[gated[1]] == gated[0].size:
                 space, dim = gated
-                x = args[0]
                 shape = [1] * x.ndim
                 shape[dim] = -1
-                args = (x * space.gate(self.gates).view(shape).to(x.dtype), *args[1:])
+                args = (x * self.gate_of(space).view(shape).to(x.dtype), *args[1:])
         return func(*args, **kwargs)

@@ -7,6 +7,7 @@ ops with an inner width (sep conv middle, inverted-residual expansion) have a ma
 """
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass, field
 
 import torch
@@ -17,7 +18,8 @@ from maskednas.export.compact import CompactLayer
 from maskednas.latency.parts import LatencyPart
 from maskednas.ops import ChannelMask, Head, MixedOp, Stem, apply_gate, get_op, is_zero
 from maskednas.ops.cost import Cost, out_size
-from maskednas.supernet.base import CopyPlan, Supernet, register_space
+from maskednas.supernet.base import CopyPlan, Supernet, one_hot_max, register_space
+from maskednas.ops.cost_polynomial import CostPolynomial
 
 DEFAULT_CANDIDATES = ["conv_3x3", "sep_conv_3x3", "sep_conv_5x5", "mbconv_k3_e3", "mbconv_k3_e6",
                       "mbconv_k5_e3", "mbconv_k5_e6", "zero"]
@@ -137,8 +139,7 @@ class MacroSupernet(Supernet):
 
     def select(self, scores: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
         """One-hot on the highest-scored op of every layer (`zero` included: depth is searched)."""
-        return {name: nn.functional.one_hot(w.argmax(), len(w)).to(w.dtype)
-                for name, w in scores.items()}
+        return {name: one_hot_max(w) for name, w in scores.items()}
 
     def derive_ops(self, scores: dict[str, torch.Tensor] | None = None) -> dict[str, str]:
         """Layer name -> chosen op (the highest alpha, or the highest of `scores`)."""
@@ -165,7 +166,17 @@ class MacroSupernet(Supernet):
                                          dtype=torch.float64) for layer in self.layers}
 
     def cost(self, weights, channels) -> Cost:
-        """Cost given per-layer op weights (probabilities or one-hot) and group widths."""
+        """Cost given per-layer op weights (probabilities or one-hot) and group widths (all
+        groups): `cost_formula`, evaluated as the polynomial it is."""
+        return self._cost_polynomial(weights, channels)
+
+    @functools.cached_property
+    def _cost_polynomial(self) -> CostPolynomial:
+        return CostPolynomial(self.cost_formula, self.full_widths(),
+                              {layer.name: len(layer.names) for layer in self.layers})
+
+    def cost_formula(self, weights, channels) -> Cost:
+        """The cost, layer by layer: every candidate's cost at these widths times its weight."""
         total = Stem.cost(self.in_channels, channels["stem"], self.input_size, self.input_size)
         for layer in self.layers:
             for w, c in zip(weights[layer.name], layer_op_costs(layer, channels)):

@@ -14,6 +14,7 @@ Torch-Pruning's physical pruning of a copy of the network.
 from __future__ import annotations
 
 import copy
+import functools
 import warnings
 from dataclasses import dataclass, field, replace
 
@@ -23,10 +24,12 @@ from torch import nn
 from maskednas.export.model_source import build_source, check_source, load_checkpoint_into
 from maskednas.export.pruned_model import PrunedArchitecture, changed_layers, remove_blocks
 from maskednas.ops import ChannelMask, Cost
-from maskednas.supernet.base import Supernet, register_space
+from maskednas.supernet.base import Supernet, one_hot_max, register_space
 from maskednas.ops.layer_rules import LayerRule, rule_for
+from maskednas.ops.cost_polynomial import CostPolynomial
 from maskednas.supernet.channel_groups import ChannelGroups, discover, group_key, supported_types
 from maskednas.supernet.functional_gates import GatedNormalize
+from maskednas.supernet.gate_index import GateIndex
 from maskednas.supernet.model_trace import trace
 
 OPS = ("keep", "skip")
@@ -104,7 +107,7 @@ class UserModel(Supernet):
             self.alphas[group_key(name)] = nn.Parameter(torch.tensor([space.keep_init, 0.0]))
         self._block_of = {}  # layer -> the block it lies in (None: outside every block)
         self._restricted: dict[str, str] | None = None
-        self._state: tuple[dict, dict] | None = None  # this forward's gates and op weights
+        self._state: tuple | None = None  # this forward's gates, op weights and GateVectors
         # what the cost formulas read, gathered once (the penalty evaluates them every step)
         self._counted = [(name, modules[name], rule_for(modules[name]), shapes)
                          for name, shapes in self.trace.shapes.items()]
@@ -122,21 +125,25 @@ class UserModel(Supernet):
             (self.groups.outputs[n.producer], n.dim)
             if n.over_channels and n.producer in self.groups.outputs else None
             for n in self.trace.normalizations]
+        self.gate_index = GateIndex(self.groups.sizes,
+                                    [*self._gated, *(s for s, _ in filter(None, self._normalize_spaces))])
         self._check_cost(model)
 
     # -- gating ------------------------------------------------------------------------------
     def _attach(self, modules: dict[str, nn.Module]) -> list:
         """Gates where the layer rules say a pruned channel must be kept out: the inputs of
         layers that mix channels, the statistics of norms over channels."""
-        handles = []
+        handles, self._gated = [], []
         for name, space in self.groups.inputs.items():
             rule = rule_for(modules[name])
             if rule is not None and rule.gate_input is not None and space.slices:
                 handles.append(modules[name].register_forward_pre_hook(self._gate_input(space, rule)))
+                self._gated.append(space)
         for name, space in {**self._own_params, **self.groups.outputs}.items():
             rule = rule_for(modules[name])
             if rule is not None and rule.normalize is not None and space.slices:
                 handles.append(modules[name].register_forward_hook(self._weighted_norm(space, rule)))
+                self._gated.append(space)
         for name in self.blocks:
             handles.append(modules[name].register_forward_hook(self._keep_or_skip(name)))
         return handles
@@ -145,14 +152,14 @@ class UserModel(Supernet):
         def hook(m, args):
             if self._state is None:  # the bare network (as fvcore and the teacher see it)
                 return None
-            return (rule.gate_input(m, args[0], space.gate(self._state[0])), *args[1:])
+            return (rule.gate_input(m, args[0], self._state[2](space)), *args[1:])
         return hook
 
     def _weighted_norm(self, space, rule: LayerRule):
         def hook(m, args, output):
             if self._state is None:
                 return None
-            return rule.normalize(m, args[0], space.gate(self._state[0]))
+            return rule.normalize(m, args[0], self._state[2](space))
         return hook
 
     def _partitions(self, modules: dict[str, nn.Module]) -> dict[str, tuple[torch.Tensor, bool]]:
@@ -219,11 +226,12 @@ class UserModel(Supernet):
         return hook
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        self._state = (self.gates(), self.op_weights())
+        gates = self.gates()
+        self._state = (gates, self.op_weights(), self.gate_index.vectors(gates))
         try:
             if not any(self._normalize_spaces):
                 return self.model(x)
-            with GatedNormalize(self._normalize_spaces, self._state[0]):
+            with GatedNormalize(self._normalize_spaces, self._state[2]):
                 return self.model(x)
         finally:
             self._state = None
@@ -252,7 +260,7 @@ class UserModel(Supernet):
         return super().op_logits()
 
     def select(self, scores):
-        return {k: nn.functional.one_hot(w.argmax(), 2).to(w.dtype) for k, w in scores.items()}
+        return {k: one_hot_max(w) for k, w in scores.items()}
 
     def derive_ops(self, scores=None) -> dict[str, str]:
         scores = self.op_logits() if scores is None else scores
@@ -328,7 +336,16 @@ class UserModel(Supernet):
         return self._block_of[layer]
 
     def cost(self, weights, widths) -> Cost:
-        """Every layer's exact cost at these widths, times its block's keep weight."""
+        """Every layer's exact cost at these widths, times its block's keep weight:
+        `cost_formula`, evaluated as the polynomial it is."""
+        return self._cost_polynomial(weights, widths)
+
+    @functools.cached_property
+    def _cost_polynomial(self) -> CostPolynomial:
+        return CostPolynomial(self.cost_formula, self.full_widths(), {group_key(b): 2 for b in self.blocks})
+
+    def cost_formula(self, weights, widths) -> Cost:
+        """The cost, layer by layer (`_layer_costs`), each times its block's keep weight."""
         total = Cost(0, 0)
         for layer, c in self._layer_costs({**self.full_widths(), **widths}):
             block = self._block(layer)
@@ -349,13 +366,36 @@ class UserModel(Supernet):
         analytic = self.cost(self.one_hot({b: "keep" for b in self.blocks}), self.full_widths())
         flops, params, _ = fvcore_report(model, self.example)
         if (round(float(analytic.macs)), round(float(analytic.params))) != (flops, params):
+            differing = self._layers_counted_differently(model)
+            where = (f"the layers whose counts differ (fvcore's MACs, params / the cost model's): "
+                     + "; ".join(differing[:5]) if differing else
+                     f"no layer's count differs, so the network computes with an op this tool "
+                     f"does not model (fvcore's count by op: {_by_operator(model, self.example)}; "
+                     f"modelled: {', '.join(t.__name__ for t in supported_types())} and adaptive "
+                     f"average pooling)")
             raise CostMismatchError(
                 f"{self.space.source}: fvcore counts {flops:,} MACs and {params:,} params, the "
-                f"cost model {float(analytic.macs):,.0f} and {float(analytic.params):,.0f}: the "
-                f"network computes with an op this tool does not model (fvcore's count by op: "
-                f"{_by_operator(model, self.example)}; modelled: "
-                f"{', '.join(t.__name__ for t in supported_types())} and adaptive average pooling); its "
-                f"cost would be wrong, so this network cannot be pruned here")
+                f"cost model {float(analytic.macs):,.0f} and {float(analytic.params):,.0f}: {where}; "
+                f"its cost would be wrong, so this network cannot be pruned here")
+
+    def _layers_counted_differently(self, model: nn.Module) -> list[str]:
+        """'layer: fvcore MACs, params / ours' for every counted layer where they differ."""
+        from fvcore.nn import FlopCountAnalysis, parameter_count
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            analysis = FlopCountAnalysis(model.eval(), self.example)
+            flops = analysis.unsupported_ops_warnings(False).uncalled_modules_warnings(False).by_module()
+        params = parameter_count(model)
+        full = self.full_widths()
+        out = []
+        for w in self.layer_widths(full):
+            c = w.rule.cost(w.module, w.c_in, w.c_out, w.shape_in, w.shape_out)
+            theirs = (flops.get(w.name, 0), params.get(w.name, 0))
+            ours = (round(float(c.macs)), round(float(c.params)))
+            if theirs != ours:
+                out.append(f"{w.name} ({type(w.module).__name__}): {theirs[0]:,}, {theirs[1]:,} / "
+                           f"{ours[0]:,}, {ours[1]:,}")
+        return out
 
     # -- records and slimming ----------------------------------------------------------------------
     def architecture(self, ops, widths, mean=(), std=()) -> PrunedArchitecture:

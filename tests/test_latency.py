@@ -107,6 +107,29 @@ def test_latency_gradient_reaches_alpha_and_masks(latency_net, which):
         assert grad.view(-1)[i].item() == pytest.approx((up - down) / (2 * eps), rel=1e-5, abs=1e-10)
 
 
+def test_all_parts_at_once_equal_part_by_part_in_value_and_gradient(latency_net):
+    """The batched interpolation against one table lookup per part: soft widths inside, at
+    and beyond the grid's ends, a table with grids of different lengths (padded)."""
+    net, _ = latency_net
+    model = LatencyModel(net, net.latency_parts(), synthetic_table(net, grid_points=8))
+    g = torch.Generator().manual_seed(3)
+    for scale in (0.3, 1.0, 1.7):  # widths below, around and above the full widths
+        with torch.no_grad():
+            for p in net.arch_parameters():
+                p.copy_(torch.randn(p.shape, generator=g, dtype=p.dtype) * 2)
+        weights, widths = expected_point(net)
+        widths = {k: w * scale for k, w in widths.items()}
+        batched, reference = model.ms(weights, widths), model.ms_part_by_part(weights, widths)
+        assert float(batched) == pytest.approx(float(reference), rel=1e-12)
+        params = net.arch_parameters()
+        for a, b in zip(torch.autograd.grad(batched, params, allow_unused=True, retain_graph=True),
+                        torch.autograd.grad(reference, params, allow_unused=True)):
+            assert (a is None) == (b is None)
+            if a is not None:
+                assert torch.allclose(a, b, rtol=1e-9, atol=1e-12)
+    assert len({len(g) for p in model.parts for g in model.table.entries[p.key].grid}) > 1
+
+
 def test_penalty_pulls_latency_toward_its_target(latency_net):
     net, model = latency_net
     weights, widths = discrete_point(net)

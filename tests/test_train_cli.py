@@ -60,11 +60,16 @@ def test_derive_again_with_another_target_without_searching(run):
     run_dir, metrics = run
     before = (run_dir / "search.pt").read_bytes()
     target = round(0.7 * metrics["target_macs"])
-    cli("--run", str(run_dir), "--stages", "derive,export", "--export-name", "export_small",
-        f"derive.target.macs={target}")
+    done = cli("--run", str(run_dir), "--stages", "derive,export", "--export-name", "export_small",
+               f"derive.target.macs={target}")
     again = json.loads((run_dir / "summary-export_small.json").read_text())
     assert (run_dir / "search.pt").read_bytes() == before  # the search was not touched
-    assert abs(again["macs"] - target) <= 0.03 * target
+    # met within the tolerance, or the closest reachable network, said so (a tiny space's
+    # widths can step by more than 3%)
+    assert (abs(again["macs"] - target) <= 0.03 * target
+            or f"cannot meet the MACs target {target:,} MACs within 3%: the closest is "
+               f"{again['macs']:,} MACs" in done.stderr), done.stderr[-2000:]
+    assert again["macs"] < metrics["macs"]
     assert read_metrics(run_dir / "export_small")["macs"] == again["macs"]
     assert load(run_dir / "export_small").arch.cost().macs == again["macs"]
 

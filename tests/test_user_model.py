@@ -221,6 +221,55 @@ def test_an_op_the_cost_model_does_not_count_stops_the_run_with_its_name():
         UserModel(ModelSpaceConfig(source=f"{__name__}:einsum_net"), 3, 10, 8)
 
 
+class TwiceNet(nn.Module):
+    """One conv called twice: fvcore counts both calls, the cost model one layer once."""
+
+    def __init__(self, num_classes: int = 10) -> None:
+        super().__init__()
+        self.stem, self.conv = nn.Conv2d(3, 8, 3, padding=1), nn.Conv2d(8, 8, 3, padding=1)
+        self.fc = nn.Linear(8, num_classes)
+
+    def forward(self, x):
+        return self.fc(self.conv(self.conv(self.stem(x))).mean((2, 3)))
+
+
+def twice_net(num_classes: int = 10) -> TwiceNet:
+    return TwiceNet(num_classes)
+
+
+def test_a_cost_mismatch_names_the_layer_whose_count_differs():
+    with pytest.raises(ValueError, match=r"the layers whose counts differ .*: conv \(Conv2d\): "
+                                         r"73,728, 584 / 36,864, 584"):
+        UserModel(ModelSpaceConfig(source=f"{__name__}:twice_net"), 3, 10, 8)
+
+
+class SlicedNet(nn.Module):
+    """conv `b` reads the first half of `a`'s channels (a slice whose bounds are code)."""
+
+    def __init__(self, num_classes: int = 10) -> None:
+        super().__init__()
+        self.a, self.b = nn.Conv2d(3, 8, 3, padding=1), nn.Conv2d(4, 6, 3, padding=1)
+        self.fc = nn.Linear(14, num_classes)
+
+    def forward(self, x):
+        x = torch.relu(self.a(x))
+        y = torch.relu(self.b(x[:, :4]))
+        return self.fc(torch.cat([x.mean((2, 3)), y.mean((2, 3))], 1))
+
+
+def sliced_net(num_classes: int = 10) -> SlicedNet:
+    return SlicedNet(num_classes)
+
+
+def test_a_layer_reading_part_of_a_group_leaves_it_whole_and_is_costed_exactly():
+    """Its width was 0 (a cost check that blamed an unmodelled op); now the group is left
+    unpruned with the layer named, and the rest of the network is pruned and exact."""
+    r = check(f"{__name__}:sliced_net", 8)
+    assert "a: b reads 4 of the 8 channels of a (a channel split" in r["left_unpruned"][0]
+    assert (r["macs"], r["params"]) == (r["fvcore_macs"], r["fvcore_params"])
+    assert r["groups"] == 1 and r["gap"] <= 1e-5 * r["scale"]
+
+
 def test_distillation_without_trained_weights_is_refused():
     with pytest.raises(ConfigError, match="model.checkpoint is unset"):
         load_config(ROOT / "configs" / "prune_model.yaml", ["finetune.kd_weight=0.5"])
