@@ -38,7 +38,7 @@ def randomize(net: UserModel, generator: torch.Generator) -> None:
     statistic away from its identity default, mask logits and keep/skip logits at random: a
     slimmer that took the wrong channels, or a block the wrong way, shows."""
     for name, p in net.model.named_parameters():
-        if p.ndim == 1:
+        if sum(d > 1 for d in p.shape) <= 1:  # (C,), or (C, 1, 1) as torchvision's layer scale
             p.copy_(torch.randn(p.shape, generator=generator) * 0.2 if name.endswith("bias")
                     else torch.rand(p.shape, generator=generator) + 0.5)
     for name, b in net.model.named_buffers():

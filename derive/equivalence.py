@@ -3,6 +3,7 @@ search optimised another function than the one exported (a channel-mixing op the
 reach), so the run stops before anything is exported."""
 from __future__ import annotations
 
+import contextlib
 from dataclasses import dataclass
 
 import torch
@@ -22,13 +23,25 @@ class Equivalence:
     scale: float  # max |hard-masked supernet output| on it
 
 
+@contextlib.contextmanager
+def _full_precision():
+    """No TF32 convolutions or matmuls (a GPU default that would blur the comparison)."""
+    matmul = torch.backends.cuda.matmul.allow_tf32
+    torch.backends.cuda.matmul.allow_tf32 = False
+    try:
+        with torch.backends.cudnn.flags(enabled=torch.backends.cudnn.enabled, allow_tf32=False):
+            yield
+    finally:
+        torch.backends.cuda.matmul.allow_tf32 = matmul
+
+
 @torch.no_grad()
 def check_equivalence(net, derivation: Derivation, compact: torch.nn.Module,
                       probe: torch.Tensor) -> Equivalence:
     """Compare `compact` with the hard-masked `net` on `probe` (both in eval mode); raise
     `SlimMismatchError`, naming the first layer that differs where the space can tell, when the
     gap exceeds `RELATIVE_TOLERANCE` of the output scale."""
-    with net.hard_masked(derivation.ops, derivation.keep):
+    with net.hard_masked(derivation.ops, derivation.keep), _full_precision():
         reference = net(probe)
         gap, scale = float((reference - compact(probe)).abs().max()), float(reference.abs().max())
         if gap <= RELATIVE_TOLERANCE * scale:

@@ -67,6 +67,13 @@ class Symbol:
 
     __rmul__ = __mul__
 
+    def _branched(self, *args):
+        raise TypeError("a cost formula branched on a width or an op weight (a comparison or a "
+                        "truth test): a polynomial cannot represent it")
+
+    __bool__ = __eq__ = __ne__ = __lt__ = __le__ = __gt__ = __ge__ = _branched
+    __hash__ = None
+
     def __truediv__(self, other) -> "Symbol":
         if not isinstance(other, Number) or isinstance(other, bool):
             raise TypeError("a cost formula divided by a width: not a polynomial")
@@ -117,7 +124,8 @@ class CostPolynomial:
         self.groups, self.choices = list(groups), dict(choices)
         self.defaults = dict(groups)  # a group's width when a call leaves it out: its full width
         self.names = tuple(self.groups)
-        index = iter(range(1, 1 + len(self.groups) + sum(self.choices.values())))
+        self.variables = 1 + len(self.groups) + sum(self.choices.values())
+        index = iter(range(1, self.variables))
         widths = {g: Symbol.variable(next(index)) for g in self.groups}
         weights = {k: SymbolVector([Symbol.variable(next(index)) for _ in range(n)])
                    for k, n in self.choices.items()}
@@ -147,6 +155,9 @@ class CostPolynomial:
                                     device)
         values = torch.cat([torch.ones(1, dtype=torch.float64, device=device), width_values,
                             stacked([weights[k] for k in self.choices], device)])
+        if values.shape[0] != self.variables:  # shape only: no sync
+            raise ValueError(f"the cost polynomial takes {self.variables - 1} widths and op weights, "
+                             f"got {values.shape[0] - 1}: an op weight vector of another length")
         factors = values[index]
         products = factors[:, 0] if factors.shape[1] else torch.ones(len(factors), dtype=torch.float64, device=device)
         for i in range(1, factors.shape[1]):  # not .prod(): its backward checks for zeros on the host

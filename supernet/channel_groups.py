@@ -141,9 +141,8 @@ def _why_partial(name: str, root: str, roots: list[int], size: int) -> str | Non
     pruned with it (None: it reads every channel at the same number of positions)."""
     counts = collections.Counter(roots)
     if len(counts) < size:
-        return (f"{name} reads {len(counts)} of the {size} channels of {root} (a channel split, "
-                f"slice or one input of a concatenation: its bounds are in the network's code, "
-                f"which pruning cannot change)")
+        return (f"{name} reads {len(counts)} of the {size} channels of {root} (a channel split or "
+                f"slice: its bounds are in the network's code, which pruning cannot change)")
     if len(set(counts.values())) > 1:
         return f"{name} reads the channels of {root} at different numbers of positions"
     return None

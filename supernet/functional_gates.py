@@ -3,7 +3,8 @@ a pruned group's channels. Its input is multiplied by the gate, so a pruned chan
 to the norm, exactly as in the slimmed network where the channel is gone.
 
 The n-th `F.normalize` of a forward pass is the n-th one the trace saw (a network's forward runs
-the same ops in the same order); only those over a group's channels are gated.
+the same ops in the same order; a forward that runs another number of them, or one of another
+size where a gate applies, is an error); only those over a group's channels are gated.
 """
 from __future__ import annotations
 
@@ -28,8 +29,12 @@ class GatedNormalize(TorchFunctionMode):
             gated = self.spaces[self.calls] if self.calls < len(self.spaces) else None
             self.calls += 1
             x = args[0]
-            if gated is not None and x.shape[gated[1]] == gated[0].size:
+            if gated is not None:
                 space, dim = gated
+                if x.shape[dim] != space.size:
+                    raise RuntimeError(f"F.normalize call {self.calls} normalises {x.shape[dim]} "
+                                       f"channels where the trace saw {space.size}: the network "
+                                       f"runs other F.normalize calls in training than in eval")
                 shape = [1] * x.ndim
                 shape[dim] = -1
                 args = (x * self.gate_of(space).view(shape).to(x.dtype), *args[1:])

@@ -25,7 +25,6 @@ class GateIndex(nn.Module):
         starts, at = {}, 1
         for group, size in sizes.items():
             starts[group], at = at, at + size
-        self._slots: dict[int, str] = {}  # id(space) -> its buffer's name
         seen: dict[tuple, str] = {}
         for space in spaces:
             key = _content(space)
@@ -35,7 +34,7 @@ class GateIndex(nn.Module):
                     positions[s.index] = starts[s.group] + torch.arange(len(s.index)) // s.repeat
                 seen[key] = f"space{len(seen)}"
                 self.register_buffer(seen[key], positions, persistent=False)
-            self._slots[id(space)] = seen[key]
+            space.gate_slot = seen[key]  # the buffer's name, on the space (a copy keeps it)
 
     def vectors(self, gates: dict[str, torch.Tensor]) -> "GateVectors":
         if not self.groups:  # nothing is gated
@@ -53,7 +52,7 @@ class GateVectors:
         self.index, self.flat, self._gathered = index, flat, {}
 
     def __call__(self, space: ChannelSpace) -> torch.Tensor:
-        slot = self.index._slots[id(space)]
+        slot = space.gate_slot
         if slot not in self._gathered:
             self._gathered[slot] = self.flat[getattr(self.index, slot)]
         return self._gathered[slot]

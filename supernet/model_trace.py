@@ -63,7 +63,9 @@ class _Watch(TorchFunctionMode):
             x, dim = args[0], kwargs.get("dim", args[2] if len(args) > 2 else 1)
             producer = _producer(x, self.produced)
             channel_dim = x.ndim - 1 if self.linear[producer] else 1
-            self.trace.normalizations.append(Normalize(producer, dim, dim % x.ndim == channel_dim))
+            channels = self.trace.shapes[producer][1][channel_dim if channel_dim == 1 else -1]
+            over = dim % x.ndim == channel_dim and x.shape[dim] == channels
+            self.trace.normalizations.append(Normalize(producer, dim, over))
         return func(*args, **kwargs)
 
 
@@ -78,7 +80,7 @@ def _producer(x: torch.Tensor, produced: dict) -> str:
         if node in produced:
             return produced[node]
         frontier.extend(n for n, _ in node.next_functions)
-    raise ValueError("an adaptive average pooling reads a tensor no layer produced")
+    raise ValueError("an adaptive average pooling or F.normalize reads a tensor no layer produced")
 
 
 def trace(model: nn.Module, example: torch.Tensor, layers: tuple[type, ...]) -> Trace:

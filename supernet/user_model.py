@@ -231,8 +231,14 @@ class UserModel(Supernet):
         try:
             if not any(self._normalize_spaces):
                 return self.model(x)
-            with GatedNormalize(self._normalize_spaces, self._state[2]):
-                return self.model(x)
+            with GatedNormalize(self._normalize_spaces, self._state[2]) as gated:
+                out = self.model(x)
+            if gated.calls != len(self._normalize_spaces):
+                raise RuntimeError(f"{self.space.source} called F.normalize {gated.calls} times in "
+                                   f"this forward pass, {len(self._normalize_spaces)} when traced: its "
+                                   f"channel gates cannot be matched; list the layers before them in "
+                                   f"model.ignore")
+            return out
         finally:
             self._state = None
 
@@ -367,7 +373,7 @@ class UserModel(Supernet):
         flops, params, _ = fvcore_report(model, self.example)
         if (round(float(analytic.macs)), round(float(analytic.params))) != (flops, params):
             differing = self._layers_counted_differently(model)
-            where = (f"the layers whose counts differ (fvcore's MACs, params / the cost model's): "
+            where = ("the layers whose counts differ (fvcore's MACs, params / the cost model's): "
                      + "; ".join(differing[:5]) if differing else
                      f"no layer's count differs, so the network computes with an op this tool "
                      f"does not model (fvcore's count by op: {_by_operator(model, self.example)}; "

@@ -55,12 +55,16 @@ def test_global_response_norm_is_gated_exactly():
     assert (r["macs"], r["params"]) == (r["fvcore_macs"], r["fvcore_params"])
 
 
-def test_randomize_moves_every_vector_parameter_off_its_default():
-    net = UserModel(ModelSpaceConfig(source="timm:convnextv2_atto"), 3, 10, 32)
+@pytest.mark.parametrize("source", ["timm:convnextv2_atto", "torchvision:convnext_tiny"])
+def test_randomize_moves_every_vector_parameter_off_its_default(source):
+    """GRN starts at zero and layer scales at 1e-6: left so, a block's body barely counts."""
+    net = UserModel(ModelSpaceConfig(source=source), 3, 10, 32)
     with torch.no_grad():
         randomize(net, torch.Generator().manual_seed(0))
-    grn = net.model.stages[0].blocks[0].mlp.grn
-    assert grn.weight.abs().min() >= 0.5 and grn.bias.abs().max() > 0
+    vectors = [(n, p) for n, p in net.model.named_parameters() if sum(d > 1 for d in p.shape) == 1]
+    assert any("grn" in n or "layer_scale" in n for n, _ in vectors)
+    assert all(p.abs().min() >= 0.5 for n, p in vectors if not n.endswith("bias"))
+    assert all(p.abs().max() > 0 for n, p in vectors if n.endswith("bias"))
 
 
 def _derived(source: str, seed: int = 0):
@@ -84,7 +88,7 @@ def test_an_unmodelled_channel_mix_stops_the_check_naming_the_layer():
 
 def test_a_mismatched_run_stops_before_the_export(tmp_path):
     done = subprocess.run(
-        [sys.executable, "train.py", f"model.source=tests.test_channel_mixing:centered_net",
+        [sys.executable, "train.py", "model.source=tests.test_channel_mixing:centered_net",
          "search.epochs=1", "search.warmup_epochs=0", "finetune.epochs=1", f"out_dir={tmp_path}",
          "name=run"], cwd=ROOT, capture_output=True, text=True)
     assert done.returncode != 0

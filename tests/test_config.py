@@ -1,5 +1,6 @@
 """Bad input fails early with a message that says what was wrong and what is allowed."""
 import pytest
+import torch
 
 from maskednas.pipeline.config import ConfigError, load_config
 from maskednas.search.penalty import UnreachableTargetError
@@ -73,3 +74,18 @@ def test_a_saved_run_with_the_earlier_target_keys_reads_as_the_new_form():
     cfg = from_dict(RunConfig, saved)
     assert list(cfg.search.targets) == ["macs"] and cfg.search.targets["macs"].fraction == 0.4
     assert cfg.derive.target == {"macs": 2e5}
+
+
+def test_the_default_run_uses_one_torch_thread():
+    """Two threads on two cores run the digits search 4x slower beside one busy process, one
+    thread no slower (benchmarks/contention.py); the run applies the config's count."""
+    from maskednas.pipeline.setup import apply_threads
+
+    cfg = load_config("digits")
+    assert cfg.threads == 1
+    before = torch.get_num_threads()
+    try:
+        apply_threads(cfg)
+        assert torch.get_num_threads() == 1
+    finally:
+        torch.set_num_threads(before)

@@ -113,12 +113,13 @@ def test_all_parts_at_once_equal_part_by_part_in_value_and_gradient(latency_net)
     net, _ = latency_net
     model = LatencyModel(net, net.latency_parts(), synthetic_table(net, grid_points=8))
     g = torch.Generator().manual_seed(3)
-    for scale in (0.3, 1.0, 1.7):  # widths below, around and above the full widths
+    for scale in (None, 0.3, 1.7):  # the estimator's own widths (one vector), and scaled ones
         with torch.no_grad():
             for p in net.arch_parameters():
                 p.copy_(torch.randn(p.shape, generator=g, dtype=p.dtype) * 2)
         weights, widths = expected_point(net)
-        widths = {k: w * scale for k, w in widths.items()}
+        if scale is not None:  # below and beyond the full widths, as a dict
+            widths = {k: w * scale for k, w in widths.items()}
         batched, reference = model.ms(weights, widths), model.ms_part_by_part(weights, widths)
         assert float(batched) == pytest.approx(float(reference), rel=1e-12)
         params = net.arch_parameters()

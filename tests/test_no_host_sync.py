@@ -69,6 +69,6 @@ def test_search_steps_with_a_latency_target_do_not_sync(tmp_path):
 def test_search_steps_on_a_users_network_do_not_sync(tmp_path):
     """The `model` space: gate vectors gathered from index buffers on the device, the compiled
     cost polynomial, sync-free one-hot selection."""
-    cfg = small_config(tmp_path, "device=cuda", "search.warmup_epochs=0",
-                       "model.source=benchmarks.cifar_resnet:resnet20")
+    cfg = small_config(tmp_path, "space=model", "model.source=benchmarks.cifar_resnet:resnet20",
+                       "device=cuda", "search.warmup_epochs=0")
     steps_without_sync(prepare_search(cfg, tmp_path))
