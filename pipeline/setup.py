@@ -89,9 +89,9 @@ def build_supernet(cfg: RunConfig, meta: DataMeta, device) -> torch.nn.Module:
 
 def apply_threads(cfg: RunConfig) -> None:
     """The config's CPU thread count, and subnormal floats flushed to zero: gates annealed to
-    sigmoid(logit / 0.01) put values below 1e-38 into whole activations, and arithmetic on them
-    is several times slower on a CPU (the digits search measured 1.5 steps/s at T = 0.01
-    against 3.2 flushed); they are far below float32's resolution of anything they are added to."""
+    sigmoid(logit / 0.01) put values below 1e-38 into whole activations, and a CPU computes on
+    them several times more slowly (the digits search stepped at half its speed in its last
+    epochs); they are far below float32's resolution of anything they are added to."""
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
     torch.set_flush_denormal(True)

@@ -77,8 +77,8 @@ def test_a_saved_run_with_the_earlier_target_keys_reads_as_the_new_form():
 
 
 def test_the_default_run_uses_one_torch_thread():
-    """Two threads on two cores run the digits search 4x slower beside one busy process, one
-    thread no slower (benchmarks/contention.py); the run applies the config's count."""
+    """Two threads on two cores run the digits search 2.4x slower beside one busy process, one
+    thread 1.2x (benchmarks/contention.py); the run applies the config's count."""
     from maskednas.pipeline.setup import apply_threads
 
     cfg = load_config("digits")

@@ -24,7 +24,10 @@ RESNET20 = "benchmarks.cifar_resnet:resnet20"
 
 @pytest.fixture(scope="module")
 def matrix(tmp_path_factory):
-    """Every model of the support matrix checked once, exported under one folder."""
+    """Every model of the support matrix checked once, exported under one folder. Subnormal
+    floats as a fresh process computes them (runs flush them to zero, see pipeline.setup), so the
+    fresh process's outputs can be compared bit for bit."""
+    torch.set_flush_denormal(False)
     root = tmp_path_factory.mktemp("matrix")
     results = {}
     for i, (source, size) in enumerate(MODELS.items()):
