@@ -24,15 +24,24 @@ class Equivalence:
 
 
 @contextlib.contextmanager
-def _full_precision():
-    """No TF32 convolutions or matmuls (a GPU default that would blur the comparison)."""
-    matmul = torch.backends.cuda.matmul.allow_tf32
-    torch.backends.cuda.matmul.allow_tf32 = False
+def _full_precision(device: torch.device):
+    """No TF32 convolutions or matmuls on a GPU (a default there that would blur the comparison),
+    through torch's precision settings where it has them (>= 2.9), else the older flags."""
+    if device.type != "cuda":
+        yield
+        return
+    new = hasattr(torch.backends.cuda.matmul, "fp32_precision")
+    settings = ([(torch.backends.cuda.matmul, "fp32_precision", "ieee"),
+                 (torch.backends.cudnn.conv, "fp32_precision", "ieee")] if new else
+                [(torch.backends.cuda.matmul, "allow_tf32", False), (torch.backends.cudnn, "allow_tf32", False)])
+    before = [getattr(owner, name) for owner, name, _ in settings]
     try:
-        with torch.backends.cudnn.flags(enabled=torch.backends.cudnn.enabled, allow_tf32=False):
-            yield
+        for owner, name, value in settings:
+            setattr(owner, name, value)
+        yield
     finally:
-        torch.backends.cuda.matmul.allow_tf32 = matmul
+        for (owner, name, _), value in zip(settings, before):
+            setattr(owner, name, value)
 
 
 @torch.no_grad()
@@ -41,7 +50,7 @@ def check_equivalence(net, derivation: Derivation, compact: torch.nn.Module,
     """Compare `compact` with the hard-masked `net` on `probe` (both in eval mode); raise
     `SlimMismatchError`, naming the first layer that differs where the space can tell, when the
     gap exceeds `RELATIVE_TOLERANCE` of the output scale."""
-    with net.hard_masked(derivation.ops, derivation.keep), _full_precision():
+    with net.hard_masked(derivation.ops, derivation.keep), _full_precision(probe.device):
         reference = net(probe)
         gap, scale = float((reference - compact(probe)).abs().max()), float(reference.abs().max())
         if gap <= RELATIVE_TOLERANCE * scale:

@@ -155,9 +155,10 @@ class CostPolynomial:
                                     device)
         values = torch.cat([torch.ones(1, dtype=torch.float64, device=device), width_values,
                             stacked([weights[k] for k in self.choices], device)])
-        if values.shape[0] != self.variables:  # shape only: no sync
-            raise ValueError(f"the cost polynomial takes {self.variables - 1} widths and op weights, "
-                             f"got {values.shape[0] - 1}: an op weight vector of another length")
+        wrong = [k for k, n in self.choices.items() if weights[k].shape[-1] != n]  # shapes: no sync
+        if wrong or values.shape[0] != self.variables:
+            raise ValueError(f"the cost polynomial takes {self.choices} op weights per choice and "
+                             f"{len(self.groups)} widths; {wrong[:3] or 'the widths'} differ")
         factors = values[index]
         products = factors[:, 0] if factors.shape[1] else torch.ones(len(factors), dtype=torch.float64, device=device)
         for i in range(1, factors.shape[1]):  # not .prod(): its backward checks for zeros on the host

@@ -33,7 +33,8 @@ from maskednas.export.compact import build
 from maskednas.export.latency import latencies_ms
 from maskednas.latency import LatencyModel, models_ms
 from maskednas.pipeline.config import ConfigError, RunConfig, flat_dict, to_dict
-from maskednas.pipeline.setup import (DataMeta, TrainingContext, latency_model, load_data, prepare_search,
+from maskednas.pipeline.setup import (DataMeta, TrainingContext, apply_threads, latency_model, load_data,
+                                      prepare_search,
                                       restore_supernet, seed_everything, select_device)
 from maskednas.pipeline.summary import latency_table, onnx_table, summary_table
 from maskednas.search.checkpoint import load_checkpoint
@@ -297,6 +298,7 @@ def run(cfg: RunConfig, run_dir: str | Path, stages: Sequence[str] = STAGES, *,
     True
     """
     stages, run_dir = check_stages(stages), Path(run_dir)
+    apply_threads(cfg)  # later stages alone too: threads and subnormal flushing
     data = data or load_data(cfg)
     if not parallel.is_main():
         report = _silent

@@ -28,9 +28,8 @@ class GatedNormalize(TorchFunctionMode):
         if func is F.normalize:
             gated = self.spaces[self.calls] if self.calls < len(self.spaces) else None
             self.calls += 1
-            x = args[0]
             if gated is not None:
-                space, dim = gated
+                x, (space, dim) = args[0], gated
                 if x.shape[dim] != space.size:
                     raise RuntimeError(f"F.normalize call {self.calls} normalises {x.shape[dim]} "
                                        f"channels where the trace saw {space.size}: the network "

@@ -9,6 +9,15 @@ from maskednas.supernet import MacroSpaceConfig, MacroSupernet, StageSpec
 torch.set_num_threads(2)
 
 
+@pytest.fixture(autouse=True)
+def _process_settings():
+    """A run sets the config's thread count and flushes subnormal floats for the whole process
+    (pipeline.setup.apply_threads); each test starts from the same settings again."""
+    yield
+    torch.set_num_threads(2)
+    torch.set_flush_denormal(False)
+
+
 def tiny_space(candidates=None, first_candidates=None, **kw) -> MacroSpaceConfig:
     cands = candidates or ["conv_3x3", "sep_conv_3x3", "mbconv_k3_e3", "zero"]
     firsts = first_candidates or [c for c in cands if c != "zero"]

@@ -94,3 +94,25 @@ def test_a_mismatched_run_stops_before_the_export(tmp_path):
     assert done.returncode != 0
     assert "first layer whose output differs is b.0" in done.stderr, done.stderr[-2000:]
     assert not list((tmp_path / "run").glob("export*"))
+
+
+class TrainOnlyNormalize(Mixing):
+    """One more F.normalize in training than in eval (the trace runs in eval)."""
+
+    def forward(self, x):
+        x = F.normalize(self.a(x), dim=1)
+        if self.training:
+            x = F.normalize(x, dim=1)
+        return self.fc(F.adaptive_avg_pool2d(self.b(x), 1).flatten(1))
+
+
+def train_only_normalize_net(num_classes=10, in_channels=3):
+    return TrainOnlyNormalize(lambda x: x, num_classes, in_channels)
+
+
+def test_a_forward_with_other_normalize_calls_than_traced_is_refused():
+    net = UserModel(ModelSpaceConfig(source=f"{__name__}:train_only_normalize_net"), 3, 10, 16)
+    x = torch.randn(2, 3, 16, 16)
+    net.eval()(x)  # as traced
+    with pytest.raises(RuntimeError, match="called F.normalize 2 times in this forward pass, 1 when traced"):
+        net.train()(x)

@@ -85,6 +85,7 @@ def test_the_default_run_uses_one_torch_thread():
     assert cfg.threads == 1
     before = torch.get_num_threads()
     try:
+        torch.set_num_threads(2)
         apply_threads(cfg)
         assert torch.get_num_threads() == 1
     finally:

@@ -72,3 +72,15 @@ def test_each_distinct_gate_vector_is_gathered_once_per_forward_from_device_buff
     assert distinct < readers
     assert names.ops["index.Tensor"] == distinct and names.ops["index_copy.default"] == 0
     assert all(b.is_meta for b in net.to("meta").gate_index.buffers())
+
+
+def test_a_cost_formula_that_branches_on_a_width_is_refused():
+    from maskednas.ops import Cost
+    from maskednas.ops.cost_polynomial import CostPolynomial
+
+    with pytest.raises(TypeError, match="branched on a width"):
+        CostPolynomial(lambda w, c: Cost(c["a"] if c["a"] > 2 else 0, 0), {"a": 4}, {})
+    cost = CostPolynomial(lambda w, c: Cost(c["a"] * w["x"][0] * 3, c["a"]), {"a": 4}, {"x": 2})
+    assert float(cost({"x": torch.tensor([0.5, 0.5])}, {"a": 4}).macs) == 6.0
+    with pytest.raises(ValueError, match="op weights per choice"):
+        cost({"x": torch.tensor([0.5, 0.25, 0.25])}, {"a": 4})
