@@ -59,6 +59,7 @@ class Ctx:
         for key, value in space.items():
             setattr(cfg.space_config, key, value)
         path = self.tmp / "latency_table.json"
+        torch.set_num_threads(cfg.threads or torch.get_num_threads())  # what the run's table records
         synthetic_table(MacroSupernet(cfg.space_config, 1, 10, 8), channels_last=True).save(path)
         return str(path)
 

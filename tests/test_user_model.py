@@ -303,7 +303,7 @@ def test_train_prunes_a_user_network_end_to_end(tmp_path):
     assert {f"alpha/{b}/keep" for b in net.blocks} <= set(events.Tags()["scalars"])
 
 
-@pytest.mark.parametrize("source", ["tests.test_tensorboard:plain_net", "torchvision:mobilenet_v3_small",
+@pytest.mark.parametrize("source", ["tests.test_channel_mixing:plain_net", "torchvision:mobilenet_v3_small",
                                     "tests.test_channel_mixing:normalize_net"])
 def test_the_whole_pipeline_runs_on_each_kind_of_network(tmp_path, source):
     """A short search with TensorBoard, derive, slim, fine-tune, export and load, on a network
