@@ -19,10 +19,10 @@ from pathlib import Path
 import torch
 
 from maskednas.export import build, load
-from maskednas.export.latency import latencies_ms
 from maskednas.pipeline import load_config, run
 from maskednas.pipeline.config import FinetuneConfig
 from maskednas.pipeline.setup import TrainingContext, load_data, restore_supernet, seed_everything
+from maskednas.pipeline.stages import cpu_latencies
 from maskednas.search.checkpoint import load_checkpoint
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -57,23 +57,25 @@ def main() -> None:
     dense_acc = ctx.evaluate(dense)["acc"]
     shape = (meta.in_channels, meta.input_size, meta.input_size)
     slim_model = load(run_dir / "export", device)
-    lat = {}
-    for b in (1, 64):
-        measured = latencies_ms({"dense": dense, "slim": slim_model}, (b, *shape), device=device)
-        lat.update({f"{name}_b{b}_ms": ms for name, ms in measured.items()})
+    # both timed in alternation, in the run's memory format and thread count
+    lat = {f"{name}_ms": ms for name, ms in cpu_latencies(
+        {"dense": dense.cpu(), "slim": slim_model.cpu()}, shape, cfg.channels_last).items()}
     result = {"device": str(device), "torch": torch.__version__, "epochs_each": epochs,
               "dense": {"macs": dense.arch.cost().macs, "params": dense.arch.cost().params,
                         "test_acc": dense_acc, "train_s": dense_s},
               "ours": {"macs": ours["macs"], "params": ours["params"], "test_acc": ours["test_acc"],
                        "slimmed_test_acc": ours["slimmed_test_acc"], "pipeline_s": pipeline_s},
-              "latency": lat, "overrides": overrides}
+              "latency": lat, "channels_last": cfg.channels_last,
+              "torch_threads": torch.get_num_threads(), "overrides": overrides}
     out = ROOT / "benchmarks" / "results"
     out.mkdir(parents=True, exist_ok=True)
     (out / f"{tag}.json").write_text(json.dumps(result, indent=2))
     d, o = result["dense"], result["ours"]
     table = "\n".join([
         f"CIFAR-10 subset ({len(data.y_train)} train / {len(data.y_test)} test), {result['device']}, "
-        f"torch {result['torch']}, {epochs} training epochs each, seed {args.seed}",
+        f"torch {result['torch']}, {epochs} training epochs each, seed {args.seed}; latencies in "
+        f"alternation, {'channels_last' if cfg.channels_last else 'contiguous'}, "
+        f"{result['torch_threads']} threads",
         "",
         "| model | MACs | params | test acc | latency b=1 | latency b=64 |",
         "|---|---|---|---|---|---|",
