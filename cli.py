@@ -18,6 +18,7 @@ the command; rank 0 checks what one process checks for all and alone writes.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import logging
 import os
 import signal
@@ -29,13 +30,15 @@ import torch
 import yaml
 
 from maskednas import parallel
+from maskednas.common import atomic_write
+from maskednas.common.run_lock import RunLock
 from maskednas.pipeline import STAGES, ConfigError, RunConfig, check_stages, load_config, run, to_dict
 from maskednas.pipeline.config import (LATER_STAGES_MAY_CHANGE, RESUME_MAY_CHANGE, apply_override,
                                        check_changes, from_dict, is_plain_name, plain_name_error, read_yaml,
                                        shipped_configs, upgrade_moved_keys, validate)
-from maskednas.export.inspect import describe_export
-from maskednas.pipeline.setup import (apply_threads, build_supernet, check_ranks, data_meta,
-                                      latency_model, load_data, preflight, select_device)
+from maskednas.export.inspect import check_export, describe_export
+from maskednas.pipeline.setup import (apply_threads, build_supernet, check_ranks, check_same_data,
+                                      data_meta, latency_model, load_data, preflight, select_device)
 from maskednas.search.checkpoint import load_checkpoint
 from maskednas.search.loop import Searcher
 
@@ -65,6 +68,8 @@ def parse_args(argv: list[str], prog: str = "maskednas run") -> argparse.Namespa
     p.add_argument("--stages", default=",".join(STAGES),
                    help=f"comma-separated subset of {','.join(STAGES)}, in that order")
     p.add_argument("--export-name", default="export", help="export folder name inside the run dir")
+    p.add_argument("--accept-changed-data", action="store_true",
+                   help="with --resume: continue the search although its data changed since it started")
     p.add_argument("--debug", action="store_true", help="show the traceback of an error")
     p.add_argument("overrides", nargs="*", help="config overrides, e.g. search.epochs=10")
     args = p.parse_intermixed_args(argv)  # overrides may stand before and after options
@@ -86,7 +91,14 @@ def resolve_run(args) -> tuple[RunConfig, Path]:
         return cfg, Path(cfg.out_dir) / cfg.name
     run_dir = Path(existing)
     if not (run_dir / "config.yaml").is_file():
-        raise ConfigError(f"{run_dir} is not a run directory: it has no config.yaml")
+        runs = sorted(p.parent.name for p in run_dir.parent.glob("*/config.yaml") if p.parent != run_dir) \
+            if run_dir.parent.is_dir() else []
+        known = (f"runs in {run_dir.parent}: {', '.join(runs[:10])}" + (" ..." if len(runs) > 10 else "")
+                 if runs else f"{run_dir.parent} holds no runs")
+        what = (f"no run {run_dir.name!r} exists" if not run_dir.exists() else
+                f"{run_dir} is not a run directory (it has no config.yaml: a run that failed "
+                f"before it started writes none)")
+        raise ConfigError(f"{what}; {known}")
     data = read_yaml(run_dir / "config.yaml")
     moved = upgrade_moved_keys(data)
     if moved:
@@ -117,6 +129,9 @@ def run_command(argv: list[str], prog: str = "maskednas run") -> dict:
     stages = check_stages([s.strip() for s in args.stages.split(",") if s.strip()])
     if not is_plain_name(args.export_name):
         raise ConfigError(plain_name_error("--export-name", args.export_name))
+    if args.accept_changed_data and not args.resume:
+        raise ConfigError("--accept-changed-data applies to --resume only (a new run or --run "
+                          "reads the data as it is)")
     if args.run and "search" in stages:
         raise ConfigError("--run reuses an earlier search: drop 'search' from --stages, "
                           "or use --resume to continue that search")
@@ -135,14 +150,27 @@ def run_command(argv: list[str], prog: str = "maskednas run") -> dict:
             data = load_data(cfg)  # every split checked
         if "search" in stages:  # the supernet and its targets (a resumed run: its latency table)
             parallel.on_main(lambda: preflight(cfg, data, run_dir if args.resume else None))
-        if parallel.is_main():
-            run_dir.mkdir(parents=True, exist_ok=True)
-            if not args.run:  # a later-stage run keeps the search's config; overrides: the export
-                (run_dir / "config.yaml").write_text(yaml.safe_dump(to_dict(cfg), sort_keys=False))
-        return run(cfg, run_dir, stages, resume=bool(args.resume), export_name=args.export_name,
-                   data=data)
+        if args.resume and not args.accept_changed_data and (run_dir / Searcher.CHECKPOINT).is_file():
+            check_same_data(load_checkpoint(run_dir / Searcher.CHECKPOINT, "search"), data, cfg, run_dir)
+        with contextlib.ExitStack() as held:
+            parallel.on_main(lambda: claim(run_dir, held, new_run=not (args.resume or args.run)))
+            if parallel.is_main() and not args.run:  # a later-stage run keeps the search's config
+                atomic_write(run_dir / "config.yaml",
+                             lambda tmp: Path(tmp).write_text(yaml.safe_dump(to_dict(cfg), sort_keys=False)))
+            return run(cfg, run_dir, stages, resume=bool(args.resume), export_name=args.export_name,
+                       data=data)
     finally:
         parallel.stop()
+
+
+def claim(run_dir: Path, held: contextlib.ExitStack, new_run: bool) -> None:
+    """Rank 0 makes the run folder and holds its lock (`RunLock`) until the command ends; a new
+    run checks again, under the lock, that no search of that name appeared meanwhile."""
+    run_dir.mkdir(parents=True, exist_ok=True)
+    held.enter_context(RunLock(run_dir))
+    if new_run and (run_dir / Searcher.CHECKPOINT).exists():
+        raise ConfigError(f"{run_dir} already holds a search; continue it with --resume "
+                          f"{run_dir}, re-derive with --run {run_dir}, or pick another name=...")
 
 
 def one_line(e: BaseException) -> str:
@@ -205,11 +233,24 @@ def latency_command(argv: list[str], prog: str = "maskednas latency") -> None:
 
 def inspect_command(argv: list[str], prog: str = "maskednas inspect") -> None:
     """Print an export's architecture, cost and metrics. Reads arch.json and metrics.json after
-    checking them against the manifest; builds nothing."""
+    checking them against the manifest; builds nothing. With --check, also rebuilds the network,
+    loads its weights and recounts its cost with fvcore; an export of a user's own network
+    (source package.module:function) is rebuilt only with --trust-source, because rebuilding
+    it imports and runs that module."""
     p = argparse.ArgumentParser(prog=prog, description=inspect_command.__doc__)
     p.add_argument("export", help="an export folder (runs/<name>/export)")
+    p.add_argument("--check", action="store_true",
+                   help="rebuild the network, load the weights and recount MACs and params")
+    p.add_argument("--trust-source", nargs="*", metavar="PACKAGE", default=None,
+                   help="with --check: allow building a user-factory source (every one, or only "
+                        "those in the PACKAGEs named)")
     args = p.parse_args(argv)
+    if args.trust_source is not None and not args.check:
+        raise ValueError("--trust-source applies to --check only (inspecting builds nothing)")
     print(describe_export(args.export))
+    if args.check:
+        trust = False if args.trust_source is None else (args.trust_source or True)
+        print(check_export(args.export, trust))
 
 
 def configs_command(argv: list[str], prog: str = "maskednas configs") -> None:

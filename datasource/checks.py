@@ -2,6 +2,8 @@
 lengths and labels. Each error names the array at fault and what is allowed."""
 from __future__ import annotations
 
+import warnings
+
 import numpy as np
 import torch
 
@@ -63,3 +65,48 @@ def check_splits(name: str, x_train: torch.Tensor, y_train: torch.Tensor, x_test
             raise DataError(f"{name}: {split} has labels {bad[:10]} outside 0..{num_classes - 1} "
                             f"(the classes of the training split)")
     return num_classes
+
+
+# a class with fewer training images than this fraction of the median class is taken for a
+# stray label (the digits have ~180 a class; a mislabelled image makes a class of one)
+RARE_CLASS_FRACTION = 0.05
+
+
+def check_classes(data, declared: int | None) -> int:
+    """The number of classes: `declared` (`data.num_classes`), whose every class must have
+    training images and outside which no label may lie; or, undeclared, the training split's,
+    refusing a class far rarer than the others (a stray label would become a class of its own)
+    and warning of a class that only one split has."""
+    name, y_train, y_test = data.name, data.y_train, data.y_test
+    train = torch.bincount(y_train, minlength=data.num_classes)
+    test = torch.bincount(y_test, minlength=data.num_classes)
+    if declared is not None:
+        for split, y in (("y_train", y_train), ("y_test", y_test)):
+            bad = sorted({int(v) for v in y[y >= declared].unique()})
+            if bad:
+                counts = ", ".join(f"{c}: {int(train[c])} train / {int(test[c])} test" for c in bad[:5])
+                raise DataError(f"{name}: {split} has labels {bad[:10]} outside 0..{declared - 1} "
+                                f"(data.num_classes={declared}; images per class {counts}); fix "
+                                f"those labels or declare the count that includes them")
+        empty = [c for c in range(declared) if c >= len(train) or train[c] == 0]
+        if empty:
+            raise DataError(f"{name}: data.num_classes={declared} but classes {empty[:10]} have no "
+                            f"training images; labels must cover 0..{declared - 1}")
+        return declared
+    median = float(train.float().median())
+    rare = [c for c in range(len(train)) if train[c] < RARE_CLASS_FRACTION * median]
+    if rare:
+        counts = ", ".join(f"class {c}: {int(train[c])} train / {int(test[c])} test" for c in rare[:5])
+        raise DataError(f"{name}: {counts} images, against a median of {median:.0f} training "
+                        f"images per class: a stray label? Fix the labels, or declare the "
+                        f"intended count with data.num_classes=N (labels outside 0..N-1 are then "
+                        f"refused; a count that includes the class keeps it)")
+    only_train = [c for c in range(len(train)) if test[c] == 0]
+    if only_train:
+        warnings.warn(f"{name}: classes {only_train[:10]} have training images but none in the "
+                      f"test split, so their accuracy is not measured", DataWarning, stacklevel=2)
+    return data.num_classes
+
+
+class DataWarning(UserWarning):
+    """Data that trains but deserves a look (a class only one split has)."""

@@ -5,14 +5,15 @@ Nothing downloads unless the user asks (`data.download=true` for the torchvision
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
+import hashlib
+from dataclasses import dataclass, replace
 import zipfile
 from pathlib import Path
 
 import numpy as np
 import torch
 
-from maskednas.datasource.checks import DataError, check_splits, labels, nhwc_images
+from maskednas.datasource.checks import DataError, check_classes, check_splits, labels, nhwc_images
 from maskednas.common import Registry
 
 DATASETS = Registry("dataset")
@@ -45,6 +46,16 @@ class ImageData:
 
         return ImageData(self.name, shrink(self.x_train), self.y_train, shrink(self.x_test),
                          self.y_test, self.num_classes)
+
+    def fingerprint(self) -> str:
+        """sha256 of both splits' images and labels (shapes included): a resumed search checks
+        that it continues on the data it started on."""
+        h = hashlib.sha256()
+        for t in (self.x_train, self.y_train, self.x_test, self.y_test):
+            t = t.contiguous().cpu()
+            h.update(repr((tuple(t.shape), str(t.dtype))).encode())
+            h.update(t.numpy().tobytes())
+        return h.hexdigest()
 
     def channel_stats(self) -> tuple[tuple[float, ...], tuple[float, ...]]:
         """Per-channel mean and std of the training images on the [0, 1] scale."""
@@ -151,5 +162,8 @@ def imagefolder(path: str | None = None, image_size: int = 32, **_) -> ImageData
 
 
 def load_dataset(name: str, path: str | None = None, download: bool = False,
-                 image_size: int = 32) -> ImageData:
-    return DATASETS.get(name)(path=path, download=download, image_size=image_size)
+                 image_size: int = 32, num_classes: int | None = None) -> ImageData:
+    """The data set `name`, its classes checked (`checks.check_classes`; `num_classes`: the
+    count the user declares)."""
+    data = DATASETS.get(name)(path=path, download=download, image_size=image_size)
+    return replace(data, num_classes=check_classes(data, num_classes))

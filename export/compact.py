@@ -71,9 +71,11 @@ class CompactNet(nn.Module):
         return self.head(s1)
 
 
-def build(arch) -> nn.Module:
+def build(arch, trust_source=False) -> nn.Module:
     """The model of an architecture record: a `CompactNet`, or a pruned user network (its
-    source rebuilt at the recorded shapes, see export/pruned_model.py).
+    source rebuilt at the recorded shapes, see export/pruned_model.py). A record whose source
+    is a user's factory (`package.module:function`) is built only with `trust_source` (True, or
+    the module prefixes to trust): building it imports and runs that code.
 
     >>> from maskednas import Architecture, build
     >>> from maskednas.export.architecture import LayerChoice
@@ -84,7 +86,8 @@ def build(arch) -> nn.Module:
     torch.Size([2, 10])
     """
     from maskednas.export.pruned_model import PrunedArchitecture, build_pruned
-    return build_pruned(arch) if isinstance(arch, PrunedArchitecture) else CompactNet(arch)
+    return (build_pruned(arch, trust_source) if isinstance(arch, PrunedArchitecture)
+            else CompactNet(arch))
 
 
 def set_drop_path(model: nn.Module, prob: float) -> None:

@@ -63,8 +63,8 @@ def save_export(folder: str | Path, model: CompactNet, config: dict, metrics: di
                           f"replaces only an earlier export: choose another export name")
     tmp = folder.with_name(f".{folder.name}.tmp-{os.getpid()}")
     shutil.rmtree(tmp, ignore_errors=True)
-    tmp.mkdir(parents=True)
     try:
+        tmp.mkdir(parents=True)
         # exporters and safetensors want plain contiguous weights, whatever the training layout
         model = model.eval().cpu().to(memory_format=torch.contiguous_format)
         arch: Architecture = model.arch
@@ -104,6 +104,12 @@ def save_export(folder: str | Path, model: CompactNet, config: dict, metrics: di
                     for p in sorted(tmp.iterdir())}
         (tmp / MANIFEST).write_text(json.dumps(manifest, indent=2))
         _swap_in(tmp, folder)
+    except OSError as e:  # a full disk: the earlier export, if any, stays as it was
+        shutil.rmtree(tmp, ignore_errors=True)
+        kept = f"the previous export in {folder} is kept" if folder.exists() else "nothing was exported"
+        raise ExportError(f"cannot write the export {folder}"
+                          f"{f' ({Path(e.filename).name})' if e.filename else ''}: "
+                          f"{e.strerror or e}; {kept}") from e
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
@@ -118,8 +124,13 @@ def _swap_in(tmp: Path, folder: Path) -> None:
     shutil.rmtree(old, ignore_errors=True)
 
 
-def load(folder: str | Path, device: str | torch.device = "cpu") -> CompactNet:
+def load(folder: str | Path, device: str | torch.device = "cpu", trust_source=False) -> CompactNet:
     """Rebuild an exported subnet (eval mode) from its folder, without any supernet code.
+
+    The folder is checked against its manifest before anything is built. A pruned user network
+    whose source is the user's own factory loads only with `trust_source=True` (or the module
+    prefixes to trust, e.g. `["mypkg"]`): building it imports that module, which can run any
+    code. torchvision and timm sources, and the macro and DARTS spaces, need no opt-in.
 
     >>> import tempfile
     >>> import maskednas
@@ -140,7 +151,7 @@ def load(folder: str | Path, device: str | torch.device = "cpu") -> CompactNet:
         arch = Architecture.load(folder / ARCH)
     except (ValueError, KeyError, TypeError) as e:
         raise ExportError(f"{folder / ARCH} is not a valid architecture: {e}") from e
-    model = build(arch)
+    model = build(arch, trust_source)
     try:
         state = load_file(str(folder / WEIGHTS))
     except Exception as e:  # safetensors raises its own error type for a malformed header

@@ -1,6 +1,8 @@
 """A readable account of an export folder: its architecture, exact cost and recorded metrics,
 read from arch.json and metrics.json after the manifest check. Nothing is built or imported from
-the record's source, so inspecting an export someone sent runs none of its code."""
+the record's source, so inspecting an export someone sent runs none of its code. `check_export`
+goes further: it rebuilds the network, loads the weights and recounts the cost with fvcore (a
+user-factory source only with `trust_source`)."""
 from __future__ import annotations
 
 from pathlib import Path
@@ -37,6 +39,35 @@ def describe_export(folder: str | Path) -> str:
               f"dense {_figure(f['dense'])})" for name, f in metrics.get("cost_targets", {}).items()]
     lines += [f"{key}: {value}" for key, value in metrics.items() if not isinstance(value, dict)]
     return "\n".join(lines)
+
+
+def check_export(folder: str | Path, trust_source=False) -> str:
+    """Rebuild the export (`export.load`: manifest first, then the record, then the weights),
+    run one batch and recount MACs and params with fvcore; fail unless they are the recorded
+    ones. Returns what was checked, as one line."""
+    import torch
+
+    from maskednas.export.flops import fvcore_report
+    from maskednas.export.folder import load
+
+    model = load(folder, trust_source=trust_source)
+    arch = model.arch
+    example = torch.randn(2, arch.in_channels, arch.input_size, arch.input_size)
+    with torch.no_grad():
+        out = model(example)
+    if tuple(out.shape) != (2, arch.num_classes) or not torch.isfinite(out).all():
+        raise ExportError(f"{folder}: the rebuilt network gives {tuple(out.shape)} outputs "
+                          f"(finite: {bool(torch.isfinite(out).all())}) for 2 images, expected "
+                          f"(2, {arch.num_classes}) finite logits")
+    macs, params, _ = fvcore_report(model, example[:1])
+    recorded = arch.cost()
+    if (macs, params) != (int(recorded.macs), int(recorded.params)):
+        raise ExportError(f"{folder}: fvcore counts {macs:,} MACs and {params:,} params on the "
+                          f"rebuilt network, the record says {int(recorded.macs):,} and "
+                          f"{int(recorded.params):,}")
+    return (f"checked: the weights load into the rebuilt network, which gives finite "
+            f"{arch.num_classes}-class logits; fvcore counts {macs:,} MACs and {params:,} params, "
+            f"as recorded")
 
 
 def _layers(arch) -> list[str]:

@@ -4,6 +4,9 @@ channels, optionally with weights from a checkpoint. Used both to start a prunin
 rebuild an exported pruned model, so the same source always gives the same module structure.
 
 A source is a name, never a path: the user's factory is imported from the Python path.
+Rebuilding a record someone else made imports whatever module its source names, so records are
+built from torchvision and timm sources only, unless the caller trusts the source
+(`check_trusted`), as Hugging Face's `trust_remote_code` is off by default.
 """
 from __future__ import annotations
 
@@ -11,17 +14,50 @@ import difflib
 import importlib
 import inspect
 import re
+from collections.abc import Sequence
 from pathlib import Path
 
 import torch
 from torch import nn
 
+_MODULE = re.compile(r"^[A-Za-z_]\w*(\.[A-Za-z_]\w*)*$")
 _USER_SOURCE = re.compile(r"^[A-Za-z_]\w*(\.[A-Za-z_]\w*)*:[A-Za-z_]\w*$")
 LIBRARIES = ("torchvision", "timm")
 
 
 class ModelSourceError(ValueError):
     """A model source, checkpoint or adaptation that cannot be used, with what is allowed."""
+
+
+class UntrustedSourceError(ModelSourceError):
+    """A record names a user factory and the caller did not opt in to running it."""
+
+
+def check_trusted(source: str, trust_source: bool | str | Sequence[str], where: str) -> None:
+    """Fail, before anything is imported, unless `source` is a torchvision or timm name or the
+    caller trusts it: `trust_source=True` trusts every source, a module prefix (or several)
+    trusts the sources whose module is that package or inside it."""
+    check_source(source)
+    module = source.split(":", 1)[0]
+    if module in LIBRARIES or trust_source is True:
+        return
+    if trust_source is False or trust_source is None:
+        prefixes: tuple[str, ...] = ()
+    elif isinstance(trust_source, str):
+        prefixes = (trust_source,)
+    else:
+        prefixes = tuple(trust_source)
+    if any(not isinstance(p, str) or not _MODULE.fullmatch(p) for p in prefixes):
+        raise ModelSourceError(f"trust_source must be True, False or module prefixes such as "
+                               f"'mypkg' or 'mypkg.models', got {trust_source!r}")
+    if any(module == p or module.startswith(p + ".") for p in prefixes):
+        return
+    top = module.split(".")[0]
+    raise UntrustedSourceError(
+        f"{where} names the network source {source!r}: building it imports {module} (running "
+        f"its top-level code) and calls its function, so nothing was imported. If you trust "
+        f"whoever made it, pass trust_source=True or trust_source=[{top!r}] (command line: "
+        f"--trust-source or --trust-source {top}); torchvision: and timm: sources need no opt-in")
 
 
 def check_source(source: str) -> None:
@@ -34,7 +70,7 @@ def check_source(source: str) -> None:
         if not re.fullmatch(r"[A-Za-z0-9_.]+", name):
             raise ModelSourceError(f"{source!r}: a {lib} model name has letters, digits, '_' "
                                    f"and '.' only")
-    elif not _USER_SOURCE.match(source):
+    elif not _USER_SOURCE.fullmatch(source):
         raise ModelSourceError(f"model.source {source!r} is neither torchvision:<name>, "
                                f"timm:<name> nor package.module:function (a Python name "
                                f"importable from the path, never a file path)")

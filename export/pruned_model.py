@@ -14,7 +14,7 @@ from dataclasses import asdict, dataclass, field
 import torch
 from torch import nn
 
-from maskednas.export.model_source import build_source, replace_module
+from maskednas.export.model_source import build_source, check_trusted, replace_module
 from maskednas.ops import Cost
 from maskednas.ops.layer_rules import width_attributes
 
@@ -92,8 +92,10 @@ def resize_layer(module: nn.Module, shapes: dict, name: str) -> None:
             setattr(module, attr, tuple(value) if isinstance(value, list) else value)
 
 
-def build_pruned(arch: PrunedArchitecture) -> nn.Module:
-    """The pruned network's modules at the recorded shapes (weights uninitialised: load them)."""
+def build_pruned(arch: PrunedArchitecture, trust_source=False) -> nn.Module:
+    """The pruned network's modules at the recorded shapes (weights uninitialised: load them).
+    A user-factory source is refused unless trusted (`model_source.check_trusted`)."""
+    check_trusted(arch.source, trust_source, "the pruned-model record")
     model = build_source(arch.source, arch.num_classes, arch.in_channels)
     modules = dict(model.named_modules())
     unknown = [n for n in [*arch.modules, *arch.removed] if n not in modules]

@@ -45,11 +45,13 @@ def obtain_table(net, device: torch.device, runtime: str, batch: int, channels_l
         return LatencyModel(net, parts, table)
     cached = cache_dir / cache_name(expected, grid_points)
     table = _MEASURED.pop(cached, None) if write_cache else _MEASURED.get(cached)
+    reused = False
     if table is None and cached.is_file():
         try:
-            table = LatencyTable.load(cached)
+            table = LatencyTable.load(cached, require_digest=True)
             table.check(expected, str(cached))
             report(f"latency table: reusing {cached}")
+            reused = True
         except LatencyTableError as e:
             report(f"latency table: {e}; measuring again")
             table = None
@@ -59,7 +61,7 @@ def obtain_table(net, device: torch.device, runtime: str, batch: int, channels_l
         table = measure_table(net.space_name, parts, device, runtime, batch, channels_last,
                               grid_points, repeats, rounds=rounds)
         _MEASURED[cached] = table
-    if write_cache and not cached.is_file():
+    if write_cache and not reused:  # a new measurement replaces an unreadable or foreign file
         table.save(cached)
         _MEASURED.pop(cached, None)
         report(f"latency table: saved {cached}")

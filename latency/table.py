@@ -97,15 +97,19 @@ class LatencyTable:
 
     # -- files ----------------------------------------------------------------------------------
     def to_dict(self) -> dict:
-        return {"format": FORMAT, "meta": self.meta,
-                "entries": {k: {"grid": e.grid, "ms": e.ms} for k, e in self.entries.items()}}
+        content = {"meta": self.meta,
+                   "entries": {k: {"grid": e.grid, "ms": e.ms} for k, e in self.entries.items()}}
+        return {"format": FORMAT, **content, "sha256": content_digest(content)}
 
     def save(self, path: str | Path) -> None:
         text = json.dumps(self.to_dict(), indent=1)
         atomic_write(path, lambda tmp: Path(tmp).write_text(text))
 
     @classmethod
-    def load(cls, path: str | Path) -> "LatencyTable":
+    def load(cls, path: str | Path, require_digest: bool = False) -> "LatencyTable":
+        """The table in `path`, its content checked against its sha256 (a table written by
+        hand may have none, unless `require_digest`: the cache's tables always do) and every
+        entry's values against its grid."""
         path = Path(path)
         if not path.is_file():
             raise LatencyTableError(f"latency table {str(path)!r} does not exist")
@@ -114,10 +118,38 @@ class LatencyTable:
             if data.get("format") != FORMAT:
                 raise LatencyTableError(f"{path} is not a latency table of this project (format "
                                         f"{data.get('format')!r}, expected {FORMAT!r})")
+            content = {"meta": data["meta"], "entries": data["entries"]}
+            if require_digest and "sha256" not in data:
+                raise LatencyTableError(f"{path} has no sha256 of its content (it was not saved "
+                                        f"by this version), so it cannot be checked")
+            if "sha256" in data and data["sha256"] != content_digest(content):
+                raise LatencyTableError(f"{path} is corrupted: its content does not match the sha256 "
+                                        f"it was saved with")
             entries = {k: TableEntry(e["grid"], e["ms"]) for k, e in data["entries"].items()}
+            for key, entry in entries.items():
+                check_entry(entry, f"{path}: part {key!r}")
             return cls(data["meta"], entries)
-        except (json.JSONDecodeError, KeyError, TypeError, AttributeError, UnicodeDecodeError) as e:
+        except (json.JSONDecodeError, KeyError, TypeError, AttributeError, UnicodeDecodeError,
+                ValueError) as e:
+            if isinstance(e, LatencyTableError):
+                raise
             raise LatencyTableError(f"{path} is not a readable latency table: {e}") from e
+
+
+def content_digest(content: dict) -> str:
+    return hashlib.sha256(json.dumps(content, sort_keys=True).encode()).hexdigest()
+
+
+def check_entry(entry: TableEntry, where: str) -> None:
+    """Values of the grid's shape, finite and positive; grids ascending."""
+    shape = tuple(len(g) for g in entry.grid)
+    if any(list(g) != sorted(set(g)) or not g for g in entry.grid):
+        raise LatencyTableError(f"{where}: every grid axis must list ascending widths")
+    values = entry.values()
+    if tuple(values.shape) != shape:
+        raise LatencyTableError(f"{where}: {tuple(values.shape)} values for a grid of {shape}")
+    if not (torch.isfinite(values).all() and (values > 0).all()):
+        raise LatencyTableError(f"{where}: milliseconds must be finite and positive")
 
 
 def monotone(values: torch.Tensor) -> torch.Tensor:

@@ -36,6 +36,7 @@ class DataConfig:
     path: str | None = None  # npz file or data set root folder
     download: bool = False  # torchvision data sets only, never implicit
     image_size: int = 32  # imagefolder only
+    num_classes: int | None = None  # the intended class count: labels outside 0..N-1 are refused
     resize: int | None = None  # downsample every split to resize x resize (antialiased)
     batch_size: int = 64  # the global batch: under torchrun each of N ranks takes 1/N of it
     val_fraction: float = 0.5  # of the training set: the architecture step's validation batches
@@ -448,6 +449,7 @@ UNIT, PROBABILITY = Range(0, 1, low_open=True), Range(0, 1, high_open=True)
 RANGES: dict[str, Range] = {
     "seed": AT_LEAST_0, "log_every": AT_LEAST_1, "threads": AT_LEAST_1,
     "data.image_size": AT_LEAST_1, "data.resize": AT_LEAST_1, "data.batch_size": AT_LEAST_1,
+    "data.num_classes": Range(2),
     "data.val_fraction": Range(0, 1, low_open=True, high_open=True), "data.crop_padding": AT_LEAST_0,
     "search.epochs": AT_LEAST_1, "search.warmup_epochs": AT_LEAST_0,
     "search.hessian_eps": POSITIVE, "search.w_lr": POSITIVE, "search.w_lr_min": AT_LEAST_0,

@@ -13,7 +13,7 @@ import numpy as np
 import torch
 
 from maskednas import parallel
-from maskednas.datasource import DeviceLoader, ImageData, load_dataset
+from maskednas.datasource import DataError, DeviceLoader, ImageData, load_dataset
 from maskednas.latency.cache import obtain_table, save_run_copy
 from maskednas.pipeline.config import (ConfigError, FinetuneConfig, RunConfig, from_dict, search_goals,
                                        to_dict, upgrade_moved_keys, uses_latency)
@@ -114,7 +114,7 @@ def latency_model(cfg: RunConfig, net, run_dir: Path | None = None, report=print
 
 def load_data(cfg: RunConfig) -> ImageData:
     d = cfg.data
-    data = load_dataset(d.name, d.path, d.download, d.image_size)
+    data = load_dataset(d.name, d.path, d.download, d.image_size, d.num_classes)
     return data.resized(d.resize) if d.resize else data
 
 
@@ -143,7 +143,8 @@ def prepare_search(cfg: RunConfig, run_dir: Path, data: ImageData | None = None,
     logger = (logger_factory(run_dir, net, targets)
               if logger_factory and parallel.is_main() else None)
     return Searcher(cfg, net, train, val, targets, run_dir, logger, latency=latency,
-                    extra_state={"config": to_dict(cfg), "data": asdict(meta)})
+                    extra_state={"config": to_dict(cfg), "data": asdict(meta),
+                                 "data_sha256": data.fingerprint()})
 
 
 def check_ranks(cfg: RunConfig, device: torch.device) -> None:
@@ -167,6 +168,18 @@ def preflight(cfg: RunConfig, data: ImageData, run_dir: Path | None = None) -> N
     net = build_supernet(cfg, meta, torch.device("cpu"))
     resolve_targets(search_goals(cfg), net, cfg.derive.min_channels,
                     latency_model(cfg, net, run_dir, write_cache=False), cfg.latency.batch)
+
+
+def check_same_data(state: dict, data: ImageData, cfg: RunConfig, run_dir: Path) -> None:
+    """Refuse to resume a search on data other than it started on (a checkpoint written before
+    searches recorded their data has nothing to compare)."""
+    started, now = state.get("data_sha256"), data.fingerprint()
+    if started is not None and started != now:
+        where = cfg.data.path or f"data.name={cfg.data.name}"
+        raise DataError(f"the data changed since {run_dir}'s search started: {where} (sha256 of "
+                        f"its images and labels {started[:12]}... then, {now[:12]}... "
+                        f"now); restore it, or pass --accept-changed-data to continue the search "
+                        f"on the new data")
 
 
 def restore_supernet(state: dict, device) -> tuple[torch.nn.Module, RunConfig, DataMeta]:

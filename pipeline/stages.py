@@ -23,6 +23,7 @@ import numpy as np
 import torch
 
 from maskednas import parallel
+from maskednas.common import atomic_write
 from maskednas.datasource import ImageData
 from maskednas.derive import Derivation, derive, slim
 from maskednas.derive.discretize import Budget, budget as bind_budget, search_budget
@@ -168,7 +169,8 @@ def latency_check(cfg: RunConfig, latency: LatencyModel, arch, dense, compact: t
     parts were (onnxruntime: exported to ONNX the same way), against the table's predictions."""
     lat, shape = cfg.latency, (arch.in_channels, arch.input_size, arch.input_size)
     device = select_device(lat.device, "latency.device")
-    measured = models_ms({"exported": compact, "dense": build(dense)}, shape, device, lat.runtime,
+    dense_model = build(dense, trust_source=True)  # the run's own config names the source
+    measured = models_ms({"exported": compact, "dense": dense_model}, shape, device, lat.runtime,
                          lat.batch, cfg.channels_last)
     predicted = {"exported": latency.architecture_ms(arch), "dense": latency.architecture_ms(dense)}
     return {"device": latency.meta["device"], "runtime": lat.runtime, "batch": lat.batch,
@@ -249,7 +251,8 @@ def derive_and_export(cfg: RunConfig, run_dir: Path, data: ImageData, searched: 
                    f"{budget.name if budget else 'no target'}; derive.target.{name}=... meets this one)")
     if not parallel.is_main():  # the other ranks are done; rank 0 times, exports and reports
         return metrics
-    metrics["cpu_latency_ms"] = cpu_latencies({"dense": build(dense), "slim": compact},
+    dense_model = build(dense, trust_source=True)  # the run's own config names the source
+    metrics["cpu_latency_ms"] = cpu_latencies({"dense": dense_model, "slim": compact},
                                               (meta.in_channels, meta.input_size, meta.input_size),
                                               cfg.channels_last)
     if searched.latency is not None:  # the table's prediction against the derived model, timed
@@ -273,7 +276,8 @@ def derive_and_export(cfg: RunConfig, run_dir: Path, data: ImageData, searched: 
         report(f"exported to {run_dir / export_name} (export.load(...) rebuilds it); "
                f"TensorBoard: tensorboard --logdir {run_dir.parent}")
     report(f"derive + fine-tune + export took {time.perf_counter() - start:.0f}s")
-    (run_dir / f"summary-{export_name}.json").write_text(json.dumps(metrics, indent=2))
+    summary = json.dumps(metrics, indent=2)
+    atomic_write(run_dir / f"summary-{export_name}.json", lambda tmp: Path(tmp).write_text(summary))
     return metrics
 
 

@@ -10,6 +10,7 @@ hyperparameters.
 """
 from __future__ import annotations
 
+import functools
 import math
 from pathlib import Path
 
@@ -21,11 +22,27 @@ import torch  # noqa: E402
 from torch.utils.tensorboard import SummaryWriter  # noqa: E402
 from torch.utils.tensorboard.summary import hparams  # noqa: E402
 
+from maskednas.common import write_error  # noqa: E402
+
+
+def _reports_write_errors(method):
+    """TensorBoard writes from a thread of its own and raises a failed write (a full disk) at
+    the next call: make that one line naming the event folder. The events already written stay;
+    the run's checkpoints are what a resume needs."""
+    @functools.wraps(method)
+    def wrapped(self, *args, **kwargs):
+        try:
+            return method(self, *args, **kwargs)
+        except OSError as e:
+            raise write_error(self.log_dir, e, "the events written so far are kept") from e
+    return wrapped
 
 
 class SearchLogger:
+    @_reports_write_errors
     def __init__(self, log_dir: str | Path, net, targets: dict[str, float]) -> None:
         """`targets`: the run's cost targets (name -> value), drawn against the search's figures."""
+        self.log_dir = Path(log_dir)
         self.writer = SummaryWriter(str(log_dir))
         self.targets = {f"target_{name}": value for name, value in targets.items()}
         rows = net.choice_rows(net.op_weights())
@@ -37,10 +54,12 @@ class SearchLogger:
             for name in dict.fromkeys(["macs", *targets])}
         self.writer.add_custom_scalars(layout)
 
+    @_reports_write_errors
     def scalars(self, values: dict[str, float], step: int) -> None:
         for tag, value in values.items():
             self.writer.add_scalar(tag, value, step)
 
+    @_reports_write_errors
     @torch.no_grad()
     def architecture(self, net, epoch: int, costs: dict[str, float]) -> None:
         """Op probabilities, masks and kept channels of `net`; `costs` holds the epoch's
@@ -62,7 +81,9 @@ class SearchLogger:
             self.writer.add_scalar(f"cost/{name}", value, epoch)
         self.scalars(net.arch_stats(), epoch)
         self.writer.add_text("architecture", net.describe(), epoch)
+        self.writer.flush()  # once an epoch: a failed write surfaces at the epoch that made it
 
+    @_reports_write_errors
     def hyperparameters(self, config: dict, metrics: dict[str, float]) -> None:
         """`config` as dotted keys (`pipeline.config.flat_dict`), written into this run's own
         event file, so one run is one TensorBoard run."""
@@ -71,6 +92,7 @@ class SearchLogger:
             self.writer.file_writer.add_summary(summary)
         self.scalars({f"hparam/{k}": v for k, v in metrics.items()}, 0)
 
+    @_reports_write_errors
     def close(self) -> None:
         self.writer.close()
 

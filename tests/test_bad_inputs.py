@@ -6,7 +6,7 @@ from __future__ import annotations
 import json
 import runpy
 import sys
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
 
@@ -28,6 +28,7 @@ DOCS = ROOT / "docs" / "bad_inputs.md"
 class Ctx:
     tmp: Path  # a folder for this case's files and runs
     run_dir: Path  # a finished tiny search with an export
+    held: list = field(default_factory=list)  # run locks this process holds for the case
 
     def npz(self, **change) -> str:
         """A small valid NHWC data set, with `change` applied to its arrays."""
@@ -45,6 +46,14 @@ class Ctx:
         from safetensors.torch import save_file
         save_file(tensors, str(self.tmp / "weights.safetensors"))
         return str(self.tmp / "weights.safetensors")
+
+    def live_run(self) -> Path:
+        """A run folder held by a live run (this process holds its lock until the case ends)."""
+        from maskednas.common.run_lock import RunLock
+        folder = self.tmp / "live_out" / "live"
+        folder.mkdir(parents=True)
+        self.held.append(RunLock(folder).__enter__())
+        return folder
 
     def file(self, name: str, text: str) -> str:
         (self.tmp / name).write_text(text)
@@ -180,8 +189,17 @@ CASES = [
     Case("resume-and-run", "`--resume A --run B`",
          lambda c: ["--resume", str(c.run_dir), "--run", str(c.run_dir), "--stages", "derive"],
          "use either --resume (continue a run) or --run (later stages), not both"),
-    Case("run-not-a-run", "`--run /nonexistent`", lambda c: ["--run", str(c.tmp / "none"), "--stages", "derive"],
-         "is not a run directory: it has no config.yaml"),
+    Case("run-missing", "`--run runs/none` (no such run)", lambda c: ["--run", str(c.tmp / "none"), "--stages", "derive"],
+         "no run 'none' exists; runs in"),
+    Case("resume-missing", "`--resume runs/none` (no such run)", lambda c: ["--resume", str(c.tmp / "none")],
+         "no run 'none' exists; runs in"),
+    Case("run-not-a-run", "`--run` on a folder without config.yaml",
+         lambda c: ["--run", str(c.tmp), "--stages", "derive"],
+         "is not a run directory (it has no config.yaml"),
+    Case("accept-changed-data-without-resume", "`--accept-changed-data` on a new run",
+         lambda c: ["--accept-changed-data"], "--accept-changed-data applies to --resume only"),
+    Case("live-run", "a new run named like a live one", lambda c: [f"out_dir={c.live_run().parent}", "name=live"],
+         "is in use by a live run (pid"),
     Case("existing-search", "a new run named like one that holds a search",
          lambda c: [f"out_dir={c.run_dir.parent}", f"name={c.run_dir.name}"],
          "already holds a search; continue it with --resume"),
@@ -233,6 +251,17 @@ CASES = [
              y_train=np.r_[np.arange(39) % 4, -1]),
     npz_case("labels-with-gap", "y_train labels 0..3 and 5 (no 4)", "labels must be 0..K-1 with every class in y_train",
              y_train=np.r_[np.arange(39) % 4, 5]),
+    npz_case("stray-label", "one training label of a class of its own (199 images of classes 0..3, one of 4)",
+             "class 4: 1 train / 0 test images, against a median of 50 training images per class: a stray label?",
+             x_train=np.zeros((200, 8, 8, 3), np.uint8), y_train=np.r_[np.arange(199) % 4, 4]),
+    Case("declared-count-excludes-label", "`data.num_classes=4` with a training label 4",
+         lambda c: ["data.name=npz", f"data.path={c.npz(y_train=np.r_[np.arange(39) % 4, 4])}",
+                    "data.num_classes=4"], "y_train has labels [4] outside 0..3 (data.num_classes=4;"),
+    Case("declared-count-above-labels", "`data.num_classes=6` for labels 0..3",
+         lambda c: ["data.name=npz", f"data.path={c.npz()}", "data.num_classes=6"],
+         "data.num_classes=6 but classes [4, 5] have no training images"),
+    Case("num-classes-one", "`data.num_classes=1`", lambda c: ["data.num_classes=1"],
+         "data.num_classes must be >= 2, got 1"),
     npz_case("labels-float", "fractional labels", "y_train must be a 1-D array of integer class labels",
              y_train=np.arange(40) % 4 + 0.5),
     npz_case("test-size-differs", "x_test 6x6, x_train 8x8", "x_test images are 6x6 with 3 channel(s), x_train's 8x8",
@@ -313,7 +342,13 @@ def test_bad_input_is_one_clear_line_and_writes_nothing(case, finished_run, tmp_
     argv = [*argv, *([f"out_dir={tmp_path / 'runs'}", "name=case"] if new_run and not any(
         a.startswith(("name=", "out_dir=")) for a in argv) else [])]
     before_run, before_tmp = tree(finished_run), tree(tmp_path)
-    exit_ = cli(argv, monkeypatch)
+    try:
+        exit_ = cli(argv, monkeypatch)
+    finally:
+        for lock in ctx.held:
+            lock.__exit__()
+    if ctx.held:  # the case's own lock file went with its release
+        before_tmp = {k: v for k, v in before_tmp.items() if not k.endswith(".run.lock")}
     assert exit_ is not None and isinstance(exit_.code, str), f"no error for {argv}"
     assert exit_.code.startswith("error: ") and "\n" not in exit_.code and "Traceback" not in exit_.code
     assert case.message in exit_.code, exit_.code

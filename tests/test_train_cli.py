@@ -79,7 +79,7 @@ def test_derive_again_with_another_target_without_searching(run):
     (["--stages", "export,derive"], "stages must come in the order"),
     (["--stages", "finetune"], "include 'derive'"),
     (["--stages", "prune"], "unknown stage 'prune'"),
-    (["--run", "/nonexistent", "--stages", "derive"], "is not a run directory"),
+    (["--run", "/nonexistent", "--stages", "derive"], "no run 'nonexistent' exists"),
     (["search.epoch=2"], "unknown config key 'search.epoch'"),
 ])
 def test_cli_errors_are_one_line_and_exit_non_zero(args, message):

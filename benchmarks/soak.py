@@ -1,0 +1,148 @@
+"""Soak test: does a long search leak memory, slow down or fill the disk?
+
+    python -m benchmarks.soak --space macro --minutes 30   # configs/digits.yaml
+    python -m benchmarks.soak --space model --minutes 30   # configs/prune_model.yaml (ResNet-18)
+    python -m benchmarks.soak --report                     # soak.md from the parts measured
+
+Runs `train.py --stages search` in a subprocess exactly as a user would (one thread, one epoch of
+warm-up, then architecture steps; as many epochs as fit) and watches it from outside: every
+second its resident memory (/proc/<pid>/status VmRSS), and at every epoch's checkpoint (the
+search.pt rename) the epoch's wall time, the peak RSS seen during it and the run folder's size.
+After `--minutes` the search is interrupted as Ctrl-C does. Writes
+benchmarks/results/soak-<space>.json, and soak.md from every part present.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import shutil
+import signal
+import statistics
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+ROOT = Path(__file__).resolve().parents[1]
+RESULTS = ROOT / "benchmarks" / "results"
+SPACES = {"macro": "digits", "model": "prune_model"}
+# after the first epoch (and its warm-up), RSS and epoch time must stay within this of epoch 2's
+FLAT = 0.05
+
+
+def rss_kib(pid: int) -> int | None:
+    try:
+        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1])
+    except (FileNotFoundError, ProcessLookupError):
+        return None
+    return None
+
+
+def folder_bytes(folder: Path) -> dict[str, int]:
+    files = [p for p in folder.rglob("*") if p.is_file()]
+    return {"total": sum(p.stat().st_size for p in files), "files": len(files),
+            "checkpoints": sum(p.stat().st_size for p in files if p.suffix == ".pt"),
+            "events": sum(p.stat().st_size for p in files if p.name.startswith("events."))}
+
+
+def soak(space: str, minutes: float) -> dict:
+    name = f"soak-{space}"
+    run_dir = ROOT / "runs" / "bench" / name
+    shutil.rmtree(run_dir, ignore_errors=True)
+    argv = [sys.executable, "train.py", "--config", SPACES[space], "--stages", "search",
+            f"name={name}", "out_dir=runs/bench", "threads=1", "search.epochs=100000",
+            "search.warmup_epochs=1"]
+    log = open(ROOT / "runs" / "bench" / f"{name}.log", "w")
+    proc = subprocess.Popen(argv, cwd=ROOT, stdout=log, stderr=subprocess.STDOUT)
+    start = last = time.perf_counter()
+    checkpoint, seen, peak, epochs = run_dir / "search.pt", None, 0, []
+    try:
+        while proc.poll() is None and time.perf_counter() - start < minutes * 60:
+            time.sleep(1.0)
+            peak = max(peak, rss_kib(proc.pid) or 0)
+            stamp = checkpoint.stat().st_mtime_ns if checkpoint.is_file() else None
+            if stamp is not None and stamp != seen:
+                now = time.perf_counter()
+                seen = stamp
+                epochs.append({"epoch": len(epochs) + 1, "end_s": now - start, "epoch_s": now - last,
+                               "peak_rss_kib": peak, "folder": folder_bytes(run_dir)})
+                last, peak = now, 0
+    finally:
+        if proc.poll() is None:
+            proc.send_signal(signal.SIGINT)  # as Ctrl-C: the last checkpoint is kept
+            proc.wait(timeout=120)
+        log.close()
+    if proc.returncode not in (0, 1) or len(epochs) < 3:
+        raise SystemExit(f"{name}: the search ended with {proc.returncode} after {len(epochs)} "
+                         f"epochs; see runs/bench/{name}.log")
+    state = torch.load(checkpoint, weights_only=True, map_location="cpu")
+    return {"space": space, "config": SPACES[space], "minutes": minutes, "argv": argv[1:],
+            "steps_per_epoch": state["step"] // state["epoch"], "epochs": epochs,
+            "machine": {"python": platform.python_version(), "torch": torch.__version__}}
+
+
+def summary(r: dict) -> dict:
+    """Epoch 2 (the first after warm-up, whose arch steps start then) against the last five."""
+    e = r["epochs"]
+    tail = e[-5:]
+    base_s, base_rss = e[1]["epoch_s"], e[1]["peak_rss_kib"]
+    last_s = statistics.median(x["epoch_s"] for x in tail)
+    last_rss = max(x["peak_rss_kib"] for x in tail)
+    sizes = [x["folder"]["checkpoints"] for x in e]
+    return {"epochs": len(e), "base_epoch_s": base_s, "last_epoch_s": last_s,
+            "epoch_time_change": last_s / base_s - 1, "base_rss_mib": base_rss / 1024,
+            "last_rss_mib": last_rss / 1024, "rss_change": last_rss / base_rss - 1,
+            "checkpoint_mib": sizes[-1] / 2**20, "checkpoint_growth": sizes[-1] / sizes[1] - 1,
+            "events_mib": e[-1]["folder"]["events"] / 2**20, "files": e[-1]["folder"]["files"]}
+
+
+def report() -> str:
+    lines = ["# Soak: a long search's memory, speed and disk use", "",
+             "Command: `python -m benchmarks.soak --space macro|model --minutes 30`. One thread, "
+             "`train.py --stages search`, one warm-up epoch; RSS sampled every second from "
+             "outside the process. `epoch 2`: the first epoch with architecture steps; `last`: "
+             "the median epoch time and the largest RSS of the last five epochs.", "",
+             "| space | epochs (steps each) | epoch 2 time | last epochs' time | change | RSS epoch 2 | "
+             "RSS last | change | checkpoint | its growth | TensorBoard events | files |",
+             "|---|---|---|---|---|---|---|---|---|---|---|---|"]
+    for space in SPACES:
+        path = RESULTS / f"soak-{space}.json"
+        if not path.is_file():
+            continue
+        r = json.loads(path.read_text())
+        s = summary(r)
+        lines.append(f"| {space} (`{r['config']}`, {r['minutes']:g} min) | {s['epochs']} "
+                     f"({r['steps_per_epoch']}) | {s['base_epoch_s']:.2f} s | "
+                     f"{s['last_epoch_s']:.2f} s | {s['epoch_time_change']:+.1%} | "
+                     f"{s['base_rss_mib']:.0f} MiB | {s['last_rss_mib']:.0f} MiB | "
+                     f"{s['rss_change']:+.1%} | {s['checkpoint_mib']:.2f} MiB | "
+                     f"{s['checkpoint_growth']:+.1%} | {s['events_mib']:.2f} MiB | {s['files']} |")
+    return "\n".join(lines) + "\n"
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--space", choices=sorted(SPACES))
+    p.add_argument("--minutes", type=float, default=30.0)
+    p.add_argument("--report", action="store_true", help="only write soak.md from the parts present")
+    args = p.parse_args()
+    RESULTS.mkdir(parents=True, exist_ok=True)
+    if args.space:
+        result = soak(args.space, args.minutes)
+        (RESULTS / f"soak-{args.space}.json").write_text(json.dumps(result, indent=2))
+        s = summary(result)
+        print(json.dumps(s, indent=2))
+        if abs(s["epoch_time_change"]) > FLAT or s["rss_change"] > FLAT:
+            print(f"not flat: epoch time {s['epoch_time_change']:+.1%}, RSS {s['rss_change']:+.1%} "
+                  f"(goal: within {FLAT:.0%})")
+    (RESULTS / "soak.md").write_text(report())
+    print(report())
+
+
+if __name__ == "__main__":
+    main()
