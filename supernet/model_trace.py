@@ -9,6 +9,7 @@ to something, found by watching additions under a `TorchFunctionMode`.
 """
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass, field
 
 import torch
@@ -117,9 +118,35 @@ def trace(model: nn.Module, example: torch.Tensor, layers: tuple[type, ...]) -> 
         for h in handles:
             h.remove()
         model.train(was_training)
-    if isinstance(result, torch.Tensor) and result.grad_fn in produced:
-        out.output_layer = produced[result.grad_fn]
+    if isinstance(result, torch.Tensor):
+        out.output_layer = logits_layer(result.grad_fn, produced)
     # the innermost modules that add their own input: one block each, not the stage around it
     out.residual_blocks = sorted(a for a in watch.adders
                                  if not any(b.startswith(a + ".") for b in watch.adders))
     return out
+
+
+def logits_layer(node, produced: dict) -> str | None:
+    """The layer whose outputs are the logits: the output's own layer, or the one reached by
+    walking back through ops with a single activation input (pooling, flatten, activations, a
+    norm with its own parameters), as in SqueezeNet's `conv -> ReLU -> pool -> flatten` head.
+    None where the path forks (two heads averaged, a residual): then no one layer makes them."""
+    while node is not None:
+        if node in produced:
+            return produced[node]
+        inputs = [n for n, _ in node.next_functions
+                  if n is not None and type(n).__name__ != "AccumulateGrad"]
+        if len(inputs) != 1 or not _KEEPS_CLASSES.fullmatch(type(node).__name__):
+            return None
+        node = inputs[0]
+    return None
+
+
+# autograd nodes that keep each logit on its own channel (no matmul or einsum with a parameter
+# hides among them: such a classifier is not one layer and stays unrecognised)
+_KEEPS_CLASSES = re.compile(
+    r"(View|Reshape|UnsafeView|Squeeze|Unsqueeze|Permute|Transpose|Clone|Expand|Mean|"
+    r"(Adaptive)?(Avg|Max)Pool\dD(WithIndices)?|Relu|LeakyRelu|Elu|Gelu|Silu|Sigmoid|Tanh|"
+    r"Hardswish|Hardsigmoid|Hardtanh|NativeBatchNorm|CudnnBatchNorm|NativeLayerNorm|Mul|Div|"
+    r"(Log)?Softmax)Backward\d+")
+

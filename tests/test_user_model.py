@@ -196,6 +196,34 @@ def test_bad_sources_are_named_with_what_is_allowed(source, message):
         build_source(source, 10, 3)
 
 
+class TwoHeads(nn.Module):
+    """Two classifiers averaged (as DeiT's distillation head): no one layer makes the logits."""
+
+    def __init__(self, num_classes: int = 10) -> None:
+        super().__init__()
+        self.conv = nn.Conv2d(3, 8, 3)
+        self.head, self.head_dist = nn.Linear(8, num_classes), nn.Linear(8, num_classes)
+
+    def forward(self, x):
+        x = self.conv(x).mean((2, 3))
+        return (self.head(x) + self.head_dist(x)) / 2
+
+
+def two_heads(num_classes: int = 10) -> TwoHeads:
+    return TwoHeads(num_classes)
+
+
+def test_a_classifier_behind_pooling_is_found_and_a_forked_head_refused():
+    """SqueezeNet's logits come out of conv -> ReLU -> average pooling -> flatten: that conv is
+    the classifier, whose outputs are never pruned; two averaged heads are refused by name."""
+    net = UserModel(ModelSpaceConfig(source="torchvision:squeezenet1_1"), 3, 10, 64)
+    assert net.trace.output_layer == "classifier.1"
+    assert all("classifier.1" not in name for name in net.groups.outputs)
+    assert check("torchvision:squeezenet1_1", 64)["gap"] < 1e-5  # slimmed == hard-masked
+    with pytest.raises(ValueError, match="two_heads: the network's output does not come"):
+        UserModel(ModelSpaceConfig(source="tests.test_user_model:two_heads"), 3, 10, 16)
+
+
 def test_ignored_layers_keep_their_channels_and_unknown_ones_are_refused():
     net = UserModel(ModelSpaceConfig(source=RESNET20, ignore=["blocks.1.conv1"]), 3, 10, 32)
     assert all("blocks.1.conv1" not in m for k, m in net.groups.members.items())
