@@ -136,6 +136,8 @@ def run_command(argv: list[str], prog: str = "maskednas run") -> dict:
         raise ConfigError("--run reuses an earlier search: drop 'search' from --stages, "
                           "or use --resume to continue that search")
     cfg, run_dir = resolve_run(args)
+    if parallel.launched_rank() == 0:  # a live run of this name: refused before any work
+        RunLock.ensure_free(run_dir)
     device = select_device(cfg.device)
     parallel.start(device)
     if not parallel.is_main():  # libraries' warnings (timm's scheduler) once, from rank 0
@@ -150,8 +152,9 @@ def run_command(argv: list[str], prog: str = "maskednas run") -> dict:
             data = load_data(cfg)  # every split checked
         if "search" in stages:  # the supernet and its targets (a resumed run: its latency table)
             parallel.on_main(lambda: preflight(cfg, data, run_dir if args.resume else None))
-        if args.resume and not args.accept_changed_data and (run_dir / Searcher.CHECKPOINT).is_file():
-            check_same_data(load_checkpoint(run_dir / Searcher.CHECKPOINT, "search"), data, cfg, run_dir)
+        if (args.resume or args.run) and (run_dir / Searcher.CHECKPOINT).is_file():
+            check_same_data(load_checkpoint(run_dir / Searcher.CHECKPOINT, "search"), data, cfg,
+                            run_dir, contents=bool(args.resume) and not args.accept_changed_data)
         with contextlib.ExitStack() as held:
             parallel.on_main(lambda: claim(run_dir, held, new_run=not (args.resume or args.run)))
             if parallel.is_main() and not args.run:  # a later-stage run keeps the search's config
@@ -241,16 +244,18 @@ def inspect_command(argv: list[str], prog: str = "maskednas inspect") -> None:
     p.add_argument("export", help="an export folder (runs/<name>/export)")
     p.add_argument("--check", action="store_true",
                    help="rebuild the network, load the weights and recount MACs and params")
-    p.add_argument("--trust-source", nargs="*", metavar="PACKAGE", default=None,
-                   help="with --check: allow building a user-factory source (every one, or only "
-                        "those in the PACKAGEs named)")
+    p.add_argument("--trust-source", action="store_true",
+                   help="with --check: allow building any user-factory source")
+    p.add_argument("--trust-package", action="append", default=[], metavar="PACKAGE",
+                   help="with --check: allow the sources in PACKAGE (and its subpackages) only; "
+                        "repeat for more")
     args = p.parse_args(argv)
-    if args.trust_source is not None and not args.check:
-        raise ValueError("--trust-source applies to --check only (inspecting builds nothing)")
+    if (args.trust_source or args.trust_package) and not args.check:
+        raise ValueError("--trust-source and --trust-package apply to --check only (inspecting "
+                         "builds nothing)")
     print(describe_export(args.export))
     if args.check:
-        trust = False if args.trust_source is None else (args.trust_source or True)
-        print(check_export(args.export, trust))
+        print(check_export(args.export, args.trust_source or args.trust_package))
 
 
 def configs_command(argv: list[str], prog: str = "maskednas configs") -> None:
@@ -280,8 +285,10 @@ def main(argv: list[str] | None = None) -> None:
 
 def execute(command, argv: list[str], prog: str) -> None:
     """Run one command; every failure ends in one line (`--debug`: the traceback)."""
-    if "" not in sys.path and os.getcwd() not in sys.path:  # a user's model.source=mynet:build
-        sys.path.insert(0, os.getcwd())  # imports ./mynet.py, as `python -m` would
+    # a user's model.source=mynet:build imports ./mynet.py, as `python -m` would; not for
+    # `inspect`, whose trusted packages must not be shadowed by a folder a sender placed here
+    if command in (run_command, latency_command) and "" not in sys.path and os.getcwd() not in sys.path:
+        sys.path.insert(0, os.getcwd())
     if parallel.launched():
         signal.signal(signal.SIGTERM, stop_on_sigterm)
     try:

@@ -34,8 +34,7 @@ class RunLock:
             except BlockingIOError:
                 holder = os.read(fd, 32).decode(errors="replace").strip() or "another process"
                 os.close(fd)
-                raise RunInUse(f"{self.path.parent} is in use by a live run (pid {holder}); wait "
-                               f"for it to finish, or choose another name=...") from None
+                raise RunInUse(in_use(self.path.parent, holder)) from None
             try:  # the file we locked may have been removed by a holder that just finished
                 same = os.stat(self.path).st_ino == os.fstat(fd).st_ino
             except FileNotFoundError:
@@ -48,8 +47,33 @@ class RunLock:
         self._fd = fd
         return self
 
+    @staticmethod
+    def ensure_free(run_dir: str | Path) -> None:
+        """Refuse at once if a live run holds `run_dir`; creates and changes nothing (the lock
+        itself is taken later, once the command's checks have passed)."""
+        path = Path(run_dir) / LOCK_NAME
+        if fcntl is None or not path.is_file():
+            return
+        try:
+            fd = os.open(path, os.O_RDWR)
+        except FileNotFoundError:
+            return
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            holder = os.read(fd, 32).decode(errors="replace").strip() or "another process"
+            raise RunInUse(in_use(path.parent, holder)) from None
+        finally:
+            os.close(fd)  # closing drops the lock just taken, if it was taken
+
     def __exit__(self, *exc) -> None:
         if self._fd is not None:
             self.path.unlink(missing_ok=True)  # while still holding it: see __enter__
             os.close(self._fd)
             self._fd = None
+
+
+def in_use(run_dir: Path, holder: str) -> str:
+    return (f"{run_dir} is in use by a live run (pid {holder}); wait for it to finish, or choose "
+            f"another name=...")
+

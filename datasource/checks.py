@@ -67,8 +67,9 @@ def check_splits(name: str, x_train: torch.Tensor, y_train: torch.Tensor, x_test
     return num_classes
 
 
-# a class with fewer training images than this fraction of the median class is taken for a
-# stray label (the digits have ~180 a class; a mislabelled image makes a class of one)
+# a class with fewer training images than this fraction of the median class, or with a single
+# one, is taken for a stray label (the digits have ~180 a class; a mislabelled image makes a
+# class of one)
 RARE_CLASS_FRACTION = 0.05
 
 
@@ -94,7 +95,7 @@ def check_classes(data, declared: int | None) -> int:
                             f"training images; labels must cover 0..{declared - 1}")
         return declared
     median = float(train.float().median())
-    rare = [c for c in range(len(train)) if train[c] < RARE_CLASS_FRACTION * median]
+    rare = [c for c in range(len(train)) if train[c] < max(2.0, RARE_CLASS_FRACTION * median)]
     if rare:
         counts = ", ".join(f"class {c}: {int(train[c])} train / {int(test[c])} test" for c in rare[:5])
         raise DataError(f"{name}: {counts} images, against a median of {median:.0f} training "
@@ -103,8 +104,9 @@ def check_classes(data, declared: int | None) -> int:
                         f"refused; a count that includes the class keeps it)")
     only_train = [c for c in range(len(train)) if test[c] == 0]
     if only_train:
-        warnings.warn(f"{name}: classes {only_train[:10]} have training images but none in the "
-                      f"test split, so their accuracy is not measured", DataWarning, stacklevel=2)
+        counts = ", ".join(f"class {c}: {int(train[c])} train / 0 test" for c in only_train[:10])
+        warnings.warn(f"{name}: {counts} images: the test split has none of these classes, so "
+                      f"their accuracy is not measured", DataWarning, stacklevel=2)
     return data.num_classes
 
 

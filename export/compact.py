@@ -85,7 +85,9 @@ def build(arch, trust_source=False) -> nn.Module:
     >>> build(arch)(torch.zeros(2, 1, 8, 8)).shape
     torch.Size([2, 10])
     """
+    from maskednas.export.model_source import trusted_prefixes
     from maskednas.export.pruned_model import PrunedArchitecture, build_pruned
+    trusted_prefixes(trust_source)  # a malformed value is refused whatever the record
     return (build_pruned(arch, trust_source) if isinstance(arch, PrunedArchitecture)
             else CompactNet(arch))
 

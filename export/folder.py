@@ -26,7 +26,7 @@ from pathlib import Path
 import numpy as np
 import torch
 import yaml
-from safetensors.torch import load_file, save_file
+from safetensors.torch import load_file, save as save_safetensors
 
 from maskednas.export.architecture import Architecture
 from maskednas.export.compact import CompactNet, build
@@ -63,14 +63,19 @@ def save_export(folder: str | Path, model: CompactNet, config: dict, metrics: di
                           f"replaces only an earlier export: choose another export name")
     tmp = folder.with_name(f".{folder.name}.tmp-{os.getpid()}")
     shutil.rmtree(tmp, ignore_errors=True)
+    writing = tmp.name
     try:
         tmp.mkdir(parents=True)
         # exporters and safetensors want plain contiguous weights, whatever the training layout
         model = model.eval().cpu().to(memory_format=torch.contiguous_format)
         arch: Architecture = model.arch
+        writing = ARCH  # the file being written, for the message of a refused write
         (tmp / ARCH).write_text(arch.to_json())
-        save_file({k: v.detach().contiguous() for k, v in model.state_dict().items()},
-                  str(tmp / WEIGHTS), metadata={"format": "maskednas-subnet", "version": "1"})
+        writing = WEIGHTS  # serialised in memory, written by Python (an OSError on a full disk)
+        (tmp / WEIGHTS).write_bytes(save_safetensors(
+            {k: v.detach().contiguous() for k, v in model.state_dict().items()},
+            metadata={"format": "maskednas-subnet", "version": "1"}))
+        writing = CONFIG
         (tmp / CONFIG).write_text(yaml.safe_dump(config, sort_keys=False))
         example = torch.randn(1, arch.in_channels, arch.input_size, arch.input_size)
         flops, params, table = fvcore_report(model, example)  # per image
@@ -78,9 +83,11 @@ def save_export(folder: str | Path, model: CompactNet, config: dict, metrics: di
             raise ExportError(f"the architecture record counts {arch.cost().macs:,} MACs but fvcore "
                               f"counts {flops:,} on the model: the cost model is wrong for it, so "
                               f"nothing was exported")
+        writing = FLOPS
         (tmp / FLOPS).write_text(table + "\n")
         metrics = {**metrics, "fvcore_flops": flops, "fvcore_params": params}
         if onnx:
+            writing = ONNX
             export_onnx(model, example.repeat(2, 1, 1, 1), tmp / ONNX)  # export specialises 0/1
             check = torch.randn(4, arch.in_channels, arch.input_size, arch.input_size)
             with torch.no_grad():
@@ -93,13 +100,17 @@ def save_export(folder: str | Path, model: CompactNet, config: dict, metrics: di
             metrics["onnx_max_abs_diff"] = diff
             strip_metadata(tmp / ONNX)  # the exporter's stack traces name local paths
             if "fp16" in quantize:
+                writing = onnx_runtime.PRECISIONS["fp16"]
                 to_fp16(tmp / ONNX, tmp / onnx_runtime.PRECISIONS["fp16"])
             if "int8" in quantize:
+                writing = onnx_runtime.PRECISIONS["int8"]
                 to_int8(tmp / ONNX, tmp / onnx_runtime.PRECISIONS["int8"], calibration,
                         calibration_method)
             if test_set is not None:
                 metrics["onnx"] = onnx_runtime.report(tmp, ["fp32", *quantize], *test_set)
+        writing = METRICS
         (tmp / METRICS).write_text(json.dumps(metrics, indent=2))
+        writing = MANIFEST
         manifest = {p.name: {"bytes": p.stat().st_size, "sha256": sha256(p)}
                     for p in sorted(tmp.iterdir())}
         (tmp / MANIFEST).write_text(json.dumps(manifest, indent=2))
@@ -107,9 +118,8 @@ def save_export(folder: str | Path, model: CompactNet, config: dict, metrics: di
     except OSError as e:  # a full disk: the earlier export, if any, stays as it was
         shutil.rmtree(tmp, ignore_errors=True)
         kept = f"the previous export in {folder} is kept" if folder.exists() else "nothing was exported"
-        raise ExportError(f"cannot write the export {folder}"
-                          f"{f' ({Path(e.filename).name})' if e.filename else ''}: "
-                          f"{e.strerror or e}; {kept}") from e
+        raise ExportError(f"cannot write the export {folder} ({writing}): {e.strerror or e}; "
+                          f"{kept}") from e
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
@@ -120,7 +130,12 @@ def _swap_in(tmp: Path, folder: Path) -> None:
     old = folder.with_name(f".{folder.name}.old-{os.getpid()}")
     if folder.exists():
         folder.rename(old)
-    tmp.rename(folder)
+    try:
+        tmp.rename(folder)
+    except OSError:
+        if old.exists():  # the earlier export goes back under its name
+            old.rename(folder)
+        raise
     shutil.rmtree(old, ignore_errors=True)
 
 

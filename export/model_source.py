@@ -37,19 +37,11 @@ def check_trusted(source: str, trust_source: bool | str | Sequence[str], where: 
     """Fail, before anything is imported, unless `source` is a torchvision or timm name or the
     caller trusts it: `trust_source=True` trusts every source, a module prefix (or several)
     trusts the sources whose module is that package or inside it."""
+    prefixes = trusted_prefixes(trust_source)
     check_source(source)
     module = source.split(":", 1)[0]
-    if module in LIBRARIES or trust_source is True:
+    if module in LIBRARIES or prefixes is None:
         return
-    if trust_source is False or trust_source is None:
-        prefixes: tuple[str, ...] = ()
-    elif isinstance(trust_source, str):
-        prefixes = (trust_source,)
-    else:
-        prefixes = tuple(trust_source)
-    if any(not isinstance(p, str) or not _MODULE.fullmatch(p) for p in prefixes):
-        raise ModelSourceError(f"trust_source must be True, False or module prefixes such as "
-                               f"'mypkg' or 'mypkg.models', got {trust_source!r}")
     if any(module == p or module.startswith(p + ".") for p in prefixes):
         return
     top = module.split(".")[0]
@@ -57,7 +49,21 @@ def check_trusted(source: str, trust_source: bool | str | Sequence[str], where: 
         f"{where} names the network source {source!r}: building it imports {module} (running "
         f"its top-level code) and calls its function, so nothing was imported. If you trust "
         f"whoever made it, pass trust_source=True or trust_source=[{top!r}] (command line: "
-        f"--trust-source or --trust-source {top}); torchvision: and timm: sources need no opt-in")
+        f"--trust-source or --trust-package {top}); torchvision: and timm: sources need no opt-in")
+
+
+def trusted_prefixes(trust_source) -> tuple[str, ...] | None:
+    """The module prefixes `trust_source` trusts (None: every source), or a refusal."""
+    if trust_source is True:
+        return None
+    if trust_source is False or trust_source is None:
+        return ()
+    prefixes = (trust_source,) if isinstance(trust_source, str) else trust_source
+    if (not isinstance(prefixes, (list, tuple))
+            or any(not isinstance(p, str) or not _MODULE.fullmatch(p) for p in prefixes)):
+        raise ModelSourceError(f"trust_source must be True, False or module prefixes such as "
+                               f"'mypkg' or ['mypkg', 'other.models'], got {trust_source!r}")
+    return tuple(prefixes)
 
 
 def check_source(source: str) -> None:

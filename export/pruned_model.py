@@ -87,9 +87,14 @@ def resize_layer(module: nn.Module, shapes: dict, name: str) -> None:
             setattr(module, tensor_name, nn.Parameter(new, requires_grad=old.requires_grad))
         else:
             module._buffers[tensor_name] = new
+    allowed = width_attributes()
     for attr, value in shapes.items():
-        if attr != "tensors":
-            setattr(module, attr, tuple(value) if isinstance(value, list) else value)
+        if attr == "tensors":
+            continue
+        if attr not in allowed or not isinstance(value, (int, list)) or isinstance(value, bool):
+            raise ValueError(f"{name}: the record sets {attr!r} to {value!r}; a pruned-model "
+                             f"record sets only the width attributes {sorted(allowed)}")
+        setattr(module, attr, tuple(value) if isinstance(value, list) else value)
 
 
 def build_pruned(arch: PrunedArchitecture, trust_source=False) -> nn.Module:

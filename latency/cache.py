@@ -16,10 +16,13 @@ _MEASURED: dict[Path, LatencyTable] = {}  # measured in this process, not yet in
 
 
 def cache_name(meta: dict, grid_points: int) -> str:
-    """One file per space config, device, runtime, batch and grid (the other identity fields
-    are checked on reading)."""
-    device = "".join(c if c.isalnum() else "-" for c in meta["device"]).strip("-")[:40]
-    return (f"{meta['space']}-{meta['runtime']}-b{meta['batch']}-g{grid_points}-{device}-"
+    """One file per space config, device, runtime, batch, threads, memory format, torch version
+    and grid: every field `LatencyTable.check` compares, so tables measured for other settings
+    never share a file (and a file that fails the check is unreadable or foreign: replaced)."""
+    plain = lambda text: "".join(c if c.isalnum() or c == "." else "-" for c in str(text)).strip("-")
+    layout = "cl" if meta["channels_last"] else "nchw"
+    return (f"{meta['space']}-{meta['runtime']}-b{meta['batch']}-t{meta['threads']}-{layout}-"
+            f"g{grid_points}-torch{plain(meta['torch'])}-{plain(meta['device'])[:40]}-"
             f"{meta['parts']}.json")
 
 

@@ -589,13 +589,14 @@ def plain_name_error(what: str, name) -> str:
 
 
 # What an existing run may change. `--resume` continues the same search: its learning rates,
-# length and logging may change, nothing that shapes the supernet, the data or the objective.
+# length and logging may change, nothing that shapes the supernet, the data or the objective
+# (`data.num_classes` only declares the count the data must have: the checkpoint's, checked).
 # `--run` derives again from a finished search: only the later stages' settings may change.
 RESUME_MAY_CHANGE = ("search.epochs", "search.w_lr", "search.w_lr_min", "search.arch_lr",
                      "log_every", "threads", "device", "sync_bn", "derive.", "finetune.",
-                     "export.")
+                     "export.", "data.num_classes")
 LATER_STAGES_MAY_CHANGE = ("log_every", "threads", "device", "sync_bn", "seed", "amp",
-                           "channels_last", "derive.", "finetune.", "export.")
+                           "channels_last", "derive.", "finetune.", "export.", "data.num_classes")
 
 
 def flat_dict(d: dict, prefix: str = "") -> dict:

@@ -170,10 +170,18 @@ def preflight(cfg: RunConfig, data: ImageData, run_dir: Path | None = None) -> N
                     latency_model(cfg, net, run_dir, write_cache=False), cfg.latency.batch)
 
 
-def check_same_data(state: dict, data: ImageData, cfg: RunConfig, run_dir: Path) -> None:
-    """Refuse to resume a search on data other than it started on (a checkpoint written before
-    searches recorded their data has nothing to compare)."""
-    started, now = state.get("data_sha256"), data.fingerprint()
+def check_same_data(state: dict, data: ImageData, cfg: RunConfig, run_dir: Path,
+                    contents: bool = True) -> None:
+    """Refuse to go on with a search (`state`, its checkpoint) on data of another class count,
+    or, with `contents`, on data other than it started on (a checkpoint written before searches
+    recorded their data's sha256 has nothing to compare)."""
+    searched = state.get("data", {}).get("num_classes")
+    if searched is not None and searched != data.num_classes:
+        raise DataError(f"{run_dir}'s search was made for {searched} classes, the data now has "
+                        f"{data.num_classes} (data.num_classes={cfg.data.num_classes}); a search "
+                        f"continues on the classes it started with")
+    started = state.get("data_sha256") if contents else None
+    now = data.fingerprint() if started is not None else None
     if started is not None and started != now:
         where = cfg.data.path or f"data.name={cfg.data.name}"
         raise DataError(f"the data changed since {run_dir}'s search started: {where} (sha256 of "

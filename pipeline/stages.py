@@ -12,6 +12,7 @@ test evaluation (each on its shards); rank 0 alone then times, exports and write
 """
 from __future__ import annotations
 
+import contextlib
 import json
 import sys
 import time
@@ -310,17 +311,21 @@ def run(cfg: RunConfig, run_dir: str | Path, stages: Sequence[str] = STAGES, *,
     if "search" in stages:
         searched = search(cfg, run_dir, data, resume, report=report)
         logger = searched.logger
+    metrics: dict = {}
     try:
-        if "derive" not in stages:
-            return {}
-        if "search" not in stages:
-            searched = load_search(cfg, run_dir)
-        metrics = derive_and_export(cfg, run_dir, data, searched, stages, export_name, logger,
-                                    report)
-        if logger:
-            logger.hyperparameters(flat_dict(to_dict(cfg)), {"test_acc": metrics["test_acc"],
-                                                  "macs": metrics["macs"]})
-        return metrics
-    finally:
-        if logger:
-            logger.close()
+        if "derive" in stages:
+            if "search" not in stages:
+                searched = load_search(cfg, run_dir)
+            metrics = derive_and_export(cfg, run_dir, data, searched, stages, export_name, logger,
+                                        report)
+            if logger:
+                logger.hyperparameters(flat_dict(to_dict(cfg)), {"test_acc": metrics["test_acc"],
+                                                      "macs": metrics["macs"]})
+    except BaseException:
+        if logger:  # the error that stopped the run is the one to report, not a closing one
+            with contextlib.suppress(OSError):
+                logger.close()
+        raise
+    if logger:
+        logger.close()
+    return metrics

@@ -1,6 +1,7 @@
 """Atomic checkpoint files: a crash or a full disk never leaves a half-written checkpoint."""
 from __future__ import annotations
 
+import io
 from pathlib import Path
 from typing import Any
 
@@ -14,7 +15,11 @@ class CheckpointError(RuntimeError):
 
 
 def save_checkpoint(state: dict[str, Any], path: str | Path) -> None:
-    atomic_write(path, lambda tmp: torch.save(state, tmp))
+    """Serialised in memory, then written by Python's file I/O: a write the OS refuses (a full
+    disk) is an OSError naming the file, not the C++ writer's RuntimeError."""
+    buffer = io.BytesIO()
+    torch.save(state, buffer)
+    atomic_write(path, lambda tmp: Path(tmp).write_bytes(buffer.getbuffer()))
 
 
 def load_checkpoint(path: str | Path, kind: str, map_location="cpu") -> dict[str, Any]:

@@ -213,10 +213,10 @@ class Searcher:
                 self._check_finite_state()  # before the save: never overwrite a good checkpoint
                 self.history.append(metrics)
                 self.epoch += 1
-                self._log(metrics)
                 state = self.state_dict()  # on every rank: it gathers their random streams
                 if parallel.is_main():
                     save_checkpoint(state, self.checkpoint_path)
+                self._log(metrics)  # after the save: a failed event write loses no epoch
         finally:
             bar.close()
         return self.history[-1] if self.history else {}

@@ -81,3 +81,26 @@ def test_resize_downsamples_every_split_with_antialiasing():
     small = ImageData("c", checker, torch.zeros(1, dtype=torch.long), checker,
                       torch.zeros(1, dtype=torch.long), 1).resized(4)
     assert (small.x_train.float() - 127.5).abs().max() <= 3  # averaged, not subsampled (0 or 255)
+
+
+def test_classes_only_one_split_has_are_named_with_their_counts(tmp_path):
+    from maskednas.datasource.checks import DataWarning
+    rng = np.random.default_rng(0)
+    np.savez(tmp_path / "d.npz", x_train=rng.integers(0, 256, (40, 8, 8, 3), dtype=np.uint8),
+             y_train=np.arange(40) % 4, x_test=rng.integers(0, 256, (9, 8, 8, 3), dtype=np.uint8),
+             y_test=np.arange(9) % 3)
+    with pytest.warns(DataWarning, match=r"class 3: 10 train / 0 test images: the test split has none"):
+        data = load_dataset("npz", str(tmp_path / "d.npz"))
+    assert data.num_classes == 4
+    assert load_dataset("npz", str(tmp_path / "d.npz"), num_classes=4).num_classes == 4
+
+
+def test_the_fingerprint_changes_with_any_label_or_pixel(tmp_path):
+    data = load_dataset("digits")
+    before = data.fingerprint()
+    data.y_train[7] = (data.y_train[7] + 1) % 10
+    assert data.fingerprint() != before
+    data.y_train[7] = (data.y_train[7] - 1) % 10
+    assert data.fingerprint() == before
+    data.x_test[0, 0, 0, 0] ^= 1
+    assert data.fingerprint() != before

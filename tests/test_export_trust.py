@@ -116,7 +116,32 @@ def test_the_command_checks_an_export_only_with_trust_source(planted, capsys):
     assert refused.value.code.startswith("error: ") and "--trust-source" in refused.value.code
     assert ran(p) == []
     capsys.readouterr()
-    maskednas_main(["inspect", str(p["folder"]), "--check", "--trust-source", p["module"]])
+    maskednas_main(["inspect", str(p["folder"]), "--check", "--trust-package", p["module"]])
     out = capsys.readouterr().out
     assert f"source: {p['module']}:build" in out
     assert f"fvcore counts {p['arch'].macs:,} MACs and {p['arch'].params:,} params, as recorded" in out
+
+
+def test_a_package_trusts_its_subpackages_and_nothing_else():
+    from maskednas.export.model_source import check_trusted
+    check_trusted("mypkg.models.nets:build", ["mypkg"], "a record")
+    check_trusted("mypkg:build", "mypkg", "a record")
+    check_trusted("torchvision:resnet18", False, "a record")
+    for source in ("mypkg2:build", "my:build", "other.mypkg:build"):
+        with pytest.raises(UntrustedSourceError):
+            check_trusted(source, ["mypkg"], "a record")
+
+
+@pytest.mark.parametrize("bad", [1, "../code", ["ok", 3], {"mypkg": True}])
+def test_a_malformed_trust_value_is_refused_for_every_record(bad):
+    from maskednas import Architecture
+    from maskednas.export.architecture import LayerChoice
+    arch = Architecture(1, 8, 10, 4, (LayerChoice("conv_3x3", 4, 8, 2, False, kernel=3),))
+    with pytest.raises(ValueError, match="trust_source must be True, False or module prefixes"):
+        build(arch, trust_source=bad)
+
+
+def test_trust_flags_without_check_are_refused(planted):
+    with pytest.raises(SystemExit) as refused:
+        maskednas_main(["inspect", str(planted["folder"]), "--trust-source"])
+    assert "apply to --check only" in refused.value.code and ran(planted) == []

@@ -4,9 +4,9 @@ cached latency table, a kill while a table is measured. In each, nothing already
 lost and the error is one line naming the file."""
 from __future__ import annotations
 
-import errno
+import contextlib
 import json
-import os
+import resource
 import signal
 import subprocess
 import sys
@@ -15,7 +15,6 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-import torch
 
 from conftest import SMALL_RUN, synthetic_table
 from maskednas.cli import main as maskednas_main
@@ -26,24 +25,35 @@ from maskednas.latency.table import LatencyTableError
 from maskednas.search.checkpoint import load_checkpoint
 
 ROOT = Path(__file__).resolve().parents[1]
-FAST = [*SMALL_RUN, "search.epochs=2", "search.warmup_epochs=0", "finetune.epochs=0", "threads=2"]
+FAST = [*SMALL_RUN, "search.epochs=2", "search.warmup_epochs=0", "finetune.epochs=0", "threads=1"]
 
 
-def disk_full_on(monkeypatch, owner, name: str, call: int = 1):
-    """From its `call`-th call on, `owner.name(...)` writes a few bytes to the file it was
-    given (a path as its second, else first, argument) and fails as a full disk does."""
+@contextlib.contextmanager
+def file_size_limit(nbytes: int):
+    """While open, the kernel refuses to let any file grow past `nbytes` (RLIMIT_FSIZE: the
+    write fails with EFBIG, as one fails with ENOSPC on a full disk), whichever writer makes
+    it: Python's, torch's C++ or safetensors'."""
+    handler = signal.signal(signal.SIGXFSZ, signal.SIG_IGN)  # an error, not the signal's kill
+    soft, hard = resource.getrlimit(resource.RLIMIT_FSIZE)
+    resource.setrlimit(resource.RLIMIT_FSIZE, (nbytes, hard))
+    try:
+        yield
+    finally:
+        resource.setrlimit(resource.RLIMIT_FSIZE, (soft, hard))
+        signal.signal(signal.SIGXFSZ, handler)
+
+
+def refused_from_call(monkeypatch, owner, name: str, call: int, nbytes: int = 4096) -> None:
+    """`owner.name` runs as it is, but from its `call`-th call on under `file_size_limit`."""
     real, calls = getattr(owner, name), []
 
-    def failing(*args, **kwargs):
+    def limited(*args, **kwargs):
         calls.append(1)
         if len(calls) < call:
             return real(*args, **kwargs)
-        target = next((a for a in args[:2] if isinstance(a, os.PathLike)),  # Path.write_text's self
-                      next((a for a in args[:2] if isinstance(a, str)), None))  # torch.save's path
-        if target is not None:
-            Path(target).write_bytes(b"\0" * 100)
-        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), *([str(target)] if target else []))
-    monkeypatch.setattr(owner, name, failing)
+        with file_size_limit(nbytes):
+            return real(*args, **kwargs)
+    monkeypatch.setattr(owner, name, limited)
 
 
 def command(argv: list[str], monkeypatch) -> str | None:
@@ -94,49 +104,69 @@ def copy_of(run: Path, tmp_path: Path) -> Path:
 
 # -- a full disk ---------------------------------------------------------------------------------
 
-def test_a_full_disk_keeps_the_last_checkpoint(tmp_path, monkeypatch):
-    disk_full_on(monkeypatch, torch, "save", call=2)  # epoch 1's checkpoint is written, epoch 2's is not
+def test_a_refused_write_keeps_the_last_checkpoint(tmp_path, monkeypatch):
+    from maskednas.search import loop
+    refused_from_call(monkeypatch, loop, "save_checkpoint", call=2)  # epoch 1's is written, epoch 2's not
     error = command([*FAST, f"out_dir={tmp_path}", "name=r"], monkeypatch)
     checkpoint = tmp_path / "r" / "search.pt"
-    assert error.startswith(f"error: cannot write {checkpoint}: No space left on device"), error
+    assert error == (f"error: cannot write {checkpoint}: File too large; the previous file is "
+                     f"kept"), error
     assert load_checkpoint(checkpoint, "search")["epoch"] == 1
     assert leftovers(tmp_path) == []
 
 
-def test_a_full_disk_keeps_the_previous_export(finished, tmp_path, monkeypatch):
+def test_a_refused_write_keeps_the_previous_export(finished, tmp_path, monkeypatch):
+    from maskednas.pipeline import stages
     run = copy_of(finished, tmp_path)
     before = tree(run / "export")
-    from maskednas.export import folder
-    disk_full_on(monkeypatch, folder, "save_file")
+    refused_from_call(monkeypatch, stages, "save_export", call=1)
     error = command(["--run", str(run), "--stages", "derive,export"], monkeypatch)
-    assert error.startswith(f"error: cannot write the export {run / 'export'} (model.safetensors): "
-                            f"No space left on device; the previous export"), error
+    assert error == (f"error: cannot write the export {run / 'export'} (model.safetensors): File "
+                     f"too large; the previous export in {run / 'export'} is kept"), error
     assert tree(run / "export") == before and leftovers(run) == []
 
 
-def test_a_full_disk_keeps_the_latency_table(tmp_net_table, tmp_path, monkeypatch):
+def test_a_refused_write_keeps_the_latency_table(tmp_net_table, tmp_path):
     path = tmp_path / "table.json"
     tmp_net_table.save(path)
     before = path.read_bytes()
-    disk_full_on(monkeypatch, Path, "write_text")
-    with pytest.raises(WriteError, match=f"cannot write {path}: No space left on device; the previous file is kept"):
+    with file_size_limit(100), pytest.raises(WriteError) as refused:
         tmp_net_table.save(path)
+    assert str(refused.value) == f"cannot write {path}: File too large; the previous file is kept"
     assert path.read_bytes() == before and [p.name for p in tmp_path.iterdir()] == ["table.json"]
 
 
 @pytest.mark.filterwarnings("ignore::pytest.PytestUnhandledThreadExceptionWarning")  # TensorBoard's writer thread
-def test_a_full_disk_stops_tensorboard_with_the_folder_named(tiny_net, tmp_path, monkeypatch):
-    from tensorboard.summary.writer import record_writer
+def test_a_refused_write_stops_tensorboard_with_the_folder_named(tiny_net, tmp_path):
     from maskednas.search.tensorboard_log import SearchLogger
 
     logger = SearchLogger(tmp_path, tiny_net, {"macs": 1e5})
     logger.scalars({"loss/train": 1.0}, 0)
     logger.writer.flush()
     before = tree(tmp_path)
-    disk_full_on(monkeypatch, record_writer.RecordWriter, "write")
-    with pytest.raises(WriteError, match=f"cannot write {tmp_path}: No space left on device; the events"):
+    (events,) = tmp_path.glob("events.out.tfevents.*")
+    with file_size_limit(events.stat().st_size), pytest.raises(WriteError) as refused:
         logger.architecture(tiny_net, 1, {"expected_macs": 1.0})
+    assert str(refused.value) == (f"cannot write {tmp_path}: File too large; the events written "
+                                  f"so far are kept")
     assert tree(tmp_path) == before  # the events already on disk are as they were
+
+
+def test_a_kill_during_a_write_leaves_the_previous_file(tmp_path):
+    target = tmp_path / "table.json"
+    target.write_bytes(b"old")
+    code = ("import sys, time\n"
+            "from maskednas.common import atomic_write\n"
+            "def slow(tmp):\n"
+            "    f = open(tmp, 'wb'); f.write(b'new' * 1000); f.flush()\n"
+            "    print('half', flush=True); time.sleep(60)\n"
+            "atomic_write(sys.argv[1], slow)\n")
+    p = subprocess.Popen([sys.executable, "-c", code, str(target)], stdout=subprocess.PIPE, text=True)
+    assert p.stdout.readline().strip() == "half"
+    p.send_signal(signal.SIGKILL)
+    p.wait()
+    assert target.read_bytes() == b"old"
+    assert [f.name for f in tmp_path.iterdir() if f != target][0].startswith(".table.json.")
 
 
 @pytest.fixture
@@ -192,7 +222,7 @@ def test_resume_refuses_changed_data_unless_told(tmp_path, monkeypatch):
     assert error.startswith(f"error: the data changed since {run}'s search started: {data_file}"), error
     assert "--accept-changed-data" in error and tree(run) == before
     assert command(["--resume", str(run), "search.epochs=3", "--accept-changed-data",
-                    "--stages", "search"], monkeypatch) is None
+                    "--stages", "search", "data.num_classes=10"], monkeypatch) is None
     state = load_checkpoint(run / "search.pt", "search")
     assert state["epoch"] == 3 and state["data_sha256"] != started
 
@@ -232,7 +262,7 @@ def test_a_corrupted_cache_file_is_replaced_by_a_new_measurement(tmp_path):
 
 
 def test_a_kill_while_a_table_is_measured_leaves_no_table(tmp_path):
-    p = subprocess.Popen([sys.executable, "-m", "maskednas", "latency", "--config", "digits",
+    p = subprocess.Popen([sys.executable, "-u", "-m", "maskednas", "latency", "--config", "digits",
                           f"latency.cache_dir={tmp_path}", "threads=1"],
                          cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     line = p.stdout.readline()
@@ -243,3 +273,12 @@ def test_a_kill_while_a_table_is_measured_leaves_no_table(tmp_path):
     p.send_signal(signal.SIGKILL)
     p.wait()
     assert list(tmp_path.iterdir()) == []
+
+
+def test_a_missing_run_is_named_with_the_runs_that_exist(tmp_path, monkeypatch):
+    for name in ("a", "b"):
+        (tmp_path / name).mkdir()
+        (tmp_path / name / "config.yaml").write_text("{}")
+    error = command(["--resume", str(tmp_path / "none")], monkeypatch)
+    assert error == f"error: no run 'none' exists; runs in {tmp_path}: a, b", error
+
