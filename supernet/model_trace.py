@@ -23,7 +23,7 @@ _ADDS = {torch.add, torch.Tensor.add, torch.Tensor.add_, torch.Tensor.__add__,
 
 @dataclass
 class Pool:
-    producer: str  # the layer whose output channels are pooled
+    producers: tuple[str, ...]  # the layers whose output channels are pooled (concatenated)
     size: int  # input positions per channel (H * W)
     inside: str  # the innermost module running when it was called
 
@@ -58,7 +58,8 @@ class _Watch(TorchFunctionMode):
                     self.adders.add(name)
         elif func is F.adaptive_avg_pool2d:
             x = args[0]
-            self.trace.pools.append(Pool(_producer(x, self.produced), x.shape[-2] * x.shape[-1],
+            self.trace.pools.append(Pool(_channel_producers(x, self.produced),
+                                         x.shape[-2] * x.shape[-1],
                                          self.stack[-1][0] if self.stack else ""))
         elif func is F.normalize:
             x, dim = args[0], kwargs.get("dim", args[2] if len(args) > 2 else 1)
@@ -82,6 +83,39 @@ def _producer(x: torch.Tensor, produced: dict) -> str:
             return produced[node]
         frontier.extend(n for n, _ in node.next_functions)
     raise ValueError("an adaptive average pooling or F.normalize reads a tensor no layer produced")
+
+
+def _channel_producers(x: torch.Tensor, produced: dict) -> tuple[str, ...]:
+    """The layers whose output channels make up the channels of `x`: the nearest one upstream,
+    or, through a concatenation along the channels (Inception's branches), each piece's, in
+    order (breadth first, as `_producer`, recursing only into concatenations)."""
+    def nearest(start) -> tuple[str, ...]:
+        frontier, seen = [start], set()
+        while frontier:
+            node = frontier.pop(0)
+            if node is None or node in seen:
+                continue
+            seen.add(node)
+            if node in produced:
+                return (produced[node],)
+            if _concatenates_channels(node):
+                return tuple(p for n, _ in node.next_functions for p in nearest(n))
+            frontier.extend(n for n, _ in node.next_functions)
+        return ()
+
+    found = nearest(x.grad_fn)
+    if not found:
+        raise ValueError("an adaptive average pooling reads a tensor no layer produced")
+    return found
+
+
+def _concatenates_channels(node) -> bool:
+    """A `torch.cat` of NCHW tensors along the channels (autograd keeps a negative dim as an
+    unsigned 64-bit number)."""
+    if not type(node).__name__.startswith("CatBackward"):
+        return False
+    dim = getattr(node, "_saved_dim", None)
+    return dim is not None and (dim - 2**64 if dim >= 2**63 else dim) in (1, -3)
 
 
 def trace(model: nn.Module, example: torch.Tensor, layers: tuple[type, ...]) -> Trace:

@@ -322,8 +322,8 @@ class UserModel(Supernet):
         out = [(w.name, w.rule.cost(w.module, w.c_in, w.c_out, w.shape_in, w.shape_out))
                for w in self.layer_widths(widths)]
         for pool in self.trace.pools:
-            out.append((pool.inside, Cost(width(g.outputs, pool.producer, self.trace.shapes[
-                pool.producer][1][1]) * pool.size, 0)))
+            channels = sum(width(g.outputs, p, self.trace.shapes[p][1][1]) for p in pool.producers)
+            out.append((pool.inside, Cost(channels * pool.size, 0)))
         out += [(name, Cost(0, per_channel * space.width(widths)))
                 for name, space, per_channel in self._loose]
         return out + [(name, Cost(0, numel)) for name, numel in self._fixed]

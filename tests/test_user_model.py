@@ -9,6 +9,7 @@ from pathlib import Path
 import pytest
 import torch
 from safetensors.torch import save_file
+import torch.nn.functional as F
 from torch import nn
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -355,3 +356,33 @@ def test_the_whole_pipeline_runs_on_each_kind_of_network(tmp_path, source):
     test = DeviceLoader(data.x_test, data.y_test, 64, stats["mean"], stats["std"], shuffle=False,
                         drop_last=False)
     assert evaluate(model, test)["acc"] == metrics["test_acc"]
+
+
+class ConcatPoolNet(nn.Module):
+    """Two branches concatenated, then pooled straight into the classifier (GoogLeNet's end)."""
+
+    def __init__(self, num_classes: int = 10) -> None:
+        super().__init__()
+        self.stem = nn.Conv2d(3, 8, 3, padding=1)
+        self.a, self.b = nn.Conv2d(8, 12, 1), nn.Conv2d(8, 6, 3, padding=1)
+        self.fc = nn.Linear(18, num_classes)
+
+    def forward(self, x):
+        x = torch.relu(self.stem(x))
+        x = torch.cat([torch.relu(self.a(x)), torch.relu(self.b(x))], dim=1)
+        return self.fc(torch.flatten(F.adaptive_avg_pool2d(x, 1), 1))
+
+
+def concat_pool_net(num_classes: int = 10) -> ConcatPoolNet:
+    return ConcatPoolNet(num_classes)
+
+
+def test_pooling_over_a_concatenation_counts_every_branch():
+    """The pooled channels are both branches' (12 + 6), at full and at pruned widths: the
+    cost model matches fvcore on the network and on its pruned export."""
+    net = UserModel(ModelSpaceConfig(source="tests.test_user_model:concat_pool_net"), 3, 10, 8)
+    (pool,) = net.trace.pools
+    assert pool.producers == ("a", "b") and pool.size == 64
+    r = check("tests.test_user_model:concat_pool_net", 8)
+    assert (r["macs"], r["params"]) == (r["fvcore_macs"], r["fvcore_params"]) and r["macs"] < r["dense_macs"]
+    assert r["gap"] < 1e-5
