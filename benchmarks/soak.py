@@ -6,7 +6,7 @@
 
 Runs `train.py --stages search` in a subprocess exactly as a user would (one thread, one epoch of
 warm-up, then architecture steps; as many epochs as fit) and watches it from outside: every
-second its resident memory (/proc/<pid>/status VmRSS), and at every epoch's checkpoint (the
+0.1 s its resident memory (/proc/<pid>/status VmRSS), and at every epoch's checkpoint (the
 search.pt rename) the epoch's wall time, the peak RSS seen during it and the run folder's size.
 After `--minutes` the search is interrupted as Ctrl-C does. Writes
 benchmarks/results/soak-<space>.json, and soak.md from every part present.
@@ -119,7 +119,7 @@ def summary(r: dict) -> dict:
 def report() -> str:
     lines = ["# Soak: a long search's memory, speed and disk use", "",
              "Command: `python -m benchmarks.soak --space macro|model --minutes 30`. One thread, "
-             "`train.py --stages search`, one warm-up epoch; RSS sampled every second from "
+             "`train.py --stages search`, one warm-up epoch; RSS sampled every 0.1 s from "
              "outside the process. `epoch 2`: the first epoch with architecture steps; `last`: "
              "the median epoch time and the largest RSS of the last five epochs.", "",
              "| space | epochs (steps each) | epoch 2 time | last epochs' time | change | RSS epoch 2 | "
