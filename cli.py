@@ -150,11 +150,11 @@ def run_command(argv: list[str], prog: str = "maskednas run") -> dict:
                               f"{run_dir}, re-derive with --run {run_dir}, or pick another name=...")
         with parallel.main_first():  # rank 0 downloads, if anything
             data = load_data(cfg)  # every split checked
-        if "search" in stages:  # the supernet and its targets (a resumed run: its latency table)
-            parallel.on_main(lambda: preflight(cfg, data, run_dir if args.resume else None))
         if (args.resume or args.run) and (run_dir / Searcher.CHECKPOINT).is_file():
             check_same_data(load_checkpoint(run_dir / Searcher.CHECKPOINT, "search"), data, cfg,
                             run_dir, contents=bool(args.resume) and not args.accept_changed_data)
+        if "search" in stages:  # the supernet and its targets (a resumed run: its latency table)
+            parallel.on_main(lambda: preflight(cfg, data, run_dir if args.resume else None))
         with contextlib.ExitStack() as held:
             parallel.on_main(lambda: claim(run_dir, held, new_run=not (args.resume or args.run)))
             if parallel.is_main() and not args.run:  # a later-stage run keeps the search's config
@@ -255,7 +255,16 @@ def inspect_command(argv: list[str], prog: str = "maskednas inspect") -> None:
                          "builds nothing)")
     print(describe_export(args.export))
     if args.check:
-        print(check_export(args.export, args.trust_source or args.trust_package))
+        # a trusted package is imported from the installation, never from the working
+        # directory (where a sender's folder could shadow it; `python -m` puts it on the path)
+        here = {"", os.getcwd()}
+        shadowing = [p for p in sys.path if p in here or (p and Path(p).resolve() == Path.cwd().resolve())]
+        for p in shadowing:
+            sys.path.remove(p)
+        try:
+            print(check_export(args.export, args.trust_source or args.trust_package))
+        finally:
+            sys.path[:0] = shadowing
 
 
 def configs_command(argv: list[str], prog: str = "maskednas configs") -> None:

@@ -47,7 +47,8 @@ def folder_bytes(folder: Path) -> dict[str, int]:
     sizes = {}
     for p in folder.rglob("*"):
         try:
-            sizes[p.name] = p.stat().st_size if p.is_file() else 0
+            if p.is_file():
+                sizes[p.name if p.parent == folder else str(p.relative_to(folder))] = p.stat().st_size
         except FileNotFoundError:  # a temporary file renamed meanwhile
             continue
     return {"total": sum(sizes.values()), "files": len(sizes),

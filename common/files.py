@@ -34,8 +34,7 @@ def atomic_write(path: str | Path, write) -> None:
         write(tmp)
         with open(tmp, "rb+") as f:
             os.fsync(f.fileno())
-        # mkstemp makes the file private; give it the mode a plain write would have
-        os.chmod(tmp, path.stat().st_mode & 0o777 if existed else 0o666 & ~_umask())
+        _plain_mode(tmp, path)
         os.replace(tmp, path)
     except OSError as e:
         Path(tmp).unlink(missing_ok=True)
@@ -46,14 +45,19 @@ def atomic_write(path: str | Path, write) -> None:
         raise
 
 
-def _umask() -> int:
-    """The process's umask, read without setting it (os.umask would change it for a moment
-    under every other thread)."""
+def _plain_mode(tmp: str, path: Path) -> None:
+    """mkstemp makes the file private (0600): give it the mode of the file it replaces, or the
+    one a plain write would have under the process's umask, read without setting it (os.umask
+    would change it for a moment under every other thread). Where the umask cannot be read, or
+    the filesystem takes no modes, the file stays private."""
     try:
+        if path.exists():
+            os.chmod(tmp, path.stat().st_mode & 0o777)
+            return
         for line in Path("/proc/self/status").read_text().splitlines():
             if line.startswith("Umask:"):
-                return int(line.split()[1], 8)
+                os.chmod(tmp, 0o666 & ~int(line.split()[1], 8))
+                return
     except OSError:
         pass
-    return 0o022
 

@@ -68,9 +68,11 @@ def check_splits(name: str, x_train: torch.Tensor, y_train: torch.Tensor, x_test
 
 
 # a class with fewer training images than this fraction of the median class, or with a single
-# one, is taken for a stray label (the digits have ~180 a class; a mislabelled image makes a
-# class of one)
+# one where the median class has at least SINGLE_IMAGE_MEDIAN, is taken for a stray label (the
+# digits have ~180 a class; a mislabelled image makes a class of one; a one-shot set, median 1,
+# is not refused)
 RARE_CLASS_FRACTION = 0.05
+SINGLE_IMAGE_MEDIAN = 10
 
 
 def check_classes(data, declared: int | None) -> int:
@@ -95,7 +97,8 @@ def check_classes(data, declared: int | None) -> int:
                             f"training images; labels must cover 0..{declared - 1}")
         return declared
     median = float(train.float().median())
-    rare = [c for c in range(len(train)) if train[c] < max(2.0, RARE_CLASS_FRACTION * median)]
+    rare = [c for c in range(len(train)) if train[c] < RARE_CLASS_FRACTION * median
+            or (train[c] <= 1 and median >= SINGLE_IMAGE_MEDIAN)]
     if rare:
         counts = ", ".join(f"class {c}: {int(train[c])} train / {int(test[c])} test" for c in rare[:5])
         raise DataError(f"{name}: {counts} images, against a median of {median:.0f} training "

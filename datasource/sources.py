@@ -166,4 +166,6 @@ def load_dataset(name: str, path: str | None = None, download: bool = False,
     """The data set `name`, its classes checked (`checks.check_classes`; `num_classes`: the
     count the user declares)."""
     data = DATASETS.get(name)(path=path, download=download, image_size=image_size)
+    if name == "imagefolder" and num_classes is None:  # its folders declare the classes
+        num_classes = data.num_classes
     return replace(data, num_classes=check_classes(data, num_classes))

@@ -114,10 +114,13 @@ def save_export(folder: str | Path, model: CompactNet, config: dict, metrics: di
         manifest = {p.name: {"bytes": p.stat().st_size, "sha256": sha256(p)}
                     for p in sorted(tmp.iterdir())}
         (tmp / MANIFEST).write_text(json.dumps(manifest, indent=2))
+        writing = "the folder swap"
         _swap_in(tmp, folder)
     except OSError as e:  # a full disk: the earlier export, if any, stays as it was
         shutil.rmtree(tmp, ignore_errors=True)
-        kept = f"the previous export in {folder} is kept" if folder.exists() else "nothing was exported"
+        old = folder.with_name(f".{folder.name}.old-{os.getpid()}")
+        kept = (f"the previous export in {folder} is kept" if folder.exists() else
+                f"the previous export is in {old}" if old.exists() else "nothing was exported")
         raise ExportError(f"cannot write the export {folder} ({writing}): {e.strerror or e}; "
                           f"{kept}") from e
     except BaseException:
@@ -128,6 +131,7 @@ def save_export(folder: str | Path, model: CompactNet, config: dict, metrics: di
 
 def _swap_in(tmp: Path, folder: Path) -> None:
     old = folder.with_name(f".{folder.name}.old-{os.getpid()}")
+    shutil.rmtree(old, ignore_errors=True)  # left by an earlier process of this pid that died
     if folder.exists():
         folder.rename(old)
     try:

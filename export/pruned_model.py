@@ -78,6 +78,14 @@ def changed_layers(original: nn.Module, pruned: nn.Module) -> dict[str, dict]:
 
 
 def resize_layer(module: nn.Module, shapes: dict, name: str) -> None:
+    allowed = width_attributes()
+    for attr, value in shapes.items():  # checked before anything changes
+        if attr != "tensors" and (attr not in allowed or isinstance(value, bool)
+                                  or not isinstance(value, (int, list))):
+            raise ValueError(f"{name}: the record sets {attr!r} to {value!r}; a pruned-model "
+                             f"record sets only the width attributes of registered layer rules "
+                             f"({', '.join(sorted(allowed))}): register the rule that declares "
+                             f"{attr!r} before loading")
     for tensor_name, shape in shapes["tensors"].items():
         old = getattr(module, tensor_name, None)
         if not isinstance(old, torch.Tensor):
@@ -87,14 +95,9 @@ def resize_layer(module: nn.Module, shapes: dict, name: str) -> None:
             setattr(module, tensor_name, nn.Parameter(new, requires_grad=old.requires_grad))
         else:
             module._buffers[tensor_name] = new
-    allowed = width_attributes()
     for attr, value in shapes.items():
-        if attr == "tensors":
-            continue
-        if attr not in allowed or not isinstance(value, (int, list)) or isinstance(value, bool):
-            raise ValueError(f"{name}: the record sets {attr!r} to {value!r}; a pruned-model "
-                             f"record sets only the width attributes {sorted(allowed)}")
-        setattr(module, attr, tuple(value) if isinstance(value, list) else value)
+        if attr != "tensors":
+            setattr(module, attr, tuple(value) if isinstance(value, list) else value)
 
 
 def build_pruned(arch: PrunedArchitecture, trust_source=False) -> nn.Module:

@@ -2,6 +2,8 @@
 new measurement (then cached for every later run of the same space, device, runtime and batch)."""
 from __future__ import annotations
 
+import hashlib
+import json
 from collections.abc import Callable
 from pathlib import Path
 
@@ -9,7 +11,7 @@ import torch
 
 from maskednas.latency.measure import measure_table, table_meta
 from maskednas.latency.model import LatencyModel
-from maskednas.latency.table import LatencyTable, LatencyTableError
+from maskednas.latency.table import IDENTITY, LatencyTable, LatencyTableError
 
 RUN_COPY = "latency_table.json"
 _MEASURED: dict[Path, LatencyTable] = {}  # measured in this process, not yet in the cache
@@ -21,9 +23,9 @@ def cache_name(meta: dict, grid_points: int) -> str:
     never share a file (and a file that fails the check is unreadable or foreign: replaced)."""
     plain = lambda text: "".join(c if c.isalnum() or c == "." else "-" for c in str(text)).strip("-")
     layout = "cl" if meta["channels_last"] else "nchw"
+    identity = hashlib.sha256(json.dumps([meta.get(k) for k in IDENTITY]).encode()).hexdigest()[:12]
     return (f"{meta['space']}-{meta['runtime']}-b{meta['batch']}-t{meta['threads']}-{layout}-"
-            f"g{grid_points}-torch{plain(meta['torch'])}-{plain(meta['device'])[:40]}-"
-            f"{meta['parts']}.json")
+            f"g{grid_points}-{plain(meta['device'])[:32]}-{identity}.json")
 
 
 def obtain_table(net, device: torch.device, runtime: str, batch: int, channels_last: bool,

@@ -175,11 +175,14 @@ def check_same_data(state: dict, data: ImageData, cfg: RunConfig, run_dir: Path,
     """Refuse to go on with a search (`state`, its checkpoint) on data of another class count,
     or, with `contents`, on data other than it started on (a checkpoint written before searches
     recorded their data's sha256 has nothing to compare)."""
-    searched = state.get("data", {}).get("num_classes")
-    if searched is not None and searched != data.num_classes:
-        raise DataError(f"{run_dir}'s search was made for {searched} classes, the data now has "
-                        f"{data.num_classes} (data.num_classes={cfg.data.num_classes}); a search "
-                        f"continues on the classes it started with")
+    searched = state.get("data", {})
+    now_shape = {"num_classes": data.num_classes, "in_channels": data.in_channels,
+                 "input_size": data.image_size}
+    for key, value in now_shape.items():
+        if searched.get(key, value) != value:
+            raise DataError(f"{run_dir}'s search was made for data with {key} {searched[key]}, "
+                            f"the data now has {value} ({cfg.data.path or cfg.data.name}); a "
+                            f"search goes on with the classes and image size it started with")
     started = state.get("data_sha256") if contents else None
     now = data.fingerprint() if started is not None else None
     if started is not None and started != now:

@@ -89,8 +89,10 @@ def _channel_producers(x: torch.Tensor, produced: dict) -> tuple[str, ...]:
     """The layers whose output channels make up the channels of `x`: the nearest one upstream,
     or, through a concatenation along the channels (Inception's branches), each piece's, in
     order (breadth first, as `_producer`, recursing only into concatenations)."""
+    seen: set = set()  # shared: a node two concatenations reach is walked once
+
     def nearest(start) -> tuple[str, ...]:
-        frontier, seen = [start], set()
+        frontier = [start]
         while frontier:
             node = frontier.pop(0)
             if node is None or node in seen:

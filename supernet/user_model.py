@@ -86,8 +86,9 @@ class UserModel(Supernet):
             raise ValueError(f"model.ignore names {unknown}, which {space.source} does not have; "
                              f"its layers are e.g. {[n for n in modules if n][:8]}")
         if self.trace.output_layer is None:
-            raise ValueError(f"{space.source}: the network's output does not come straight from "
-                             f"a conv or linear layer, so its classifier cannot be told apart")
+            raise ValueError(f"{space.source}: the network's output does not come from one conv "
+                             f"or linear layer (directly, or through pooling, flatten, activations "
+                             f"and scaling), so its classifier cannot be told apart")
         if space.checkpoint:  # only the classifier (the layer the logits come from) may differ
             for name in load_checkpoint_into(model, space.checkpoint, self.trace.output_layer):
                 warnings.warn(f"{space.checkpoint}: {name} has another class count; left fresh")

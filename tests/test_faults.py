@@ -30,9 +30,8 @@ FAST = [*SMALL_RUN, "search.epochs=2", "search.warmup_epochs=0", "finetune.epoch
 
 @contextlib.contextmanager
 def file_size_limit(nbytes: int):
-    """While open, the kernel refuses to let any file grow past `nbytes` (RLIMIT_FSIZE: the
-    write fails with EFBIG, as one fails with ENOSPC on a full disk), whichever writer makes
-    it: Python's, torch's C++ or safetensors'."""
+    """While open, the kernel refuses to let any file of this process grow past `nbytes`
+    (RLIMIT_FSIZE: the write fails with EFBIG, as one fails with ENOSPC on a full disk)."""
     handler = signal.signal(signal.SIGXFSZ, signal.SIG_IGN)  # an error, not the signal's kill
     soft, hard = resource.getrlimit(resource.RLIMIT_FSIZE)
     resource.setrlimit(resource.RLIMIT_FSIZE, (nbytes, hard))
@@ -193,6 +192,11 @@ def test_a_second_run_of_a_live_name_is_refused_and_a_killed_run_frees_it(tmp_pa
     live = tmp_path / "r"
     live.mkdir()
     holder = holding(live)
+    from maskednas import cli
+
+    def no_work(cfg):
+        raise AssertionError("the data was loaded although the run's folder is in use")
+    monkeypatch.setattr(cli, "load_data", no_work)  # refused before any work
     try:
         error = command([*FAST, f"out_dir={tmp_path}", "name=r"], monkeypatch)
         assert error == (f"error: {live} is in use by a live run (pid {holder.pid}); wait for it to "

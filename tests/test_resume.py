@@ -1,6 +1,8 @@
 """Interrupted searches resume exactly; a non-finite loss stops with the last good state kept."""
 import math
 
+from pathlib import Path
+
 import pytest
 import torch
 
@@ -47,12 +49,12 @@ def test_checkpoints_are_written_atomically(tmp_path, monkeypatch):
     searcher.run()
     good = searcher.checkpoint_path.read_bytes()
 
-    def failing_save(obj, path, *a, **k):
+    def failing_write(path, data):  # the serialised checkpoint reaches the disk half-way
         with open(path, "wb") as f:
-            f.write(b"half a checkpoint")
-        raise OSError("disk full")
-    monkeypatch.setattr(torch, "save", failing_save)
-    with pytest.raises(OSError):
+            f.write(bytes(data)[:100])
+        raise OSError(28, "No space left on device")
+    monkeypatch.setattr(Path, "write_bytes", failing_write)
+    with pytest.raises(OSError, match=f"cannot write {searcher.checkpoint_path}: No space left"):
         from maskednas.search.checkpoint import save_checkpoint
         save_checkpoint(searcher.state_dict(), searcher.checkpoint_path)
     assert searcher.checkpoint_path.read_bytes() == good
