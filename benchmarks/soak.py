@@ -68,7 +68,9 @@ def soak(space: str, minutes: float) -> dict:
     run_dir.parent.mkdir(parents=True, exist_ok=True)
     log_path = run_dir.parent / f"{name}.log"
     log = open(log_path, "w")
-    proc = subprocess.Popen(argv, cwd=ROOT, stdout=log, stderr=subprocess.STDOUT)
+    # Ctrl-C's default action in the child: a shell's background job inherits SIGINT ignored
+    proc = subprocess.Popen(argv, cwd=ROOT, stdout=log, stderr=subprocess.STDOUT,
+                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     start = last = time.perf_counter()
     checkpoint, seen, peak, epochs, interrupted = run_dir / "search.pt", None, 0, [], False
     try:
@@ -92,13 +94,14 @@ def soak(space: str, minutes: float) -> dict:
                 proc.kill()
                 proc.wait()
         log.close()
-    if not interrupted or "interrupted; continue with --resume" not in log_path.read_text() \
-            or len(epochs) < 7:
+    if not interrupted or len(epochs) < 7:
         raise SystemExit(f"{name}: the search ended by itself ({proc.returncode}) after "
                          f"{len(epochs)} epochs, before the soak did; see {log_path}")
+    stopped_cleanly = "interrupted; continue with --resume" in log_path.read_text()
     state = torch.load(checkpoint, weights_only=True, map_location="cpu")
     return {"space": space, "config": SPACES[space], "minutes": minutes, "argv": argv[1:],
             "steps_per_epoch": state["step"] // state["epoch"], "epochs": epochs,
+            "stopped_cleanly": stopped_cleanly,
             "machine": {"python": platform.python_version(), "torch": torch.__version__}}
 
 
