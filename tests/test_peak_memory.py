@@ -45,7 +45,7 @@ def pruned(tmp_path_factory):
     derivation = derive(net, budget("peak_memory_kib", net, goal, batch=8))
     folder = tmp_path_factory.mktemp("export") / "export"
     save_export(folder, slim(net, derivation).eval(), {}, {}, onnx=False)
-    return net, target, goal, derivation, load(folder)
+    return net, target, goal, derivation, load(folder, trust_source=["benchmarks"])
 
 
 def test_the_figure_is_the_exported_networks_own_peak(pruned):
