@@ -17,7 +17,6 @@ import numpy as np
 import pytest
 
 from conftest import SMALL_RUN, synthetic_table
-from maskednas.cli import main as maskednas_main
 from maskednas.common import WriteError
 from maskednas.common.run_lock import LOCK_NAME, RunInUse, RunLock
 from maskednas.latency import LatencyTable
@@ -26,6 +25,17 @@ from maskednas.search.checkpoint import load_checkpoint
 
 ROOT = Path(__file__).resolve().parents[1]
 FAST = [*SMALL_RUN, "search.epochs=2", "search.warmup_epochs=0", "finetune.epochs=0", "threads=1"]
+
+
+def maskednas_main(argv: list[str]) -> None:
+    """The `maskednas` command run in this process, as `python -m maskednas ARGS` runs it."""
+    import runpy
+    saved = sys.argv
+    sys.argv = ["maskednas", *argv]
+    try:
+        runpy.run_module("maskednas", run_name="__main__", alter_sys=False)
+    finally:
+        sys.argv = saved
 
 
 @contextlib.contextmanager
@@ -192,11 +202,9 @@ def test_a_second_run_of_a_live_name_is_refused_and_a_killed_run_frees_it(tmp_pa
     live = tmp_path / "r"
     live.mkdir()
     holder = holding(live)
-    from maskednas import cli
-
     def no_work(cfg):
         raise AssertionError("the data was loaded although the run's folder is in use")
-    monkeypatch.setattr(cli, "load_data", no_work)  # refused before any work
+    monkeypatch.setattr("maskednas.cli.load_data", no_work)  # refused before any work
     try:
         error = command([*FAST, f"out_dir={tmp_path}", "name=r"], monkeypatch)
         assert error == (f"error: {live} is in use by a live run (pid {holder.pid}); wait for it to "
