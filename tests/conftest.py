@@ -139,3 +139,15 @@ def synthetic_table(net, ms=synthetic_ms, grid_points: int = 3, channels_last: b
         values = torch.tensor([ms(part, w) for w in itertools.product(*grid)], dtype=torch.float64)
         table.entries[part.key] = TableEntry(grid, values.reshape([len(g) for g in grid]).tolist())
     return table
+
+def maskednas_main(argv: list[str]) -> None:
+    """The `maskednas` command run in this process, as `python -m maskednas ARGS` runs it."""
+    import runpy
+    import sys
+    saved = sys.argv
+    sys.argv = ["maskednas", *argv]
+    try:
+        runpy.run_module("maskednas", run_name="__main__", alter_sys=False)
+    finally:
+        sys.argv = saved
+

@@ -13,6 +13,7 @@ import torch
 from safetensors.torch import save_file
 from torch import nn
 
+from conftest import maskednas_main
 from maskednas.export import ExportError, build, load
 from maskednas.export.flops import fvcore_report
 from maskednas.export.manifest import ARCH, MANIFEST, METRICS, WEIGHTS, sha256
@@ -30,17 +31,6 @@ def build(num_classes=10, in_channels=1):
     return nn.Sequential(nn.Conv2d(in_channels, 4, 3, padding=1), nn.ReLU(),
                          nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(4, num_classes))
 '''
-
-
-def maskednas_main(argv: list[str]) -> None:
-    """The `maskednas` command run in this process, as `python -m maskednas ARGS` runs it."""
-    import runpy
-    saved = sys.argv
-    sys.argv = ["maskednas", *argv]
-    try:
-        runpy.run_module("maskednas", run_name="__main__", alter_sys=False)
-    finally:
-        sys.argv = saved
 
 
 def the_network() -> nn.Module:

@@ -16,7 +16,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from conftest import SMALL_RUN, synthetic_table
+from conftest import SMALL_RUN, maskednas_main, synthetic_table
 from maskednas.common import WriteError
 from maskednas.common.run_lock import LOCK_NAME, RunInUse, RunLock
 from maskednas.latency import LatencyTable
@@ -25,17 +25,6 @@ from maskednas.search.checkpoint import load_checkpoint
 
 ROOT = Path(__file__).resolve().parents[1]
 FAST = [*SMALL_RUN, "search.epochs=2", "search.warmup_epochs=0", "finetune.epochs=0", "threads=1"]
-
-
-def maskednas_main(argv: list[str]) -> None:
-    """The `maskednas` command run in this process, as `python -m maskednas ARGS` runs it."""
-    import runpy
-    saved = sys.argv
-    sys.argv = ["maskednas", *argv]
-    try:
-        runpy.run_module("maskednas", run_name="__main__", alter_sys=False)
-    finally:
-        sys.argv = saved
 
 
 @contextlib.contextmanager
