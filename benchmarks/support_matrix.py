@@ -3,12 +3,24 @@ found, and with random weights and hard masks at about half the MACs, the gap be
 hard-masked network and the physically pruned one, the analytic MACs against fvcore's count
 of the pruned model, and an export -> load round trip.
 
-    python -m benchmarks.support_matrix          # prints the README's table
+    python -m benchmarks.support_matrix                      # the README's table (MODELS)
+    python -m benchmarks.support_matrix --all --part torchvision
+    python -m benchmarks.support_matrix --all --part timm   # both parts merge into one file
 
-tests/test_user_model.py runs the same checks (`check`) on every model listed here.
+`--all` checks every torchvision classification model and the smallest model (by parameters)
+of every timm family (a module of timm.models), each in its own process with a time and a
+memory limit, and writes benchmarks/results/support-matrix-all.{json,md}.
+tests/test_user_model.py runs the same checks (`check`) on every model listed in MODELS.
 """
 from __future__ import annotations
 
+import argparse
+import json
+import os
+import re
+import signal
+import subprocess
+import sys
 import time
 import warnings
 from pathlib import Path
@@ -20,6 +32,7 @@ ROOT = Path(__file__).resolve().parents[1]
 from maskednas.derive import derive, slim
 from maskednas.export import save_export
 from maskednas.export.flops import fvcore_report
+from maskednas.export.model_source import build_source
 from maskednas.supernet.user_model import ModelSpaceConfig, UserModel
 
 MODELS = {  # source -> input size (the CIFAR ResNet is built for 32x32)
@@ -53,24 +66,32 @@ def randomize(net: UserModel, generator: torch.Generator) -> None:
                     else torch.tensor([0.0, 1.0]))
 
 
-def check(source: str, size: int, seed: int = 0, export_to: Path | None = None) -> dict:
+def check(source: str, size: int, seed: int = 0, export_to: Path | None = None,
+          stages: list[str] | None = None) -> dict:
     """Build, randomize, derive at half the MACs, slim (and export to `export_to`, without
     ONNX); the figures the matrix reports, the pruned model, and a batch with the hard-masked
-    network's outputs on it."""
+    network's outputs on it. `stages` gets the name of each step as it starts."""
+    stage = (stages or []).append
     start = time.perf_counter()
+    stage("build")
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
         net = UserModel(ModelSpaceConfig(source=source), 3, 10, size)
+    build_s = time.perf_counter() - start
     left_unpruned = [str(w.message) for w in caught if "left unpruned" in str(w.message)]
     randomize(net, torch.Generator().manual_seed(seed))
     net.eval()
     dense = net.dense_architecture().cost().macs
+    stage("derive")
     derivation = derive(net, 0.5 * dense)
+    stage("slim")
     model = slim(net, derivation).eval()
     x = torch.randn(4, 3, size, size, generator=torch.Generator().manual_seed(seed))
     with torch.no_grad(), net.hard_masked(derivation.ops, derivation.keep):
         reference = net(x)
+        stage("run pruned")
         gap = float((model(x) - reference).abs().max())
+    stage("count")
     if export_to is None:
         fvcore_macs, fvcore_params, _ = fvcore_report(model, torch.zeros(1, 3, size, size))
     else:  # the export counts them on the model it writes
@@ -80,9 +101,15 @@ def check(source: str, size: int, seed: int = 0, export_to: Path | None = None) 
             "removed": len(derivation.arch.removed), "skipped_groups": len(net.groups.skipped),
             "left_unpruned": left_unpruned, "dense_macs": dense, "macs": derivation.arch.macs,
             "params": derivation.arch.params, "fvcore_macs": fvcore_macs,
-            "fvcore_params": fvcore_params, "gap": gap, "scale": float(reference.abs().max()),
-            "seconds": time.perf_counter() - start, "model": model, "input": x,
+            "fvcore_params": fvcore_params, "unused_params": sum(net.trace.unused.values()), "gap": gap, "scale": float(reference.abs().max()),
+            "build_s": build_s, "seconds": time.perf_counter() - start, "model": model, "input": x,
             "reference": reference}
+
+
+def exact_cost(r: dict) -> bool:
+    """The analytic MACs and params are fvcore's count of the pruned network (less the
+    parameters of modules its forward never runs)."""
+    return (r["macs"], r["params"]) == (r["fvcore_macs"], r["fvcore_params"] - r["unused_params"])
 
 
 def main() -> None:
@@ -93,9 +120,175 @@ def main() -> None:
         r = check(source, size)
         print(f"| {source} | {r['groups']} | {r['blocks']} ({r['removed']}) | "
               f"{r['skipped_groups']} | {r['macs'] / r['dense_macs']:.3f} | "
-              f"{r['macs'] == r['fvcore_macs'] and r['params'] == r['fvcore_params']} | "
+              f"{exact_cost(r)} | "
               f"{r['gap'] / r['scale']:.1e} |", flush=True)
 
 
+# -- every model: --all ------------------------------------------------------------------------
+RESULTS = ROOT / "benchmarks" / "results"
+TIMEOUT_S, MEMORY_GB = 240, 12
+WHOLE_FRACTION = 0.25  # a passing network leaves at most this share of its channel groups whole
+TORCHVISION_SIZES = {"inception_v3": 96}  # models needing more than 64x64 (others: 224 if fixed)
+
+
+def torchvision_models() -> dict[str, int]:
+    import torchvision
+    names = torchvision.models.list_models(module=torchvision.models)
+    fixed = lambda n: n.startswith(("vit_", "maxvit"))  # position embeddings of one size
+    return {f"torchvision:{n}": TORCHVISION_SIZES.get(n, 224 if fixed(n) else 64) for n in names}
+
+
+def timm_models() -> dict[str, int]:
+    """The smallest model of each timm family (a module of timm.models), by parameter count
+    (built on the meta device); timm's own tiny `test_*` networks are left out."""
+    import timm
+    out = {}
+    for family in timm.list_modules():
+        sizes = {}
+        for name in timm.list_models(module=family, exclude_filters="test_*"):
+            try:
+                with torch.device("meta"), warnings.catch_warnings():
+                    warnings.simplefilter("ignore")
+                    sizes[name] = sum(p.numel() for p in timm.create_model(name, num_classes=10).parameters())
+            except Exception:  # a model that does not build here is not its family's smallest
+                continue
+        if sizes:
+            name = min(sizes, key=sizes.get)
+            cfg = timm.get_pretrained_cfg(name)
+            fixed = cfg is not None and getattr(cfg, "fixed_input_size", False)
+            out[f"timm:{name}"] = cfg.input_size[-1] if fixed else 64
+    return out
+
+
+def verdict(r: dict) -> str | None:
+    """Why a checked network does not pass (None: it passes)."""
+    if not r["gap"] <= 1e-4 * max(r["scale"], 1.0):
+        return f"wrong: the pruned network differs from the hard-masked one by {r['gap'] / r['scale']:.1e} of the output scale"
+    if not exact_cost(r):
+        return "wrong: the analytic MACs or params differ from fvcore's count of the pruned network"
+    if abs(r["macs"] / r["dense_macs"] - 0.5) > 0.03:
+        return f"barely pruned: half the MACs not reached ({r['macs'] / r['dense_macs']:.3f} of dense)"
+    total = r["groups"] + r["skipped_groups"]
+    if r["skipped_groups"] > WHOLE_FRACTION * total:
+        return f"mostly whole: {r['skipped_groups']} of {total} channel groups left whole ({r['left_unpruned'][0][:300]})"
+    return None
+
+
+def check_one(source: str, size: int) -> dict:
+    """`check`, reduced to what the results file keeps, with the step a failure stopped at."""
+    stages: list[str] = []
+    try:
+        r = check(source, size, stages=stages)
+    except Exception as e:
+        with torch.device("meta"):
+            try:
+                attention = uses_attention(build_source(source, 10, 3))
+            except Exception:
+                attention = None
+        return {"attention": attention, "status": "fail", "stage": stages[-1] if stages else "build",
+                "reason": f"{type(e).__name__}: {str(e).splitlines()[0][:400] if str(e) else ''}"}
+    why = verdict(r)
+    kept = {k: v for k, v in r.items() if isinstance(v, (int, float, str))}
+    return {**kept, "attention": uses_attention(r["model"]), "status": "fail" if why else "pass", "stage": "verdict" if why else "",
+            "reason": why or "", "left_unpruned": r["left_unpruned"][:3]}
+
+
+def uses_attention(model: torch.nn.Module) -> bool:
+    """Whether the network has token attention (ViT, Swin, LeViT: the transformer work's).
+    timm's `*Attn` channel and kernel attentions (SK, CBAM, halo, bottleneck) are not it."""
+    return any(re.search(r"Attention(2d)?$", type(m).__name__) for m in model.modules())
+
+
+def run_isolated(source: str, size: int) -> dict:
+    """`check_one` in a child process, killed past TIMEOUT_S or MEMORY_GB of resident memory."""
+    import tempfile
+    start, killed = time.perf_counter(), None
+    with tempfile.TemporaryFile("w+") as out:
+        child = subprocess.Popen([sys.executable, "-m", "benchmarks.support_matrix", "--one",
+                                  source, "--size", str(size)], cwd=ROOT, stdout=out,
+                                 stderr=subprocess.DEVNULL, text=True)
+        while True:
+            pid, status, usage = os.wait4(child.pid, os.WNOHANG)
+            if pid:
+                break
+            time.sleep(0.5)
+            if killed is None and time.perf_counter() - start > TIMEOUT_S:
+                killed = f"over {TIMEOUT_S} s"
+            elif killed is None and _rss_gb(child.pid) > MEMORY_GB:
+                killed = f"over {MEMORY_GB} GB of memory"
+            if killed:  # not child.kill(): Popen reaps it first, and wait4 would find no child
+                os.kill(child.pid, signal.SIGKILL)
+        child.returncode = os.waitstatus_to_exitcode(status)
+        out.seek(0)
+        lines = out.read().strip().splitlines()
+    if killed:
+        r = {"status": "fail", "stage": "limit", "reason": killed}
+    elif lines and lines[-1].startswith("{"):
+        r = json.loads(lines[-1])
+    else:
+        r = {"status": "fail", "stage": "crash", "reason": f"the process exited with {child.returncode}"}
+    return {"source": source, "size": size, **r, "wall_s": round(time.perf_counter() - start, 1),
+            "peak_gb": round(usage.ru_maxrss / 2**20, 2)}  # Linux reports KiB
+
+
+def _rss_gb(pid: int) -> float:
+    try:
+        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1]) / 2**20
+    except OSError:
+        pass
+    return 0.0
+
+
+def run_all(part: str) -> None:
+    path = RESULTS / "support-matrix-all.json"
+    results = json.loads(path.read_text()) if path.exists() else {}
+    models = torchvision_models() if part == "torchvision" else timm_models()
+    rows = results.setdefault(part, {})
+    for source, size in models.items():
+        r = run_isolated(source, size)
+        rows[source] = r
+        print(f"{source}: {r['status']} {r.get('reason', '')[:160]} ({r['wall_s']} s)", flush=True)
+        path.write_text(json.dumps(results, indent=1))  # each model kept as it finishes
+    (RESULTS / "support-matrix-all.md").write_text(matrix_markdown(results))
+
+
+def matrix_markdown(results: dict) -> str:
+    lines = []
+    for part, rows in results.items():
+        count = lambda attention: (
+            sum(r["status"] == "pass" for r in rows.values() if r.get("attention") is attention),
+            sum(r.get("attention") is attention for r in rows.values()))
+        passed = sum(r["status"] == "pass" for r in rows.values())
+        lines += [f"## {part}: {passed} of {len(rows)} pass", "",
+                  "without attention layers: {} of {}; with attention layers (the transformer "
+                  "work's): {} of {}".format(*count(False), *count(True)), "",
+                  "| model | size | result | groups (left whole) | MACs pruned / dense | build s | "
+                  "peak GB | attention | why not |", "|---|---|---|---|---|---|---|---|---|"]
+        for source, r in rows.items():
+            groups = f"{r['groups']} ({r['skipped_groups']})" if "groups" in r else ""
+            ratio = f"{r['macs'] / r['dense_macs']:.3f}" if "macs" in r else ""
+            build = f"{r['build_s']:.1f}" if "build_s" in r else ""
+            why = f"{r['stage']}: {r['reason']}" if r["status"] != "pass" else ""
+            lines.append(f"| {source} | {r['size']} | {r['status']} | {groups} | {ratio} | {build} | "
+                         f"{r['peak_gb']} | {'yes' if r.get('attention') else ''} | "
+                         f"{why.replace('|', '/')} |")
+        lines.append("")
+    return "\n".join(lines)
+
+
 if __name__ == "__main__":
-    main()
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--all", action="store_true", help="every model of a part (--part)")
+    parser.add_argument("--part", choices=("torchvision", "timm"), default="torchvision")
+    parser.add_argument("--one", help=argparse.SUPPRESS)  # a child of --all: one model
+    parser.add_argument("--size", type=int, default=64, help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.one:
+        torch.set_num_threads(1)
+        print(json.dumps(check_one(args.one, args.size)), flush=True)
+    elif args.all:
+        run_all(args.part)
+    else:
+        main()

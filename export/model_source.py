@@ -104,6 +104,9 @@ def _factory_kwargs(fn, num_classes: int, in_channels: int) -> dict:
     return kwargs
 
 
+_AUXILIARY_HEADS = {"googlenet", "inception_v3"}  # torchvision builders taking aux_logits
+
+
 def build_source(source: str, num_classes: int, in_channels: int,
                  pretrained: bool = False) -> nn.Module:
     """The network of `source` for `num_classes` classes and `in_channels` input channels."""
@@ -119,11 +122,13 @@ def build_source(source: str, num_classes: int, in_channels: int,
         import torchvision
         if name not in torchvision.models.list_models():
             raise _unknown("torchvision", name, torchvision.models.list_models())
+        # auxiliary heads return extra logits in training mode (as loading weights removes them)
+        aux = {"aux_logits": False} if name in _AUXILIARY_HEADS else {}
         if pretrained:
-            model = torchvision.models.get_model(name, weights="DEFAULT")
+            model = torchvision.models.get_model(name, weights="DEFAULT", **aux)
             adapt_head(model, num_classes, source)
         else:
-            model = torchvision.models.get_model(name, num_classes=num_classes)
+            model = torchvision.models.get_model(name, num_classes=num_classes, **aux)
         adapt_input(model, in_channels, source)
         return model
     module_name, fn_name = source.split(":")

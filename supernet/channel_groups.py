@@ -96,9 +96,12 @@ def discover(model: nn.Module, example: torch.Tensor, head: nn.Module,
     param_names = {p: n for n, p in model.named_parameters()}
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # Torch-Pruning's note on layer-scale parameters
-        dg = tp.DependencyGraph().build_dependency(model, example_inputs=example)
-        groups = list(dg.get_all_groups(ignored_layers=[head, *ignored],
-                                        root_module_types=(nn.Conv2d, nn.Linear)))
+        try:
+            dg = tp.DependencyGraph().build_dependency(model, example_inputs=example)
+            groups = list(dg.get_all_groups(ignored_layers=[head, *ignored],
+                                            root_module_types=(nn.Conv2d, nn.Linear)))
+        except Exception as e:  # its index mapping fails on some ops: name the op, not the crash
+            raise ChannelGraphError(_graph_failure(e)) from e
     out = ChannelGroups({}, {}, {}, {}, {}, {})
     for group in groups:
         root = group[0].dep
@@ -134,6 +137,34 @@ def discover(model: nn.Module, example: torch.Tensor, head: nn.Module,
             out.members[key].add(name)
     _link_grouped_convs(model, out)
     return out
+
+
+class ChannelGraphError(ValueError):
+    pass
+
+
+# Torch-Pruning's index mappings, by function, and the op each maps the channels through
+_MAPPED_OPS = {
+    "update_reshape_index_mapping": "a reshape that splits or merges the channel dimension (a "
+                                    "channel shuffle, a space-to-depth, heads split from channels)",
+    "update_concat_index_mapping": "a concatenation",
+    "update_split_index_mapping": "a split or chunk of the channels",
+    "update_slice_index_mapping": "a slice of the channels",
+    "update_flatten_index_mapping": "a flatten",
+    "update_unbind_index_mapping": "an unbind",
+    "update_expand_index_mapping": "an expand",
+}
+
+
+def _graph_failure(e: Exception) -> str:
+    """One line: which op Torch-Pruning's dependency graph failed on, and what that means."""
+    import traceback
+    frames = [f.name for f in traceback.extract_tb(e.__traceback__)]
+    op = next((_MAPPED_OPS[f] for f in reversed(frames) if f in _MAPPED_OPS), None)
+    where = f"maps channels through {op}" if op else f"fails in {frames[-1] if frames else '?'}"
+    return (f"Torch-Pruning's dependency graph, which finds the channel groups, fails where the "
+            f"network {where} ({type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}); "
+            f"its channels cannot be followed, so this network cannot be pruned here")
 
 
 def _why_partial(name: str, root: str, roots: list[int], size: int) -> str | None:

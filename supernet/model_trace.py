@@ -4,8 +4,9 @@ Recorded per layer: its input and output shapes (the feature sizes the cost form
 every adaptive average pooling (fvcore counts it; inside SE blocks and before classifiers it is
 often a functional call no module hook sees) with the layer whose channels it pools; every
 `F.normalize` (a functional op that mixes channels when it normalises over them), in call order;
-and the residual blocks with an identity shortcut: modules whose forward adds their own input tensor
-to something, found by watching additions under a `TorchFunctionMode`.
+the residual blocks with an identity shortcut: modules whose forward adds their own input tensor
+to something, found by watching additions under a `TorchFunctionMode`; and the modules the forward
+never runs (auxiliary heads, spare layers), whose parameters the cost leaves out.
 """
 from __future__ import annotations
 
@@ -19,6 +20,8 @@ from torch.overrides import TorchFunctionMode
 
 _ADDS = {torch.add, torch.Tensor.add, torch.Tensor.add_, torch.Tensor.__add__,
          torch.Tensor.__radd__, torch.Tensor.__iadd__}
+_RESHAPES = {torch.reshape, torch.Tensor.reshape, torch.Tensor.view, torch.Tensor.unflatten,
+             torch.unflatten}
 
 
 @dataclass
@@ -42,6 +45,10 @@ class Trace:
     normalizations: list[Normalize] = field(default_factory=list)  # F.normalize calls, in order
     residual_blocks: list[str] = field(default_factory=list)
     output_layer: str | None = None  # the layer whose output is the network's output
+    # reshapes that split the channels of an NCHW tensor into several dimensions, or merge
+    # several into them (channel shuffles, space-to-depth): (module, input shape, output shape)
+    channel_reshapes: list[tuple[str, tuple[int, ...], tuple[int, ...]]] = field(default_factory=list)
+    unused: dict[str, int] = field(default_factory=dict)  # outermost module never run -> its params
 
 
 class _Watch(TorchFunctionMode):
@@ -68,27 +75,39 @@ class _Watch(TorchFunctionMode):
             channels = self.trace.shapes[producer][1][channel_dim if channel_dim == 1 else -1]
             over = dim % x.ndim == channel_dim and x.shape[dim] == channels
             self.trace.normalizations.append(Normalize(producer, dim, over))
-        return func(*args, **kwargs)
+        result = func(*args, **kwargs)
+        if func in _RESHAPES and isinstance(result, torch.Tensor) and _reshapes_channels(args[0], result):
+            self.trace.channel_reshapes.append((self.stack[-1][0] if self.stack else "",
+                                                tuple(args[0].shape), tuple(result.shape)))
+        return result
+
+
+def _reshapes_channels(x: torch.Tensor, y: torch.Tensor) -> bool:
+    """Whether an NCHW `x` becomes `y` with its channels split over several dimensions (the
+    batch and positions kept), or a tensor of five or more dimensions becomes an NCHW `y`
+    (several dimensions merged into the channels)."""
+    if x.ndim == 4 and y.ndim >= 5:
+        middle = y.shape[1:-2]
+        return (y.shape[0] == x.shape[0] and y.shape[-2:] == x.shape[-2:] and
+                middle.numel() == x.shape[1] and sum(d > 1 for d in middle) >= 2)
+    return x.ndim >= 5 and y.ndim == 4 and y.shape[0] == x.shape[0] and y.shape[1] > 1
 
 
 def _producer(x: torch.Tensor, produced: dict) -> str:
     """The nearest layer upstream of `x` in the autograd graph among those recorded."""
-    frontier, seen = [x.grad_fn], set()
-    while frontier:
-        node = frontier.pop(0)
-        if node is None or node in seen:
-            continue
-        seen.add(node)
-        if node in produced:
-            return produced[node]
-        frontier.extend(n for n, _ in node.next_functions)
-    raise ValueError("an adaptive average pooling or F.normalize reads a tensor no layer produced")
+    return _producers(x, produced, into_concatenations=False, reader="F.normalize")[0]
 
 
 def _channel_producers(x: torch.Tensor, produced: dict) -> tuple[str, ...]:
     """The layers whose output channels make up the channels of `x`: the nearest one upstream,
-    or, through a concatenation along the channels (Inception's branches), each piece's, in
-    order (breadth first, as `_producer`, recursing only into concatenations)."""
+    or, through a concatenation along the channels (Inception's branches), each piece's."""
+    return _producers(x, produced, into_concatenations=True, reader="an adaptive average pooling")
+
+
+def _producers(x: torch.Tensor, produced: dict, into_concatenations: bool,
+               reader: str) -> tuple[str, ...]:
+    """Breadth first from `x` to the nearest recorded layer; with `into_concatenations`, a
+    channel concatenation on the way is walked piece by piece, in order."""
     seen: set = set()  # shared: a node two concatenations reach is walked once
 
     def nearest(start) -> tuple[str, ...]:
@@ -100,14 +119,14 @@ def _channel_producers(x: torch.Tensor, produced: dict) -> tuple[str, ...]:
             seen.add(node)
             if node in produced:
                 return (produced[node],)
-            if _concatenates_channels(node):
+            if into_concatenations and _concatenates_channels(node):
                 return tuple(p for n, _ in node.next_functions for p in nearest(n))
             frontier.extend(n for n, _ in node.next_functions)
         return ()
 
     found = nearest(x.grad_fn)
     if not found:
-        raise ValueError("an adaptive average pooling reads a tensor no layer produced")
+        raise ValueError(f"{reader} reads a tensor no conv, linear or norm layer produced")
     return found
 
 
@@ -123,7 +142,7 @@ def _concatenates_channels(node) -> bool:
 def trace(model: nn.Module, example: torch.Tensor, layers: tuple[type, ...]) -> Trace:
     """Run `model` once on `example` (eval mode, gradients on so that the autograd graph links
     each tensor to the layer that made it)."""
-    out, stack, produced, handles = Trace(), [], {}, []
+    out, stack, produced, handles, ran = Trace(), [], {}, [], set()
     watch = _Watch(out, stack, produced)
 
     def before(name):
@@ -134,6 +153,7 @@ def trace(model: nn.Module, example: torch.Tensor, layers: tuple[type, ...]) -> 
     def after(name):
         def hook(module, args, output):
             stack.pop()
+            ran.add(name)
             if isinstance(module, layers) and isinstance(output, torch.Tensor):
                 out.shapes[name] = (tuple(args[0].shape), tuple(output.shape))
                 if output.grad_fn is not None:
@@ -156,10 +176,40 @@ def trace(model: nn.Module, example: torch.Tensor, layers: tuple[type, ...]) -> 
         model.train(was_training)
     if isinstance(result, torch.Tensor):
         out.output_layer = logits_layer(result.grad_fn, produced)
+    out.unused = unused_modules(model, ran, result)
     # the innermost modules that add their own input: one block each, not the stage around it
     out.residual_blocks = sorted(a for a in watch.adders
                                  if not any(b.startswith(a + ".") for b in watch.adders))
     return out
+
+
+def unused_modules(model: nn.Module, ran: set[str], result) -> dict[str, int]:
+    """The outermost modules that did not run, with the parameters in them the forward did not
+    use either (a module that reads a child's weight without calling it uses that weight)."""
+    reached, frontier = set(), [r.grad_fn for r in _tensors(result)]
+    while frontier:
+        node = frontier.pop()
+        if node is None or node in reached:
+            continue
+        reached.add(node)
+        frontier.extend(n for n, _ in node.next_functions)
+    used = {id(n.variable) for n in reached if hasattr(n, "variable")}
+    out: dict[str, int] = {}
+    for name, p in model.named_parameters():
+        parts = name.split(".")[:-1]
+        outer = next((".".join(parts[:k]) for k in range(1, len(parts) + 1)
+                      if ".".join(parts[:k]) not in ran), None)
+        if outer is not None and id(p) not in used:
+            out[outer] = out.get(outer, 0) + p.numel()
+    return out
+
+
+def _tensors(result) -> list[torch.Tensor]:
+    """The tensors of a forward's result (a tensor, or a tuple, list or dict of them)."""
+    if isinstance(result, torch.Tensor):
+        return [result]
+    items = result.values() if isinstance(result, dict) else result if isinstance(result, (tuple, list)) else ()
+    return [t for item in items for t in _tensors(item)]
 
 
 def logits_layer(node, produced: dict) -> str | None:

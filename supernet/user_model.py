@@ -27,7 +27,8 @@ from maskednas.ops import ChannelMask, Cost
 from maskednas.supernet.base import Supernet, one_hot_max, register_space
 from maskednas.ops.layer_rules import LayerRule, rule_for
 from maskednas.ops.cost_polynomial import CostPolynomial
-from maskednas.supernet.channel_groups import ChannelGroups, discover, group_key, supported_types
+from maskednas.supernet.channel_groups import (ChannelGraphError, ChannelGroups, discover, group_key,
+                                               supported_types)
 from maskednas.supernet.functional_gates import GatedNormalize
 from maskednas.supernet.gate_index import GateIndex
 from maskednas.supernet.model_trace import trace
@@ -89,11 +90,25 @@ class UserModel(Supernet):
             raise ValueError(f"{space.source}: the network's output does not come from one conv "
                              f"or linear layer (directly, or through pooling, flatten, activations "
                              f"and scaling), so its classifier cannot be told apart")
+        if self.trace.channel_reshapes:
+            where, before, after = self.trace.channel_reshapes[0]
+            raise ChannelGraphError(
+                f"{space.source}: {where or 'the network'} reshapes {list(before)} to {list(after)}, "
+                f"splitting its channels over several dimensions or merging several into them (a "
+                f"channel shuffle, a space-to-depth): pruning cannot follow the channels through "
+                f"it, so this network cannot be pruned here")
+        if self.trace.unused:
+            warnings.warn(f"{space.source}: the forward never runs "
+                          f"{', '.join(f'{n} ({c:,} params)' for n, c in self.trace.unused.items())}: "
+                          f"left out of the cost, kept as they are in the pruned network", stacklevel=2)
         if space.checkpoint:  # only the classifier (the layer the logits come from) may differ
             for name in load_checkpoint_into(model, space.checkpoint, self.trace.output_layer):
                 warnings.warn(f"{space.checkpoint}: {name} has another class count; left fresh")
-        self.groups: ChannelGroups = discover(model, self.example, modules[self.trace.output_layer],
-                                              [modules[n] for n in space.ignore])
+        try:
+            self.groups: ChannelGroups = discover(model, self.example, modules[self.trace.output_layer],
+                                                  [modules[n] for n in space.ignore])
+        except ChannelGraphError as e:
+            raise ChannelGraphError(f"{space.source}: {e}") from e.__cause__
         if self.groups.skipped:
             whole = "; ".join(f"{root}: {why}" for root, why in sorted(self.groups.skipped.items()))
             warnings.warn(f"left unpruned (the channel group of each root layer named): {whole}",
@@ -231,9 +246,9 @@ class UserModel(Supernet):
         self._state = (gates, self.op_weights(), self.gate_index.vectors(gates))
         try:
             if not any(self._normalize_spaces):
-                return self.model(x)
+                return _logits(self.model(x), self)
             with GatedNormalize(self._normalize_spaces, self._state[2]) as gated:
-                out = self.model(x)
+                out = _logits(self.model(x), self)
             if gated.calls != len(self._normalize_spaces):
                 raise RuntimeError(f"{self.space.source} called F.normalize {gated.calls} times in "
                                    f"this forward pass, {len(self._normalize_spaces)} when traced: its "
@@ -330,11 +345,15 @@ class UserModel(Supernet):
         return out + [(name, Cost(0, numel)) for name, numel in self._fixed]
 
     def _fixed_parameters(self):
-        """Parameters of layers the cost formulas do not cover (loose parameters outside groups,
-        e.g. a class token): counted as they are."""
-        covered = {f"{n}.{p}" for n, m in self.model.named_modules() if rule_for(m) is not None
+        """Parameters no counted layer's cost covers (loose parameters outside groups, e.g. a
+        class token; the weight of a layer the forward reads without calling it): counted as
+        they are."""
+        counted = self.trace.shapes  # the layers whose rule counts their parameters
+        covered = {f"{n}.{p}" for n, m in self.model.named_modules() if n in counted
                    for p, _ in m.named_parameters(recurse=False)} | set(self.groups.params)
-        return [(n, p) for n, p in self.model.named_parameters() if n not in covered]
+        unused = tuple(f"{m}." for m in self.trace.unused)
+        return [(n, p) for n, p in self.model.named_parameters()
+                if n not in covered and not n.startswith(unused)]
 
     def _block(self, layer: str) -> str | None:
         if layer not in self._block_of:
@@ -372,6 +391,7 @@ class UserModel(Supernet):
         from maskednas.export.flops import fvcore_report
         analytic = self.cost(self.one_hot({b: "keep" for b in self.blocks}), self.full_widths())
         flops, params, _ = fvcore_report(model, self.example)
+        params -= sum(self.trace.unused.values())  # fvcore counts the modules that never run
         if (round(float(analytic.macs)), round(float(analytic.params))) != (flops, params):
             differing = self._layers_counted_differently(model)
             where = ("the layers whose counts differ (fvcore's MACs, params / the cost model's): "
@@ -381,7 +401,8 @@ class UserModel(Supernet):
                      f"modelled: {', '.join(t.__name__ for t in supported_types())} and adaptive "
                      f"average pooling)")
             raise CostMismatchError(
-                f"{self.space.source}: fvcore counts {flops:,} MACs and {params:,} params, the "
+                f"{self.space.source}: fvcore counts {flops:,} MACs and {params:,} params (in the "
+                f"modules that run), the "
                 f"cost model {float(analytic.macs):,.0f} and {float(analytic.params):,.0f}: {where}; "
                 f"its cost would be wrong, so this network cannot be pruned here")
 
@@ -494,6 +515,14 @@ class UserModel(Supernet):
         conv.out_channels = len(positions)
         conv.groups = len(positions) // (dense.out_channels // dense.groups)
         conv.in_channels = conv.groups * (dense.in_channels // dense.groups)
+
+
+def _logits(out, net: UserModel) -> torch.Tensor:
+    if not isinstance(out, torch.Tensor):  # e.g. auxiliary heads' logits in training mode
+        raise TypeError(f"{net.space.source} returned a {type(out).__name__}, not a tensor of "
+                        f"logits, in {'training' if net.model.training else 'eval'} mode; make it "
+                        f"return only the logits (auxiliary heads: build it without them)")
+    return out
 
 
 def _by_operator(model: nn.Module, example: torch.Tensor) -> dict[str, int]:

@@ -15,7 +15,7 @@ from torch import nn
 ROOT = Path(__file__).resolve().parents[1]
 
 from benchmarks.cifar_resnet import resnet20
-from benchmarks.support_matrix import MODELS, check
+from benchmarks.support_matrix import MODELS, check, exact_cost
 from maskednas.export.model_source import ModelSourceError, build_source
 from maskednas.pipeline.config import ConfigError, load_config
 from maskednas.supernet.user_model import ModelSpaceConfig, UserModel
@@ -46,7 +46,7 @@ def test_support_matrix(matrix, source):
     r = matrix[1][source]
     assert r["groups"] > 0
     assert r["gap"] <= 1e-4 * max(r["scale"], 1.0), (r["gap"], r["scale"])
-    assert (r["macs"], r["params"]) == (r["fvcore_macs"], r["fvcore_params"])
+    assert exact_cost(r), {k: r[k] for k in ("macs", "fvcore_macs", "params", "fvcore_params")}
     assert abs(r["macs"] / r["dense_macs"] - 0.5) <= 0.03
 
 
@@ -386,3 +386,100 @@ def test_pooling_over_a_concatenation_counts_every_branch():
     r = check("tests.test_user_model:concat_pool_net", 8)
     assert (r["macs"], r["params"]) == (r["fvcore_macs"], r["fvcore_params"]) and r["macs"] < r["dense_macs"]
     assert r["gap"] < 1e-5
+
+
+class SpareNet(nn.Module):
+    """`spare` never runs; the forward reads `gain`'s weight without calling `gain`."""
+
+    def __init__(self, num_classes: int = 10) -> None:
+        super().__init__()
+        self.conv, self.fc = nn.Conv2d(3, 8, 3, padding=1), nn.Linear(8, num_classes)
+        self.spare = nn.Sequential(nn.Conv2d(8, 8, 3), nn.BatchNorm2d(8))
+        self.gain = nn.Linear(8, 1, bias=False)
+
+    def forward(self, x):
+        x = torch.relu(self.conv(x))
+        return self.fc(x.mean((2, 3)) * self.gain.weight.sum())
+
+
+def spare_net(num_classes: int = 10) -> SpareNet:
+    return SpareNet(num_classes)
+
+
+def test_modules_the_forward_never_runs_are_left_out_of_the_cost_and_named():
+    """The cost counts what the forward runs: fvcore's params less the spare module's 600
+    (a weight read without calling its layer stays counted); a warning names the spare
+    module; the pruned network keeps it."""
+    with pytest.warns(UserWarning, match=r"never runs spare \(600 params\): left out of the cost"):
+        net = UserModel(ModelSpaceConfig(source=f"{__name__}:spare_net"), 3, 10, 8)
+    assert net.trace.unused == {"spare": 600}
+    dense = net.dense_architecture().cost()
+    assert dense.params == sum(p.numel() for p in net.model.parameters()) - 600
+    r = check(f"{__name__}:spare_net", 8)
+    assert r["unused_params"] == 600 and exact_cost(r) and r["macs"] < r["dense_macs"]
+    assert r["gap"] < 1e-5 and isinstance(r["model"].spare, nn.Sequential)
+
+
+def test_googlenet_is_built_without_auxiliary_heads_and_a_tuple_output_is_refused():
+    """torchvision builds GoogLeNet and Inception v3 with auxiliary heads unless told not to
+    (loading weights removes them): here they are never built, so the network prunes exactly;
+    a network that returns a tuple in training mode stops with what to do."""
+    r = check("torchvision:googlenet", 64)
+    assert exact_cost(r) and r["unused_params"] == 0 and r["gap"] <= 1e-5 * r["scale"]
+    net = UserModel(ModelSpaceConfig(source=f"{__name__}:tuple_in_training"), 3, 10, 8).train()
+    with pytest.raises(TypeError, match=r"returned a tuple, not a tensor of logits, in training mode"):
+        net(torch.zeros(2, 3, 8, 8))
+
+
+class TupleInTraining(SpareNet):
+    def forward(self, x):
+        out = super().forward(x)
+        return (out, out) if self.training else out
+
+
+def tuple_in_training(num_classes: int = 10) -> TupleInTraining:
+    return TupleInTraining(num_classes)
+
+
+class ShuffleNet(nn.Module):
+    """A channel shuffle (ShuffleNet's): a reshape that splits the channel dimension."""
+
+    def __init__(self, num_classes: int = 10) -> None:
+        super().__init__()
+        self.a, self.b = nn.Conv2d(3, 8, 3, padding=1), nn.Conv2d(8, 8, 1)
+        self.fc = nn.Linear(8, num_classes)
+
+    def forward(self, x):
+        x = self.a(x)
+        n, c, h, w = x.shape
+        x = x.view(n, 2, c // 2, h, w).transpose(1, 2).reshape(n, c, h, w)
+        return self.fc(self.b(x).mean((2, 3)))
+
+
+def shuffle_net(num_classes: int = 10) -> ShuffleNet:
+    return ShuffleNet(num_classes)
+
+
+def test_channels_reshaped_over_several_dimensions_are_refused_naming_the_layer():
+    """A channel shuffle would prune into a network that crashes or computes wrongly."""
+    with pytest.raises(ValueError, match=r"shuffle_net: the network reshapes \[1, 8, 8, 8\] to "
+                                         r"\[1, 2, 4, 8, 8\], splitting its channels"):
+        UserModel(ModelSpaceConfig(source=f"{__name__}:shuffle_net"), 3, 10, 8)
+    with pytest.raises(ValueError, match=r"shufflenet_v2_x0_5: stage2.0 reshapes \[1, 48, 8, 8\]"):
+        UserModel(ModelSpaceConfig(source="torchvision:shufflenet_v2_x0_5"), 3, 10, 64)
+
+
+def test_a_torch_pruning_failure_is_one_line_naming_the_op_it_mapped():
+    from maskednas.supernet.channel_groups import _graph_failure
+
+    def update_split_index_mapping():  # as Torch-Pruning's index mapping of a split is named
+        return 1 // 0
+
+    try:
+        update_split_index_mapping()
+    except ZeroDivisionError as e:
+        message = _graph_failure(e)
+    assert message.startswith("Torch-Pruning's dependency graph, which finds the channel groups, "
+                              "fails where the network maps channels through a split or chunk of "
+                              "the channels (ZeroDivisionError: integer division or modulo by zero)")
+    assert "\n" not in message

@@ -1,0 +1,57 @@
+"""The support matrix over every model (`benchmarks/support_matrix.py --all`): each model checked
+in its own process under time and memory limits, and a verdict that a wrong or barely pruned
+network fails."""
+from __future__ import annotations
+
+import pytest
+
+import benchmarks.support_matrix as matrix
+
+SPARE = "tests.test_user_model:spare_net"
+
+
+def passing() -> dict:
+    return {"gap": 1e-7, "scale": 1.0, "macs": 500, "dense_macs": 1000, "params": 10,
+            "fvcore_macs": 500, "fvcore_params": 12, "unused_params": 2, "groups": 3,
+            "skipped_groups": 1, "left_unpruned": ["left unpruned: a: why"]}
+
+
+@pytest.mark.parametrize("change, reason", [
+    ({}, None),
+    ({"gap": 1e-3}, "wrong: the pruned network differs from the hard-masked one by 1.0e-03"),
+    ({"unused_params": 0}, "wrong: the analytic MACs or params differ from fvcore's count"),
+    ({"macs": 800, "fvcore_macs": 800}, "barely pruned: half the MACs not reached (0.800 of dense)"),
+    ({"skipped_groups": 2}, "mostly whole: 2 of 5 channel groups left whole (left unpruned: a: why)"),
+])
+def test_the_verdict_fails_wrong_and_barely_pruned_networks(change, reason):
+    why = matrix.verdict({**passing(), **change})
+    assert why == reason if reason is None else why.startswith(reason), why
+
+
+def test_each_model_runs_in_its_own_process_with_its_result_and_peak_memory():
+    r = matrix.run_isolated(SPARE, 8)
+    assert r["status"] == "pass" and r["unused_params"] == 600 and r["attention"] is False
+    assert r["macs"] == r["fvcore_macs"] < r["dense_macs"] and 0.1 < r["peak_gb"] < matrix.MEMORY_GB
+
+
+def test_a_model_past_the_time_limit_is_killed_and_recorded(monkeypatch):
+    monkeypatch.setattr(matrix, "TIMEOUT_S", 0.2)
+    r = matrix.run_isolated(SPARE, 8)
+    assert (r["status"], r["stage"], r["reason"]) == ("fail", "limit", "over 0.2 s")
+
+
+def test_a_failure_names_the_step_it_stopped_at():
+    r = matrix.check_one("tests.test_user_model:einsum_net", 8)  # an op fvcore counts, we don't
+    assert (r["status"], r["stage"], r["attention"]) == ("fail", "build", False)
+    assert r["reason"].startswith("CostMismatchError: tests.test_user_model:einsum_net: fvcore counts")
+
+
+def test_the_markdown_counts_networks_with_and_without_attention():
+    rows = {"a": {**passing(), "source": "a", "size": 64, "status": "pass", "stage": "", "reason": "",
+                  "attention": False, "build_s": 1.0, "peak_gb": 1.0},
+            "b": {"source": "b", "size": 224, "status": "fail", "stage": "build", "reason": "X: y",
+                  "attention": True, "peak_gb": 2.0}}
+    text = matrix.matrix_markdown({"timm": rows})
+    assert "## timm: 1 of 2 pass" in text
+    assert "without attention layers: 1 of 1; with attention layers (the transformer work's): 0 of 1" in text
+    assert "| b | 224 | fail |  |  |  | 2.0 | yes | build: X: y |" in text
