@@ -113,8 +113,20 @@ def summary(r: dict) -> dict:
     last_s = statistics.median(x["epoch_s"] for x in tail)
     last_rss = max(x["peak_rss_kib"] for x in tail)
     sizes = [x["folder"]["checkpoints"] for x in e]
+    # less at the mercy of one epoch on a shared machine: a least-squares line through every
+    # epoch's time from epoch 2 on (its value at the last epoch over that at epoch 2), and the
+    # median epoch of the last five minutes over that of the first five
+    t, s = [x["end_s"] for x in e[1:]], [x["epoch_s"] for x in e[1:]]
+    mt, ms = statistics.fmean(t), statistics.fmean(s)
+    slope = sum((a - mt) * (b - ms) for a, b in zip(t, s)) / sum((a - mt) ** 2 for a in t)
+    fitted = lambda at: ms + slope * (at - mt)
+    window = lambda keep: statistics.median(x["epoch_s"] for x in e[1:] if keep(x["end_s"]))
+    first5, last5 = window(lambda at: at <= t[0] + 300), window(lambda at: at >= t[-1] - 300)
     return {"epochs": len(e), "base_epoch_s": base_s, "last_epoch_s": last_s,
-            "epoch_time_change": last_s / base_s - 1, "base_rss_mib": base_rss / 1024,
+            "epoch_time_change": last_s / base_s - 1,
+            "epoch_time_trend": fitted(t[-1]) / fitted(t[0]) - 1,
+            "first_minutes_epoch_s": first5, "last_minutes_epoch_s": last5,
+            "minutes_change": last5 / first5 - 1, "base_rss_mib": base_rss / 1024,
             "last_rss_mib": last_rss / 1024, "rss_change": last_rss / base_rss - 1,
             "checkpoint_mib": sizes[-1] / 2**20, "checkpoint_growth": sizes[-1] / sizes[1] - 1,
             "events_mib": e[-1]["folder"]["events"] / 2**20, "files": e[-1]["folder"]["files"]}
@@ -125,10 +137,14 @@ def report() -> str:
              "Command: `python -m benchmarks.soak --space macro|model --minutes 30`. One thread, "
              "`train.py --stages search`, one warm-up epoch; RSS sampled every 0.1 s from "
              "outside the process. `epoch 2`: the first epoch with architecture steps; `last`: "
-             "the median epoch time and the largest RSS of the last five epochs.", "",
-             "| space | epochs (steps each) | epoch 2 time | last epochs' time | change | RSS epoch 2 | "
-             "RSS last | change | checkpoint | its growth | TensorBoard events | files |",
-             "|---|---|---|---|---|---|---|---|---|---|---|---|"]
+             "the median epoch time and the largest RSS of the last five epochs. `trend`: a "
+             "least-squares line through every epoch's time from epoch 2, its value at the last "
+             "epoch over its value at epoch 2. `5 min`: the median epoch time of the last five "
+             "minutes over that of the first five after epoch 1.", "",
+             "| space | epochs (steps each) | epoch 2 time | last epochs' time | change | trend | "
+             "first 5 min | last 5 min | change | RSS epoch 2 | RSS last | change | checkpoint | "
+             "its growth | TensorBoard events | files |",
+             "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for space in SPACES:
         path = RESULTS / f"soak-{space}.json"
         if not path.is_file():
@@ -138,6 +154,8 @@ def report() -> str:
         lines.append(f"| {space} (`{r['config']}`, {r['minutes']:g} min) | {s['epochs']} "
                      f"({r['steps_per_epoch']}) | {s['base_epoch_s']:.2f} s | "
                      f"{s['last_epoch_s']:.2f} s | {s['epoch_time_change']:+.1%} | "
+                     f"{s['epoch_time_trend']:+.1%} | {s['first_minutes_epoch_s']:.2f} s | "
+                     f"{s['last_minutes_epoch_s']:.2f} s | {s['minutes_change']:+.1%} | "
                      f"{s['base_rss_mib']:.0f} MiB | {s['last_rss_mib']:.0f} MiB | "
                      f"{s['rss_change']:+.1%} | {s['checkpoint_mib']:.2f} MiB | "
                      f"{s['checkpoint_growth']:+.1%} | {s['events_mib']:.2f} MiB | {s['files']} |")

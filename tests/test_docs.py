@@ -62,7 +62,7 @@ def test_the_readme_is_a_front_door():
 
 
 # results whose docs tables are laid out differently (summarised per preset or per rank count)
-REWORDED = {"default_run.md", "latency-search.md", "ddp-throughput.md", "ddp-throughput-b256.md"}
+REWORDED = {"default_run.md", "ddp-throughput.md", "ddp-throughput-b256.md"}
 
 
 @pytest.mark.parametrize("results", sorted(p.name for p in (ROOT / "benchmarks" / "results").glob("*.md")

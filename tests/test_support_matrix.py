@@ -46,12 +46,13 @@ def test_a_failure_names_the_step_it_stopped_at():
     assert r["reason"].startswith("CostMismatchError: tests.test_user_model:einsum_net: fvcore counts")
 
 
-def test_the_markdown_counts_networks_with_and_without_attention():
+def test_the_markdown_counts_networks_with_and_without_attention_and_lists_every_failure():
     rows = {"a": {**passing(), "source": "a", "size": 64, "status": "pass", "stage": "", "reason": "",
-                  "attention": False, "build_s": 1.0, "peak_gb": 1.0},
-            "b": {"source": "b", "size": 224, "status": "fail", "stage": "build", "reason": "X: y",
-                  "attention": True, "peak_gb": 2.0}}
+                  "attention": False, "build_s": 1.0, "wall_s": 5.0, "peak_gb": 1.0},
+            "b": {"source": "b", "size": 224, "status": "fail", "stage": "build", "reason": "X: y|z",
+                  "attention": True, "wall_s": 7.0, "peak_gb": 2.0}}
     text = matrix.matrix_markdown({"timm": rows})
     assert "## timm: 1 of 2 pass" in text
-    assert "without attention layers: 1 of 1; with attention layers (the transformer work's): 0 of 1" in text
-    assert "| b | 224 | fail |  |  |  | 2.0 | yes | build: X: y |" in text
+    assert "without token attention: 1 of 1 pass; with it (the transformer work's): 0 of 1" in text
+    assert "| b | 224 | yes | build | X: y/z |" in text and "Passing: a." in text
+    assert text.index("| b | 224 |  | 7.0 | 2.0 |") < text.index("| a | 64 | 1.0 | 5.0 | 1.0 |")
