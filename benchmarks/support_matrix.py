@@ -138,26 +138,39 @@ def torchvision_models() -> dict[str, int]:
     return {f"torchvision:{n}": TORCHVISION_SIZES.get(n, 224 if fixed(n) else 64) for n in names}
 
 
-def timm_models() -> dict[str, int]:
+def timm_models(skipped: dict[str, str] | None = None) -> dict[str, int]:
     """The smallest model of each timm family (a module of timm.models), by parameter count
-    (built on the meta device); timm's own tiny `test_*` networks are left out."""
+    (built on the meta device); timm's own tiny `test_*` networks are left out. A family none
+    of whose models builds goes to `skipped` with the first error."""
     import timm
     out = {}
     for family in timm.list_modules():
-        sizes = {}
+        sizes, errors = {}, []
         for name in timm.list_models(module=family, exclude_filters="test_*"):
             try:
                 with torch.device("meta"), warnings.catch_warnings():
                     warnings.simplefilter("ignore")
                     sizes[name] = sum(p.numel() for p in timm.create_model(name, num_classes=10).parameters())
-            except Exception:  # a model that does not build here is not its family's smallest
-                continue
+            except Exception as e:  # a model that does not build here is not its family's smallest
+                errors.append(f"{name}: {type(e).__name__}: {str(e).splitlines()[0][:200] if str(e) else ''}")
+        if not sizes and skipped is not None:
+            skipped[family] = errors[0] if errors else "no models"
         if sizes:
             name = min(sizes, key=sizes.get)
             cfg = timm.get_pretrained_cfg(name)
             fixed = cfg is not None and getattr(cfg, "fixed_input_size", False)
             out[f"timm:{name}"] = cfg.input_size[-1] if fixed else 64
     return out
+
+
+def default_size(source: str) -> int:
+    """The input size the model is made for (timm's config; 224 for torchvision)."""
+    lib, name = source.split(":", 1)
+    if lib == "timm":
+        import timm
+        cfg = timm.get_pretrained_cfg(name)
+        return cfg.input_size[-1] if cfg is not None else 224
+    return 224
 
 
 def verdict(r: dict) -> str | None:
@@ -180,12 +193,7 @@ def check_one(source: str, size: int) -> dict:
     try:
         r = check(source, size, stages=stages)
     except Exception as e:
-        with torch.device("meta"):
-            try:
-                attention = uses_attention(build_source(source, 10, 3))
-            except Exception:
-                attention = None
-        return {"attention": attention, "status": "fail", "stage": stages[-1] if stages else "build",
+        return {"status": "fail", "stage": stages[-1] if stages else "build",
                 "reason": f"{type(e).__name__}: {str(e).splitlines()[0][:400] if str(e) else ''}"}
     why = verdict(r)
     kept = {k: v for k, v in r.items() if isinstance(v, (int, float, str))}
@@ -203,10 +211,10 @@ def run_isolated(source: str, size: int) -> dict:
     """`check_one` in a child process, killed past TIMEOUT_S or MEMORY_GB of resident memory."""
     import tempfile
     start, killed = time.perf_counter(), None
-    with tempfile.TemporaryFile("w+") as out:
+    with tempfile.TemporaryFile("w+") as out, tempfile.TemporaryFile("w+") as err:
         child = subprocess.Popen([sys.executable, "-m", "benchmarks.support_matrix", "--one",
-                                  source, "--size", str(size)], cwd=ROOT, stdout=out,
-                                 stderr=subprocess.DEVNULL, text=True)
+                                  source, "--size", str(size)], cwd=ROOT, stdout=out, stderr=err,
+                                 text=True)
         while True:
             pid, status, usage = os.wait4(child.pid, os.WNOHANG)
             if pid:
@@ -219,16 +227,29 @@ def run_isolated(source: str, size: int) -> dict:
             if killed:  # not child.kill(): Popen reaps it first, and wait4 would find no child
                 os.kill(child.pid, signal.SIGKILL)
         child.returncode = os.waitstatus_to_exitcode(status)
-        out.seek(0)
-        lines = out.read().strip().splitlines()
-    if killed:
+        out.seek(0), err.seek(0)
+        lines, last_error = out.read().strip().splitlines(), err.read().strip().splitlines()[-1:]
+    reports = [json.loads(line) for line in lines if line.startswith("{")]
+    if reports and "status" in reports[-1]:  # finished, even if the limit struck while it exited
+        r = reports[-1]
+    elif killed:
         r = {"status": "fail", "stage": "limit", "reason": killed}
-    elif lines and lines[-1].startswith("{"):
-        r = json.loads(lines[-1])
     else:
-        r = {"status": "fail", "stage": "crash", "reason": f"the process exited with {child.returncode}"}
+        r = {"status": "fail", "stage": "crash", "reason": f"the process exited with "
+             f"{child.returncode}: {last_error[0][:300] if last_error else 'no message'}"}
+    r.setdefault("attention", reports[0].get("attention") if reports else None)
     return {"source": source, "size": size, **r, "wall_s": round(time.perf_counter() - start, 1),
             "peak_gb": round(usage.ru_maxrss / 2**20, 2)}  # Linux reports KiB
+
+
+def _attention_of(source: str) -> bool | None:
+    """`uses_attention` of the network built on the meta device (no memory, no weights)."""
+    try:
+        with torch.device("meta"), warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            return uses_attention(build_source(source, 10, 3))
+    except Exception:
+        return None
 
 
 def _rss_gb(pid: int) -> float:
@@ -244,10 +265,16 @@ def _rss_gb(pid: int) -> float:
 def run_all(part: str) -> None:
     path = RESULTS / "support-matrix-all.json"
     results = json.loads(path.read_text()) if path.exists() else {}
-    models = torchvision_models() if part == "torchvision" else timm_models()
+    skipped: dict[str, str] = {}
+    models = torchvision_models() if part == "torchvision" else timm_models(skipped)
+    if skipped:
+        results[f"{part} families skipped"] = skipped
     rows = results.setdefault(part, {})
     for source, size in models.items():
         r = run_isolated(source, size)
+        if r["stage"] == "build" and r["reason"].startswith("RuntimeError") and size < default_size(source):
+            # a forward that fails at 64x64 (feature maps shrunk to nothing): its own size
+            r = {**run_isolated(source, default_size(source)), "at_64": r["reason"]}
         rows[source] = r
         print(f"{source}: {r['status']} {r.get('reason', '')[:160]} ({r['wall_s']} s)", flush=True)
         path.write_text(json.dumps(results, indent=1))  # each model kept as it finishes
@@ -264,6 +291,10 @@ def matrix_markdown(results: dict) -> str:
              "1e-4 of the output scale, analytic MACs and params == fvcore, half the MACs reached, "
              f"at most {WHOLE_FRACTION:.0%} of the channel groups left whole.", ""]
     for part, rows in results.items():
+        if part.endswith("families skipped"):
+            lines += [f"{part.capitalize()} (no model of theirs builds here): " + "; ".join(
+                f"{family} ({why})" for family, why in rows.items()), ""]
+            continue
         count = lambda attention: (
             sum(r["status"] == "pass" for r in rows.values() if r.get("attention") is attention),
             sum(r.get("attention") is attention for r in rows.values()))
@@ -293,8 +324,9 @@ if __name__ == "__main__":
     parser.add_argument("--one", help=argparse.SUPPRESS)  # a child of --all: one model
     parser.add_argument("--size", type=int, default=64, help=argparse.SUPPRESS)
     args = parser.parse_args()
-    if args.one:
+    if args.one:  # every line of model code runs here, in the child: first the attention flag
         torch.set_num_threads(1)
+        print(json.dumps({"attention": _attention_of(args.one)}), flush=True)
         print(json.dumps(check_one(args.one, args.size)), flush=True)
     elif args.all:
         run_all(args.part)

@@ -104,7 +104,19 @@ def _factory_kwargs(fn, num_classes: int, in_channels: int) -> dict:
     return kwargs
 
 
-_AUXILIARY_HEADS = {"googlenet", "inception_v3"}  # torchvision builders taking aux_logits
+# torchvision builders taking aux_logits: auxiliary heads return extra logits in training mode
+_AUXILIARY_HEADS = {"googlenet", "inception_v3"}
+
+
+def drop_auxiliary_heads(model: nn.Module) -> nn.Module:
+    """GoogLeNet's and Inception v3's auxiliary classifiers removed, as their builders do when
+    asked for no auxiliary logits."""
+    if getattr(model, "aux_logits", False):
+        model.aux_logits = False
+        for head in ("aux1", "aux2", "AuxLogits"):
+            if hasattr(model, head):
+                setattr(model, head, None)
+    return model
 
 
 def build_source(source: str, num_classes: int, in_channels: int,
@@ -122,12 +134,11 @@ def build_source(source: str, num_classes: int, in_channels: int,
         import torchvision
         if name not in torchvision.models.list_models():
             raise _unknown("torchvision", name, torchvision.models.list_models())
-        # auxiliary heads return extra logits in training mode (as loading weights removes them)
-        aux = {"aux_logits": False} if name in _AUXILIARY_HEADS else {}
-        if pretrained:
-            model = torchvision.models.get_model(name, weights="DEFAULT", **aux)
+        if pretrained:  # the builders refuse aux_logits=False with weights: drop the heads after
+            model = drop_auxiliary_heads(torchvision.models.get_model(name, weights="DEFAULT"))
             adapt_head(model, num_classes, source)
         else:
+            aux = {"aux_logits": False} if name in _AUXILIARY_HEADS else {}
             model = torchvision.models.get_model(name, num_classes=num_classes, **aux)
         adapt_input(model, in_channels, source)
         return model

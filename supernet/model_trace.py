@@ -49,6 +49,7 @@ class Trace:
     # several into them (channel shuffles, space-to-depth): (module, input shape, output shape)
     channel_reshapes: list[tuple[str, tuple[int, ...], tuple[int, ...]]] = field(default_factory=list)
     unused: dict[str, int] = field(default_factory=dict)  # outermost module never run -> its params
+    unused_parameters: set[str] = field(default_factory=set)  # the parameters counted there
 
 
 class _Watch(TorchFunctionMode):
@@ -83,14 +84,18 @@ class _Watch(TorchFunctionMode):
 
 
 def _reshapes_channels(x: torch.Tensor, y: torch.Tensor) -> bool:
-    """Whether an NCHW `x` becomes `y` with its channels split over several dimensions (the
-    batch and positions kept), or a tensor of five or more dimensions becomes an NCHW `y`
-    (several dimensions merged into the channels)."""
-    if x.ndim == 4 and y.ndim >= 5:
-        middle = y.shape[1:-2]
-        return (y.shape[0] == x.shape[0] and y.shape[-2:] == x.shape[-2:] and
-                middle.numel() == x.shape[1] and sum(d > 1 for d in middle) >= 2)
-    return x.ndim >= 5 and y.ndim == 4 and y.shape[0] == x.shape[0] and y.shape[1] > 1
+    """Whether a feature map `x` (not the input image) of shape (N, C, H, W) becomes `y` with its
+    channels split over several dimensions, (N, C1, C2, ..., H, W), or the reverse merge: a
+    channel shuffle, a space-to-depth, a manual group norm. Reshapes that keep the channels
+    whole (flattens, tokens, windows) pass."""
+    if x.grad_fn is None:  # the input image: its channels are never pruned
+        return False
+    def split(four, more):
+        middle = more.shape[1:-2]
+        return (four.ndim == 4 and more.ndim >= 5 and more.shape[0] == four.shape[0] and
+                more.shape[-2:] == four.shape[-2:] and middle.numel() == four.shape[1] and
+                sum(d > 1 for d in middle) >= 2)
+    return split(x, y) or split(y, x)
 
 
 def _producer(x: torch.Tensor, produced: dict) -> str:
@@ -176,16 +181,18 @@ def trace(model: nn.Module, example: torch.Tensor, layers: tuple[type, ...]) -> 
         model.train(was_training)
     if isinstance(result, torch.Tensor):
         out.output_layer = logits_layer(result.grad_fn, produced)
-    out.unused = unused_modules(model, ran, result)
+    out.unused, out.unused_parameters = unused_modules(model, ran, result)
     # the innermost modules that add their own input: one block each, not the stage around it
     out.residual_blocks = sorted(a for a in watch.adders
                                  if not any(b.startswith(a + ".") for b in watch.adders))
     return out
 
 
-def unused_modules(model: nn.Module, ran: set[str], result) -> dict[str, int]:
-    """The outermost modules that did not run, with the parameters in them the forward did not
-    use either (a module that reads a child's weight without calling it uses that weight)."""
+def unused_modules(model: nn.Module, ran: set[str], result) -> tuple[dict[str, int], set[str]]:
+    """The outermost modules that did not run, with the number of parameters in them the forward
+    did not use either (a module that reads a child's weight without calling it uses that
+    weight), and those parameters' names. A frozen parameter read without calling its module
+    leaves no trace in the autograd graph and is counted unused."""
     reached, frontier = set(), [r.grad_fn for r in _tensors(result)]
     while frontier:
         node = frontier.pop()
@@ -195,13 +202,15 @@ def unused_modules(model: nn.Module, ran: set[str], result) -> dict[str, int]:
         frontier.extend(n for n, _ in node.next_functions)
     used = {id(n.variable) for n in reached if hasattr(n, "variable")}
     out: dict[str, int] = {}
+    names: set[str] = set()
     for name, p in model.named_parameters():
         parts = name.split(".")[:-1]
         outer = next((".".join(parts[:k]) for k in range(1, len(parts) + 1)
                       if ".".join(parts[:k]) not in ran), None)
         if outer is not None and id(p) not in used:
             out[outer] = out.get(outer, 0) + p.numel()
-    return out
+            names.add(name)
+    return out, names
 
 
 def _tensors(result) -> list[torch.Tensor]:

@@ -351,9 +351,8 @@ class UserModel(Supernet):
         counted = self.trace.shapes  # the layers whose rule counts their parameters
         covered = {f"{n}.{p}" for n, m in self.model.named_modules() if n in counted
                    for p, _ in m.named_parameters(recurse=False)} | set(self.groups.params)
-        unused = tuple(f"{m}." for m in self.trace.unused)
         return [(n, p) for n, p in self.model.named_parameters()
-                if n not in covered and not n.startswith(unused)]
+                if n not in covered and n not in self.trace.unused_parameters]
 
     def _block(self, layer: str) -> str | None:
         if layer not in self._block_of:

@@ -15,7 +15,7 @@ def run(times: list[float]) -> dict:
     return {"epochs": epochs}
 
 
-def test_a_steady_run_is_flat_by_every_measure_but_one_slow_epoch_two_is_not_a_trend():
+def test_a_steady_run_is_flat_by_every_measure_and_one_fast_epoch_two_is_not_a_trend():
     s = summary(run([20.0] + [10.0] * 100))
     assert s["epoch_time_change"] == s["epoch_time_trend"] == s["minutes_change"] == 0
     s = summary(run([20.0, 5.0] + [10.0] * 100))  # epoch 2 fast: the naive change is +100%

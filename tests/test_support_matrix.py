@@ -40,9 +40,33 @@ def test_a_model_past_the_time_limit_is_killed_and_recorded(monkeypatch):
     assert (r["status"], r["stage"], r["reason"]) == ("fail", "limit", "over 0.2 s")
 
 
+def test_a_model_past_the_memory_limit_is_killed_and_a_crash_is_named(monkeypatch):
+    monkeypatch.setattr(matrix, "MEMORY_GB", 0.01)
+    r = matrix.run_isolated(SPARE, 8)
+    assert (r["status"], r["stage"], r["reason"]) == ("fail", "limit", "over 0.01 GB of memory")
+    monkeypatch.undo()
+    r = matrix.run_isolated("tests.test_support_matrix:exits", 8)
+    assert (r["stage"], r["reason"]) == ("crash", "the process exited with 3: leaving now")
+    assert r["attention"] is False  # the child's first line, from the meta-device build
+
+
+def exits(num_classes: int = 10):
+    """A factory whose process dies without a Python error (as one killed by the OS does),
+    once it builds for real (on the meta device it builds a plain network)."""
+    import os
+    import sys
+
+    import torch
+    if torch.empty(0).device.type == "meta":
+        from tests.test_user_model import SpareNet
+        return SpareNet(num_classes)
+    print("leaving now", file=sys.stderr, flush=True)
+    os._exit(3)
+
+
 def test_a_failure_names_the_step_it_stopped_at():
     r = matrix.check_one("tests.test_user_model:einsum_net", 8)  # an op fvcore counts, we don't
-    assert (r["status"], r["stage"], r["attention"]) == ("fail", "build", False)
+    assert (r["status"], r["stage"]) == ("fail", "build")
     assert r["reason"].startswith("CostMismatchError: tests.test_user_model:einsum_net: fvcore counts")
 
 
@@ -51,7 +75,8 @@ def test_the_markdown_counts_networks_with_and_without_attention_and_lists_every
                   "attention": False, "build_s": 1.0, "wall_s": 5.0, "peak_gb": 1.0},
             "b": {"source": "b", "size": 224, "status": "fail", "stage": "build", "reason": "X: y|z",
                   "attention": True, "wall_s": 7.0, "peak_gb": 2.0}}
-    text = matrix.matrix_markdown({"timm": rows})
+    text = matrix.matrix_markdown({"timm families skipped": {"fam": "E: x"}, "timm": rows})
+    assert "Timm families skipped (no model of theirs builds here): fam (E: x)" in text
     assert "## timm: 1 of 2 pass" in text
     assert "without token attention: 1 of 1 pass; with it (the transformer work's): 0 of 1" in text
     assert "| b | 224 | yes | build | X: y/z |" in text and "Passing: a." in text

@@ -16,8 +16,9 @@ ROOT = Path(__file__).resolve().parents[1]
 
 from benchmarks.cifar_resnet import resnet20
 from benchmarks.support_matrix import MODELS, check, exact_cost
-from maskednas.export.model_source import ModelSourceError, build_source
+from maskednas.export.model_source import ModelSourceError, build_source, drop_auxiliary_heads
 from maskednas.pipeline.config import ConfigError, load_config
+from maskednas.supernet.model_trace import _reshapes_channels
 from maskednas.supernet.user_model import ModelSpaceConfig, UserModel
 
 RESNET20 = "benchmarks.cifar_resnet:resnet20"
@@ -421,11 +422,17 @@ def test_modules_the_forward_never_runs_are_left_out_of_the_cost_and_named():
 
 
 def test_googlenet_is_built_without_auxiliary_heads_and_a_tuple_output_is_refused():
-    """torchvision builds GoogLeNet and Inception v3 with auxiliary heads unless told not to
-    (loading weights removes them): here they are never built, so the network prunes exactly;
-    a network that returns a tuple in training mode stops with what to do."""
+    """torchvision builds GoogLeNet and Inception v3 with auxiliary heads unless told not to:
+    here they are never built (or, with weights, dropped after loading), so the network prunes
+    exactly; a network that returns a tuple in training mode stops with what to do."""
     r = check("torchvision:googlenet", 64)
     assert exact_cost(r) and r["unused_params"] == 0 and r["gap"] <= 1e-5 * r["scale"]
+    import torchvision  # with weights the builders keep the heads: they are dropped after loading
+    for name, heads in (("googlenet", ("aux1", "aux2")), ("inception_v3", ("AuxLogits",))):
+        model = drop_auxiliary_heads(torchvision.models.get_model(name, num_classes=10, aux_logits=True,
+                                                                  init_weights=False))
+        assert all(getattr(model, h) is None for h in heads)
+        assert isinstance(model.train()(torch.zeros(2, 3, 96, 96)), torch.Tensor)
     net = UserModel(ModelSpaceConfig(source=f"{__name__}:tuple_in_training"), 3, 10, 8).train()
     with pytest.raises(TypeError, match=r"returned a tuple, not a tensor of logits, in training mode"):
         net(torch.zeros(2, 3, 8, 8))
@@ -458,6 +465,22 @@ class ShuffleNet(nn.Module):
 
 def shuffle_net(num_classes: int = 10) -> ShuffleNet:
     return ShuffleNet(num_classes)
+
+
+@pytest.mark.parametrize("before, after, refused", [
+    ((1, 8, 4, 4), (1, 2, 4, 4, 4), True),  # a channel shuffle's split
+    ((1, 4, 2, 4, 4), (1, 8, 4, 4), True),  # and its merge
+    ((1, 2, 2, 8, 4, 4), (1, 32, 4, 4), True),  # space-to-depth's merge into the channels
+    ((1, 8, 4, 4), (1, 8, 16), False),  # tokens
+    ((1, 8, 4, 4), (1, 128), False),  # a flatten before a classifier
+    ((1, 8, 4, 4), (1, 1, 8, 4, 4), False),  # an added dimension of one
+    ((1, 2, 4, 2, 4, 8), (1, 8, 8, 8), False),  # Swin's window reverse (channels last)
+])
+def test_only_reshapes_that_split_or_merge_channels_of_a_feature_map_are_refused(before, after, refused):
+    feature = torch.zeros(before, requires_grad=True) * 1  # made by an op, as a layer's output is
+    assert _reshapes_channels(feature, feature.reshape(after)) is refused
+    image = torch.zeros(before)  # the input image (TResNet's space-to-depth reads it): allowed
+    assert _reshapes_channels(image, image.reshape(after)) is False
 
 
 def test_channels_reshaped_over_several_dimensions_are_refused_naming_the_layer():
