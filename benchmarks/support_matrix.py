@@ -29,6 +29,7 @@ import torch
 
 ROOT = Path(__file__).resolve().parents[1]
 
+from benchmarks.soak import rss_kib
 from maskednas.derive import derive, slim
 from maskednas.export import save_export
 from maskednas.export.flops import fvcore_report
@@ -222,7 +223,7 @@ def run_isolated(source: str, size: int) -> dict:
             time.sleep(0.5)
             if killed is None and time.perf_counter() - start > TIMEOUT_S:
                 killed = f"over {TIMEOUT_S} s"
-            elif killed is None and _rss_gb(child.pid) > MEMORY_GB:
+            elif killed is None and (rss_kib(child.pid) or 0) / 2**20 > MEMORY_GB:
                 killed = f"over {MEMORY_GB} GB of memory"
             if killed:  # not child.kill(): Popen reaps it first, and wait4 would find no child
                 os.kill(child.pid, signal.SIGKILL)
@@ -250,16 +251,6 @@ def _attention_of(source: str) -> bool | None:
             return uses_attention(build_source(source, 10, 3))
     except Exception:
         return None
-
-
-def _rss_gb(pid: int) -> float:
-    try:
-        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-            if line.startswith("VmRSS:"):
-                return int(line.split()[1]) / 2**20
-    except OSError:
-        pass
-    return 0.0
 
 
 def run_all(part: str) -> None:

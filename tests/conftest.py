@@ -140,6 +140,7 @@ def synthetic_table(net, ms=synthetic_ms, grid_points: int = 3, channels_last: b
         table.entries[part.key] = TableEntry(grid, values.reshape([len(g) for g in grid]).tolist())
     return table
 
+
 def maskednas_main(argv: list[str]) -> None:
     """The `maskednas` command run in this process, as `python -m maskednas ARGS` runs it."""
     import runpy
@@ -150,4 +151,3 @@ def maskednas_main(argv: list[str]) -> None:
         runpy.run_module("maskednas", run_name="__main__", alter_sys=False)
     finally:
         sys.argv = saved
-
