@@ -6,6 +6,7 @@ of the pruned model, and an export -> load round trip.
     python -m benchmarks.support_matrix                      # the README's table (MODELS)
     python -m benchmarks.support_matrix --all --part torchvision
     python -m benchmarks.support_matrix --all --part timm   # both parts merge into one file
+    python -m benchmarks.support_matrix --all --part timm --only timm:cspresnet50  # recheck one
 
 `--all` checks every torchvision classification model and the smallest model (by parameters)
 of every timm family (a module of timm.models), each in its own process with a time and a
@@ -72,7 +73,7 @@ def check(source: str, size: int, seed: int = 0, export_to: Path | None = None,
     """Build, randomize, derive at half the MACs, slim (and export to `export_to`, without
     ONNX); the figures the matrix reports, the pruned model, and a batch with the hard-masked
     network's outputs on it. `stages` gets the name of each step as it starts."""
-    stage = (stages or []).append
+    stage = (stages if stages is not None else []).append
     start = time.perf_counter()
     stage("build")
     with warnings.catch_warnings(record=True) as caught:
@@ -253,14 +254,22 @@ def _attention_of(source: str) -> bool | None:
         return None
 
 
-def run_all(part: str) -> None:
+def run_all(part: str, only: list[str] | None = None) -> None:
+    """Every model of `part` (or those in `only`, rechecked at the size they ran at), each row
+    written into the results file as it finishes."""
     path = RESULTS / "support-matrix-all.json"
     results = json.loads(path.read_text()) if path.exists() else {}
-    skipped: dict[str, str] = {}
-    models = torchvision_models() if part == "torchvision" else timm_models(skipped)
-    if skipped:
-        results[f"{part} families skipped"] = skipped
     rows = results.setdefault(part, {})
+    if only:
+        unknown = [s for s in only if not s.startswith(f"{part}:")]
+        if unknown:
+            raise SystemExit(f"--only {unknown[0]}: not a {part} model (allowed: {part}:NAME)")
+        models = {s: rows.get(s, {}).get("size", 64) for s in only}
+    else:
+        skipped: dict[str, str] = {}
+        models = torchvision_models() if part == "torchvision" else timm_models(skipped)
+        if skipped:
+            results[f"{part} families skipped"] = skipped
     for source, size in models.items():
         r = run_isolated(source, size)
         if r["stage"] == "build" and r["reason"].startswith("RuntimeError") and size < default_size(source):
@@ -312,6 +321,8 @@ if __name__ == "__main__":
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--all", action="store_true", help="every model of a part (--part)")
     parser.add_argument("--part", choices=("torchvision", "timm"), default="torchvision")
+    parser.add_argument("--only", help="with --all: recheck these models only (comma-separated "
+                        "sources), keeping the other rows of the results file")
     parser.add_argument("--one", help=argparse.SUPPRESS)  # a child of --all: one model
     parser.add_argument("--size", type=int, default=64, help=argparse.SUPPRESS)
     args = parser.parse_args()
@@ -320,6 +331,6 @@ if __name__ == "__main__":
         print(json.dumps({"attention": _attention_of(args.one)}), flush=True)
         print(json.dumps(check_one(args.one, args.size)), flush=True)
     elif args.all:
-        run_all(args.part)
+        run_all(args.part, args.only.split(",") if args.only else None)
     else:
         main()

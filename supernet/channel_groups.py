@@ -19,6 +19,7 @@ import torch
 from torch import nn
 
 from maskednas.ops.layer_rules import LAYER_RULES, rule_for
+from maskednas.supernet.split_mapping import SplitMappingError, splits_mapped_by_part
 
 
 def supported_types() -> tuple[type, ...]:
@@ -86,6 +87,14 @@ def _why_unsupported(module: nn.Module) -> str | None:
     return None
 
 
+def dependency_graph(model: nn.Module, example: torch.Tensor):
+    """Torch-Pruning's dependency graph of `model`, its splits mapped by the part each layer
+    reads (`split_mapping`); the one graph both finding the groups and pruning them use."""
+    import torch_pruning as tp
+    with splits_mapped_by_part():
+        return tp.DependencyGraph().build_dependency(model, example_inputs=example)
+
+
 def discover(model: nn.Module, example: torch.Tensor, head: nn.Module,
              ignored: list[nn.Module] = ()) -> ChannelGroups:
     """The channel groups of `model` (traced on `example`): every group but the `head`'s outputs
@@ -97,9 +106,11 @@ def discover(model: nn.Module, example: torch.Tensor, head: nn.Module,
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # Torch-Pruning's note on layer-scale parameters
         try:
-            dg = tp.DependencyGraph().build_dependency(model, example_inputs=example)
+            dg = dependency_graph(model, example)
             groups = list(dg.get_all_groups(ignored_layers=[head, *ignored],
                                             root_module_types=(nn.Conv2d, nn.Linear)))
+        except SplitMappingError as e:
+            raise ChannelGraphError(str(e)) from e
         except Exception as e:  # its index mapping fails on some ops: name the op, not the crash
             raise ChannelGraphError(_graph_failure(e)) from e
     out = ChannelGroups({}, {}, {}, {}, {}, {})
@@ -122,6 +133,11 @@ def discover(model: nn.Module, example: torch.Tensor, head: nn.Module,
             why = f"shares channels with {touched[0]}, listed in model.ignore"
         for _, name, _, roots in entries:
             why = why or _why_partial(name, root_name, roots, size)
+        if any(isinstance(item.dep.target.module, tp.ops._SplitOp) for item in full.items):
+            # a part's size is in the network's code (`x.split(64)`), or pruning would have to
+            # keep the parts equal (`x.chunk(2)`): the autograd graph cannot tell which
+            why = why or (f"the channels of {root_name} go through a split (torch.split, chunk) "
+                          f"whose part sizes are in the network's code, which pruning cannot change")
         if why:
             out.skipped[root_name] = why
             continue

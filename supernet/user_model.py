@@ -27,8 +27,8 @@ from maskednas.ops import ChannelMask, Cost
 from maskednas.supernet.base import Supernet, one_hot_max, register_space
 from maskednas.ops.layer_rules import LayerRule, rule_for
 from maskednas.ops.cost_polynomial import CostPolynomial
-from maskednas.supernet.channel_groups import (ChannelGraphError, ChannelGroups, discover, group_key,
-                                               supported_types)
+from maskednas.supernet.channel_groups import (ChannelGraphError, ChannelGroups, dependency_graph,
+                                               discover, group_key, supported_types)
 from maskednas.supernet.functional_gates import GatedNormalize
 from maskednas.supernet.gate_index import GateIndex
 from maskednas.supernet.model_trace import trace
@@ -440,8 +440,6 @@ class UserModel(Supernet):
         """A pruned copy of the network: Torch-Pruning removes every channel `keep` leaves out
         (weights, biases, norm statistics, loose parameters, in every layer of its group), and
         removed blocks become `nn.Identity`."""
-        import torch_pruning as tp
-
         pruned = copy.deepcopy(self.model).cpu().to(memory_format=torch.contiguous_format)
         ours = {h.id for h in self._hooks}
         for m in pruned.modules():  # the copy must not call back into this supernet
@@ -450,7 +448,7 @@ class UserModel(Supernet):
                     del hooks[hook_id]
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
-            dg = tp.DependencyGraph().build_dependency(pruned.eval(), example_inputs=self.example)
+            dg = dependency_graph(pruned.eval(), self.example)
             grouped = {pruned.get_submodule(n) for n in self.groups.grouped_convs}
             for key, kept in keep.items():
                 root, handler = self.groups.roots[key]

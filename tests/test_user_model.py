@@ -303,6 +303,42 @@ def test_a_layer_reading_part_of_a_group_leaves_it_whole_and_is_costed_exactly()
     assert r["groups"] == 1 and r["gap"] <= 1e-5 * r["scale"]
 
 
+class CrossStageNet(nn.Module):
+    """A cross-stage partial block: `exp`'s channels split by a size in code, the second part
+    run through a residual block first, the first part concatenated last (timm's CSPNet)."""
+
+    def __init__(self, num_classes: int = 10) -> None:
+        super().__init__()
+        self.exp = nn.Conv2d(3, 16, 3, padding=1)
+        self.inner, self.outer = nn.Conv2d(8, 4, 1), nn.Conv2d(4, 8, 3, padding=1)
+        self.transition_b, self.transition = nn.Conv2d(8, 8, 1), nn.Conv2d(16, 12, 1)
+        self.fc = nn.Linear(12, num_classes)
+
+    def forward(self, x):
+        xs, xb = torch.relu(self.exp(x)).split(8, dim=1)
+        xb = xb + self.outer(torch.relu(self.inner(xb)))
+        x = torch.relu(self.transition(torch.cat([xs, self.transition_b(xb)], 1)))
+        return self.fc(x.mean((2, 3)))
+
+
+def cross_stage_net(num_classes: int = 10) -> CrossStageNet:
+    return CrossStageNet(num_classes)
+
+
+def test_a_split_is_mapped_by_the_part_each_layer_reads_and_keeps_its_sizes():
+    """Torch-Pruning gave the parts to the layers in the order it found them (`xb` first), so
+    `exp`'s channels were swapped between the parts, and the split's constant size made the
+    pruned network crash. Now `exp` and the residual stream keep their channels (the split's
+    sizes are code), the concatenation's slices sit at their offsets, the rest is pruned."""
+    net = UserModel(ModelSpaceConfig(source=f"{__name__}:cross_stage_net"), 3, 10, 8)
+    inputs = {n: [(s.group, s.index.tolist()) for s in net.groups.inputs[n].slices]
+              for n in ("transition", "outer")}
+    assert inputs == {"transition": [("transition_b", list(range(8, 16)))], "outer": [("inner", [0, 1, 2, 3])]}
+    assert getattr(net.groups.outputs.get("exp"), "slices", []) == [] and set(net.groups.skipped) == {"outer"}
+    r = check(f"{__name__}:cross_stage_net", 8)
+    assert r["gap"] <= 1e-5 * r["scale"] and exact_cost(r)
+
+
 def test_distillation_without_trained_weights_is_refused():
     with pytest.raises(ConfigError, match="model.checkpoint is unset"):
         load_config(ROOT / "configs" / "prune_model.yaml", ["finetune.kd_weight=0.5"])

@@ -1,0 +1,81 @@
+"""Torch-Pruning's channel mapping through `split`/`chunk`, by the part each consumer reads.
+
+Torch-Pruning (1.6) gives the i-th consumer *found while tracing* the i-th part of a split, so
+a network that uses its parts out of order (a cross-stage partial block: `xs, xb = x.split(..)`,
+`xb` run through blocks first, `xs` concatenated last) gets its channels swapped between the
+parts, and a part read by two consumers shifts every later one. The part a consumer reads is in
+the autograd graph (the `output_nr` of its edge to the split); this mapping uses that, and the
+sizes of the parts as the split made them (the last part of an even split may be smaller).
+"""
+from __future__ import annotations
+
+import contextlib
+
+
+class SplitMappingError(ValueError):
+    pass
+
+
+def _part_sizes(grad_fn) -> list[int] | None:
+    """The channel count of each part, None when the split is not over dim 1 (the channels)."""
+    sizes = getattr(grad_fn, "_saved_self_sym_sizes", None)
+    dim = getattr(grad_fn, "_saved_dim", None)
+    if sizes is None or dim is None or dim % len(sizes) != 1:
+        return None
+    total = int(sizes[1])
+    if hasattr(grad_fn, "_saved_split_sizes"):
+        return [int(s) for s in grad_fn._saved_split_sizes]
+    step = int(grad_fn._saved_split_size)
+    return [min(step, total - start) for start in range(0, total, step)]
+
+
+def _part_of(consumer, split_node) -> int:
+    parts = {nr for f, nr in getattr(consumer.grad_fn, "next_functions", ()) if f is split_node.grad_fn}
+    if len(parts) != 1:
+        raise SplitMappingError(
+            f"{consumer.name or consumer.module} reads {len(parts)} parts of one channel split at "
+            f"once; the channels of each part cannot be told apart")
+    return parts.pop()
+
+
+def _map_split(split_node) -> None:
+    """The index mapping between a split and each consumer, by the part the consumer reads."""
+    from torch_pruning.dependency.index_mapping import _SplitIndexMapping
+
+    for consumer, part in zip(split_node.outputs, split_node.module.parts):
+        bounds = split_node.module.offsets[part: part + 2]
+        for dep in split_node.dependencies:
+            if dep.target is consumer:
+                dep.index_mapping[0] = _SplitIndexMapping(offset=bounds, reverse=False)
+        for dep in consumer.dependencies:
+            if dep.target is split_node:
+                dep.index_mapping[0] = _SplitIndexMapping(offset=bounds, reverse=True)
+
+
+@contextlib.contextmanager
+def splits_mapped_by_part():
+    """Torch-Pruning's graph builder with each split's parts found by the part each consumer
+    reads: its `split_sizes` (which its shape inference reads per consumer, for concatenations
+    and reshapes after a split) and its index mappings."""
+    from torch_pruning import ops
+    from torch_pruning.dependency import index_mapping
+
+    original_update, original_split = index_mapping.update_index_mapping, index_mapping.update_split_index_mapping
+
+    def update(graph):
+        for node in graph.module2node.values():
+            sizes = _part_sizes(node.grad_fn) if node.type == ops.OPTYPE.SPLIT else None
+            if sizes is None:
+                continue
+            node.module.offsets = [sum(sizes[:k]) for k in range(len(sizes) + 1)]
+            node.module.parts = [_part_of(c, node) for c in node.outputs]
+            node.module.split_sizes = [sizes[part] for part in node.module.parts]  # per consumer
+        original_update(graph)
+
+    index_mapping.update_index_mapping = update
+    index_mapping.update_split_index_mapping = lambda graph, node: (
+        _map_split(node) if getattr(node.module, "parts", None) is not None else None)
+    try:
+        yield
+    finally:
+        index_mapping.update_index_mapping, index_mapping.update_split_index_mapping = original_update, original_split
