@@ -1,8 +1,9 @@
 """One traced forward pass of a user's network: what its cost and depth choices are made of.
 
 Recorded per layer: its input and output shapes (the feature sizes the cost formulas need);
-every adaptive average pooling (fvcore counts it; inside SE blocks and before classifiers it is
-often a functional call no module hook sees) with the layer whose channels it pools; every
+every adaptive average pooling and upsampling (fvcore counts them; inside SE blocks and before
+classifiers pooling is often a functional call no module hook sees) with the layers whose channels
+it reads; every
 `F.normalize` (a functional op that mixes channels when it normalises over them), in call order;
 the residual blocks with an identity shortcut: modules whose forward adds their own input tensor
 to something, found by watching additions under a `TorchFunctionMode`; and the modules the forward
@@ -26,9 +27,15 @@ _RESHAPES = {torch.reshape, torch.Tensor.reshape, torch.Tensor.view, torch.Tenso
 
 @dataclass
 class Pool:
-    producers: tuple[str, ...]  # the layers whose output channels are pooled (concatenated)
-    size: int  # input positions per channel (H * W)
+    """A functional op fvcore counts per channel: adaptive average pooling (one per input
+    position) or upsampling (per output position: 1 nearest, 4 bilinear)."""
+    producers: tuple[str, ...]  # the layers whose output channels it reads (concatenated)
+    size: int  # what fvcore counts per channel
     inside: str  # the innermost module running when it was called
+
+
+# upsampling modes fvcore counts, and its count per output element
+_UPSAMPLE_COUNTS = {"nearest": 1, "bilinear": 4}
 
 
 @dataclass
@@ -77,6 +84,11 @@ class _Watch(TorchFunctionMode):
             over = dim % x.ndim == channel_dim and x.shape[dim] == channels
             self.trace.normalizations.append(Normalize(producer, dim, over))
         result = func(*args, **kwargs)
+        mode = kwargs.get("mode", args[3] if len(args) > 3 else "nearest")
+        if func is F.interpolate and args[0].ndim == 4 and mode in _UPSAMPLE_COUNTS:
+            self.trace.pools.append(Pool(_channel_producers(args[0], self.produced, "an upsampling"),
+                                         result.shape[-2] * result.shape[-1] * _UPSAMPLE_COUNTS[mode],
+                                         self.stack[-1][0] if self.stack else ""))
         if func in _RESHAPES and isinstance(result, torch.Tensor) and _reshapes_channels(args[0], result):
             self.trace.channel_reshapes.append((self.stack[-1][0] if self.stack else "",
                                                 tuple(args[0].shape), tuple(result.shape)))
@@ -103,10 +115,11 @@ def _producer(x: torch.Tensor, produced: dict) -> str:
     return _producers(x, produced, into_concatenations=False, reader="F.normalize")[0]
 
 
-def _channel_producers(x: torch.Tensor, produced: dict) -> tuple[str, ...]:
+def _channel_producers(x: torch.Tensor, produced: dict,
+                       reader: str = "an adaptive average pooling") -> tuple[str, ...]:
     """The layers whose output channels make up the channels of `x`: the nearest one upstream,
     or, through a concatenation along the channels (Inception's branches), each piece's."""
-    return _producers(x, produced, into_concatenations=True, reader="an adaptive average pooling")
+    return _producers(x, produced, into_concatenations=True, reader=reader)
 
 
 def _producers(x: torch.Tensor, produced: dict, into_concatenations: bool,

@@ -397,8 +397,8 @@ class UserModel(Supernet):
                      + "; ".join(differing[:5]) if differing else
                      f"no layer's count differs, so the network computes with an op this tool "
                      f"does not model (fvcore's count by op: {_by_operator(model, self.example)}; "
-                     f"modelled: {', '.join(t.__name__ for t in supported_types())} and adaptive "
-                     f"average pooling)")
+                     f"modelled: {', '.join(t.__name__ for t in supported_types())}, adaptive "
+                     f"average pooling and nearest or bilinear upsampling)")
             raise CostMismatchError(
                 f"{self.space.source}: fvcore counts {flops:,} MACs and {params:,} params (in the "
                 f"modules that run), the "

@@ -339,6 +339,34 @@ def test_a_split_is_mapped_by_the_part_each_layer_reads_and_keeps_its_sizes():
     assert r["gap"] <= 1e-5 * r["scale"] and exact_cost(r)
 
 
+class FusionNet(nn.Module):
+    """HRNet-style fusion: a low-resolution branch upsampled (nearest, bilinear) and added."""
+
+    def __init__(self, num_classes: int = 10) -> None:
+        super().__init__()
+        self.high, self.low = nn.Conv2d(3, 8, 3, padding=1), nn.Conv2d(3, 8, 3, stride=2, padding=1)
+        self.up, self.low2 = nn.Upsample(scale_factor=2), nn.Conv2d(8, 8, 1)
+        self.fc = nn.Linear(8, num_classes)
+
+    def forward(self, x):
+        low = torch.relu(self.low(x))
+        x = self.high(x) + self.up(low) + F.interpolate(self.low2(low), scale_factor=2, mode="bilinear")
+        return self.fc(torch.relu(x).mean((2, 3)))
+
+
+def fusion_net(num_classes: int = 10) -> FusionNet:
+    return FusionNet(num_classes)
+
+
+def test_upsampling_is_counted_per_kept_channel_as_fvcore_counts_it():
+    """fvcore counts 1 (nearest) or 4 (bilinear) per output element; without these the cost
+    check refused HRNet for an op it does not model."""
+    net = UserModel(ModelSpaceConfig(source=f"{__name__}:fusion_net"), 3, 10, 8)
+    assert [(p.producers, p.size) for p in net.trace.pools] == [(("low",), 64), (("low2",), 256)]
+    r = check(f"{__name__}:fusion_net", 8)
+    assert exact_cost(r) and r["macs"] < r["dense_macs"] and r["gap"] <= 1e-5 * r["scale"]
+
+
 def test_distillation_without_trained_weights_is_refused():
     with pytest.raises(ConfigError, match="model.checkpoint is unset"):
         load_config(ROOT / "configs" / "prune_model.yaml", ["finetune.kd_weight=0.5"])
