@@ -334,11 +334,12 @@ class UserModel(Supernet):
     def _layer_costs(self, widths) -> list[tuple[str, Cost]]:
         """(layer, cost) of every counted layer and pooling at these group widths."""
         g = self.groups
-        width = lambda spaces, name, default: spaces[name].width(widths) if name in spaces else default
+        spaces = {**self._own_params, **g.outputs}  # a layer's output channels
+        width = lambda name, default: spaces[name].width(widths) if name in spaces else default
         out = [(w.name, w.rule.cost(w.module, w.c_in, w.c_out, w.shape_in, w.shape_out))
                for w in self.layer_widths(widths)]
         for pool in self.trace.pools:
-            channels = sum(width(g.outputs, p, self.trace.shapes[p][1][1]) for p in pool.producers)
+            channels = sum(width(p, self.trace.shapes[p][1][1]) for p in pool.producers)
             out.append((pool.inside, Cost(channels * pool.size, 0)))
         out += [(name, Cost(0, per_channel * space.width(widths)))
                 for name, space, per_channel in self._loose]
@@ -466,6 +467,9 @@ class UserModel(Supernet):
                     group.prune(record_history=False)
         for name in self.groups.grouped_convs:
             self._keep_whole_groups(pruned.get_submodule(name), name, keep)
+        for m in pruned.modules():
+            if (rule := rule_for(m)) is not None and rule.resized is not None:
+                rule.resized(m)
         remove_blocks(pruned, arch.removed)
         pruned.arch = replace(arch, modules=changed_layers(self.teacher[0], pruned))
         return pruned.to(next(self.parameters()).device)

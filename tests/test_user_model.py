@@ -367,6 +367,37 @@ def test_upsampling_is_counted_per_kept_channel_as_fvcore_counts_it():
     assert exact_cost(r) and r["macs"] < r["dense_macs"] and r["gap"] <= 1e-5 * r["scale"]
 
 
+class ScaledNet(nn.Module):
+    """A MetaFormer layer scale (a weight viewed to a `shape` attribute) right before pooling."""
+
+    def __init__(self, num_classes: int = 10) -> None:
+        from timm.models.metaformer import Scale
+        super().__init__()
+        self.conv, self.scale = nn.Conv2d(3, 8, 3, padding=1), Scale(8)
+        self.fc = nn.Linear(8, num_classes)
+
+    def forward(self, x):
+        return self.fc(F.adaptive_avg_pool2d(self.scale(torch.relu(self.conv(x))), 1).flatten(1))
+
+
+def scaled_net(num_classes: int = 10) -> ScaledNet:
+    return ScaledNet(num_classes)
+
+
+def test_a_layer_scale_shrinks_its_shape_and_pooling_after_it_is_costed_at_its_width(tmp_path):
+    """PoolFormer's pruned `Scale` kept `shape` (64, 1, 1) and crashed; the pooling after it
+    was costed at the dense width."""
+    r = check(f"{__name__}:scaled_net", 8, export_to=tmp_path / "m")
+    kept = r["model"].scale.scale.numel()
+    assert kept < 8 and r["model"].scale.shape == (kept, 1, 1)
+    assert exact_cost(r) and r["gap"] <= 1e-5 * r["scale"]
+    from maskednas import export
+    loaded = export.load(tmp_path / "m", trust_source=[__name__.split(".")[0]]).eval()
+    assert loaded.scale.shape == (kept, 1, 1)
+    with torch.no_grad():
+        assert torch.equal(loaded(r["input"]), r["model"](r["input"]))
+
+
 def test_distillation_without_trained_weights_is_refused():
     with pytest.raises(ConfigError, match="model.checkpoint is unset"):
         load_config(ROOT / "configs" / "prune_model.yaml", ["finetune.kd_weight=0.5"])

@@ -44,6 +44,8 @@ class LayerRule:
     whole_partitions: bool = False
     # the plain int attributes slimming changes (rebuilt from the export's record)
     width_attributes: tuple[str, ...] = ()
+    # sets those of them Torch-Pruning does not (it resizes the tensors) after slimming
+    resized: Callable[[nn.Module], None] | None = None
     # why this layer cannot be pruned (None: it can)
     unsupported: Callable[[nn.Module], str | None] = lambda m: None
     # whether the rule covers this instance of `layer_type`
