@@ -19,7 +19,7 @@ import torch
 from torch import nn
 
 from maskednas.ops.layer_rules import LAYER_RULES, rule_for
-from maskednas.supernet.split_mapping import SplitMappingError, splits_mapped_by_part
+from maskednas.supernet.graph_mapping import SplitMappingError, mapped_by_the_forward
 
 
 def supported_types() -> tuple[type, ...]:
@@ -88,10 +88,10 @@ def _why_unsupported(module: nn.Module) -> str | None:
 
 
 def dependency_graph(model: nn.Module, example: torch.Tensor):
-    """Torch-Pruning's dependency graph of `model`, its splits mapped by the part each layer
-    reads (`split_mapping`); the one graph both finding the groups and pruning them use."""
+    """Torch-Pruning's dependency graph of `model`, its splits and concatenations mapped from
+    what the forward did (`graph_mapping`); the one graph finding the groups and pruning them."""
     import torch_pruning as tp
-    with splits_mapped_by_part():
+    with mapped_by_the_forward():
         return tp.DependencyGraph().build_dependency(model, example_inputs=example)
 
 

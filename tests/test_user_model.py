@@ -339,6 +339,33 @@ def test_a_split_is_mapped_by_the_part_each_layer_reads_and_keeps_its_sizes():
     assert r["gap"] <= 1e-5 * r["scale"] and exact_cost(r)
 
 
+class DualPathNet(nn.Module):
+    """DPN-style: a slice of one layer's channels concatenated with another layer's."""
+
+    def __init__(self, num_classes: int = 10) -> None:
+        super().__init__()
+        self.a, self.c = nn.Conv2d(3, 8, 3, padding=1), nn.Conv2d(3, 6, 3, padding=1)
+        self.d, self.fc = nn.Conv2d(10, 8, 1), nn.Linear(8, num_classes)
+
+    def forward(self, x):
+        dense = torch.cat([torch.relu(self.a(x))[:, 4:], torch.relu(self.c(x))], 1)
+        return self.fc(torch.relu(self.d(dense)).mean((2, 3)))
+
+
+def dual_path_net(num_classes: int = 10) -> DualPathNet:
+    return DualPathNet(num_classes)
+
+
+def test_a_concatenated_slice_has_the_size_the_forward_gave_it():
+    """Torch-Pruning could not infer the slice's channel count (None) and its graph failed;
+    with the sizes of the call, `c`'s channels sit after the slice in `d`'s input."""
+    net = UserModel(ModelSpaceConfig(source=f"{__name__}:dual_path_net"), 3, 10, 8)
+    assert [(s.group, s.index.tolist()) for s in net.groups.inputs["d"].slices] == [("c", list(range(4, 10)))]
+    assert set(net.groups.skipped) == {"a"}
+    r = check(f"{__name__}:dual_path_net", 8)
+    assert exact_cost(r) and r["gap"] <= 1e-5 * r["scale"]
+
+
 class FusionNet(nn.Module):
     """HRNet-style fusion: a low-resolution branch upsampled (nearest, bilinear) and added."""
 

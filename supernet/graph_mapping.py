@@ -1,19 +1,44 @@
-"""Torch-Pruning's channel mapping through `split`/`chunk`, by the part each consumer reads.
+"""Torch-Pruning's channel mapping through splits and concatenations, from what the forward did.
 
 Torch-Pruning (1.6) gives the i-th consumer *found while tracing* the i-th part of a split, so
 a network that uses its parts out of order (a cross-stage partial block: `xs, xb = x.split(..)`,
 `xb` run through blocks first, `xs` concatenated last) gets its channels swapped between the
 parts, and a part read by two consumers shifts every later one. The part a consumer reads is in
-the autograd graph (the `output_nr` of its edge to the split); this mapping uses that, and the
-sizes of the parts as the split made them (the last part of an even split may be smaller).
+the autograd graph (the `output_nr` of its edge to the split); here the mapping uses that, and
+the sizes of the parts as the split made them (the last part of an even split may be smaller).
+It infers a concatenation's piece sizes by walking the graph, which fails (None) on a piece
+that is a slice (DPN's dual paths); here they are the sizes `torch.cat` was called with.
 """
 from __future__ import annotations
 
 import contextlib
 
+import torch
+from torch.overrides import TorchFunctionMode
+
+_CATS = {torch.cat, torch.concat, torch.concatenate}
+
 
 class SplitMappingError(ValueError):
     pass
+
+
+class _RecordConcatenations(TorchFunctionMode):
+    """The channel count of each piece of every concatenation along dim 1, by its grad_fn."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.sizes: dict = {}
+
+    def __torch_function__(self, func, types, args=(), kwargs=None):
+        kwargs = kwargs or {}
+        result = func(*args, **kwargs)
+        if func in _CATS and isinstance(result, torch.Tensor) and result.grad_fn is not None:
+            tensors = args[0] if args else kwargs["tensors"]
+            dim = kwargs.get("dim", args[1] if len(args) > 1 else 0)
+            if dim % result.ndim == 1 and all(t.requires_grad for t in tensors):
+                self.sizes[result.grad_fn] = [int(t.shape[1]) for t in tensors]
+        return result
 
 
 def _part_sizes(grad_fn) -> list[int] | None:
@@ -53,17 +78,22 @@ def _map_split(split_node) -> None:
 
 
 @contextlib.contextmanager
-def splits_mapped_by_part():
+def mapped_by_the_forward():
     """Torch-Pruning's graph builder with each split's parts found by the part each consumer
-    reads: its `split_sizes` (which its shape inference reads per consumer, for concatenations
-    and reshapes after a split) and its index mappings."""
+    reads (its `split_sizes`, which its shape inference reads per consumer, and its index
+    mappings) and each concatenation's piece sizes those of the call."""
     from torch_pruning import ops
     from torch_pruning.dependency import index_mapping
 
     original_update, original_split = index_mapping.update_index_mapping, index_mapping.update_split_index_mapping
+    recorded = _RecordConcatenations()
 
     def update(graph):
         for node in graph.module2node.values():
+            if node.type == ops.OPTYPE.CONCAT and len(recorded.sizes.get(node.grad_fn, ())) == len(node.inputs):
+                # the pieces in call order: one graph input per piece, as the call had them
+                if [f for f, _ in node.grad_fn.next_functions] == [n.grad_fn for n in node.inputs]:
+                    node.module.concat_sizes = recorded.sizes[node.grad_fn]
             sizes = _part_sizes(node.grad_fn) if node.type == ops.OPTYPE.SPLIT else None
             if sizes is None:
                 continue
@@ -76,6 +106,7 @@ def splits_mapped_by_part():
     index_mapping.update_split_index_mapping = lambda graph, node: (
         _map_split(node) if getattr(node.module, "parts", None) is not None else None)
     try:
-        yield
+        with recorded:
+            yield
     finally:
         index_mapping.update_index_mapping, index_mapping.update_split_index_mapping = original_update, original_split
