@@ -3,7 +3,7 @@
 A pruned torchvision/timm/user network is its source (how to build the original) plus the new
 shape of every tensor pruning changed and the blocks it removed. Loading builds the original
 structure from the source (no pretrained weights, no checkpoint), resizes those tensors in place
-(so a timm conv subclass keeps its own forward), swaps removed blocks for `nn.Identity`, and the
+(so a timm conv subclass keeps its own forward), swaps removed blocks for identities, and the
 caller loads the safetensors weights into it.
 """
 from __future__ import annotations
@@ -117,7 +117,15 @@ def build_pruned(arch: PrunedArchitecture, trust_source=False) -> nn.Module:
     return model
 
 
+class SkippedBlock(nn.Identity):
+    """A removed residual block: its input, whatever else its forward is given (DLA's blocks
+    are called with their shortcut and children too)."""
+
+    def forward(self, x, *args, **kwargs):
+        return x
+
+
 def remove_blocks(model: nn.Module, names) -> None:
-    """Depth pruning: each named residual block becomes `nn.Identity`."""
+    """Depth pruning: each named residual block becomes a `SkippedBlock` (an `nn.Identity`)."""
     for name in names:
-        replace_module(model, name, nn.Identity())
+        replace_module(model, name, SkippedBlock())

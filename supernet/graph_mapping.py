@@ -56,10 +56,13 @@ def _part_sizes(grad_fn) -> list[int] | None:
 
 def _part_of(consumer, split_node) -> int:
     parts = {nr for f, nr in getattr(consumer.grad_fn, "next_functions", ()) if f is split_node.grad_fn}
-    if len(parts) != 1:
-        raise SplitMappingError(
-            f"{consumer.name or consumer.module} reads {len(parts)} parts of one channel split at "
-            f"once; the channels of each part cannot be told apart")
+    name = consumer.name or consumer.module
+    if not parts:  # its recorded call is another than the one reading the split
+        raise SplitMappingError(f"{name} reads a part of a channel split in one of several calls "
+                                f"(a module shared between places); which part cannot be told")
+    if len(parts) > 1:
+        raise SplitMappingError(f"{name} reads {len(parts)} parts of one channel split at once; "
+                                f"the channels of each part cannot be told apart")
     return parts.pop()
 
 

@@ -440,7 +440,7 @@ class UserModel(Supernet):
     def slim(self, arch: PrunedArchitecture, keep) -> nn.Module:
         """A pruned copy of the network: Torch-Pruning removes every channel `keep` leaves out
         (weights, biases, norm statistics, loose parameters, in every layer of its group), and
-        removed blocks become `nn.Identity`."""
+        removed blocks become identities (`SkippedBlock`)."""
         pruned = copy.deepcopy(self.model).cpu().to(memory_format=torch.contiguous_format)
         ours = {h.id for h in self._hooks}
         for m in pruned.modules():  # the copy must not call back into this supernet

@@ -425,6 +425,79 @@ def test_a_layer_scale_shrinks_its_shape_and_pooling_after_it_is_costed_at_its_w
         assert torch.equal(loaded(r["input"]), r["model"](r["input"]))
 
 
+class RmsNormNet(nn.Module):
+    """A conv, a timm RMS-style norm over its channels, a conv: the norm's statistic must be
+    that of the kept channels."""
+
+    def __init__(self, num_classes: int = 10, norm: str = "RmsNorm2d") -> None:
+        from timm.layers import norm as norms
+        super().__init__()
+        self.a, self.norm = nn.Conv2d(3, 8, 3, padding=1), getattr(norms, norm)(8)
+        self.b, self.fc = nn.Conv2d(8, 8, 1), nn.Linear(8, num_classes)
+
+    def forward(self, x):
+        x = self.a(x)
+        x = self.norm(x) if "2d" in type(self.norm).__name__ else self.norm(x.movedim(1, -1)).movedim(-1, 1)
+        return self.fc(torch.relu(self.b(x)).mean((2, 3)))
+
+
+def rms_norm_net(num_classes: int = 10) -> RmsNormNet:
+    return RmsNormNet(num_classes, "RmsNorm2d")
+
+
+def simple_norm_net(num_classes: int = 10) -> RmsNormNet:
+    return RmsNormNet(num_classes, "SimpleNorm2d")
+
+
+def rms_norm_last_net(num_classes: int = 10) -> RmsNormNet:
+    return RmsNormNet(num_classes, "RmsNorm")
+
+
+@pytest.mark.parametrize("builder", ["rms_norm_net", "simple_norm_net", "rms_norm_last_net"])
+def test_rms_style_norms_use_the_statistic_of_the_kept_channels(builder, tmp_path):
+    """Without a rule their weight was a loose parameter: pruned, never gated, and the pruned
+    network differed from the hard-masked one (ConvNeXt-RMS by 1e-2 of its output)."""
+    r = check(f"{__name__}:{builder}", 8, export_to=tmp_path / "m")
+    kept = r["model"].norm.weight.numel()
+    assert kept < 8 and r["model"].norm.normalized_shape == (kept,)
+    assert exact_cost(r) and r["gap"] <= 1e-5 * r["scale"]
+
+
+class ShortcutBlock(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv = nn.Conv2d(8, 8, 3, padding=1)
+
+    def forward(self, x, shortcut=None):
+        return (x if shortcut is None else shortcut) + self.conv(x)
+
+
+class ShortcutArgNet(nn.Module):
+    """DLA-style: a residual block called with its shortcut as a second argument."""
+
+    def __init__(self, num_classes: int = 10) -> None:
+        super().__init__()
+        self.stem, self.block, self.fc = nn.Conv2d(3, 8, 3, padding=1), ShortcutBlock(), nn.Linear(8, num_classes)
+
+    def forward(self, x):
+        x = torch.relu(self.stem(x))
+        return self.fc(self.block(x, x).mean((2, 3)))
+
+
+def shortcut_arg_net(num_classes: int = 10) -> ShortcutArgNet:
+    return ShortcutArgNet(num_classes)
+
+
+def test_a_removed_block_called_with_more_arguments_returns_its_input():
+    """`nn.Identity` took one argument: DLA crashed once a block was removed."""
+    from maskednas.export.pruned_model import remove_blocks
+    net = UserModel(ModelSpaceConfig(source=f"{__name__}:shortcut_arg_net"), 3, 10, 8)
+    assert net.blocks == ["block"]
+    model, x = shortcut_arg_net().eval(), torch.randn(2, 3, 8, 8)
+    remove_blocks(model, ["block"])
+    assert torch.equal(model(x), model.fc(torch.relu(model.stem(x)).mean((2, 3))))
+
+
 def test_distillation_without_trained_weights_is_refused():
     with pytest.raises(ConfigError, match="model.checkpoint is unset"):
         load_config(ROOT / "configs" / "prune_model.yaml", ["finetune.kd_weight=0.5"])
