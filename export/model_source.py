@@ -225,14 +225,14 @@ def read_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
     return state
 
 
-def load_checkpoint_into(model: nn.Module, path: str | Path, classifier: str) -> list[str]:
-    """Load a checkpoint into `model`; the `classifier` (the layer whose outputs are the class
-    logits) may have another class count and is then left fresh. Returns the names of the tensors
+def load_checkpoint_into(model: nn.Module, path: str | Path, classifiers: tuple[str, ...]) -> list[str]:
+    """Load a checkpoint into `model`; the `classifiers` (the layers whose outputs are the class
+    logits) may have another class count and are then left fresh. Returns the names of the tensors
     left out that way; any other mismatch is an error naming them."""
     state, own = read_state_dict(path), model.state_dict()
     missing, unexpected = own.keys() - state.keys(), state.keys() - own.keys()
     reshaped = sorted(k for k in own.keys() & state.keys() if own[k].shape != state[k].shape)
-    head = {f"{classifier}.weight", f"{classifier}.bias"}
+    head = {f"{c}.{p}" for c in classifiers for p in ("weight", "bias")}
     if missing or unexpected or any(k not in head for k in reshaped):
         raise ModelSourceError(
             f"{path} does not fit the model: missing {sorted(missing)[:5]}, unexpected "

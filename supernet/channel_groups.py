@@ -95,9 +95,9 @@ def dependency_graph(model: nn.Module, example: torch.Tensor):
         return tp.DependencyGraph().build_dependency(model, example_inputs=example)
 
 
-def discover(model: nn.Module, example: torch.Tensor, head: nn.Module,
+def discover(model: nn.Module, example: torch.Tensor, heads: list[nn.Module],
              ignored: list[nn.Module] = ()) -> ChannelGroups:
-    """The channel groups of `model` (traced on `example`): every group but the `head`'s outputs
+    """The channel groups of `model` (traced on `example`): every group but the `heads`' outputs
     (the classes) and those that touch an `ignored` layer (the user's `model.ignore`)."""
     import torch_pruning as tp
 
@@ -107,7 +107,7 @@ def discover(model: nn.Module, example: torch.Tensor, head: nn.Module,
         warnings.simplefilter("ignore")  # Torch-Pruning's note on layer-scale parameters
         try:
             dg = dependency_graph(model, example)
-            groups = list(dg.get_all_groups(ignored_layers=[head, *ignored],
+            groups = list(dg.get_all_groups(ignored_layers=[*heads, *ignored],
                                             root_module_types=(nn.Conv2d, nn.Linear)))
         except SplitMappingError as e:
             raise ChannelGraphError(str(e)) from e

@@ -51,7 +51,7 @@ class Trace:
     pools: list[Pool] = field(default_factory=list)
     normalizations: list[Normalize] = field(default_factory=list)  # F.normalize calls, in order
     residual_blocks: list[str] = field(default_factory=list)
-    output_layer: str | None = None  # the layer whose output is the network's output
+    output_layers: tuple[str, ...] = ()  # the layers whose outputs are the logits (summed)
     # reshapes that split the channels of an NCHW tensor into several dimensions, or merge
     # several into them (channel shuffles, space-to-depth): (module, input shape, output shape)
     channel_reshapes: list[tuple[str, tuple[int, ...], tuple[int, ...]]] = field(default_factory=list)
@@ -193,7 +193,7 @@ def trace(model: nn.Module, example: torch.Tensor, layers: tuple[type, ...]) -> 
             h.remove()
         model.train(was_training)
     if isinstance(result, torch.Tensor):
-        out.output_layer = logits_layer(result.grad_fn, produced)
+        out.output_layers = logits_layers(result.grad_fn, produced)
     out.unused, out.unused_parameters = unused_modules(model, ran, result)
     # the innermost modules that add their own input: one block each, not the stage around it
     out.residual_blocks = sorted(a for a in watch.adders
@@ -234,20 +234,25 @@ def _tensors(result) -> list[torch.Tensor]:
     return [t for item in items for t in _tensors(item)]
 
 
-def logits_layer(node, produced: dict) -> str | None:
-    """The layer whose outputs are the logits: the output's own layer, or the one reached by
+def logits_layers(node, produced: dict) -> tuple[str, ...]:
+    """The layers whose outputs are the logits: the output's own layer, or the one reached by
     walking back through ops with a single activation input (pooling, flatten, activations, a
-    norm with its own parameters), as in SqueezeNet's `conv -> ReLU -> pool -> flatten` head.
-    None where the path forks (two heads averaged, a residual): then no one layer makes them."""
+    norm with its own parameters), as in SqueezeNet's `conv -> ReLU -> pool -> flatten` head;
+    through a sum, each summand's (heads averaged: DeiT's, EfficientFormer's distillation head).
+    () where the path forks otherwise, or two summands reach one layer (a residual)."""
     while node is not None:
         if node in produced:
-            return produced[node]
+            return (produced[node],)
         inputs = [n for n, _ in node.next_functions
                   if n is not None and type(n).__name__ != "AccumulateGrad"]
+        if len(inputs) > 1 and type(node).__name__.startswith("AddBackward"):
+            heads = [logits_layers(n, produced) for n in inputs]
+            found = tuple(layer for h in heads for layer in h)
+            return found if all(heads) and len(set(found)) == len(found) else ()
         if len(inputs) != 1 or not _KEEPS_CLASSES.fullmatch(type(node).__name__):
-            return None
+            return ()
         node = inputs[0]
-    return None
+    return ()
 
 
 # autograd nodes that keep each logit on its own channel (no matmul or einsum with a parameter

@@ -86,10 +86,10 @@ class UserModel(Supernet):
         if unknown:
             raise ValueError(f"model.ignore names {unknown}, which {space.source} does not have; "
                              f"its layers are e.g. {[n for n in modules if n][:8]}")
-        if self.trace.output_layer is None:
-            raise ValueError(f"{space.source}: the network's output does not come from one conv "
-                             f"or linear layer (directly, or through pooling, flatten, activations "
-                             f"and scaling), so its classifier cannot be told apart")
+        if not self.trace.output_layers:
+            raise ValueError(f"{space.source}: the network's output does not come from conv or "
+                             f"linear layers (directly, or through pooling, flatten, activations, "
+                             f"scaling and a sum of heads), so its classifier cannot be told apart")
         if self.trace.channel_reshapes:
             where, before, after = self.trace.channel_reshapes[0]
             raise ChannelGraphError(
@@ -102,10 +102,11 @@ class UserModel(Supernet):
                           f"{', '.join(f'{n} ({c:,} params)' for n, c in self.trace.unused.items())}: "
                           f"left out of the cost, kept as they are in the pruned network", stacklevel=2)
         if space.checkpoint:  # only the classifier (the layer the logits come from) may differ
-            for name in load_checkpoint_into(model, space.checkpoint, self.trace.output_layer):
+            for name in load_checkpoint_into(model, space.checkpoint, self.trace.output_layers):
                 warnings.warn(f"{space.checkpoint}: {name} has another class count; left fresh")
         try:
-            self.groups: ChannelGroups = discover(model, self.example, modules[self.trace.output_layer],
+            self.groups: ChannelGroups = discover(model, self.example,
+                                                  [modules[n] for n in self.trace.output_layers],
                                                   [modules[n] for n in space.ignore])
         except ChannelGraphError as e:
             raise ChannelGraphError(f"{space.source}: {e}") from e.__cause__

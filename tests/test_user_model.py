@@ -199,31 +199,41 @@ def test_bad_sources_are_named_with_what_is_allowed(source, message):
 
 
 class TwoHeads(nn.Module):
-    """Two classifiers averaged (as DeiT's distillation head): no one layer makes the logits."""
+    """Two classifiers averaged (as DeiT's and EfficientFormer's distillation heads), or, with
+    `multiply`, a product of them, which no classifier makes."""
 
-    def __init__(self, num_classes: int = 10) -> None:
+    def __init__(self, num_classes: int = 10, multiply: bool = False) -> None:
         super().__init__()
-        self.conv = nn.Conv2d(3, 8, 3)
+        self.conv, self.multiply = nn.Conv2d(3, 8, 3), multiply
         self.head, self.head_dist = nn.Linear(8, num_classes), nn.Linear(8, num_classes)
 
     def forward(self, x):
         x = self.conv(x).mean((2, 3))
-        return (self.head(x) + self.head_dist(x)) / 2
+        return self.head(x) * self.head_dist(x) if self.multiply else (self.head(x) + self.head_dist(x)) / 2
 
 
 def two_heads(num_classes: int = 10) -> TwoHeads:
     return TwoHeads(num_classes)
 
 
-def test_a_classifier_behind_pooling_is_found_and_a_forked_head_refused():
+def multiplied_heads(num_classes: int = 10) -> TwoHeads:
+    return TwoHeads(num_classes, multiply=True)
+
+
+def test_classifiers_behind_pooling_or_summed_are_found_and_other_forks_refused():
     """SqueezeNet's logits come out of conv -> ReLU -> average pooling -> flatten: that conv is
-    the classifier, whose outputs are never pruned; two averaged heads are refused by name."""
+    the classifier, whose outputs are never pruned; two averaged heads are both classifiers; a
+    product of heads is refused by name."""
     net = UserModel(ModelSpaceConfig(source="torchvision:squeezenet1_1"), 3, 10, 64)
-    assert net.trace.output_layer == "classifier.1"
+    assert net.trace.output_layers == ("classifier.1",)
     assert all("classifier.1" not in name for name in net.groups.outputs)
     assert check("torchvision:squeezenet1_1", 64)["gap"] < 1e-5  # slimmed == hard-masked
-    with pytest.raises(ValueError, match="two_heads: the network's output does not come"):
-        UserModel(ModelSpaceConfig(source="tests.test_user_model:two_heads"), 3, 10, 16)
+    net = UserModel(ModelSpaceConfig(source="tests.test_user_model:two_heads"), 3, 10, 16)
+    assert net.trace.output_layers == ("head", "head_dist") and list(net.groups.sizes) == ["conv"]
+    r = check("tests.test_user_model:two_heads", 16)
+    assert exact_cost(r) and r["gap"] <= 1e-5 * r["scale"] and r["model"].head.out_features == 10
+    with pytest.raises(ValueError, match="multiplied_heads: the network's output does not come"):
+        UserModel(ModelSpaceConfig(source="tests.test_user_model:multiplied_heads"), 3, 10, 16)
 
 
 def test_ignored_layers_keep_their_channels_and_unknown_ones_are_refused():
