@@ -18,7 +18,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import re
 import signal
 import subprocess
 import sys
@@ -27,6 +26,8 @@ import warnings
 from pathlib import Path
 
 import torch
+import torch.nn.functional as F
+from torch.overrides import TorchFunctionMode
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -199,14 +200,40 @@ def check_one(source: str, size: int) -> dict:
                 "reason": f"{type(e).__name__}: {str(e).splitlines()[0][:400] if str(e) else ''}"}
     why = verdict(r)
     kept = {k: v for k, v in r.items() if isinstance(v, (int, float, str))}
-    return {**kept, "attention": uses_attention(r["model"]), "status": "fail" if why else "pass", "stage": "verdict" if why else "",
+    return {**kept, "status": "fail" if why else "pass", "stage": "verdict" if why else "",
             "reason": why or "", "left_unpruned": r["left_unpruned"][:3]}
 
 
-def uses_attention(model: torch.nn.Module) -> bool:
-    """Whether the network has token attention (ViT, Swin, LeViT: the transformer work's).
-    timm's `*Attn` channel and kernel attentions (SK, CBAM, halo, bottleneck) are not it."""
-    return any(re.search(r"Attention(2d)?$", type(m).__name__) for m in model.modules())
+class _ProductsOfActivations(TorchFunctionMode):
+    """Sees a matrix product of two activations (tensors that depend on the input), as token
+    attention computes `q @ k^T` and `attention @ v`."""
+    PRODUCTS = {torch.matmul, torch.Tensor.matmul, torch.Tensor.__matmul__, torch.bmm,
+                torch.Tensor.bmm, torch.baddbmm, torch.einsum}
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.found = False
+
+    def __torch_function__(self, func, types, args=(), kwargs=None):
+        if func is F.scaled_dot_product_attention:
+            self.found = True
+        elif func in self.PRODUCTS:
+            flat = [t for a in args for t in (a if isinstance(a, (list, tuple)) else [a])]
+            self.found |= sum(isinstance(t, torch.Tensor) and t.requires_grad for t in flat) >= 2
+        return func(*args, **(kwargs or {}))
+
+
+def uses_attention(model: torch.nn.Module, size: int) -> bool:
+    """Whether the network has token attention (the transformer work's): a product of two
+    activations in its forward, with its parameters frozen so that only what the input reaches
+    requires grad. SE, ECA, CBAM and SK gates multiply elementwise and are not it."""
+    for p in model.parameters():
+        p.requires_grad_(False)
+    watch = _ProductsOfActivations()
+    with watch, warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        model.eval()(torch.zeros(1, 3, size, size, requires_grad=True))
+    return watch.found
 
 
 def run_isolated(source: str, size: int) -> dict:
@@ -244,12 +271,10 @@ def run_isolated(source: str, size: int) -> dict:
             "peak_gb": round(usage.ru_maxrss / 2**20, 2)}  # Linux reports KiB
 
 
-def _attention_of(source: str) -> bool | None:
-    """`uses_attention` of the network built on the meta device (no memory, no weights)."""
+def _attention_of(source: str, size: int) -> bool | None:
+    """`uses_attention` of the network (None: it does not build or run at this size)."""
     try:
-        with torch.device("meta"), warnings.catch_warnings():
-            warnings.simplefilter("ignore")
-            return uses_attention(build_source(source, 10, 3))
+        return uses_attention(build_source(source, 10, 3), size)
     except Exception:
         return None
 
@@ -330,7 +355,7 @@ if __name__ == "__main__":
     args = parser.parse_args()
     if args.one:  # every line of model code runs here, in the child: first the attention flag
         torch.set_num_threads(1)
-        print(json.dumps({"attention": _attention_of(args.one)}), flush=True)
+        print(json.dumps({"attention": _attention_of(args.one, args.size)}), flush=True)
         print(json.dumps(check_one(args.one, args.size)), flush=True)
     elif args.all:
         run_all(args.part, args.only.split(",") if args.only else None)

@@ -4,8 +4,11 @@ network fails."""
 from __future__ import annotations
 
 import pytest
+import torch
+import torchvision
 
 import benchmarks.support_matrix as matrix
+from tests.test_user_model import SpareNet
 
 SPARE = "tests.test_user_model:spare_net"
 
@@ -47,21 +50,42 @@ def test_a_model_past_the_memory_limit_is_killed_and_a_crash_is_named(monkeypatc
     monkeypatch.undo()
     r = matrix.run_isolated("tests.test_support_matrix:exits", 8)
     assert (r["stage"], r["reason"]) == ("crash", "the process exited with 3: leaving now")
-    assert r["attention"] is False  # the child's first line, from the meta-device build
+    assert r["attention"] is False  # the child's first line, from the first build
+
+
+_BUILDS = []
 
 
 def exits(num_classes: int = 10):
-    """A factory whose process dies without a Python error (as one killed by the OS does),
-    once it builds for real (on the meta device it builds a plain network)."""
+    """A factory whose process dies without a Python error (as one killed by the OS does) the
+    second time it builds (the first build, which looks for attention, gets a plain network)."""
     import os
     import sys
 
-    import torch
-    if torch.empty(0).device.type == "meta":
+    _BUILDS.append(num_classes)
+    if len(_BUILDS) == 1:
         from tests.test_user_model import SpareNet
         return SpareNet(num_classes)
     print("leaving now", file=sys.stderr, flush=True)
     os._exit(3)
+
+
+class Attending(torch.nn.Module):
+    """Token self-attention: a product of two activations."""
+
+    def __init__(self, num_classes: int = 10) -> None:
+        super().__init__()
+        self.qk, self.fc = torch.nn.Conv2d(3, 8, 1), torch.nn.Linear(8, num_classes)
+
+    def forward(self, x):
+        t = self.qk(x).flatten(2)  # (N, C, HW)
+        return self.fc((torch.softmax(t.transpose(1, 2) @ t, -1) @ t.transpose(1, 2)).mean(1))
+
+
+@pytest.mark.parametrize("model, attends", [(Attending(), True), (SpareNet(), False),
+                                            (torchvision.models.mobilenet_v3_small(), False)])
+def test_attention_is_a_product_of_two_activations_and_se_gates_are_not(model, attends):
+    assert matrix.uses_attention(model, 16) is attends
 
 
 def test_a_failure_names_the_step_it_stopped_at():
