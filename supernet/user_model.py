@@ -409,11 +409,12 @@ class UserModel(Supernet):
 
     def _layers_counted_differently(self, model: nn.Module) -> list[str]:
         """'layer: fvcore MACs, params / ours' for every counted layer where they differ."""
-        from fvcore.nn import FlopCountAnalysis, parameter_count
+        from fvcore.nn import parameter_count
+
+        from maskednas.export.flops import flop_analysis
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
-            analysis = FlopCountAnalysis(model.eval(), self.example)
-            flops = analysis.unsupported_ops_warnings(False).uncalled_modules_warnings(False).by_module()
+            flops = flop_analysis(model.eval(), self.example).by_module()
         params = parameter_count(model)
         full = self.full_widths()
         out = []
@@ -528,8 +529,7 @@ def _logits(out, net: UserModel) -> torch.Tensor:
 
 
 def _by_operator(model: nn.Module, example: torch.Tensor) -> dict[str, int]:
-    from fvcore.nn import FlopCountAnalysis
+    from maskednas.export.flops import flop_analysis
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        analysis = FlopCountAnalysis(model.eval(), example).unsupported_ops_warnings(False)
-        return dict(analysis.by_operator())
+        return dict(flop_analysis(model.eval(), example).by_operator())

@@ -508,6 +508,21 @@ def test_a_removed_block_called_with_more_arguments_returns_its_input():
     assert torch.equal(model(x), model.fc(torch.relu(model.stem(x)).mean((2, 3))))
 
 
+def same_padded_net(num_classes: int = 10) -> nn.Module:
+    return nn.Sequential(nn.Conv2d(3, 8, 3, padding="same"), nn.ReLU(), nn.Conv2d(8, 8, 5, padding="same"),
+                         nn.ReLU(), nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(8, num_classes))
+
+
+def test_string_padded_convolutions_are_counted():
+    """fvcore has no handle for them (`aten::_convolution_mode`) and counted ConvMixer's depthwise
+    convolutions as 0; its report now counts them as any other convolution."""
+    from maskednas.export.flops import fvcore_report
+    macs, _, _ = fvcore_report(same_padded_net(), torch.zeros(1, 3, 8, 8))
+    assert macs == 8 * 8 * (8 * 3 * 9 + 8 * 8 * 25) + 8 * 64 + 8 * 10  # convs, pooling, linear
+    r = check(f"{__name__}:same_padded_net", 8)
+    assert exact_cost(r) and r["macs"] < r["dense_macs"]
+
+
 def test_distillation_without_trained_weights_is_refused():
     with pytest.raises(ConfigError, match="model.checkpoint is unset"):
         load_config(ROOT / "configs" / "prune_model.yaml", ["finetune.kd_weight=0.5"])
