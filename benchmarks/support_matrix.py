@@ -279,9 +279,21 @@ def _attention_of(source: str, size: int) -> bool | None:
         return None
 
 
-def run_all(part: str, only: list[str] | None = None) -> None:
-    """Every model of `part` (or those in `only`, rechecked at the size they ran at), each row
-    written into the results file as it finishes."""
+def _check_at_its_size(source: str, size: int) -> dict:
+    r = run_isolated(source, size)
+    if (r["stage"] == "build" and r["reason"].startswith(("RuntimeError", "AssertionError"))
+            and size < default_size(source)):
+        # a forward that fails at 64x64 (feature maps shrunk to nothing, a position embedding
+        # or a block size asserted): its own size
+        r = {**run_isolated(source, default_size(source)), "at_64": r["reason"]}
+    return r
+
+
+def run_all(part: str, only: list[str] | None = None, jobs: int = 1) -> None:
+    """Every model of `part` (or those in `only`, rechecked at the size they ran at), `jobs`
+    child processes at a time, each row written into the results file as it finishes."""
+    from concurrent.futures import ThreadPoolExecutor, as_completed
+
     path = RESULTS / "support-matrix-all.json"
     results = json.loads(path.read_text()) if path.exists() else {}
     rows = results.setdefault(part, {})
@@ -295,16 +307,15 @@ def run_all(part: str, only: list[str] | None = None) -> None:
         models = torchvision_models() if part == "torchvision" else timm_models(skipped)
         if skipped:
             results[f"{part} families skipped"] = skipped
-    for source, size in models.items():
-        r = run_isolated(source, size)
-        if (r["stage"] == "build" and r["reason"].startswith(("RuntimeError", "AssertionError"))
-                and size < default_size(source)):
-            # a forward that fails at 64x64 (feature maps shrunk to nothing, a position
-            # embedding or a block size asserted): its own size
-            r = {**run_isolated(source, default_size(source)), "at_64": r["reason"]}
-        rows[source] = r
-        print(f"{source}: {r['status']} {r.get('reason', '')[:160]} ({r['wall_s']} s)", flush=True)
-        path.write_text(json.dumps(results, indent=1))  # each model kept as it finishes
+    with ThreadPoolExecutor(jobs) as pool:  # threads only wait on the child processes
+        running = {pool.submit(_check_at_its_size, s, size): s for s, size in models.items()}
+        for done in as_completed(running):
+            source, r = running[done], done.result()
+            rows[source] = r
+            print(f"{source}: {r['status']} {r.get('reason', '')[:160]} ({r['wall_s']} s)", flush=True)
+            ordered = {s: rows[s] for s in [*models, *rows] if s in rows}  # the models' order
+            results[part] = rows = ordered
+            path.write_text(json.dumps(results, indent=1))  # each model kept as it finishes
     (RESULTS / "support-matrix-all.md").write_text(matrix_markdown(results))
 
 
@@ -350,6 +361,8 @@ if __name__ == "__main__":
     parser.add_argument("--part", choices=("torchvision", "timm"), default="torchvision")
     parser.add_argument("--only", help="with --all: recheck these models only (comma-separated "
                         "sources), keeping the other rows of the results file")
+    parser.add_argument("--jobs", type=int, default=1, help="with --all: models checked at once "
+                        "(each child uses one thread; more than the cores slows each past its limit)")
     parser.add_argument("--one", help=argparse.SUPPRESS)  # a child of --all: one model
     parser.add_argument("--size", type=int, default=64, help=argparse.SUPPRESS)
     args = parser.parse_args()
@@ -358,6 +371,8 @@ if __name__ == "__main__":
         print(json.dumps({"attention": _attention_of(args.one, args.size)}), flush=True)
         print(json.dumps(check_one(args.one, args.size)), flush=True)
     elif args.all:
-        run_all(args.part, args.only.split(",") if args.only else None)
+        if args.jobs < 1:
+            raise SystemExit(f"--jobs {args.jobs}: allowed is 1 or more")
+        run_all(args.part, args.only.split(",") if args.only else None, args.jobs)
     else:
         main()

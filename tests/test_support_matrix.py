@@ -3,6 +3,8 @@ in its own process under time and memory limits, and a verdict that a wrong or b
 network fails."""
 from __future__ import annotations
 
+import json
+
 import pytest
 import torch
 import torchvision
@@ -105,3 +107,14 @@ def test_the_markdown_counts_networks_with_and_without_attention_and_lists_every
     assert "without token attention: 1 of 1 pass; with it (the transformer work's): 0 of 1" in text
     assert "| b | 224 | yes | build | X: y/z |" in text and "Passing: a." in text
     assert text.index("| b | 224 |  | 7.0 | 2.0 |") < text.index("| a | 64 | 1.0 | 5.0 | 1.0 |")
+
+
+def test_run_all_checks_models_in_parallel_children_and_keeps_their_order(tmp_path, monkeypatch):
+    models = {SPARE: 8, "tests.test_user_model:sliced_net": 8}
+    monkeypatch.setattr(matrix, "RESULTS", tmp_path)
+    monkeypatch.setattr(matrix, "torchvision_models", lambda: models)
+    matrix.run_all("torchvision", jobs=2)
+    rows = json.loads((tmp_path / "support-matrix-all.json").read_text())["torchvision"]
+    assert list(rows) == list(models) and [r["status"] for r in rows.values()] == ["pass", "fail"]
+    assert rows["tests.test_user_model:sliced_net"]["reason"].startswith("barely pruned")
+    assert "## torchvision: 1 of 2 pass" in (tmp_path / "support-matrix-all.md").read_text()
