@@ -148,6 +148,11 @@ def discover(model: nn.Module, example: torch.Tensor, heads: list[nn.Module],
             spaces = {"param": out.params, "input": out.inputs, "output": out.outputs}[side]
             if name not in spaces:
                 spaces[name] = ChannelSpace(_space_size(model, name, side))
+            if max(idxs) >= spaces[name].size:  # the graph's index mapping went wrong upstream
+                raise ChannelGraphError(
+                    f"Torch-Pruning's dependency graph maps channel {max(idxs)} of {root_name}'s group "
+                    f"into the {side} of {name}, which has {spaces[name].size} channels: it "
+                    f"misreads an op between them, so this network cannot be pruned here")
             order = sorted(range(len(idxs)), key=lambda k: (roots[k], idxs[k]))  # by group channel
             spaces[name].slices.append(Slice(key, torch.tensor([idxs[k] for k in order]), len(idxs) // size))
             out.members[key].add(name)

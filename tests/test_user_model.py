@@ -18,6 +18,7 @@ from benchmarks.cifar_resnet import resnet20
 from benchmarks.support_matrix import MODELS, check, exact_cost
 from maskednas.export.model_source import ModelSourceError, build_source, drop_auxiliary_heads
 from maskednas.pipeline.config import ConfigError, load_config
+from maskednas.supernet.channel_groups import ChannelGraphError
 from maskednas.supernet.model_trace import _reshapes_channels
 from maskednas.supernet.user_model import ModelSpaceConfig, UserModel
 
@@ -726,3 +727,11 @@ def test_a_torch_pruning_failure_is_one_line_naming_the_op_it_mapped():
                               "fails where the network maps channels through a split or chunk of "
                               "the channels (ZeroDivisionError: integer division or modulo by zero)")
     assert "\n" not in message
+
+
+def test_a_channel_mapped_past_a_layers_width_refuses_the_network():
+    """Torch-Pruning maps a DPN-48b channel past a layer's width (an op between them misread):
+    refused at build, before any search, not pruned into a crash."""
+    with pytest.raises(ChannelGraphError, match=r"timm:dpn48b: Torch-Pruning's dependency graph "
+                       r"maps channel \d+ of .* which has \d+ channels: it misreads an op"):
+        UserModel(ModelSpaceConfig(source="timm:dpn48b"), 3, 10, 32)
