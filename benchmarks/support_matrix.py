@@ -209,13 +209,14 @@ class _ProductsOfActivations(TorchFunctionMode):
     attention computes `q @ k^T` and `attention @ v`."""
     PRODUCTS = {torch.matmul, torch.Tensor.matmul, torch.Tensor.__matmul__, torch.bmm,
                 torch.Tensor.bmm, torch.baddbmm, torch.einsum}
+    ATTENTIONS = {F.scaled_dot_product_attention, F.multi_head_attention_forward}  # one call each
 
     def __init__(self) -> None:
         super().__init__()
         self.found = False
 
     def __torch_function__(self, func, types, args=(), kwargs=None):
-        if func is F.scaled_dot_product_attention:
+        if func in self.ATTENTIONS:
             self.found = True
         elif func in self.PRODUCTS:
             flat = [t for a in args for t in (a if isinstance(a, (list, tuple)) else [a])]
@@ -227,12 +228,17 @@ def uses_attention(model: torch.nn.Module, size: int) -> bool:
     """Whether the network has token attention (the transformer work's): a product of two
     activations in its forward, with its parameters frozen so that only what the input reaches
     requires grad. SE, ECA, CBAM and SK gates multiply elementwise and are not it."""
-    for p in model.parameters():
-        p.requires_grad_(False)
+    trained = [p for p in model.parameters() if p.requires_grad]
     watch = _ProductsOfActivations()
-    with watch, warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        model.eval()(torch.zeros(1, 3, size, size, requires_grad=True))
+    try:
+        for p in trained:
+            p.requires_grad_(False)
+        with watch, warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            model.eval()(torch.zeros(1, 3, size, size, requires_grad=True))
+    finally:
+        for p in trained:
+            p.requires_grad_(True)
     return watch.found
 
 
@@ -307,13 +313,14 @@ def run_all(part: str, only: list[str] | None = None, jobs: int = 1) -> None:
         models = torchvision_models() if part == "torchvision" else timm_models(skipped)
         if skipped:
             results[f"{part} families skipped"] = skipped
+    before = list(rows)  # rows of an earlier run stay where they were
     with ThreadPoolExecutor(jobs) as pool:  # threads only wait on the child processes
         running = {pool.submit(_check_at_its_size, s, size): s for s, size in models.items()}
         for done in as_completed(running):
             source, r = running[done], done.result()
             rows[source] = r
             print(f"{source}: {r['status']} {r.get('reason', '')[:160]} ({r['wall_s']} s)", flush=True)
-            ordered = {s: rows[s] for s in [*models, *rows] if s in rows}  # the models' order
+            ordered = {s: rows[s] for s in [*before, *models] if s in rows}  # the models' order
             results[part] = rows = ordered
             path.write_text(json.dumps(results, indent=1))  # each model kept as it finishes
     (RESULTS / "support-matrix-all.md").write_text(matrix_markdown(results))

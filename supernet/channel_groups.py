@@ -12,6 +12,7 @@ to, at which indices. Width, cost and gating are all computed from these spaces.
 from __future__ import annotations
 
 import collections
+import contextlib
 import warnings
 from dataclasses import dataclass, field
 
@@ -87,32 +88,44 @@ def _why_unsupported(module: nn.Module) -> str | None:
     return None
 
 
+@contextlib.contextmanager
 def dependency_graph(model: nn.Module, example: torch.Tensor):
     """Torch-Pruning's dependency graph of `model`, its splits and concatenations mapped from
-    what the forward did (`graph_mapping`); the one graph finding the groups and pruning them."""
+    what the forward did (`graph_mapping`) while the context lasts: Torch-Pruning redoes its
+    index mappings in every `get_pruning_group`, so finding the groups and pruning them both
+    happen inside it."""
     import torch_pruning as tp
-    with mapped_by_the_forward():
-        return tp.DependencyGraph().build_dependency(model, example_inputs=example)
+    with mapped_by_the_forward() as recorded:
+        with recorded:  # the forward of the build: the sizes of every torch.cat
+            graph = tp.DependencyGraph().build_dependency(model, example_inputs=example)
+        yield graph
 
 
 def discover(model: nn.Module, example: torch.Tensor, heads: list[nn.Module],
              ignored: list[nn.Module] = ()) -> ChannelGroups:
     """The channel groups of `model` (traced on `example`): every group but the `heads`' outputs
     (the classes) and those that touch an `ignored` layer (the user's `model.ignore`)."""
-    import torch_pruning as tp
-
     names = {m: n for n, m in model.named_modules()}
     param_names = {p: n for n, p in model.named_parameters()}
-    with warnings.catch_warnings():
+    with warnings.catch_warnings(), contextlib.ExitStack() as stack:
         warnings.simplefilter("ignore")  # Torch-Pruning's note on layer-scale parameters
         try:
-            dg = dependency_graph(model, example)
+            dg = stack.enter_context(dependency_graph(model, example))
             groups = list(dg.get_all_groups(ignored_layers=[*heads, *ignored],
                                             root_module_types=(nn.Conv2d, nn.Linear)))
         except SplitMappingError as e:
             raise ChannelGraphError(str(e)) from e
         except Exception as e:  # its index mapping fails on some ops: name the op, not the crash
             raise ChannelGraphError(_graph_failure(e)) from e
+        out = _channel_spaces(model, dg, groups, names, param_names, ignored)
+    _link_grouped_convs(model, out)
+    return out
+
+
+def _channel_spaces(model: nn.Module, dg, groups, names: dict, param_names: dict,
+                    ignored) -> ChannelGroups:
+    """Each group's channels in every layer it reaches, or why it is left whole."""
+    import torch_pruning as tp
     out = ChannelGroups({}, {}, {}, {}, {}, {})
     for group in groups:
         root = group[0].dep
@@ -148,16 +161,26 @@ def discover(model: nn.Module, example: torch.Tensor, heads: list[nn.Module],
             spaces = {"param": out.params, "input": out.inputs, "output": out.outputs}[side]
             if name not in spaces:
                 spaces[name] = ChannelSpace(_space_size(model, name, side))
-            if max(idxs) >= spaces[name].size:  # the graph's index mapping went wrong upstream
-                raise ChannelGraphError(
-                    f"Torch-Pruning's dependency graph maps channel {max(idxs)} of {root_name}'s group "
-                    f"into the {side} of {name}, which has {spaces[name].size} channels: it "
-                    f"misreads an op between them, so this network cannot be pruned here")
+            if max(idxs) >= spaces[name].size:
+                raise _misread(f"maps channel {max(idxs)} of {root_name}'s group into the {side} of "
+                               f"{name}, which has {spaces[name].size} channels")
+            if len(set(idxs)) < len(idxs):
+                raise _misread(f"maps two channels of {root_name}'s group to one position of the "
+                               f"{side} of {name}")
             order = sorted(range(len(idxs)), key=lambda k: (roots[k], idxs[k]))  # by group channel
             spaces[name].slices.append(Slice(key, torch.tensor([idxs[k] for k in order]), len(idxs) // size))
             out.members[key].add(name)
-    _link_grouped_convs(model, out)
+    for side, spaces in (("input", out.inputs), ("output", out.outputs), ("param", out.params)):
+        for name, space in spaces.items():
+            taken = torch.cat([s.index for s in space.slices])
+            if len(torch.unique(taken)) < len(taken):
+                raise _misread(f"maps two groups to the same positions of the {side} of {name}")
     return out
+
+
+def _misread(what: str) -> "ChannelGraphError":
+    return ChannelGraphError(f"Torch-Pruning's dependency graph {what}: it misreads an op before "
+                             f"that layer, so this network cannot be pruned here")
 
 
 class ChannelGraphError(ValueError):
@@ -214,7 +237,7 @@ def _link_grouped_convs(model: nn.Module, out: ChannelGroups) -> None:
         if not (whole(ins, m.in_channels) and whole(outs, m.out_channels)):
             for space in (ins, outs):
                 for group in {s.group for s in (space.slices if space else [])}:
-                    _leave_whole(out, group, f"{name} is a grouped convolution whose inputs or outputs "
+                    leave_whole(out, group, f"{name} is a grouped convolution whose inputs or outputs "
                                              f"are not one whole channel group")
             continue
         (into, a_index), (merged, b_index) = [(s.group, s.index) for s in (ins.slices[0], outs.slices[0])]
@@ -237,7 +260,7 @@ def _link_grouped_convs(model: nn.Module, out: ChannelGroups) -> None:
     out.grouped_convs = [n for n in out.grouped_convs if out.outputs[n].slices and out.inputs[n].slices]
 
 
-def _leave_whole(out: ChannelGroups, group: str, why: str) -> None:
+def leave_whole(out: ChannelGroups, group: str, why: str) -> None:
     """Drop `group` from the pruned ones: its layers keep all its channels."""
     if group not in out.sizes:
         return

@@ -82,9 +82,11 @@ def _map_split(split_node) -> None:
 
 @contextlib.contextmanager
 def mapped_by_the_forward():
-    """Torch-Pruning's graph builder with each split's parts found by the part each consumer
-    reads (its `split_sizes`, which its shape inference reads per consumer, and its index
-    mappings) and each concatenation's piece sizes those of the call."""
+    """While it lasts, Torch-Pruning's index mappings (which its graph builder sets and each
+    `get_pruning_group` redoes) find each split's parts by the part each consumer reads (its
+    `split_sizes`, which its shape inference reads per consumer, and its index mappings) and
+    take each concatenation's piece sizes from the call. Yields the recorder of those calls,
+    to be active around the graph build."""
     from torch_pruning import ops
     from torch_pruning.dependency import index_mapping
 
@@ -93,6 +95,12 @@ def mapped_by_the_forward():
 
     def update(graph):
         for node in graph.module2node.values():
+            # Torch-Pruning's own split and concatenation ops, set when the graph is built (its
+            # pruning updates their sizes since)
+            ours = node.type in (ops.OPTYPE.CONCAT, ops.OPTYPE.SPLIT)
+            if not ours or getattr(node.module, "from_the_forward", False):
+                continue
+            node.module.from_the_forward = True
             if node.type == ops.OPTYPE.CONCAT and len(recorded.sizes.get(node.grad_fn, ())) == len(node.inputs):
                 # the pieces in call order: one graph input per piece, as the call had them
                 if [f for f, _ in node.grad_fn.next_functions] == [n.grad_fn for n in node.inputs]:
@@ -109,7 +117,6 @@ def mapped_by_the_forward():
     index_mapping.update_split_index_mapping = lambda graph, node: (
         _map_split(node) if getattr(node.module, "parts", None) is not None else None)
     try:
-        with recorded:
-            yield
+        yield recorded
     finally:
         index_mapping.update_index_mapping, index_mapping.update_split_index_mapping = original_update, original_split

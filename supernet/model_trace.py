@@ -55,6 +55,9 @@ class Trace:
     # reshapes that split the channels of an NCHW tensor into several dimensions, or merge
     # several into them (channel shuffles, space-to-depth): (module, input shape, output shape)
     channel_reshapes: list[tuple[str, tuple[int, ...], tuple[int, ...]]] = field(default_factory=list)
+    # layers without parameters of their own (a norm without affine weights: Torch-Pruning's
+    # groups never reach it) -> the layers whose output channels they read
+    weightless: dict[str, tuple[str, ...]] = field(default_factory=dict)
     unused: dict[str, int] = field(default_factory=dict)  # outermost module never run -> its params
     unused_parameters: set[str] = field(default_factory=set)  # the parameters counted there
 
@@ -85,7 +88,8 @@ class _Watch(TorchFunctionMode):
             self.trace.normalizations.append(Normalize(producer, dim, over))
         result = func(*args, **kwargs)
         mode = kwargs.get("mode", args[3] if len(args) > 3 else "nearest")
-        if func is F.interpolate and args[0].ndim == 4 and mode in _UPSAMPLE_COUNTS:
+        if (func is F.interpolate and args[0].ndim == 4 and mode in _UPSAMPLE_COUNTS
+                and not kwargs.get("antialias", False)):  # fvcore counts no antialiased one
             self.trace.pools.append(Pool(_channel_producers(args[0], self.produced, "an upsampling"),
                                          result.shape[-2] * result.shape[-1] * _UPSAMPLE_COUNTS[mode],
                                          self.stack[-1][0] if self.stack else ""))
@@ -174,6 +178,11 @@ def trace(model: nn.Module, example: torch.Tensor, layers: tuple[type, ...]) -> 
             ran.add(name)
             if isinstance(module, layers) and isinstance(output, torch.Tensor):
                 out.shapes[name] = (tuple(args[0].shape), tuple(output.shape))
+                if args[0].grad_fn is not None and not any(True for _ in module.parameters(recurse=False)):
+                    try:
+                        out.weightless[name] = _channel_producers(args[0], produced, name)
+                    except ValueError:  # it reads no layer's channels
+                        pass
                 if output.grad_fn is not None:
                     produced[output.grad_fn] = name
                 watch.linear[name] = isinstance(module, nn.Linear)

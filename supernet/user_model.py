@@ -28,7 +28,7 @@ from maskednas.supernet.base import Supernet, one_hot_max, register_space
 from maskednas.ops.layer_rules import LayerRule, rule_for
 from maskednas.ops.cost_polynomial import CostPolynomial
 from maskednas.supernet.channel_groups import (ChannelGraphError, ChannelGroups, dependency_graph,
-                                               discover, group_key, supported_types)
+                                               discover, group_key, leave_whole, supported_types)
 from maskednas.supernet.functional_gates import GatedNormalize
 from maskednas.supernet.gate_index import GateIndex
 from maskednas.supernet.model_trace import trace
@@ -110,6 +110,7 @@ class UserModel(Supernet):
                                                   [modules[n] for n in space.ignore])
         except ChannelGraphError as e:
             raise ChannelGraphError(f"{space.source}: {e}") from e.__cause__
+        self._leave_weightless_norms_whole(modules)
         if self.groups.skipped:
             whole = "; ".join(f"{root}: {why}" for root, why in sorted(self.groups.skipped.items()))
             warnings.warn(f"left unpruned (the channel group of each root layer named): {whole}",
@@ -145,6 +146,20 @@ class UserModel(Supernet):
         self.gate_index = GateIndex(self.groups.sizes,
                                     [*self._gated, *(s for s, _ in filter(None, self._normalize_spaces))])
         self._check_cost(model)
+
+    def _leave_weightless_norms_whole(self, modules: dict[str, nn.Module]) -> None:
+        """A norm over channels with no weight of its own is no member of any channel group, so
+        no gate would reach it: the groups of the channels it reads are left whole."""
+        for name, producers in self.trace.weightless.items():
+            rule = rule_for(modules[name])
+            if rule is None or rule.normalize is None or name in self.groups.inputs or name in self.groups.outputs:
+                continue
+            spaces = [self.groups.outputs.get(p) for p in producers] + [
+                space for param, space in self.groups.params.items()
+                if param.rpartition(".")[0] in producers]
+            for group in {s.group for space in spaces if space is not None for s in space.slices}:
+                leave_whole(self.groups, group, f"{name} normalises over these channels without a "
+                                                f"weight of its own, which no channel gate reaches")
 
     # -- gating ------------------------------------------------------------------------------
     def _attach(self, modules: dict[str, nn.Module]) -> list:
@@ -449,9 +464,8 @@ class UserModel(Supernet):
             for hooks in (m._forward_pre_hooks, m._forward_hooks):
                 for hook_id in ours & hooks.keys():
                     del hooks[hook_id]
-        with warnings.catch_warnings():
+        with warnings.catch_warnings(), dependency_graph(pruned.eval(), self.example) as dg:
             warnings.simplefilter("ignore")
-            dg = dependency_graph(pruned.eval(), self.example)
             grouped = {pruned.get_submodule(n) for n in self.groups.grouped_convs}
             for key, kept in keep.items():
                 root, handler = self.groups.roots[key]

@@ -84,10 +84,24 @@ class Attending(torch.nn.Module):
         return self.fc((torch.softmax(t.transpose(1, 2) @ t, -1) @ t.transpose(1, 2)).mean(1))
 
 
-@pytest.mark.parametrize("model, attends", [(Attending(), True), (SpareNet(), False),
+class TorchAttending(torch.nn.Module):
+    """`nn.MultiheadAttention`, whose products run inside one functional call."""
+
+    def __init__(self, num_classes: int = 10) -> None:
+        super().__init__()
+        self.embed, self.attention = torch.nn.Conv2d(3, 8, 1), torch.nn.MultiheadAttention(8, 2, batch_first=True)
+        self.fc = torch.nn.Linear(8, num_classes)
+
+    def forward(self, x):
+        t = self.embed(x).flatten(2).transpose(1, 2)
+        return self.fc(self.attention(t, t, t, need_weights=False)[0].mean(1))
+
+
+@pytest.mark.parametrize("model, attends", [(Attending(), True), (TorchAttending(), True), (SpareNet(), False),
                                             (torchvision.models.mobilenet_v3_small(), False)])
 def test_attention_is_a_product_of_two_activations_and_se_gates_are_not(model, attends):
     assert matrix.uses_attention(model, 16) is attends
+    assert all(p.requires_grad for p in model.parameters())  # left as it was
 
 
 def test_a_failure_names_the_step_it_stopped_at():

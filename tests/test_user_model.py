@@ -350,6 +350,24 @@ def test_a_split_is_mapped_by_the_part_each_layer_reads_and_keeps_its_sizes():
     assert r["gap"] <= 1e-5 * r["scale"] and exact_cost(r)
 
 
+def test_the_split_mapping_holds_in_every_pruning_group_of_the_graph():
+    """Torch-Pruning redoes its index mappings in each `get_pruning_group`: inside
+    `dependency_graph` a channel of the split's second part still reaches the layers reading
+    that part (at their own index), and one of the first part only the concatenation's reader."""
+    import torch_pruning as tp
+    from maskednas.supernet.channel_groups import dependency_graph
+    model = cross_stage_net()
+    with dependency_graph(model, torch.zeros(1, 3, 8, 8)) as dg:
+        reached = lambda channel: {
+            (type(i.dep.target.module).__name__, int(j)) for i in dg.get_pruning_group(
+                model.exp, tp.prune_conv_out_channels, [channel]).items
+            if i.dep.target.module in (model.inner, model.transition) for j in i.idxs}
+        assert reached(9) == {("Conv2d", 1)} and reached(3) == {("Conv2d", 3)}
+        first = dg.get_pruning_group(model.exp, tp.prune_conv_out_channels, [9])
+        assert any(i.dep.target.module is model.inner for i in first.items)
+        assert not any(i.dep.target.module is model.transition for i in first.items)
+
+
 class DualPathNet(nn.Module):
     """DPN-style: a slice of one layer's channels concatenated with another layer's."""
 
@@ -440,10 +458,10 @@ class RmsNormNet(nn.Module):
     """A conv, a timm RMS-style norm over its channels, a conv: the norm's statistic must be
     that of the kept channels."""
 
-    def __init__(self, num_classes: int = 10, norm: str = "RmsNorm2d") -> None:
+    def __init__(self, num_classes: int = 10, norm: str = "RmsNorm2d", affine: bool = True) -> None:
         from timm.layers import norm as norms
         super().__init__()
-        self.a, self.norm = nn.Conv2d(3, 8, 3, padding=1), getattr(norms, norm)(8)
+        self.a, self.norm = nn.Conv2d(3, 8, 3, padding=1), getattr(norms, norm)(8, affine=affine)
         self.b, self.fc = nn.Conv2d(8, 8, 1), nn.Linear(8, num_classes)
 
     def forward(self, x):
@@ -462,6 +480,19 @@ def simple_norm_net(num_classes: int = 10) -> RmsNormNet:
 
 def rms_norm_last_net(num_classes: int = 10) -> RmsNormNet:
     return RmsNormNet(num_classes, "RmsNorm")
+
+
+def weightless_norm_net(num_classes: int = 10) -> RmsNormNet:
+    return RmsNormNet(num_classes, "RmsNorm2d", affine=False)
+
+
+def test_a_norm_without_weights_leaves_the_channels_it_reads_whole():
+    """Torch-Pruning's groups never reach it, so no gate would: pruning `a` made the pruned
+    network differ from the hard-masked one; now `a`'s group is left whole, `b`'s is pruned."""
+    r = check(f"{__name__}:weightless_norm_net", 8)
+    assert "a: norm normalises over these channels without a weight" in r["left_unpruned"][0]
+    assert r["model"].a.out_channels == 8 and r["model"].b.out_channels < 8
+    assert exact_cost(r) and r["gap"] <= 1e-5 * r["scale"]
 
 
 @pytest.mark.parametrize("builder", ["rms_norm_net", "simple_norm_net", "rms_norm_last_net"])
