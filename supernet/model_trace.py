@@ -6,7 +6,8 @@ classifiers pooling is often a functional call no module hook sees) with the lay
 it reads; every
 `F.normalize` (a functional op that mixes channels when it normalises over them), in call order;
 the residual blocks with an identity shortcut: modules whose forward adds their own input tensor
-to something, found by watching additions under a `TorchFunctionMode`; and the modules the forward
+to something and returns a tensor of its shape, found by watching additions under a
+`TorchFunctionMode`; and the modules the forward
 never runs (auxiliary heads, spare layers), whose parameters the cost leaves out.
 """
 from __future__ import annotations
@@ -176,6 +177,10 @@ def trace(model: nn.Module, example: torch.Tensor, layers: tuple[type, ...]) -> 
         def hook(module, args, output):
             stack.pop()
             ran.add(name)
+            same_shape = (isinstance(output, torch.Tensor) and bool(args) and
+                          isinstance(args[0], torch.Tensor) and output.shape == args[0].shape)
+            if not same_shape:  # adds its input into part of a wider output (ReXNet): skipping
+                watch.adders.discard(name)  # it would return the narrower input
             if isinstance(module, layers) and isinstance(output, torch.Tensor):
                 out.shapes[name] = (tuple(args[0].shape), tuple(output.shape))
                 if args[0].grad_fn is not None and not any(True for _ in module.parameters(recurse=False)):

@@ -555,6 +555,31 @@ def test_string_padded_convolutions_are_counted():
     assert exact_cost(r) and r["macs"] < r["dense_macs"]
 
 
+class WideningBlock(nn.Module):
+    """ReXNet's: the input added into the first channels of a wider output."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv = nn.Conv2d(8, 12, 3, padding=1)
+
+    def forward(self, x):
+        y = self.conv(x)
+        return torch.cat([y[:, :8] + x, y[:, 8:]], 1)
+
+
+def widening_net(num_classes: int = 10) -> nn.Module:
+    return nn.Sequential(nn.Conv2d(3, 8, 3, padding=1), WideningBlock(), nn.Conv2d(12, 8, 1),
+                         nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(8, num_classes))
+
+
+def test_a_block_that_widens_its_input_is_no_residual_block():
+    """Skipping it would return the narrower input: ReXNet's hard-masked network crashed."""
+    net = UserModel(ModelSpaceConfig(source=f"{__name__}:widening_net"), 3, 10, 8)
+    assert net.blocks == []
+    r = check(f"{__name__}:widening_net", 8)
+    assert exact_cost(r) and r["gap"] <= 1e-5 * r["scale"]
+
+
 def test_distillation_without_trained_weights_is_refused():
     with pytest.raises(ConfigError, match="model.checkpoint is unset"):
         load_config(ROOT / "configs" / "prune_model.yaml", ["finetune.kd_weight=0.5"])
