@@ -4,8 +4,8 @@ hard-masked network and the physically pruned one, the analytic MACs against fvc
 of the pruned model, and an export -> load round trip.
 
     python -m benchmarks.support_matrix                      # the README's table (MODELS)
-    python -m benchmarks.support_matrix --all --part torchvision
-    python -m benchmarks.support_matrix --all --part timm   # both parts merge into one file
+    python -m benchmarks.support_matrix --all --part torchvision --jobs 2
+    python -m benchmarks.support_matrix --all --part timm --jobs 2  # both parts merge into one file
     python -m benchmarks.support_matrix --all --part timm --only timm:cspresnet50  # recheck one
 
 `--all` checks every torchvision classification model and the smallest model (by parameters)
