@@ -2,9 +2,9 @@
 
 Convention (identical to fvcore's default `FlopCountAnalysis` handles, and to its convolution
 count for the string-padded convolutions it has no handle for, `export/flops.py`, so analytic
-counts and fvcore's agree to the unit): one multiply-add is one FLOP for convolutions and linear layers
-(bias adds are free); BatchNorm in eval mode costs 2 per output element; adaptive average
-pooling costs 1 per input element; ReLU, max/avg pooling, additions and mask products are free.
+counts and fvcore's agree to the unit): one multiply-add is one FLOP for convolutions and
+linear layers (bias adds are free); BatchNorm in eval mode costs 2 per output element; adaptive
+average pooling costs 1 per input element; ReLU, max/avg pooling, additions and mask products are free.
 
 Channel counts may be floats or tensors: the supernet passes *expected* channel counts so that
 every formula is differentiable with respect to the mask gates.

@@ -2,13 +2,12 @@
 
 Recorded per layer: its input and output shapes (the feature sizes the cost formulas need);
 every adaptive average pooling and upsampling (fvcore counts them; inside SE blocks and before
-classifiers pooling is often a functional call no module hook sees) with the layers whose channels
-it reads; every
-`F.normalize` (a functional op that mixes channels when it normalises over them), in call order;
-the residual blocks with an identity shortcut: modules whose forward adds their own input tensor
-to something and returns a tensor of its shape, found by watching additions under a
-`TorchFunctionMode`; and the modules the forward
-never runs (auxiliary heads, spare layers), whose parameters the cost leaves out.
+classifiers pooling is often a functional call no module hook sees) with the layers whose
+channels it reads; every `F.normalize` (a functional op that mixes channels when it normalises
+over them), in call order; the residual blocks with an identity shortcut: modules whose forward
+adds their own input tensor to something and returns a tensor of its shape, found by watching
+additions under a `TorchFunctionMode`; and the modules the forward never runs (auxiliary heads,
+spare layers), whose parameters the cost leaves out.
 """
 from __future__ import annotations
 

@@ -133,6 +133,7 @@ class UserModel(Supernet):
         # a layer with a rule that Torch-Pruning knows only by its parameter: that one's channels
         self._own_params = {owner(n): space for n, space in self.groups.params.items()
                             if rule_for(model.get_submodule(owner(n))) is not None}
+        self._output_spaces = {**self._own_params, **self.groups.outputs}  # layer -> its output channels
         # loose parameters outside layers with a rule (a rule's cost counts its own parameters)
         self._loose = [(name, space, model.get_parameter(name).numel() // space.size)
                        for name, space in self.groups.params.items() if owner(name) not in self._own_params]
@@ -152,7 +153,8 @@ class UserModel(Supernet):
         no gate would reach it: the groups of the channels it reads are left whole."""
         for name, producers in self.trace.weightless.items():
             rule = rule_for(modules[name])
-            if rule is None or rule.normalize is None or name in self.groups.inputs or name in self.groups.outputs:
+            grouped = name in self.groups.inputs or name in self.groups.outputs
+            if rule is None or rule.normalize is None or grouped:
                 continue
             spaces = [self.groups.outputs.get(p) for p in producers] + [
                 space for param, space in self.groups.params.items()
@@ -171,7 +173,7 @@ class UserModel(Supernet):
             if rule is not None and rule.gate_input is not None and space.slices:
                 handles.append(modules[name].register_forward_pre_hook(self._gate_input(space, rule)))
                 self._gated.append(space)
-        for name, space in {**self._own_params, **self.groups.outputs}.items():
+        for name, space in self._output_spaces.items():
             rule = rule_for(modules[name])
             if rule is not None and rule.normalize is not None and space.slices:
                 handles.append(modules[name].register_forward_hook(self._weighted_norm(space, rule)))
@@ -336,8 +338,7 @@ class UserModel(Supernet):
                                                else rule.channels(m, side))
         out = []
         for name, m, rule, (shape_in, shape_out) in self._counted:
-            outputs = self._own_params if name not in g.outputs and name in self._own_params else g.outputs
-            c_out = width(outputs, name, m, "output")
+            c_out = width(self._output_spaces, name, m, "output")
             c_in = c_out if rule.same_channels else width(g.inputs, name, m, "input")
             out.append(LayerWidths(name, m, rule, c_in, c_out, shape_in, shape_out))
         return out
@@ -349,8 +350,7 @@ class UserModel(Supernet):
 
     def _layer_costs(self, widths) -> list[tuple[str, Cost]]:
         """(layer, cost) of every counted layer and pooling at these group widths."""
-        g = self.groups
-        spaces = {**self._own_params, **g.outputs}  # a layer's output channels
+        spaces = self._output_spaces
         width = lambda name, default: spaces[name].width(widths) if name in spaces else default
         out = [(w.name, w.rule.cost(w.module, w.c_in, w.c_out, w.shape_in, w.shape_out))
                for w in self.layer_widths(widths)]
@@ -510,7 +510,7 @@ class UserModel(Supernet):
             if name not in theirs or not isinstance(out, torch.Tensor):
                 continue
             mine, other = out, theirs[name]
-            space = self.groups.outputs.get(name, self._own_params.get(name))
+            space = self._output_spaces.get(name)
             differs = [d for d in range(mine.ndim) if mine.shape[d] != other.shape[d]]
             if space is not None and len(differs) == 1:
                 mine = mine.index_select(differs[0], space.kept_positions(keep).to(mine.device))

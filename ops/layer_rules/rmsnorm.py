@@ -1,7 +1,8 @@
 """timm's RmsNorm and SimpleNorm (over the last dimension; the `2d` ones over the channels of
-NCHW; float32 variants included, computed here in the input's dtype): x scaled by the reciprocal root of its mean square (RmsNorm)
-or of its unbiased variance (SimpleNorm, which does not centre x), both gate-weighted, which
-over 0/1 gates is exactly the statistic of the kept channels. fvcore counts none of their ops:
+NCHW; float32 variants included, computed here in the input's dtype): x scaled by the
+reciprocal root of its mean square (RmsNorm) or of its unbiased variance (SimpleNorm, which does
+not centre x), both gate-weighted, which over 0/1 gates is exactly the statistic of the kept
+channels. fvcore counts none of their ops:
 the cost is the weight."""
 from __future__ import annotations
 
