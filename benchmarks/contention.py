@@ -32,7 +32,7 @@ RESULTS = Path(__file__).resolve().parents[1] / "benchmarks" / "results"
 
 
 def steps_per_second(searcher, seconds: float) -> float:
-    batches = list(zip(searcher.train_loader, searcher.val_loader))
+    batches = list(zip(searcher.train_loader, searcher.arch_loader))
     searcher.net.train()
     done, start = 0, time.perf_counter()
     while done < 3 or time.perf_counter() - start < seconds:

@@ -39,7 +39,7 @@ def run_once(name: str, config: str, overrides: list[str]) -> dict:
     wall = time.perf_counter() - start
     summary = json.loads((run_dir / "summary-export.json").read_text())
     history = torch.load(run_dir / "search.pt", weights_only=True)["history"]
-    return {"wall_s": wall, "search_val_acc": history[-1]["val_acc"],
+    return {"wall_s": wall, "search_val_acc": history[-1]["arch_acc"],
             "search_expected_macs": history[-1]["expected_macs"],
             "search_discrete_macs": history[-1]["discrete_macs"], **summary}
 

@@ -1,24 +1,34 @@
 """Prune a trained CIFAR ResNet (the user's own module) by this tool and by Torch-Pruning's
-magnitude and BN-scale pruners and L1 filter pruning, at the same MACs, fine-tuned alike.
+magnitude, Taylor and BN-scale pruners (and L1 filter pruning), at the same MACs, fine-tuned alike.
 
-    python -m benchmarks.prune_resnet                    # ResNet-20, 50% and 25%, 2 seeds
+    python -m benchmarks.prune_resnet                    # ResNet-20, 50/25/12%, seeds 0 1 2
+    python -m benchmarks.prune_resnet --seeds 1          # one part: writes ...-seed1.json
+    python -m benchmarks.prune_resnet --merge            # the parts into prune-resnet20.{md,json}
     python -m benchmarks.prune_resnet --depth 56         # ResNet-56
     python -m benchmarks.prune_resnet --quick            # tiny epochs, one seed (CI-sized)
+    python -m benchmarks.prune_resnet --variant kd=search.kd_weight=0.5 ...  # settings of ours
 
-Per seed: the dense network trains on ../shared/data/cifar10_subset.npz (4068 training images)
-for --dense-epochs and is saved as safetensors. Ours is `train.py` with configs/
-prune_cifar_resnet20.yaml pointed at that checkpoint: --search-epochs of bilevel search (weights
-and masks, keep/skip per block), derive, slim, fine-tune with distillation from the dense
-network. Each baseline prunes the dense network to the target with Torch-Pruning (stepped until
-fvcore's MACs reach it), then fine-tunes with the same recipe and distillation for search +
-fine-tune epochs: every pruned network trains as many epochs as ours. Test accuracy, fvcore
-MACs and params, and CPU latency (batch 1 and 64, medians in alternation) of every final model.
-Writes benchmarks/results/prune-resnet<depth>.{md,json}.
+Held-out protocol: 10% of ../shared/data/cifar10_subset.npz's training images (a fixed draw,
+`data.validation_fraction`) are the validation split; nothing trains on them, every setting of
+ours is chosen on them, and the test set is read once per final model for the report.
+
+Per seed: the dense network trains on the rest for --dense-epochs and is saved as safetensors.
+Ours is `train.py` with configs/prune_cifar_resnet20.yaml pointed at that checkpoint:
+--search-epochs of search (weights, masks, keep/skip per block), derive, slim, fine-tune with
+distillation from the dense network; "ours, penalty only" is the same with the loss's gradient
+to the architecture zeroed (`search.arch_loss_weight=0`). Each baseline prunes the dense network
+to the target with Torch-Pruning (stepped until fvcore's MACs reach it; Taylor's gradients from
+two training batches before every step), then fine-tunes with the same recipe and distillation
+for search + fine-tune epochs: every pruned network trains as many epochs as ours. Validation
+and test accuracy, fvcore MACs and params, CPU latency (batch 1 and 64, medians in alternation)
+of every final model, and for ours how the search decided (blocks flipped per epoch, spread of
+the keep-skip margins after the first epoch, the loss's and the penalty's gradient norms).
 """
 from __future__ import annotations
 
 import argparse
 import copy
+import itertools
 import json
 import statistics
 import tempfile
@@ -48,6 +58,7 @@ def baselines():
     imp = tp.importance
     return {  # name -> (importance, global ranking)
         "tp_magnitude": (imp.GroupMagnitudeImportance(p=2), True),
+        "tp_taylor": (imp.GroupTaylorImportance(), True),
         "tp_bn_scale": (imp.BNScaleImportance(), True),
         "l1_filter": (imp.MagnitudeImportance(p=1, group_reduction="first"), False),
     }
@@ -68,9 +79,10 @@ class Bench:
         self.example = torch.zeros(1, 3, 32, 32)
 
     def measured(self, model, start: float, **extra) -> dict:
-        acc = self.ctx.evaluate(self.ctx.prepare(model))["acc"]
+        model = self.ctx.prepare(model)
+        val, test = self.ctx.validate(model)["acc"], self.ctx.evaluate(model)["acc"]
         macs, params, _ = fvcore_report(model.cpu(), self.example)
-        return {"test_acc": acc, "macs": macs, "params": params,
+        return {"val_acc": val, "test_acc": test, "macs": macs, "params": params,
                 "seconds": time.perf_counter() - start, **extra}
 
     def dense(self, seed: int, workdir: Path) -> tuple[torch.nn.Module, Path, dict]:
@@ -83,20 +95,36 @@ class Bench:
         save_file({k: v.contiguous() for k, v in model.state_dict().items()}, str(path))
         return model, path, self.measured(model, start)
 
-    def ours(self, target: float, seed: int, checkpoint: Path, workdir: Path) -> tuple:
+    def ours(self, name: str, overrides: list[str], target: float, seed: int, checkpoint: Path,
+             workdir: Path) -> tuple:
         start = time.perf_counter()
         cfg = load_config(CONFIG, [*self.overrides, f"model.checkpoint={checkpoint}", f"seed={seed}",
-                                   f"search.targets.macs.value={target}", "search.targets.macs.fraction=null"])
-        run_dir = workdir / f"ours-{target:.0f}-{seed}"
+                                   f"search.targets.macs.value={target}", "search.targets.macs.fraction=null",
+                                   *overrides])
+        run_dir = workdir / f"{name}-{target:.0f}-{seed}"
         run(cfg, run_dir, data=self.data, report=lambda line: None)
         model = load(run_dir / "export", trust_source=True)  # this benchmark's own ResNet-20
-        return model, self.measured(model, start, removed_blocks=len(model.arch.removed))
+        history = torch.load(run_dir / "search.pt", weights_only=False)["history"]
+        return model, self.measured(model, start, removed_blocks=len(model.arch.removed),
+                                    search=decision_figures(history))
+
+    def taylor_gradients(self, seed: int):
+        """Taylor importance reads weight x gradient: the gradients of two training batches."""
+        batches = list(itertools.islice(self.ctx.train_loader(seed + 3), 2))
+
+        def before_step(model):
+            model.zero_grad(set_to_none=True)
+            for x, y in batches:  # in eval mode: the dense network's BatchNorm statistics stay
+                torch.nn.functional.cross_entropy(model(x.cpu()), y.cpu()).backward()
+        return before_step
 
     def baseline(self, name: str, target: float, seed: int, dense) -> tuple:
         start = time.perf_counter()
         importance, global_ranking = baselines()[name]
+        before_step = self.taylor_gradients(seed) if name == "tp_taylor" else None
         model = torch_pruning_to_target(copy.deepcopy(dense).eval(), self.example, target,
-                                        importance, global_ranking)
+                                        importance, global_ranking, before_step=before_step)
+        model.zero_grad(set_to_none=True)
         seed_everything(seed)
         epochs = self.args.search_epochs + self.args.finetune_epochs
         ft = replace(self.cfg.finetune, epochs=epochs)
@@ -105,42 +133,101 @@ class Bench:
         return model, self.measured(model, start)
 
 
+def decision_figures(history: list[dict]) -> dict:
+    """How the search decided, from its epochs' metrics: blocks and channels flipped per epoch,
+    the spread of the keep-skip margins after the first epoch, the gradient norms' means."""
+    norms = {k for m in history for k in m if k.startswith("grad_norm/")}
+    return {"decisions_flipped": [m.get("decisions_flipped") for m in history],
+            "channels_flipped": [m.get("channels_flipped") for m in history],
+            "margin_std_after_first_epoch": history[0].get("decision_margin_std") if history else None,
+            **{k: statistics.mean(m[k] for m in history if k in m) for k in sorted(norms)}}
+
+
 def summarize(rows: list[dict], depth: int) -> str:
     def stat(values, fmt):
         return fmt.format(statistics.mean(values)) + (
             f" ± {fmt.format(statistics.stdev(values))}" if len(values) > 1 else "")
     lines = [f"ResNet-{depth} on the CIFAR-10 subset (mean ± std over seeds "
-             f"{sorted({r['seed'] for r in rows})})", "",
-             "| target | method | test acc (%) | MACs | params | CPU ms b=1 | CPU ms b=64 |",
-             "|---|---|---|---|---|---|---|"]
+             f"{sorted({r['seed'] for r in rows})}; validation: 10% of the training images, "
+             f"held out)", "",
+             "| target | method | val acc (%) | test acc (%) | MACs | params | CPU ms b=1 | CPU ms b=64 |",
+             "|---|---|---|---|---|---|---|---|"]
     keys = list(dict.fromkeys((r["fraction"], r["method"]) for r in rows))
     for fraction, method in keys:
         group = [r for r in rows if (r["fraction"], r["method"]) == (fraction, method)]
         lines.append(
-            f"| {'dense' if fraction == 1 else f'{fraction:.0%}'} | {method} | "
+            f"| {'dense' if fraction == 1 else f'{fraction:.1%}'.replace('.0%', '%')} | {method} | "
+            f"{stat([100 * r['val_acc'] for r in group], '{:.2f}')} | "
             f"{stat([100 * r['test_acc'] for r in group], '{:.2f}')} | "
             f"{statistics.mean(r['macs'] for r in group) / 1e6:.2f} M | "
             f"{statistics.mean(r['params'] for r in group) / 1e3:.1f} k | "
             f"{stat([r['ms_b1'] for r in group], '{:.2f}')} | "
             f"{stat([r['ms_b64'] for r in group], '{:.1f}')} |")
+    searches = [r for r in rows if r.get("search")]
+    if searches:
+        lines += ["", "How each search of ours decided (per run: keep/skip decisions flipped in each "
+                  "epoch; std of the keep-skip margins after the first epoch; mean gradient norms "
+                  "of the loss and the penalty on the keep/skip and mask logits)", "",
+                  "| target | method | seed | flips per epoch | margin std | loss: keep/skip, masks "
+                  "| penalty: keep/skip, masks |", "|---|---|---|---|---|---|---|"]
+        for r in searches:
+            d = r["search"]
+            g = lambda part, kind: d.get(f"grad_norm/{part}/{kind}", float("nan"))
+            lines.append(f"| {r['fraction']:.1%} | {r['method']} | {r['seed']} | "
+                         f"{' '.join(str(f) for f in d['decisions_flipped'])} | "
+                         f"{d['margin_std_after_first_epoch']:.3f} | "
+                         f"{g('loss', 'op_logits'):.2e}, {g('loss', 'mask_logits'):.2e} | "
+                         f"{g('penalty', 'op_logits'):.2e}, {g('penalty', 'mask_logits'):.2e} |")
     return "\n".join(lines)
+
+
+def write(rows: list[dict], args, name: str) -> None:
+    args.out.mkdir(parents=True, exist_ok=True)
+    table = summarize(rows, args.depth)
+    (args.out / f"{name}.json").write_text(json.dumps({"args": {k: str(v) for k, v in vars(args).items()},
+                                                      "rows": rows}, indent=2))
+    (args.out / f"{name}.md").write_text(table + "\n")
+    print(table)
+
+
+def variants(args) -> dict[str, list[str]]:
+    """Name -> overrides of each configuration of ours this run compares."""
+    out = {"ours": [], "ours, penalty only": ["search.arch_loss_weight=0"]}
+    for spec in args.variant:
+        name, _, overrides = spec.partition("=")
+        out[f"ours[{name}]"] = [o for o in overrides.split(",") if o]
+    return {k: v for k, v in out.items() if k in args.methods or k.startswith("ours[")}
 
 
 def main(argv=None) -> list[dict]:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--depth", type=int, default=20)
-    p.add_argument("--seeds", type=int, nargs="+", default=[0, 1])
-    p.add_argument("--fractions", type=float, nargs="+", default=[0.5, 0.25])
+    p.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
+    p.add_argument("--fractions", type=float, nargs="+", default=[0.5, 0.25, 0.125])
     p.add_argument("--dense-epochs", type=int, default=30)
     p.add_argument("--search-epochs", type=int, default=6)
     p.add_argument("--finetune-epochs", type=int, default=15)
+    p.add_argument("--methods", nargs="+", default=["ours", "ours, penalty only", *baselines()],
+                   help="of: ours, 'ours, penalty only', " + ", ".join(baselines()))
+    p.add_argument("--variant", action="append", default=[],
+                   help="NAME=override,override: another configuration of ours, as ours[NAME]")
+    p.add_argument("--tag", default="", help="appended to the results' file names")
+    p.add_argument("--merge", action="store_true", help="merge the per-seed parts and stop")
     p.add_argument("--quick", action="store_true", help="1 epoch each, one seed, one target")
     p.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results")
     args = p.parse_args(argv)
+    base = f"prune-resnet{args.depth}{args.tag}"
+    if args.merge:
+        parts = sorted(args.out.glob(f"{base}-seed*.json"))
+        rows = [r for part in parts for r in json.loads(part.read_text())["rows"]]
+        rows.sort(key=lambda r: (-r["fraction"], r["seed"]))
+        write(rows, args, base)
+        return rows
     if args.quick:
         args.seeds, args.fractions = args.seeds[:1], args.fractions[:1]
         args.dense_epochs = args.search_epochs = args.finetune_epochs = 1
     bench, rows = Bench(args), []
+    ours = variants(args)
     with tempfile.TemporaryDirectory() as tmp:
         for seed in args.seeds:
             dense, checkpoint, dense_result = bench.dense(seed, Path(tmp))
@@ -148,9 +235,10 @@ def main(argv=None) -> list[dict]:
             rows.append({"seed": seed, "fraction": 1.0, "method": "dense", **dense_result})
             for fraction in args.fractions:
                 target = fraction * dense_result["macs"]
-                runs = {"ours": lambda: bench.ours(target, seed, checkpoint, Path(tmp))}
+                runs = {name: (lambda n=name, o=ov: bench.ours(n, o, target, seed, checkpoint, Path(tmp)))
+                        for name, ov in ours.items()}
                 runs.update({name: (lambda n=name: bench.baseline(n, target, seed, dense))
-                             for name in baselines()})
+                             for name in baselines() if name in args.methods})
                 for method, go in runs.items():
                     model, result = go()
                     models[f"{method}-{fraction}"] = model
@@ -162,13 +250,8 @@ def main(argv=None) -> list[dict]:
                     if row["seed"] == seed:
                         key = "dense" if row["method"] == "dense" else f"{row['method']}-{row['fraction']}"
                         row[f"ms_b{batch}"] = ms[key]
-    name = f"prune-resnet{args.depth}{'-quick' if args.quick else ''}"
-    args.out.mkdir(parents=True, exist_ok=True)
-    table = summarize(rows, args.depth)
-    (args.out / f"{name}.json").write_text(json.dumps({"args": {k: str(v) for k, v in vars(args).items()},
-                                                      "rows": rows}, indent=2))
-    (args.out / f"{name}.md").write_text(table + "\n")
-    print(table)
+    write(rows, args, f"{base}{'-quick' if args.quick else ''}"
+          + ("" if args.quick or len(args.seeds) > 1 else f"-seed{args.seeds[0]}"))
     return rows
 
 

@@ -27,6 +27,10 @@ class ImageData:
     x_test: torch.Tensor
     y_test: torch.Tensor
     num_classes: int
+    # the validation split, carved from the training set (`held_out`): every choice is made on
+    # it, the test set is read once per final model
+    x_val: torch.Tensor | None = None
+    y_val: torch.Tensor | None = None
 
     @property
     def in_channels(self) -> int:
@@ -44,14 +48,28 @@ class ImageData:
         def shrink(x: torch.Tensor) -> torch.Tensor:
             return resize(x, [size, size], antialias=True)
 
-        return ImageData(self.name, shrink(self.x_train), self.y_train, shrink(self.x_test),
-                         self.y_test, self.num_classes)
+        return replace(self, x_train=shrink(self.x_train), x_test=shrink(self.x_test),
+                       x_val=None if self.x_val is None else shrink(self.x_val))
+
+    def held_out(self, fraction: float, seed: int = 0) -> "ImageData":
+        """`fraction` of the training images (a fixed draw by `seed`, the same for every run)
+        moved into the validation split; the training split keeps the rest."""
+        if not fraction:
+            return self
+        n = len(self.y_train)
+        order = torch.randperm(n, generator=torch.Generator().manual_seed(seed))
+        n_val = max(1, min(n - 1, round(n * fraction)))
+        train, val = order[n_val:].sort().values, order[:n_val].sort().values
+        return replace(self, x_train=self.x_train[train], y_train=self.y_train[train],
+                       x_val=self.x_train[val], y_val=self.y_train[val])
 
     def fingerprint(self) -> str:
         """sha256 of both splits' images and labels (shapes included): a resumed search checks
         that it continues on the data it started on."""
         h = hashlib.sha256()
-        for t in (self.x_train, self.y_train, self.x_test, self.y_test):
+        for t in (self.x_train, self.y_train, self.x_test, self.y_test, self.x_val, self.y_val):
+            if t is None:
+                continue
             t = t.contiguous().cpu()
             h.update(repr((tuple(t.shape), str(t.dtype))).encode())
             h.update(t.numpy().tobytes())

@@ -102,11 +102,13 @@ def torch_pruning_magnitude(model: nn.Module, example: torch.Tensor, target_macs
 
 
 def torch_pruning_to_target(model: nn.Module, example: torch.Tensor, target_macs: float,
-                            importance, global_pruning: bool, steps: int = 200) -> nn.Module:
+                            importance, global_pruning: bool, steps: int = 200,
+                            before_step=None) -> nn.Module:
     """A Torch-Pruning pruner with `importance` (global ranking, or the same ratio in every
     layer), stepped until the model's MACs (counted by fvcore) reach the target; fine steps
     (~0.5% of channels) land it close below. The classifier's outputs are kept. Prunes `model`
-    in place and returns it."""
+    in place and returns it. `before_step(model)` runs before each step (a gradient-based
+    importance such as Taylor's reads the gradients it leaves)."""
     import torch_pruning as tp
 
     from maskednas.export.flops import fvcore_report
@@ -118,5 +120,7 @@ def torch_pruning_to_target(model: nn.Module, example: torch.Tensor, target_macs
     for _ in range(steps):
         if fvcore_report(model, example)[0] <= target_macs:
             break
+        if before_step is not None:
+            before_step(model)
         pruner.step()
     return model

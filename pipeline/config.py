@@ -39,7 +39,10 @@ class DataConfig:
     num_classes: int | None = None  # the intended class count: labels outside 0..N-1 are refused
     resize: int | None = None  # downsample every split to resize x resize (antialiased)
     batch_size: int = 64  # the global batch: under torchrun each of N ranks takes 1/N of it
-    val_fraction: float = 0.5  # of the training set: the architecture step's validation batches
+    # of the training set, held out as the validation split (the same images for every seed):
+    # no run trains on it; the summary reports accuracy on it beside the test set's. 0: none
+    validation_fraction: float = 0.1
+    validation_seed: int = 0
     crop_padding: int = 1
     hflip: bool = False
 
@@ -74,10 +77,17 @@ class SearchConfig:
     epochs: int = 30
     warmup_epochs: int = 5  # weights only: the architecture is frozen (also against DARTS' skip collapse)
     order: int = 1  # 1: first-order DARTS; 2: unrolled step with finite-difference Hessian
-    # the training images the weights step on: all (the architecture's validation batches come
-    # from the held-out data.val_fraction, which the weights also see) or split (DARTS: only the
-    # rest; the weights then see half the data in a search epoch)
-    weight_data: str = "all"
+    # the data the architecture steps on. bilevel (DARTS): `arch_fraction` of the training split,
+    # which the weights never see (they step on the rest); single_level: the same training
+    # images the weights step on (reshuffled). The validation split is in neither.
+    regime: str = "single_level"
+    arch_fraction: float = 0.5
+    # the loss's share of the architecture gradient (the penalty's is 1): 0 is the "penalty only"
+    # ablation, in which the cost alone decides what is pruned
+    arch_loss_weight: float = 1.0
+    # distil from the network as it was before pruning in both steps of the search (the `model`
+    # space with trained weights): loss = (1 - kd) * CE + kd * KL at finetune.kd_temperature
+    kd_weight: float = 0.0
     hessian_eps: float = 0.01  # second order: finite-difference step / |dL_val/dw'| (DARTS)
     # the registered cost targets (supernet/targets: macs, params, latency_ms, peak_memory_kib)
     # the search penalises, e.g. {macs: {fraction: 0.4}, latency_ms: {value: 0.5}}; derivation
@@ -238,8 +248,9 @@ def _build(cls: type, data: dict, prefix: str = "", exclude: tuple[str, ...] = (
     moved = [k for k in unknown if _join(prefix, k) in MOVED_KEYS]
     if moved:
         old, new = _join(prefix, moved[0]), MOVED_KEYS[_join(prefix, moved[0])]
-        raise ConfigError(f"config key '{old}' is now '{new}' (write {new}={data[moved[0]]}; "
-                          f"every registered cost target is configured this way)")
+        value = MOVED_VALUES.get(old, {}).get(data[moved[0]], data[moved[0]])
+        why = "; every registered cost target is configured this way" if ".target" in new else ""
+        raise ConfigError(f"config key '{old}' is now '{new}' (write {new}={value}{why})")
     if unknown:
         where = f"in '{prefix}'" if prefix else "at the top level"
         raise ConfigError(f"unknown config key '{_join(prefix, unknown[0])}'; valid keys {where}: "
@@ -365,7 +376,10 @@ MOVED_KEYS = {"search.target.macs": "search.targets.macs.value",
               "search.target.params_fraction": "search.targets.params.fraction",
               "search.target.latency_ms": "search.targets.latency_ms.value",
               "search.target.latency_fraction": "search.targets.latency_ms.fraction",
-              "derive.macs": "derive.target.macs", "derive.latency_ms": "derive.target.latency_ms"}
+              "derive.macs": "derive.target.macs", "derive.latency_ms": "derive.target.latency_ms",
+              "data.val_fraction": "search.arch_fraction", "search.weight_data": "search.regime"}
+# moved keys whose values were renamed too (old value -> new)
+MOVED_VALUES = {"search.weight_data": {"all": "single_level", "split": "bilevel"}}
 
 
 def upgrade_moved_keys(data: dict) -> list[str]:
@@ -383,6 +397,7 @@ def upgrade_moved_keys(data: dict) -> list[str]:
         value = node.pop(key)
         if value is None:
             continue
+        value = MOVED_VALUES.get(old, {}).get(value, value)
         parts, target = new.split("."), data
         for part in parts[:-1]:
             target = target.setdefault(part, {})
@@ -450,7 +465,9 @@ RANGES: dict[str, Range] = {
     "seed": AT_LEAST_0, "log_every": AT_LEAST_1, "threads": AT_LEAST_1,
     "data.image_size": AT_LEAST_1, "data.resize": AT_LEAST_1, "data.batch_size": AT_LEAST_1,
     "data.num_classes": Range(2),
-    "data.val_fraction": Range(0, 1, low_open=True, high_open=True), "data.crop_padding": AT_LEAST_0,
+    "data.validation_fraction": Range(0, 1, high_open=True), "data.validation_seed": AT_LEAST_0,
+    "search.arch_fraction": Range(0, 1, low_open=True, high_open=True), "data.crop_padding": AT_LEAST_0,
+    "search.arch_loss_weight": AT_LEAST_0, "search.kd_weight": Range(0, 1),
     "search.epochs": AT_LEAST_1, "search.warmup_epochs": AT_LEAST_0,
     "search.hessian_eps": POSITIVE, "search.w_lr": POSITIVE, "search.w_lr_min": AT_LEAST_0,
     "search.w_momentum": PROBABILITY, "search.w_weight_decay": AT_LEAST_0,
@@ -469,7 +486,7 @@ RANGES: dict[str, Range] = {
     "finetune.drop_path": PROBABILITY, "finetune.aux_weight": AT_LEAST_0, "finetune.cutout": AT_LEAST_0,
     "export.calibration_batches": AT_LEAST_1,
 }
-WEIGHT_DATA = ("all", "split")
+REGIMES = ("bilevel", "single_level")
 QUANTIZED = tuple(p for p in PRECISIONS if p != "fp32")
 
 
@@ -491,8 +508,12 @@ def validate(cfg: RunConfig) -> None:
         (s.warmup_epochs <= s.epochs,
          f"search.warmup_epochs must be in [0, search.epochs={s.epochs}], got {s.warmup_epochs}"),
         (s.order in (1, 2), f"search.order must be 1 (first order) or 2 (second order), got {s.order}"),
-        (s.weight_data in WEIGHT_DATA,
-         f"search.weight_data must be one of {', '.join(WEIGHT_DATA)}, got {s.weight_data!r}"),
+        (s.regime in REGIMES,
+         f"search.regime must be one of {', '.join(REGIMES)}, got {s.regime!r}"),
+        (s.kd_weight == 0 or getattr(cfg.space_config, "has_trained_weights", False),
+         f"search.kd_weight distils from the network as it was before pruning: the model space "
+         f"with model.checkpoint or model.pretrained=true has one, this {cfg.space} run does not; "
+         f"set search.kd_weight=0"),
         (f.warmup_epochs <= max(f.epochs, 0),
          f"finetune.warmup_epochs must be in [0, finetune.epochs={f.epochs}], got {f.warmup_epochs}"),
         (s.target.estimator in ESTIMATORS.names(),

@@ -66,10 +66,15 @@ def data_meta(data: ImageData) -> DataMeta:
     return DataMeta(data.name, data.in_channels, data.num_classes, data.image_size, mean, std)
 
 
-def split_train_val(n: int, val_fraction: float, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
+def split_for_search(n: int, regime: str, arch_fraction: float,
+                     seed: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Indices of the training split the weights and the architecture step on: disjoint
+    (bilevel), or both all of it (single_level)."""
+    if regime == "single_level":
+        return torch.arange(n), torch.arange(n)
     order = torch.randperm(n, generator=torch.Generator().manual_seed(seed))
-    n_val = max(1, min(n - 1, round(n * val_fraction)))
-    return order[n_val:], order[:n_val]
+    n_arch = max(1, min(n - 1, round(n * arch_fraction)))
+    return order[n_arch:], order[:n_arch]
 
 
 def loader(cfg: RunConfig, x, y, meta: DataMeta, device, train: bool, seed: int) -> DeviceLoader:
@@ -115,6 +120,7 @@ def latency_model(cfg: RunConfig, net, run_dir: Path | None = None, report=print
 def load_data(cfg: RunConfig) -> ImageData:
     d = cfg.data
     data = load_dataset(d.name, d.path, d.download, d.image_size, d.num_classes)
+    data = data.held_out(d.validation_fraction, d.validation_seed)
     return data.resized(d.resize) if d.resize else data
 
 
@@ -135,14 +141,13 @@ def prepare_search(cfg: RunConfig, run_dir: Path, data: ImageData | None = None,
                               cfg.latency.batch)
     if cfg.sync_bn:  # one process: the same as BatchNorm (its batch is the global one)
         net = parallel.sync_batchnorm(net)
-    train_idx, val_idx = split_train_val(len(data.y_train), cfg.data.val_fraction, cfg.seed)
-    if cfg.search.weight_data == "all":
-        train_idx = torch.arange(len(data.y_train))
+    s = cfg.search
+    train_idx, arch_idx = split_for_search(len(data.y_train), s.regime, s.arch_fraction, cfg.seed)
     train = loader(cfg, data.x_train[train_idx], data.y_train[train_idx], meta, device, True, cfg.seed)
-    val = loader(cfg, data.x_train[val_idx], data.y_train[val_idx], meta, device, True, cfg.seed + 1)
+    arch = loader(cfg, data.x_train[arch_idx], data.y_train[arch_idx], meta, device, True, cfg.seed + 1)
     logger = (logger_factory(run_dir, net, targets)
               if logger_factory and parallel.is_main() else None)
-    return Searcher(cfg, net, train, val, targets, run_dir, logger, latency=latency,
+    return Searcher(cfg, net, train, arch, targets, run_dir, logger, latency=latency,
                     extra_state={"config": to_dict(cfg), "data": asdict(meta),
                                  "data_sha256": data.fingerprint()})
 
@@ -215,6 +220,8 @@ class TrainingContext:
         self.autocast = autocast_factory(device, cfg.amp)
         self.test_loader = loader(cfg, data.x_test, data.y_test, self.meta, device, train=False,
                                   seed=0)
+        self.val_loader = None if data.x_val is None else loader(
+            cfg, data.x_val, data.y_val, self.meta, device, train=False, seed=0)
 
     def train_loader(self, seed: int | None = None) -> DeviceLoader:
         seed = self.cfg.seed + 2 if seed is None else seed
@@ -243,6 +250,12 @@ class TrainingContext:
         """Loss and accuracy on the test split."""
         return evaluate(model, self.test_loader, self.autocast)
 
+    def validate(self, model: torch.nn.Module) -> dict[str, float | None]:
+        """Loss and accuracy on the validation split (None without one): what choices are made on."""
+        if self.val_loader is None:
+            return {"acc": None, "loss": None}
+        return evaluate(model, self.val_loader, self.autocast)
+
     def arrays(self, split: str, batches: int | None = None) -> list[tuple[np.ndarray, np.ndarray]]:
         """Batches of a split as normalised float32 NCHW numpy arrays and labels, preprocessed as
         for evaluation (no augmentation): what ONNX artefacts are calibrated and scored on."""
@@ -255,5 +268,5 @@ class TrainingContext:
 
 __all__ = ["DataMeta", "latency_model", "apply_threads", "TrainingContext",
            "prepare_search", "preflight", "check_ranks", "restore_supernet", "select_device",
-           "seed_everything", "split_train_val", "loader", "load_data", "data_meta",
+           "seed_everything", "split_for_search", "loader", "load_data", "data_meta",
            "build_supernet"]

@@ -103,7 +103,7 @@ def search(cfg: RunConfig, run_dir: Path, data: ImageData, resume: bool = False,
     others = "".join(f", {t.label} {t.show(metrics[f'discrete_{name}'])}"
                      for name in searcher.targets if name != "macs"
                      for t in [COST_TARGETS.get(name)])
-    report(f"search done in {time.perf_counter() - start:.0f}s: val acc {metrics['val_acc']:.3f}, "
+    report(f"search done in {time.perf_counter() - start:.0f}s: arch-batch acc {metrics['arch_acc']:.3f}, "
            f"MACs of the derived network {metrics['discrete_macs']:,.0f} "
            f"(soft expectation {metrics['expected_macs']:,.0f}){others}")
     return SearchOutcome(net, searcher.targets, metrics, searcher.logger, searcher.latency)
@@ -212,7 +212,7 @@ def derive_and_export(cfg: RunConfig, run_dir: Path, data: ImageData, searched: 
     slimmed = derive_and_slim(cfg, net, ctx.meta, budget, next(iter(ctx.test_loader))[0])
     compact = slimmed.model
     recalibrate_batchnorm(compact, train_loader)
-    slim_acc = ctx.evaluate(compact)["acc"]
+    slim_acc, slim_val_acc = ctx.evaluate(compact)["acc"], ctx.validate(compact)["acc"]
     cost = slimmed.derivation.arch.cost()
     reached = (f"{budget.show(budget.of(slimmed.derivation.arch))} (target "
                f"{budget.show(budget.target)})" if budget else f"{cost.macs:,.0f} MACs (no target)")
@@ -229,19 +229,21 @@ def derive_and_export(cfg: RunConfig, run_dir: Path, data: ImageData, searched: 
         # is distilled from when finetune.kd_weight > 0
         compact = ctx.train(compact, teacher=net.distillation_teacher(), logger=logger,
                             train_loader=train_loader)
-    test_metrics = ctx.evaluate(compact)
+    test_metrics, val_metrics = ctx.evaluate(compact), ctx.validate(compact)
 
     meta = ctx.meta
     dense = net.dense_architecture(meta.mean, meta.std)
     dense_cost = dense.cost()
     metrics = {
         "test_acc": test_metrics["acc"], "test_loss": test_metrics["loss"],
-        "slimmed_test_acc": slim_acc, "slim_max_abs_diff": slimmed.gap,
+        "val_acc": val_metrics["acc"], "val_loss": val_metrics["loss"],
+        "slimmed_test_acc": slim_acc, "slimmed_val_acc": slim_val_acc,
+        "slim_max_abs_diff": slimmed.gap,
         "slim_output_scale": slimmed.scale,
         "macs": cost.macs, "params": cost.params,
         **target_figures(cfg, net, searched, budget, slimmed.derivation.arch, dense),
         "dense_macs": dense_cost.macs, "dense_params": dense_cost.params,
-        "search_val_acc": searched.metrics.get("val_acc"), "data": asdict(meta),
+        "search_arch_acc": searched.metrics.get("arch_acc"), "data": asdict(meta),
         "from_scratch": cfg.finetune.from_scratch or bool(cfg.derive.eval_cells),
     }
     for name, f in metrics["cost_targets"].items():  # derivation meets one target; say of the rest

@@ -16,6 +16,9 @@ def summary_table(m: dict) -> str:
          f"({lat['dense_b64'] / lat['slim_b64']:.1f}x faster)"),
         ("test accuracy", "", f"{m['slimmed_test_acc']:.4f} slimmed -> {m['test_acc']:.4f} fine-tuned"),
     ]
+    if m.get("val_acc") is not None:
+        rows.append(("validation accuracy", "", f"{m['slimmed_val_acc']:.4f} slimmed -> "
+                                                f"{m['val_acc']:.4f} fine-tuned"))
     for name, f in m.get("cost_targets", {}).items():  # the run's other targets, as derived
         if name not in ("macs", "params"):
             show = COST_TARGETS.get(name).show

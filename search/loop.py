@@ -24,7 +24,7 @@ from maskednas.search.checkpoint import load_checkpoint, rng_state, save_checkpo
 from maskednas.search.penalty import CostPenalty, bind_targets
 from maskednas.supernet.cost_model import discrete_point, expected_point
 from maskednas.training.autocast import autocast_factory
-from maskednas.training.losses import NonFiniteLossError, cross_entropy
+from maskednas.training.losses import NonFiniteLossError, cross_entropy, distillation_loss
 
 
 def progress_at(epoch: int, search_cfg) -> float:
@@ -41,6 +41,40 @@ def temperature_at(epoch: int, search_cfg) -> float:
     return s.temperature_start * (s.temperature_end / s.temperature_start) ** progress_at(epoch, s)
 
 
+def search_loss(teacher, kd_weight: float, temperature: float):
+    """The data loss of both search steps, loss(logits, x, y): cross-entropy, or with
+    `kd_weight` of it distilled from `teacher` (the network before pruning)."""
+    if teacher is None or not kd_weight:
+        return lambda logits, x, y: cross_entropy(logits, y)
+
+    def loss(logits, x, y):
+        with torch.no_grad():
+            target = teacher(x)
+        return ((1 - kd_weight) * cross_entropy(logits, y)
+                + kd_weight * distillation_loss(logits, target, temperature))
+    return loss
+
+
+def decisions(net) -> tuple[torch.Tensor, torch.Tensor]:
+    """Each choice's op (argmax of its logits) and every channel's keep bit, as two device
+    tensors (compared across an epoch: how many decisions it changed)."""
+    device = net.temperature.device
+    ops = torch.stack([a.detach().argmax() for a in net.alphas.values()]) if net.alphas else \
+        torch.zeros(0, dtype=torch.long, device=device)
+    kept = torch.cat([m.kept() for m in net.masks.values()]) if net.masks else \
+        torch.zeros(0, dtype=torch.bool, device=device)
+    return ops, kept
+
+
+def decision_margin_spread(net) -> float:
+    """Std over choices of (best minus second-best op logit): near 0 when every choice sits at
+    the same margin, i.e. the decisions move in lockstep."""
+    margins = [a.detach().topk(2).values for a in net.alphas.values() if a.numel() > 1]
+    if len(margins) < 2:
+        return 0.0
+    return float(torch.stack([m[0] - m[1] for m in margins]).std())
+
+
 def _cycle(loader):
     """The loader's batches, again and again (each pass reshuffled by its generator): the
     architecture's held-out split can be smaller than the weights' training set."""
@@ -51,10 +85,10 @@ def _cycle(loader):
 class Searcher:
     CHECKPOINT = "search.pt"
 
-    def __init__(self, cfg, net, train_loader, val_loader, targets: dict[str, float], run_dir: Path,
+    def __init__(self, cfg, net, train_loader, arch_loader, targets: dict[str, float], run_dir: Path,
                  logger=None, extra_state: dict | None = None, latency=None) -> None:
         self.cfg, self.net, self.logger, self.latency = cfg, net, logger, latency
-        self.train_loader, self.val_loader = train_loader, val_loader
+        self.train_loader, self.arch_loader = train_loader, arch_loader
         self.targets, self.run_dir = dict(targets), Path(run_dir)  # cost target -> value
         self.extra_state = extra_state or {}
         self.device = next(net.parameters()).device
@@ -62,6 +96,9 @@ class Searcher:
         self.weight_net = parallel.data_parallel(net, ignore=net.arch_parameters())
         self.autocast = autocast_factory(self.device, cfg.amp)
         s = cfg.search
+        teacher = net.distillation_teacher() if s.kd_weight else None
+        self.loss_fn = search_loss(teacher, s.kd_weight, cfg.finetune.kd_temperature)
+        self.grad_norms: list[dict[str, torch.Tensor]] = []  # this epoch's, per architecture step
         self.w_opt = torch.optim.SGD(net.weight_parameters(), lr=s.w_lr, momentum=s.w_momentum,
                                      weight_decay=s.w_weight_decay)
         self.w_sched = CosineLRScheduler(self.w_opt, t_initial=s.epochs, lr_min=s.w_lr_min)
@@ -76,7 +113,8 @@ class Searcher:
                                    s.arch_weight_decay, s.order, estimator=s.target.estimator,
                                    hessian_eps=s.hessian_eps, rounding=rounding,
                                    mask_weight_decay=s.mask_weight_decay,
-                                   surrogate_temperature=s.target.surrogate_temperature)
+                                   surrogate_temperature=s.target.surrogate_temperature,
+                                   loss_fn=self.loss_fn, loss_weight=s.arch_loss_weight)
         self.epoch, self.step, self.history = 0, 0, []
         parallel.fork_rng()  # the initial weights and alpha are drawn: now a stream per rank
 
@@ -90,19 +128,19 @@ class Searcher:
         self.w_opt.zero_grad(set_to_none=True)
         with self.autocast():
             logits = self.weight_net(x)
-        loss = cross_entropy(logits, y)
+        loss = self.loss_fn(logits, x, y)
         loss.backward(inputs=weights)  # arch parameters get no gradient from this step
         torch.nn.utils.clip_grad_norm_(weights, self.cfg.search.grad_clip)
         self.w_opt.step()
         return loss.detach(), (logits.argmax(1) == y).sum()
 
-    def arch_step(self, train_batch, val_batch) -> dict[str, torch.Tensor]:
-        return self.architect.step(train_batch, val_batch, xi=self.w_opt.param_groups[0]["lr"],
+    def arch_step(self, train_batch, arch_batch) -> dict[str, torch.Tensor]:
+        return self.architect.step(train_batch, arch_batch, xi=self.w_opt.param_groups[0]["lr"],
                                    w_weight_decay=self.cfg.search.w_weight_decay,
                                    autocast=self.autocast)
 
     @torch.no_grad()
-    def _val_stats(self, x, y) -> tuple[torch.Tensor, torch.Tensor]:
+    def _arch_stats(self, x, y) -> tuple[torch.Tensor, torch.Tensor]:
         logits = self.net(x)
         return cross_entropy(logits, y), (logits.argmax(1) == y).sum()
 
@@ -116,23 +154,32 @@ class Searcher:
         search_arch = self.epoch >= s.warmup_epochs
         # summed train loss, train correct, val loss, val correct stay on the device; counts on host
         sums, counts = torch.zeros(4, device=self.device), [0, 0]
-        for train_batch, val_batch in zip(self.train_loader, _cycle(self.val_loader)):
+        self.grad_norms, before = [], decisions(net)
+        for train_batch, arch_batch in zip(self.train_loader, _cycle(self.arch_loader)):
             if search_arch:
-                stats = self.arch_step(train_batch, val_batch)
-                val_loss, val_correct = stats["val_loss"], stats["val_correct"]
+                stats = self.arch_step(train_batch, arch_batch)
+                arch_loss, arch_correct = stats["arch_loss"], stats["arch_correct"]
+                self.grad_norms.append({k: v for k, v in stats.items() if k.startswith("grad_norm/")})
             else:
-                val_loss, val_correct = self._val_stats(*val_batch)
+                arch_loss, arch_correct = self._arch_stats(*arch_batch)
             loss, correct = self.weight_step(*train_batch)
-            n, nv = len(train_batch[1]), len(val_batch[1])
-            sums += torch.stack([loss * n, correct.float(), val_loss.float() * nv,
-                                 val_correct.float()])
+            n, nv = len(train_batch[1]), len(arch_batch[1])
+            sums += torch.stack([loss * n, correct.float(), arch_loss.float() * nv,
+                                 arch_correct.float()])
             counts[0] += n
             counts[1] += nv
             self.step += 1
             bar.update(1)
             if self.step % self.cfg.log_every == 0:
                 self._progress(bar, sums, counts)
-        return self._epoch_metrics(sums, counts)
+        after = decisions(net)
+        metrics = self._epoch_metrics(sums, counts)
+        metrics["decisions_flipped"] = int((before[0] != after[0]).sum())
+        metrics["channels_flipped"] = int((before[1] != after[1]).sum())
+        metrics["decision_margin_std"] = decision_margin_spread(net)
+        for key in self.grad_norms[0] if self.grad_norms else ():
+            metrics[key] = float(torch.stack([n[key] for n in self.grad_norms]).mean())
+        return metrics
 
     def _means(self, sums: torch.Tensor, counts: list[int]) -> tuple[float, float, float, float]:
         """Train loss, train acc, val loss, val acc so far, over all ranks: one host sync, and
@@ -143,22 +190,22 @@ class Searcher:
         return tl / tn, tc / tn, vl / vn, vc / vn
 
     def _progress(self, bar: tqdm, sums: torch.Tensor, counts: list[int]) -> None:
-        loss, acc, _, val_acc = self._means(sums, counts)
+        loss, acc, _, arch_acc = self._means(sums, counts)
         with torch.no_grad():
             point = self.discrete_point(self.net)
             shown = {name: t.show(float(t.value(*point))).split()[0]
                      for name, t in self.reported.items() if name == "macs" or name in self.targets}
-        bar.set_postfix(loss=f"{loss:.3f}", acc=f"{acc:.3f}", val_acc=f"{val_acc:.3f}", **shown)
+        bar.set_postfix(loss=f"{loss:.3f}", acc=f"{acc:.3f}", arch_acc=f"{arch_acc:.3f}", **shown)
 
     def _epoch_metrics(self, sums: torch.Tensor, counts: list[int]) -> dict[str, float]:
-        train_loss, train_acc, val_loss, val_acc = self._means(sums, counts)
+        train_loss, train_acc, arch_loss, arch_acc = self._means(sums, counts)
         with torch.no_grad():
             figures = {f"{point}_{name}": float(value)
                        for point, at in (("expected", expected_point(self.net)),
                                          ("discrete", self.discrete_point(self.net)))
                        for name, target in self.reported.items() for value in [target.value(*at)]}
         return {"epoch": self.epoch, "train_loss": train_loss, "train_acc": train_acc,
-                "val_loss": val_loss, "val_acc": val_acc, **figures,
+                "arch_loss": arch_loss, "arch_acc": arch_acc, **figures,
                 "temperature": float(self.net.temperature),
                 "w_lr": self.w_opt.param_groups[0]["lr"], **self.net.arch_stats()}
 
@@ -225,10 +272,16 @@ class Searcher:
         if self.logger is None:
             return
         e = self.epoch
-        self.logger.scalars({"loss/train": m["train_loss"], "loss/val": m["val_loss"],
-                             "acc/train": m["train_acc"], "acc/val": m["val_acc"],
+        self.logger.scalars({"loss/train": m["train_loss"], "loss/arch": m["arch_loss"],
+                             "acc/train": m["train_acc"], "acc/arch": m["arch_acc"],
                              "lr/weights": m["w_lr"], "temperature": m["temperature"],
-                             "cost/mask_shift": m.get("mask_shift", 0.0)}, e)
+                             "cost/mask_shift": m.get("mask_shift", 0.0),
+                             **{f"arch/{k}": m[k] for k in ("decisions_flipped", "channels_flipped",
+                                                           "decision_margin_std")}}, e)
+        # the loss's and the penalty's gradient norms at every architecture step of the epoch
+        first = self.step - len(self.train_loader)
+        for i, norms in enumerate(self.grad_norms):
+            self.logger.scalars({f"arch/{k}": float(v) for k, v in norms.items()}, first + i)
         self.logger.architecture(self.net, e, {k: v for k, v in m.items()
                                                if k.startswith(("expected_", "discrete_"))})
 
@@ -238,7 +291,7 @@ class Searcher:
                 "model": self.net.state_dict(), "w_opt": self.w_opt.state_dict(),
                 "a_opt": self.architect.optimizer.state_dict(),
                 "loaders": {"train": self.train_loader.state_dict(),
-                            "val": self.val_loader.state_dict()},
+                            "arch": self.arch_loader.state_dict()},
                 "rng": parallel.gather(rng_state()), "history": self.history,
                 "targets": self.targets,
                 **self.extra_state}
@@ -253,7 +306,8 @@ class Searcher:
         for group in self.architect.optimizer.param_groups:
             group["lr"] = self.cfg.search.arch_lr
         self.train_loader.load_state_dict(state["loaders"]["train"])
-        self.val_loader.load_state_dict(state["loaders"]["val"])
+        loaders = state["loaders"]
+        self.arch_loader.load_state_dict(loaders["arch"] if "arch" in loaders else loaders["val"])
         self._restore_rng(state["rng"])
         self.epoch, self.step, self.history = state["epoch"], state["step"], list(state["history"])
 

@@ -67,6 +67,9 @@ class ChannelGroups:
     # (root layer, handler, the merged group's channel matching each of this group's channels)
     linked: dict[str, list[tuple[str, object, torch.Tensor]]] = field(default_factory=dict)
     grouped_convs: list[str] = field(default_factory=list)  # pruned by whole groups
+    # group -> Torch-Pruning's group magnitude importance of each channel (L2, over every layer
+    # of the group, divided by the group's mean: comparable across groups); None where it fails
+    importance: dict[str, torch.Tensor | None] = field(default_factory=dict)
 
 
 def group_key(name: str) -> str:
@@ -156,6 +159,7 @@ def _channel_spaces(model: nn.Module, dg, groups, names: dict, param_names: dict
             continue
         key = group_key(root_name)
         out.sizes[key], out.roots[key] = size, (root_name, root.handler)
+        out.importance[key] = _magnitude(full, size)
         out.members[key] = set()
         for side, name, idxs, roots in entries:
             spaces = {"param": out.params, "input": out.inputs, "output": out.outputs}[side]
@@ -176,6 +180,15 @@ def _channel_spaces(model: nn.Module, dg, groups, names: dict, param_names: dict
             if len(torch.unique(taken)) < len(taken):
                 raise _misread(f"maps two groups to the same positions of the {side} of {name}")
     return out
+
+
+def _magnitude(group, size: int) -> torch.Tensor | None:
+    import torch_pruning as tp
+    try:
+        scores = tp.importance.GroupMagnitudeImportance(p=2)(group)
+    except Exception:  # noqa: BLE001 -- an op its importance has no rule for; asked for, it is refused
+        return None
+    return None if scores is None or len(scores) != size else scores.detach().float().cpu()
 
 
 def _misread(what: str) -> "ChannelGraphError":

@@ -34,6 +34,7 @@ from maskednas.supernet.gate_index import GateIndex
 from maskednas.supernet.model_trace import trace
 
 OPS = ("keep", "skip")
+MASK_INITS = ("constant", "magnitude")
 
 
 @dataclass
@@ -44,6 +45,10 @@ class ModelSpaceConfig:
     ignore: list[str] = field(default_factory=list)  # layers whose channels are never pruned
     depth: bool = True  # keep/skip choice per residual block with an identity shortcut
     mask_init: float = 3.0  # gate 0.95 at temperature 1: the trained network barely changes
+    # constant: every mask logit starts at mask_init; magnitude: at mask_init + (importance - 1),
+    # with Torch-Pruning's group magnitude importance (mean 1 per group), so that the search
+    # starts from the network global magnitude pruning would keep at any budget
+    mask_init_from: str = "constant"
     keep_init: float = 3.0  # initial keep-minus-skip logit of every block
 
     @property
@@ -53,6 +58,9 @@ class ModelSpaceConfig:
 
     def validate(self) -> None:
         check_source(self.source)
+        if self.mask_init_from not in MASK_INITS:
+            raise ValueError(f"model.mask_init_from must be one of {', '.join(MASK_INITS)}, got "
+                             f"{self.mask_init_from!r}")
         if not all(isinstance(n, str) and n for n in self.ignore):
             raise ValueError(f"model.ignore lists layer names (e.g. fc, layer4.1.conv2), got "
                              f"{self.ignore}")
@@ -120,6 +128,8 @@ class UserModel(Supernet):
         self.partitions = self._partitions(modules)  # group -> partition id of each channel
         for key, size in self.groups.sizes.items():
             self.masks[key] = ChannelMask(size, space.mask_init)
+        if space.mask_init_from == "magnitude":
+            self._init_masks_by_magnitude()
         self.blocks = self.trace.residual_blocks if space.depth else []
         for name in self.blocks:
             self.alphas[group_key(name)] = nn.Parameter(torch.tensor([space.keep_init, 0.0]))
@@ -147,6 +157,16 @@ class UserModel(Supernet):
         self.gate_index = GateIndex(self.groups.sizes,
                                     [*self._gated, *(s for s, _ in filter(None, self._normalize_spaces))])
         self._check_cost(model)
+
+    @torch.no_grad()
+    def _init_masks_by_magnitude(self) -> None:
+        failed = [self.groups.roots[k][0] for k in self.masks if self.groups.importance.get(k) is None]
+        if failed:
+            raise ValueError(f"{self.space.source}: model.mask_init_from=magnitude, but Torch-"
+                             f"Pruning's magnitude importance cannot score the channels of "
+                             f"{failed[0]}'s group; use model.mask_init_from=constant")
+        for key, mask in self.masks.items():
+            mask.logits.add_(self.groups.importance[key].to(mask.logits) - 1)
 
     def _leave_weightless_norms_whole(self, modules: dict[str, nn.Module]) -> None:
         """A norm over channels with no weight of its own is no member of any channel group, so

@@ -155,14 +155,14 @@ def _first_step(rank: int, cfg, run_dir: Path, out: Path) -> None:
     searcher = prepare_search(cfg, run_dir)
     net = searcher.net
     before = {n: p.detach().clone() for n, p in net.named_parameters()}
-    train_batch, val_batch = next(iter(searcher.train_loader)), next(iter(searcher.val_loader))
-    searcher.arch_step(train_batch, val_batch)
+    train_batch, arch_batch = next(iter(searcher.train_loader)), next(iter(searcher.arch_loader))
+    searcher.arch_step(train_batch, arch_batch)
     searcher.weight_step(*train_batch)  # leaves the arch gradients alone
     torch.save({"delta": {n: p.detach() - before[n] for n, p in net.named_parameters()},
                 "grad": {n: p.grad for n, p in net.named_parameters()},
                 "arch": [n for n, p in net.named_parameters()
                          if any(p is q for q in net.arch_parameters())],
-                "labels": (train_batch[1], val_batch[1])}, out / f"rank{rank}.pt")
+                "labels": (train_batch[1], arch_batch[1])}, out / f"rank{rank}.pt")
 
 
 @pytest.mark.parametrize("order", [1, 2])

@@ -39,7 +39,7 @@ def test_search_steps_do_not_sync(tmp_path, space):
 
 def steps_without_sync(searcher, steps: int = 3) -> None:
     """Architecture and weight steps with every synchronising call an error."""
-    batches = list(zip(searcher.train_loader, searcher.val_loader))[:steps]
+    batches = list(zip(searcher.train_loader, searcher.arch_loader))[:steps]
     searcher.net.train()
     torch.cuda.synchronize()
     torch.cuda.set_sync_debug_mode("error")

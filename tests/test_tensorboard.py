@@ -56,8 +56,8 @@ def test_masks_channels_and_cost_against_target(logged_run):
 
 def test_losses_accuracies_text_and_hparams(logged_run):
     searcher, events = logged_run
-    for tag, key in (("loss/train", "train_loss"), ("loss/val", "val_loss"),
-                     ("acc/train", "train_acc"), ("acc/val", "val_acc")):
+    for tag, key in (("loss/train", "train_loss"), ("loss/arch", "arch_loss"),
+                     ("acc/train", "train_acc"), ("acc/arch", "arch_acc")):
         assert values(events, tag) == pytest.approx([h[key] for h in searcher.history], rel=1e-6)
     assert "architecture/text_summary" in events.Tags()["tensors"]
     assert "_hparams_/experiment" in events.PluginTagToContent("hparams")
