@@ -217,10 +217,16 @@ def main(argv=None) -> list[dict]:
     p.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results")
     args = p.parse_args(argv)
     base = f"prune-resnet{args.depth}{args.tag}"
-    if args.merge:
-        parts = sorted(args.out.glob(f"{base}-seed*.json"))
-        rows = [r for part in parts for r in json.loads(part.read_text())["rows"]]
-        rows.sort(key=lambda r: (-r["fraction"], r["seed"]))
+    if args.merge:  # every part of this depth and tag (a part with a longer tag adds methods)
+        parts = sorted(args.out.glob(f"{base}*-seed*.json"))
+        rows, seen = [], set()
+        for r in (r for part in parts for r in json.loads(part.read_text())["rows"]):
+            key = (r["seed"], r["fraction"], r["method"])  # a part's own dense: the first is kept
+            if key not in seen:
+                seen.add(key)
+                rows.append(r)
+        order = list(dict.fromkeys(r["method"] for r in rows))
+        rows.sort(key=lambda r: (-r["fraction"], order.index(r["method"]), r["seed"]))
         write(rows, args, base)
         return rows
     if args.quick:

@@ -25,9 +25,9 @@ from maskednas.pipeline import run
 # cumulative: each variant adds one change to the one before; the last is today's default
 VARIANTS = {
     "before (T-scaled penalty gradients, weights on half, no hold)": [
-        "search.target.surrogate_temperature=null", "search.weight_data=split",
+        "search.target.surrogate_temperature=null", "search.regime=bilevel",
         "search.hold_target=false"],
-    "+ penalty gradients at T = 1": ["search.weight_data=split", "search.hold_target=false"],
+    "+ penalty gradients at T = 1": ["search.regime=bilevel", "search.hold_target=false"],
     "+ weights on every training image": ["search.hold_target=false"],
     "+ hold the target (the default)": [],
 }

@@ -17,7 +17,9 @@ from conftest import small_config
     ("search.warmup_epochs=50", "search.warmup_epochs must be in [0, search.epochs="),
     ("search.targets.macs.fraction=1.5", "search.targets.macs.fraction must be in (0, 1]"),
     ("search.target.estimator=guess", "must be one of discrete, expected, got 'guess'"),
-    ("data.val_fraction=1", "data.val_fraction must be in (0, 1)"),
+    ("search.arch_fraction=1", "search.arch_fraction must be in (0, 1)"),
+    ("data.val_fraction=0.3", "config key 'data.val_fraction' is now 'search.arch_fraction' "
+                              "(write search.arch_fraction=0.3)"),
     ("macro.stages=[{channels: 8, layers: 1, stride: 4}]", "stride 1 or 2"),
     ("macro.stages=[{channels: 8, depth: 1}]", "unknown config key 'macro.stages[0].depth'"),
     ("search.epochs", "must look like key=value"),
@@ -68,12 +70,15 @@ def test_a_saved_run_with_the_earlier_target_keys_reads_as_the_new_form():
                                      latency_ms=None, latency_fraction=None)
     saved["derive"].pop("target")
     saved["derive"].update(macs=2e5, latency_ms=None)
+    saved["search"].pop("regime")
+    saved["search"]["weight_data"] = "all"
     moved = upgrade_moved_keys(saved)
     assert moved == ["search.target.macs_fraction -> search.targets.macs.fraction",
-                     "derive.macs -> derive.target.macs"]
+                     "derive.macs -> derive.target.macs", "search.weight_data -> search.regime"]
     cfg = from_dict(RunConfig, saved)
     assert list(cfg.search.targets) == ["macs"] and cfg.search.targets["macs"].fraction == 0.4
     assert cfg.derive.target == {"macs": 2e5}
+    assert cfg.search.regime == "single_level"  # "all": the architecture stepped on training data
 
 
 def test_the_default_run_uses_one_torch_thread():

@@ -72,10 +72,12 @@ def test_resize_downsamples_every_split_with_antialiasing():
     from maskednas.pipeline import load_config
     from maskednas.pipeline.setup import load_data
 
-    data = load_data(load_config(None, ["data.resize=4"]))  # digits, 8x8 -> 4x4
+    data = load_data(load_config(None, ["data.resize=4", "data.validation_fraction=0"]))  # 8x8 -> 4x4
     full = load_dataset("digits")
     assert data.x_train.shape == (len(full.y_train), 1, 4, 4) and data.x_test.shape[-1] == 4
     assert torch.equal(data.y_train, full.y_train) and data.x_train.dtype == torch.uint8
+    held = load_data(load_config(None, ["data.resize=4"]))
+    assert held.x_val.shape[-1] == 4 and len(held.y_val) + len(held.y_train) == len(full.y_train)
     checker = torch.tensor([[0, 255] * 4, [255, 0] * 4] * 4, dtype=torch.uint8).view(1, 1, 8, 8)
     from maskednas.datasource import ImageData
     small = ImageData("c", checker, torch.zeros(1, dtype=torch.long), checker,
@@ -104,3 +106,42 @@ def test_the_fingerprint_changes_with_any_label_or_pixel(tmp_path):
     assert data.fingerprint() == before
     data.x_test[0, 0, 0, 0] ^= 1
     assert data.fingerprint() != before
+
+
+def images_of(x: torch.Tensor) -> set[bytes]:
+    return {img.numpy().tobytes() for img in x}
+
+
+def test_the_validation_split_is_held_out_of_every_training_loader(tmp_path):
+    """10% of the training images, the same draw for every run seed, in no loader the search or
+    the fine-tune trains on; bilevel keeps the architecture's images from the weights'."""
+    from maskednas.datasource import ImageData
+    from maskednas.pipeline import load_config
+    from maskednas.pipeline.setup import TrainingContext, load_data, prepare_search
+
+    full = load_dataset("digits")
+    runs = {seed: load_data(load_config(None, [f"seed={seed}"])) for seed in (0, 5)}
+    assert torch.equal(runs[0].y_val, runs[5].y_val) and torch.equal(runs[0].x_val, runs[5].x_val)
+    assert len(runs[0].y_val) == round(0.1 * len(full.y_train))
+    assert len(runs[0].y_val) + len(runs[0].y_train) == len(full.y_train)
+    # images that tell themselves apart: pixel (0, 0) and (0, 1) hold the image's index
+    n = 300
+    x = torch.randint(0, 256, (n, 1, 8, 8), generator=torch.Generator().manual_seed(0), dtype=torch.uint8)
+    x[:, 0, 0, 0], x[:, 0, 0, 1] = torch.arange(n) % 256, torch.arange(n) // 256
+    y = torch.arange(n) % 10
+    data = ImageData("unique", x, y, x[:50].clone(), y[:50].clone(), 10).held_out(0.1, 0)
+    assert images_of(data.x_val) | images_of(data.x_train) == images_of(x)
+    assert not images_of(data.x_val) & images_of(data.x_train) and len(data.y_val) == 30
+    for regime in ("single_level", "bilevel"):
+        cfg = load_config(None, ["data.batch_size=64", f"search.regime={regime}", f"out_dir={tmp_path}"])
+        searcher = prepare_search(cfg, tmp_path / regime, data)
+        weights, arch = images_of(searcher.train_loader.x), images_of(searcher.arch_loader.x)
+        assert not images_of(data.x_val) & (weights | arch)
+        assert (weights == arch == images_of(data.x_train)) if regime == "single_level" else (
+            not weights & arch and weights | arch == images_of(data.x_train))
+    ctx = TrainingContext(load_config(None), data, torch.device("cpu"))
+    assert images_of(ctx.train_loader().x) == images_of(data.x_train)
+    model = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(64, 10))
+    with torch.no_grad():
+        logits = model((data.x_val.float() / 255 - ctx.meta.mean[0]) / ctx.meta.std[0])
+    assert ctx.validate(model)["acc"] == pytest.approx(float((logits.argmax(1) == data.y_val).float().mean()))

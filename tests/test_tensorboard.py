@@ -64,6 +64,24 @@ def test_losses_accuracies_text_and_hparams(logged_run):
     assert values(events, "hparam/test_acc") == [0.5]
 
 
+def test_gradient_norms_per_architecture_step_and_decisions_per_epoch(logged_run):
+    """The loss's and the penalty's gradient norms at every architecture step (the first epoch
+    is warm-up: weights only), and the decisions each epoch changed."""
+    searcher, events = logged_run
+    steps, warmup = len(searcher.train_loader), searcher.cfg.search.warmup_epochs
+    for part in ("loss", "penalty"):
+        for tag in (f"arch/grad_norm/{part}", f"arch/grad_norm/{part}/op_logits",
+                    f"arch/grad_norm/{part}/mask_logits"):
+            logged = events.Scalars(tag)
+            assert [e.step for e in logged] == list(range(warmup * steps, searcher.step))
+            assert all(e.value >= 0 for e in logged) and any(e.value > 0 for e in logged)
+            mean = sum(e.value for e in logged[-steps:]) / steps
+            assert mean == pytest.approx(searcher.history[-1][tag.removeprefix("arch/")], rel=1e-5)
+    for tag in ("decisions_flipped", "channels_flipped", "decision_margin_std"):
+        assert values(events, f"arch/{tag}") == pytest.approx([h[tag] for h in searcher.history])
+    assert searcher.history[0]["decisions_flipped"] == 0 == searcher.history[0]["channels_flipped"]
+
+
 def plain_net(num_classes: int = 10, in_channels: int = 1) -> torch.nn.Module:
     """conv-BN-ReLU twice, pool, linear: no residual block, so no keep/skip choice."""
     from torch import nn

@@ -107,6 +107,35 @@ def test_mask_and_keep_gradients_reach_every_choice_through_loss_and_cost():
     assert all(g.abs().sum() > 0 for g in grads)
 
 
+def test_magnitude_initialised_masks_rank_channels_as_torch_pruning_does(tmp_path):
+    """Logits start at mask_init + importance - 1, with Torch-Pruning's group magnitude
+    importance of each group (computed here through its own API on the same network): a
+    channel whose filters are zeroed starts lowest, and a global cut of the logits is global
+    magnitude pruning's."""
+    import torch_pruning as tp
+    torch.manual_seed(0)
+    model = resnet20()
+    block = model.blocks[0]
+    with torch.no_grad():  # channel 3 inside the first block: every weight of it zero
+        block.conv1.weight[3], block.bn1.weight[3], block.bn1.bias[3] = 0, 0, 0
+        block.conv2.weight[:, 3] = 0
+    torch.save(model.state_dict(), tmp_path / "trained.pt")
+    net = UserModel(ModelSpaceConfig(source=RESNET20, checkpoint=str(tmp_path / "trained.pt"),
+                                     mask_init_from="magnitude"), 3, 10, 32)
+    graph = tp.DependencyGraph().build_dependency(model, example_inputs=torch.zeros(1, 3, 32, 32))
+    importance = tp.importance.GroupMagnitudeImportance(p=2)
+    modules = dict(model.named_modules())
+    for key, mask in net.masks.items():
+        root, handler = net.groups.roots[key]
+        group = graph.get_pruning_group(modules[root], handler, list(range(mask.channels)))
+        torch.testing.assert_close(mask.logits.detach(), 2.0 + importance(group), rtol=1e-5, atol=1e-5)
+    inner = next(m for k, m in net.masks.items() if net.groups.roots[k][0] == "blocks.0.conv1")
+    logits = inner.logits.detach()
+    assert int(logits.argmin()) == 3 and float(logits.min()) == pytest.approx(2.0)
+    constant = UserModel(ModelSpaceConfig(source=RESNET20), 3, 10, 32)
+    assert all(torch.all(m.logits == 3.0) for m in constant.masks.values())
+
+
 def test_expected_cost_is_exact_at_hard_gates():
     """At integer widths and one-hot keep weights the cost is the pruned network's fvcore count
     (the matrix checks derived networks; this one keeps 5 channels per group, all blocks)."""
