@@ -137,9 +137,10 @@ def decision_figures(history: list[dict]) -> dict:
     """How the search decided, from its epochs' metrics: blocks and channels flipped per epoch,
     the spread of the keep-skip margins after the first epoch, the gradient norms' means."""
     norms = {k for m in history for k in m if k.startswith("grad_norm/")}
+    searched = [m for m in history if "grad_norm/loss" in m]  # epochs with architecture steps
     return {"decisions_flipped": [m.get("decisions_flipped") for m in history],
             "channels_flipped": [m.get("channels_flipped") for m in history],
-            "margin_std_after_first_epoch": history[0].get("decision_margin_std") if history else None,
+            "margin_std_after_first_epoch": searched[0]["decision_margin_std"] if searched else float("nan"),
             **{k: statistics.mean(m[k] for m in history if k in m) for k in sorted(norms)}}
 
 
@@ -181,12 +182,14 @@ def summarize(rows: list[dict], depth: int) -> str:
     return "\n".join(lines)
 
 
-def write(rows: list[dict], args, name: str) -> None:
+def write(rows: list[dict], args, name: str, part: bool = False) -> None:
+    """The rows as JSON and, unless this is one part of a merge, the table as markdown."""
     args.out.mkdir(parents=True, exist_ok=True)
     table = summarize(rows, args.depth)
     (args.out / f"{name}.json").write_text(json.dumps({"args": {k: str(v) for k, v in vars(args).items()},
                                                       "rows": rows}, indent=2))
-    (args.out / f"{name}.md").write_text(table + "\n")
+    if not part:
+        (args.out / f"{name}.md").write_text(table + "\n")
     print(table)
 
 
@@ -210,7 +213,8 @@ def main(argv=None) -> list[dict]:
     p.add_argument("--methods", nargs="+", default=["ours", "ours, penalty only", *baselines()],
                    help="of: ours, 'ours, penalty only', " + ", ".join(baselines()))
     p.add_argument("--variant", action="append", default=[],
-                   help="NAME=override,override: another configuration of ours, as ours[NAME]")
+                   help="NAME=override,override: another configuration of ours, as ours[NAME] "
+                        "(search, model, derive and finetune keys: every run shares the data)")
     p.add_argument("--tag", default="", help="appended to the results' file names")
     p.add_argument("--merge", action="store_true", help="merge the per-seed parts and stop")
     p.add_argument("--quick", action="store_true", help="1 epoch each, one seed, one target")
@@ -256,8 +260,9 @@ def main(argv=None) -> list[dict]:
                     if row["seed"] == seed:
                         key = "dense" if row["method"] == "dense" else f"{row['method']}-{row['fraction']}"
                         row[f"ms_b{batch}"] = ms[key]
-    write(rows, args, f"{base}{'-quick' if args.quick else ''}"
-          + ("" if args.quick or len(args.seeds) > 1 else f"-seed{args.seeds[0]}"))
+    part = not args.quick and len(args.seeds) == 1
+    write(rows, args, f"{base}{'-quick' if args.quick else ''}" + (f"-seed{args.seeds[0]}" if part else ""),
+          part)
     return rows
 
 

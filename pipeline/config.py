@@ -81,14 +81,14 @@ class SearchConfig:
     # which the weights never see (they step on the rest); single_level: the same training
     # images the weights step on (reshuffled). The validation split is in neither.
     regime: str = "single_level"
-    arch_fraction: float = 0.5
+    arch_fraction: float | None = None  # bilevel only (default 0.5)
     # the loss's share of the architecture gradient (the penalty's is 1): 0 is the "penalty only"
     # ablation, in which the cost alone decides what is pruned
     arch_loss_weight: float = 1.0
     # distil from the network as it was before pruning in both steps of the search (the `model`
     # space with trained weights): loss = (1 - kd) * CE + kd * KL at finetune.kd_temperature
     kd_weight: float = 0.0
-    hessian_eps: float = 0.01  # second order: finite-difference step / |dL_val/dw'| (DARTS)
+    hessian_eps: float = 0.01  # second order: finite-difference step / |dL_arch/dw'| (DARTS)
     # the registered cost targets (supernet/targets: macs, params, latency_ms, peak_memory_kib)
     # the search penalises, e.g. {macs: {fraction: 0.4}, latency_ms: {value: 0.5}}; derivation
     # meets the one of the highest priority (latency, peak memory, MACs); null drops one
@@ -249,7 +249,8 @@ def _build(cls: type, data: dict, prefix: str = "", exclude: tuple[str, ...] = (
     if moved:
         old, new = _join(prefix, moved[0]), MOVED_KEYS[_join(prefix, moved[0])]
         value = MOVED_VALUES.get(old, {}).get(data[moved[0]], data[moved[0]])
-        why = "; every registered cost target is configured this way" if ".target" in new else ""
+        why = {"search.arch_fraction": " with search.regime=bilevel, the regime it applies to"}.get(
+            new, "; every registered cost target is configured this way" if ".target" in new else "")
         raise ConfigError(f"config key '{old}' is now '{new}' (write {new}={value}{why})")
     if unknown:
         where = f"in '{prefix}'" if prefix else "at the top level"
@@ -385,8 +386,11 @@ MOVED_VALUES = {"search.weight_data": {"all": "single_level", "split": "bilevel"
 def upgrade_moved_keys(data: dict) -> list[str]:
     """A saved run's config (config.yaml, a checkpoint) in the current form: the fixed target
     fields it was written with become `search.targets` and `derive.target` (exactly the targets
-    it had). Returns what was moved, for the command to say."""
+    it had); a config written before the validation split holds none out. Returns what was
+    moved, for the command to say."""
     moved, names = [], set()
+    if isinstance(data.get("data"), dict) and "validation_fraction" not in data["data"]:
+        data["data"]["validation_fraction"] = 0.0  # written before the split: it held none out
     for old, new in MOVED_KEYS.items():
         section, key = old.rsplit(".", 1)
         node = data
@@ -510,6 +514,15 @@ def validate(cfg: RunConfig) -> None:
         (s.order in (1, 2), f"search.order must be 1 (first order) or 2 (second order), got {s.order}"),
         (s.regime in REGIMES,
          f"search.regime must be one of {', '.join(REGIMES)}, got {s.regime!r}"),
+        (s.arch_fraction is None or s.regime == "bilevel",
+         f"search.arch_fraction={s.arch_fraction} sets the architecture's part of the training "
+         f"split in the bilevel regime; with search.regime={s.regime} the architecture steps on "
+         f"all of it: add search.regime=bilevel or drop search.arch_fraction"),
+        (not getattr(cfg.space_config, "mask_init_from", "constant") == "magnitude"
+         or getattr(cfg.space_config, "has_trained_weights", False),
+         f"{cfg.space}.mask_init_from=magnitude ranks channels by the magnitudes of trained "
+         f"weights, but {cfg.space}.checkpoint is unset and {cfg.space}.pretrained is false; give "
+         f"a checkpoint or use {cfg.space}.mask_init_from=constant"),
         (s.kd_weight == 0 or getattr(cfg.space_config, "has_trained_weights", False),
          f"search.kd_weight distils from the network as it was before pruning: the model space "
          f"with model.checkpoint or model.pretrained=true has one, this {cfg.space} run does not; "

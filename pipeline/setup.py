@@ -142,7 +142,8 @@ def prepare_search(cfg: RunConfig, run_dir: Path, data: ImageData | None = None,
     if cfg.sync_bn:  # one process: the same as BatchNorm (its batch is the global one)
         net = parallel.sync_batchnorm(net)
     s = cfg.search
-    train_idx, arch_idx = split_for_search(len(data.y_train), s.regime, s.arch_fraction, cfg.seed)
+    train_idx, arch_idx = split_for_search(len(data.y_train), s.regime,
+                                           0.5 if s.arch_fraction is None else s.arch_fraction, cfg.seed)
     train = loader(cfg, data.x_train[train_idx], data.y_train[train_idx], meta, device, True, cfg.seed)
     arch = loader(cfg, data.x_train[arch_idx], data.y_train[arch_idx], meta, device, True, cfg.seed + 1)
     logger = (logger_factory(run_dir, net, targets)

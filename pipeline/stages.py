@@ -209,7 +209,8 @@ def derive_and_export(cfg: RunConfig, run_dir: Path, data: ImageData, searched: 
     train_loader = ctx.train_loader()
     budget = derive_budget(cfg, net, searched)
 
-    slimmed = derive_and_slim(cfg, net, ctx.meta, budget, next(iter(ctx.test_loader))[0])
+    probe = next(iter(ctx.val_loader or ctx.test_loader))[0]  # the test set is for the report
+    slimmed = derive_and_slim(cfg, net, ctx.meta, budget, probe)
     compact = slimmed.model
     recalibrate_batchnorm(compact, train_loader)
     slim_acc, slim_val_acc = ctx.evaluate(compact)["acc"], ctx.validate(compact)["acc"]

@@ -1,4 +1,4 @@
-"""The architecture step of bilevel search: alpha and masks on validation batches.
+"""The architecture step of the search: alpha and masks on the architecture's batches.
 
 First order (default) differentiates the validation loss at the current weights. Second order
 (DARTS, Liu et al. 2019, eq. 7-8) differentiates through one virtual SGD step of the weights,
@@ -45,7 +45,7 @@ class Architect:
         # the data loss of a batch: loss_fn(logits, x, y) (cross-entropy, or with distillation)
         self.loss_fn = loss_fn or (lambda logits, x, y: cross_entropy(logits, y))
         self.loss_weight = loss_weight
-        self.hessian_eps = hessian_eps  # finite-difference step, relative to |d L_val / d w'|
+        self.hessian_eps = hessian_eps  # finite-difference step, relative to |d L_arch / d w'|
         self.point_fn = functools.partial(ESTIMATORS.get(estimator), rounding=rounding,
                                           surrogate_temperature=surrogate_temperature)
         self.params = net.arch_parameters()

@@ -1,4 +1,4 @@
-"""The bilevel search loop (DARTS order: architecture step on a validation batch, then a
+"""The search loop (DARTS order: architecture step on an architecture batch, then a
 weight step on a training batch), with warm-up, temperature annealing, logging and resume.
 
 Under torchrun every rank runs this loop on its shard of each batch: the weight step goes
@@ -77,7 +77,7 @@ def decision_margin_spread(net) -> float:
 
 def _cycle(loader):
     """The loader's batches, again and again (each pass reshuffled by its generator): the
-    architecture's held-out split can be smaller than the weights' training set."""
+    architecture's batches (bilevel: a part of the training split) can be fewer than the weights'."""
     while True:
         yield from loader
 
@@ -142,7 +142,7 @@ class Searcher:
     @torch.no_grad()
     def _arch_stats(self, x, y) -> tuple[torch.Tensor, torch.Tensor]:
         logits = self.net(x)
-        return cross_entropy(logits, y), (logits.argmax(1) == y).sum()
+        return self.loss_fn(logits, x, y), (logits.argmax(1) == y).sum()
 
     # -- epochs ---------------------------------------------------------------------------------
     def run_epoch(self, bar: tqdm) -> dict[str, float]:
@@ -280,8 +280,11 @@ class Searcher:
                                                            "decision_margin_std")}}, e)
         # the loss's and the penalty's gradient norms at every architecture step of the epoch
         first = self.step - len(self.train_loader)
-        for i, norms in enumerate(self.grad_norms):
-            self.logger.scalars({f"arch/{k}": float(v) for k, v in norms.items()}, first + i)
+        if self.grad_norms:
+            keys = list(self.grad_norms[0])
+            table = torch.stack([torch.stack([n[k] for k in keys]) for n in self.grad_norms]).tolist()
+            for i, row in enumerate(table):
+                self.logger.scalars({f"arch/{k}": v for k, v in zip(keys, row)}, first + i)
         self.logger.architecture(self.net, e, {k: v for k, v in m.items()
                                                if k.startswith(("expected_", "discrete_"))})
 

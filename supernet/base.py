@@ -92,7 +92,7 @@ class Supernet(nn.Module, abc.ABC):
 
     # -- parameters ---------------------------------------------------------------------------
     def arch_parameters(self) -> list[nn.Parameter]:
-        """Op logits (alpha) and mask logits: updated on validation batches only."""
+        """Op logits (alpha) and mask logits: updated by the architecture step only."""
         return [*self.alphas.values(), *(m.logits for m in self.masks.values())]
 
     def weight_parameters(self) -> list[nn.Parameter]:

@@ -68,7 +68,8 @@ class ChannelGroups:
     linked: dict[str, list[tuple[str, object, torch.Tensor]]] = field(default_factory=dict)
     grouped_convs: list[str] = field(default_factory=list)  # pruned by whole groups
     # group -> Torch-Pruning's group magnitude importance of each channel (L2, over every layer
-    # of the group, divided by the group's mean: comparable across groups); None where it fails
+    # of the root's dependency group, divided by its mean: comparable across groups; a merged
+    # grouped convolution's groups count by the root's alone); None where it fails
     importance: dict[str, torch.Tensor | None] = field(default_factory=dict)
 
 
@@ -188,7 +189,9 @@ def _magnitude(group, size: int) -> torch.Tensor | None:
         scores = tp.importance.GroupMagnitudeImportance(p=2)(group)
     except Exception:  # noqa: BLE001 -- an op its importance has no rule for; asked for, it is refused
         return None
-    return None if scores is None or len(scores) != size else scores.detach().float().cpu()
+    if scores is None or len(scores) != size:
+        return None
+    return torch.nan_to_num(scores.detach().float().cpu(), nan=1.0)  # an all-zero group: no order
 
 
 def _misread(what: str) -> "ChannelGraphError":

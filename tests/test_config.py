@@ -19,7 +19,8 @@ from conftest import small_config
     ("search.target.estimator=guess", "must be one of discrete, expected, got 'guess'"),
     ("search.arch_fraction=1", "search.arch_fraction must be in (0, 1)"),
     ("data.val_fraction=0.3", "config key 'data.val_fraction' is now 'search.arch_fraction' "
-                              "(write search.arch_fraction=0.3)"),
+                              "(write search.arch_fraction=0.3 with search.regime=bilevel"),
+    ("search.arch_fraction=0.3", "with search.regime=single_level the architecture steps on all"),
     ("macro.stages=[{channels: 8, layers: 1, stride: 4}]", "stride 1 or 2"),
     ("macro.stages=[{channels: 8, depth: 1}]", "unknown config key 'macro.stages[0].depth'"),
     ("search.epochs", "must look like key=value"),

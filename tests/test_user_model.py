@@ -109,9 +109,9 @@ def test_mask_and_keep_gradients_reach_every_choice_through_loss_and_cost():
 
 def test_magnitude_initialised_masks_rank_channels_as_torch_pruning_does(tmp_path):
     """Logits start at mask_init + importance - 1, with Torch-Pruning's group magnitude
-    importance of each group (computed here through its own API on the same network): a
-    channel whose filters are zeroed starts lowest, and a global cut of the logits is global
-    magnitude pruning's."""
+    importance of each group (computed here through its own API on the same network), the same
+    offset for every group, so the logits order channels across groups as Torch-Pruning's global
+    ranking does; a channel whose weights are all zero starts lowest."""
     import torch_pruning as tp
     torch.manual_seed(0)
     model = resnet20()
@@ -614,6 +614,30 @@ def test_distillation_without_trained_weights_is_refused():
         load_config(ROOT / "configs" / "prune_model.yaml", ["finetune.kd_weight=0.5"])
     load_config(ROOT / "configs" / "prune_model.yaml", ["finetune.kd_weight=0.5",
                                                          "model.checkpoint=net.safetensors"])
+    for override in ("search.kd_weight=0.5", "model.mask_init_from=magnitude"):
+        with pytest.raises(ConfigError, match="model.checkpoint is unset|model.pretrained"):
+            load_config(ROOT / "configs" / "prune_model.yaml", [override])
+
+
+def test_the_search_settings_reach_the_search(tmp_path):
+    """search.kd_weight, search.arch_loss_weight and model.mask_init_from, from the config to
+    the searcher's steps: its loss distils from the checkpoint's network, the architect weighs
+    the loss's gradient, and the masks start from the magnitudes."""
+    from maskednas.pipeline.setup import prepare_search
+    from maskednas.training.losses import cross_entropy, distillation_loss
+    trained = resnet20(10, 1)
+    save_file({k: v.contiguous() for k, v in trained.state_dict().items()}, str(tmp_path / "net.safetensors"))
+    cfg = load_config(None, ["space=model", f"model.source={RESNET20}", f"model.checkpoint={tmp_path / 'net.safetensors'}",
+                             "search.kd_weight=0.25", "search.arch_loss_weight=0.5",
+                             "model.mask_init_from=magnitude", f"out_dir={tmp_path}"])
+    searcher = prepare_search(cfg, tmp_path / "run")
+    assert searcher.architect.loss_weight == 0.5 and searcher.architect.loss_fn is searcher.loss_fn
+    x, y = next(iter(searcher.train_loader))
+    logits = torch.randn(len(y), 10)
+    with torch.no_grad():
+        expected = 0.75 * cross_entropy(logits, y) + 0.25 * distillation_loss(logits, trained.eval()(x), 4.0)
+    assert float(searcher.loss_fn(logits, x, y)) == pytest.approx(float(expected), rel=1e-5)
+    assert any(not torch.all(m.logits == 3.0) for m in searcher.net.masks.values())
 
 
 def test_train_prunes_a_user_network_end_to_end(tmp_path):
