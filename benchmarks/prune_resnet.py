@@ -222,7 +222,7 @@ def main(argv=None) -> list[dict]:
     args = p.parse_args(argv)
     base = f"prune-resnet{args.depth}{args.tag}"
     if args.merge:  # every part of this depth and tag (a part with a longer tag adds methods)
-        parts = sorted(args.out.glob(f"{base}*-seed*.json"))
+        parts = sorted(args.out.glob(f"{base}*-seed*.json"), key=lambda p: (len(p.name), p.name))
         rows, seen = [], set()
         for r in (r for part in parts for r in json.loads(part.read_text())["rows"]):
             key = (r["seed"], r["fraction"], r["method"])  # a part's own dense: the first is kept
