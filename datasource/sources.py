@@ -56,10 +56,7 @@ class ImageData:
         moved into the validation split; the training split keeps the rest."""
         if not fraction:
             return self
-        n = len(self.y_train)
-        order = torch.randperm(n, generator=torch.Generator().manual_seed(seed))
-        n_val = max(1, min(n - 1, round(n * fraction)))
-        train, val = order[n_val:].sort().values, order[:n_val].sort().values
+        train, val = (i.sort().values for i in seeded_split(len(self.y_train), fraction, seed))
         return replace(self, x_train=self.x_train[train], y_train=self.y_train[train],
                        x_val=self.x_train[val], y_val=self.y_train[val])
 
@@ -79,6 +76,14 @@ class ImageData:
         """Per-channel mean and std of the training images on the [0, 1] scale."""
         x = self.x_train.float().div_(255)
         return tuple(x.mean((0, 2, 3)).tolist()), tuple(x.std((0, 2, 3)).clamp_min(1e-3).tolist())
+
+
+def seeded_split(n: int, fraction: float, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Indices 0..n-1 in a random order fixed by `seed`, cut into the rest and a part of about
+    `fraction` of them (at least one in each)."""
+    order = torch.randperm(n, generator=torch.Generator().manual_seed(seed))
+    n_part = max(1, min(n - 1, round(n * fraction)))
+    return order[n_part:], order[:n_part]
 
 
 def _from_nhwc(name, x_train, y_train, x_test, y_test, num_classes=None) -> ImageData:

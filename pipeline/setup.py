@@ -14,6 +14,7 @@ import torch
 
 from maskednas import parallel
 from maskednas.datasource import DataError, DeviceLoader, ImageData, load_dataset
+from maskednas.datasource.sources import seeded_split
 from maskednas.latency.cache import obtain_table, save_run_copy
 from maskednas.pipeline.config import (ConfigError, FinetuneConfig, RunConfig, from_dict, search_goals,
                                        to_dict, upgrade_moved_keys, uses_latency)
@@ -72,9 +73,7 @@ def split_for_search(n: int, regime: str, arch_fraction: float,
     (bilevel), or both all of it (single_level)."""
     if regime == "single_level":
         return torch.arange(n), torch.arange(n)
-    order = torch.randperm(n, generator=torch.Generator().manual_seed(seed))
-    n_arch = max(1, min(n - 1, round(n * arch_fraction)))
-    return order[n_arch:], order[:n_arch]
+    return seeded_split(n, arch_fraction, seed)
 
 
 def loader(cfg: RunConfig, x, y, meta: DataMeta, device, train: bool, seed: int) -> DeviceLoader:
