@@ -6,6 +6,8 @@
     maskednas run --run runs/<name> --stages derive,finetune,export derive.target.macs=200000 \\
                   --export-name export_200k          # re-derive an earlier search, no new search
     torchrun --nproc_per_node=2 train.py ...         # the same run over 2 processes (or GPUs)
+    maskednas front                                  # one supernet, a subnet per budget (sandwich rule)
+    maskednas front --run runs/<name> front.strategy=bayesian  # the front again, on a trained supernet
     maskednas latency --config digits latency.batch=1    # measure (or find) a latency table
     maskednas inspect runs/<name>/export             # an export's architecture, cost and metrics
     maskednas configs                                # the shipped configs
@@ -40,7 +42,10 @@ from maskednas.export.inspect import check_export, describe_export
 from maskednas.pipeline.setup import (apply_threads, build_supernet, check_ranks, check_same_data,
                                       data_meta, latency_model, load_data, preflight, select_device)
 from maskednas.search.checkpoint import load_checkpoint
+from maskednas.pipeline.front import front
+from maskednas.pipeline.stages import load_search, search
 from maskednas.search.loop import Searcher
+from maskednas.search.tensorboard_log import SearchLogger
 
 
 RUN_HELP = """Search, derive, slim, fine-tune and export, as the config says.
@@ -166,6 +171,75 @@ def run_command(argv: list[str], prog: str = "maskednas run") -> dict:
         parallel.stop()
 
 
+FRONT_HELP = """Train one supernet for every budget (search.strategy=sandwich: the largest, the
+smallest and random subnets each step), search its Pareto front of validation accuracy against
+cost (front.strategy: evolution, bayesian or random, by Optuna), and export the best subnet per
+budget (front.budgets) as runs/<name>/front-<objective>-<fraction>; front.md/.json/.png hold the front.
+
+    maskednas front                                     # digits, the macro space
+    maskednas front model.source=torchvision:resnet18 model.checkpoint=net.safetensors
+    maskednas front --run runs/<name> front.strategy=bayesian front.trials=200
+    maskednas front --resume runs/<name>                # continue an interrupted training
+"""
+
+
+def front_command(argv: list[str], prog: str = "maskednas front") -> dict:
+    """`maskednas front ARGS`: train a supernet with the sandwich rule (or take a trained one,
+    --run) and export its front; returns what front.json holds."""
+    p = argparse.ArgumentParser(prog=prog, description=FRONT_HELP,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--config", default=None,
+                   help="a shipped config's name or a YAML file (default: digits, or prune_model "
+                        "when an override sets model.*)")
+    p.add_argument("--resume", metavar="RUN_DIR", help="continue an interrupted training, then the front")
+    p.add_argument("--run", metavar="RUN_DIR", help="search the front of an earlier run's supernet")
+    p.add_argument("--accept-changed-data", action="store_true",
+                   help="with --resume: continue the training although its data changed")
+    p.add_argument("--debug", action="store_true", help="show the traceback of an error")
+    p.add_argument("overrides", nargs="*", help="config overrides, e.g. front.trials=200")
+    args = p.parse_intermixed_args(argv)
+    if parallel.launched():
+        raise ConfigError("maskednas front runs in one process (the sandwich rule runs several "
+                          "subnets per step); run it without torchrun")
+    if args.accept_changed_data and not args.resume:
+        raise ConfigError("--accept-changed-data applies to --resume only")
+    if args.config is None:
+        prune = any(o.split("=", 1)[0].startswith("model.") for o in args.overrides)
+        args.config = "prune_model" if prune else "digits"
+    if not (args.resume or args.run):  # the config's own search becomes the sandwich rule's
+        own_targets = any(o.startswith("search.targets") for o in args.overrides)  # then refused
+        args.overrides = ["search.strategy=sandwich", *([] if own_targets else ["search.targets={}"]),
+                          *args.overrides]
+    cfg, run_dir = resolve_run(args)
+    if not cfg.data.validation_fraction:
+        raise ConfigError("the front scores subnets on the validation split, and "
+                          "data.validation_fraction=0 holds none out: set it above 0 (e.g. 0.1)")
+    RunLock.ensure_free(run_dir)
+    if not (args.resume or args.run) and (run_dir / Searcher.CHECKPOINT).exists():
+        raise ConfigError(f"{run_dir} already holds a search; continue it with --resume {run_dir}, "
+                          f"search its front again with --run {run_dir}, or pick another name=...")
+    data = load_data(cfg)
+    if (args.resume or args.run) and (run_dir / Searcher.CHECKPOINT).is_file():
+        check_same_data(load_checkpoint(run_dir / Searcher.CHECKPOINT, "search"), data, cfg, run_dir,
+                        contents=bool(args.resume) and not args.accept_changed_data)
+    if not args.run:
+        preflight(cfg, data, run_dir if args.resume else None)
+    with contextlib.ExitStack() as held:
+        claim(run_dir, held, new_run=not (args.resume or args.run))
+        if not args.run:
+            atomic_write(run_dir / "config.yaml",
+                         lambda tmp: Path(tmp).write_text(yaml.safe_dump(to_dict(cfg), sort_keys=False)))
+        apply_threads(cfg)
+        if args.run:
+            searched = load_search(cfg, run_dir)
+            logger = SearchLogger(run_dir, searched.net, {})
+        else:
+            searched = search(cfg, run_dir, data, resume=bool(args.resume))
+            logger = searched.logger
+        held.callback(logger.close)
+        return front(cfg, run_dir, data, searched, logger)
+
+
 def claim(run_dir: Path, held: contextlib.ExitStack, new_run: bool) -> None:
     """Rank 0 makes the run folder and holds its lock (`RunLock`) until the command ends; a new
     run checks again, under the lock, that no search of that name appeared meanwhile."""
@@ -276,8 +350,8 @@ def configs_command(argv: list[str], prog: str = "maskednas configs") -> None:
         print(f"{name:<22} {first}")
 
 
-COMMANDS = {"run": run_command, "latency": latency_command, "inspect": inspect_command,
-            "configs": configs_command}
+COMMANDS = {"run": run_command, "front": front_command, "latency": latency_command,
+            "inspect": inspect_command, "configs": configs_command}
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -296,7 +370,7 @@ def execute(command, argv: list[str], prog: str) -> None:
     """Run one command; every failure ends in one line (`--debug`: the traceback)."""
     # a user's model.source=mynet:build imports ./mynet.py, as `python -m` would; not for
     # `inspect`, whose trusted packages must not be shadowed by a folder a sender placed here
-    if command in (run_command, latency_command) and "" not in sys.path and os.getcwd() not in sys.path:
+    if command in (run_command, front_command, latency_command) and "" not in sys.path and os.getcwd() not in sys.path:
         sys.path.insert(0, os.getcwd())
     if parallel.launched():
         signal.signal(signal.SIGTERM, stop_on_sigterm)

@@ -73,7 +73,20 @@ class TargetConfig:
 
 
 @dataclass
+class SandwichConfig:
+    """Training the supernet for all of its subnets (`search.strategy=sandwich`, search/sandwich.py)."""
+    random_subnets: int = 2  # per step, beside the largest and the smallest
+    # the widths a channel group may take, as fractions of its size (rounded as derivation
+    # rounds): the subnets trained, and those the front searches
+    width_fractions: list[float] = field(default_factory=lambda: [0.25, 0.5, 0.75, 1.0])
+    inplace_distillation: bool = True  # subnets learn the largest's outputs (else the labels)
+
+
+@dataclass
 class SearchConfig:
+    # differentiable: op and mask logits learned toward the cost targets (one network);
+    # sandwich: every subnet trained alike, for a front of budgets (`maskednas front`)
+    strategy: str = "differentiable"
     epochs: int = 30
     warmup_epochs: int = 5  # weights only: the architecture is frozen (also against DARTS' skip collapse)
     order: int = 1  # 1: first-order DARTS; 2: unrolled step with finite-difference Hessian
@@ -107,6 +120,26 @@ class SearchConfig:
     # derive.tolerance): all mask logits shift by one offset when it drifted further off
     hold_target: bool = True
     target: TargetConfig = field(default_factory=TargetConfig)
+    sandwich: SandwichConfig = field(default_factory=SandwichConfig)
+
+
+@dataclass
+class FrontConfig:
+    """The Pareto front over a trained supernet (`maskednas front`, search/front.py): validation
+    accuracy against each cost in `objectives`, searched by Optuna, and an export per budget."""
+    strategy: str = "evolution"  # evolution (NSGA-II) | bayesian (TPE) | random
+    trials: int = 100  # subnets evaluated (the largest and the smallest first)
+    timeout_s: float | None = None  # stop sampling after this many seconds
+    population: int = 20  # evolution: NSGA-II's population per generation
+    objectives: list[str] = field(default_factory=lambda: ["macs"])  # registered cost targets
+    # what every subnet must meet, as search.targets (e.g. {params: {fraction: 0.5}})
+    constraints: dict[str, TargetGoal] = field(default_factory=dict)
+    # a subnet exported per budget: fractions of the dense network's figure of the first objective
+    budgets: list[float] = field(default_factory=lambda: [0.15, 0.25, 0.35, 0.5, 0.75])
+    # per budget: the most accurate subnets under it, each grown toward it and scored again
+    refine: int = 3
+    bn_batches: int = 10  # training batches each subnet's BatchNorm statistics are estimated on
+    finetune: bool = False  # fine-tune each export (the finetune section's recipe)
 
 
 @dataclass
@@ -189,6 +222,7 @@ class RunConfig:
     finetune: FinetuneConfig = field(default_factory=FinetuneConfig)
     export: ExportConfig = field(default_factory=ExportConfig)
     latency: LatencyConfig = field(default_factory=LatencyConfig)
+    front: FrontConfig = field(default_factory=FrontConfig)
 
     def __post_init__(self) -> None:
         if self.space_config is None and self.space in SPACES.names():
@@ -489,8 +523,13 @@ RANGES: dict[str, Range] = {
     "finetune.kd_temperature": POSITIVE, "finetune.ema_decay": Range(0, 1, True, True),
     "finetune.drop_path": PROBABILITY, "finetune.aux_weight": AT_LEAST_0, "finetune.cutout": AT_LEAST_0,
     "export.calibration_batches": AT_LEAST_1,
+    "search.sandwich.random_subnets": AT_LEAST_0, "front.trials": AT_LEAST_1,
+    "front.timeout_s": POSITIVE, "front.population": Range(2), "front.bn_batches": AT_LEAST_1,
+    "front.refine": AT_LEAST_1,
 }
 REGIMES = ("bilevel", "single_level")
+SEARCH_STRATEGIES = ("differentiable", "sandwich")
+FRONT_STRATEGIES = ("evolution", "bayesian", "random")
 QUANTIZED = tuple(p for p in PRECISIONS if p != "fp32")
 
 
@@ -512,6 +551,18 @@ def validate(cfg: RunConfig) -> None:
         (s.warmup_epochs <= s.epochs,
          f"search.warmup_epochs must be in [0, search.epochs={s.epochs}], got {s.warmup_epochs}"),
         (s.order in (1, 2), f"search.order must be 1 (first order) or 2 (second order), got {s.order}"),
+        (s.strategy in SEARCH_STRATEGIES,
+         f"search.strategy must be one of {', '.join(SEARCH_STRATEGIES)}, got {s.strategy!r}"),
+        (s.strategy != "sandwich" or not cell_based,
+         f"search.strategy=sandwich trains subnets of one op per choice; the {cfg.space!r} space "
+         f"derives cells: use the macro or model space"),
+        (s.strategy != "sandwich" or not search_goals(cfg),
+         f"search.strategy=sandwich trains every subnet alike and penalises no cost, but "
+         f"search.targets names {', '.join(search_goals(cfg))}: drop them (e.g. "
+         f"search.targets.macs=null); the front's budgets are front.budgets"),
+        (all(f in UNIT for f in s.sandwich.width_fractions) and s.sandwich.width_fractions,
+         f"search.sandwich.width_fractions must be fractions in (0, 1], got "
+         f"{s.sandwich.width_fractions}"),
         (s.regime in REGIMES,
          f"search.regime must be one of {', '.join(REGIMES)}, got {s.regime!r}"),
         (s.arch_fraction is None or s.regime == "bilevel",
@@ -557,7 +608,7 @@ def validate(cfg: RunConfig) -> None:
          f"latency.runtime=onnxruntime runs on the CPU (CPUExecutionProvider); set "
          f"latency.device=cpu, or latency.runtime=torch for {cfg.latency.device}"),
     ]
-    checks += target_checks(cfg)
+    checks += target_checks(cfg) + front_checks(cfg)
     checks.append((cfg.name is None or is_plain_name(cfg.name), plain_name_error("name", cfg.name)))
     for ok, message in checks:
         if not ok:
@@ -603,9 +654,35 @@ def target_checks(cfg: RunConfig) -> list[tuple[bool, str]]:
     return checks
 
 
+def front_checks(cfg: RunConfig) -> list[tuple[bool, str]]:
+    """The front's strategy, objectives, constraints and budgets."""
+    fr, space = cfg.front, SPACES.get(cfg.space)
+    checks = [(fr.strategy in FRONT_STRATEGIES,
+               f"front.strategy must be one of {', '.join(FRONT_STRATEGIES)}, got {fr.strategy!r}"),
+              (bool(fr.objectives), "front.objectives names at least one cost target, e.g. [macs]"),
+              (bool(fr.budgets) and all(b in UNIT for b in fr.budgets),
+               f"front.budgets must be fractions in (0, 1] of the dense network's "
+               f"{fr.objectives[0] if fr.objectives else 'cost'}, got {fr.budgets}")]
+    for where, names in (("front.objectives", fr.objectives), ("front.constraints", fr.constraints)):
+        for name in names:
+            if name not in COST_TARGETS.names():
+                return [(False, f"{where}: unknown cost target {name!r}; registered: "
+                                f"{', '.join(COST_TARGETS.names())}")]
+            why = COST_TARGETS.get(name).unavailable(space)
+            checks.append((not why, f"the {cfg.space!r} space {why}, so {where} cannot name {name}"))
+    for name, goal in fr.constraints.items():
+        checks.append((goal is not None and (goal.value is None) != (goal.fraction is None)
+                       and (goal.value is None or goal.value in POSITIVE)
+                       and (goal.fraction is None or goal.fraction in UNIT),
+                       f"front.constraints.{name} needs exactly one of value (> 0) and fraction "
+                       f"(in (0, 1]), got {to_dict(goal) if goal is not None else None}"))
+    return checks
+
+
 def uses_latency(cfg: RunConfig) -> bool:
     """Whether the run has a latency target (and so measures or reads a latency table)."""
-    return any(COST_TARGETS.get(n).needs_latency_table for n in [*search_goals(cfg), *cfg.derive.target]
+    return any(COST_TARGETS.get(n).needs_latency_table
+               for n in [*search_goals(cfg), *cfg.derive.target, *cfg.front.objectives, *cfg.front.constraints]
                if n in COST_TARGETS.names())
 
 
@@ -628,9 +705,10 @@ def plain_name_error(what: str, name) -> str:
 # `--run` derives again from a finished search: only the later stages' settings may change.
 RESUME_MAY_CHANGE = ("search.epochs", "search.w_lr", "search.w_lr_min", "search.arch_lr",
                      "log_every", "threads", "device", "sync_bn", "derive.", "finetune.",
-                     "export.", "data.num_classes")
+                     "export.", "front.", "data.num_classes")
 LATER_STAGES_MAY_CHANGE = ("log_every", "threads", "device", "sync_bn", "seed", "amp",
-                           "channels_last", "derive.", "finetune.", "export.", "data.num_classes")
+                           "channels_last", "derive.", "finetune.", "export.", "front.",
+                           "data.num_classes")
 
 
 def flat_dict(d: dict, prefix: str = "") -> dict:

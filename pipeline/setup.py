@@ -19,6 +19,7 @@ from maskednas.latency.cache import obtain_table, save_run_copy
 from maskednas.pipeline.config import (ConfigError, FinetuneConfig, RunConfig, from_dict, search_goals,
                                        to_dict, upgrade_moved_keys, uses_latency)
 from maskednas.search.loop import Searcher
+from maskednas.search.sandwich import SandwichSearcher
 from maskednas.search.penalty import resolve_targets
 from maskednas.supernet import SPACES
 from maskednas.training.autocast import autocast_factory
@@ -147,7 +148,8 @@ def prepare_search(cfg: RunConfig, run_dir: Path, data: ImageData | None = None,
     arch = loader(cfg, data.x_train[arch_idx], data.y_train[arch_idx], meta, device, True, cfg.seed + 1)
     logger = (logger_factory(run_dir, net, targets)
               if logger_factory and parallel.is_main() else None)
-    return Searcher(cfg, net, train, arch, targets, run_dir, logger, latency=latency,
+    searcher = SandwichSearcher if s.strategy == "sandwich" else Searcher
+    return searcher(cfg, net, train, arch, targets, run_dir, logger, latency=latency,
                     extra_state={"config": to_dict(cfg), "data": asdict(meta),
                                  "data_sha256": data.fingerprint()})
 

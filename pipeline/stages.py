@@ -81,6 +81,15 @@ class Slimmed:
     scale: float  # max |hard-masked supernet output| on that batch (the gap is ~1e-7 of it)
 
 
+@dataclass
+class Chosen:
+    """A derivation made elsewhere (a point of the front), the budget it was chosen for, and what
+    its fine-tune distils from (None: the space's `distillation_teacher`)."""
+    derivation: Derivation
+    budget: Budget
+    teacher: torch.nn.Module | None = None
+
+
 def search(cfg: RunConfig, run_dir: Path, data: ImageData, resume: bool = False,
            tensorboard: bool = True, report: Report = print) -> SearchOutcome:
     """Run (or resume) the bilevel search; the checkpoint is `run_dir/search.pt`. The returned
@@ -100,10 +109,16 @@ def search(cfg: RunConfig, run_dir: Path, data: ImageData, resume: bool = False,
                f"per rank")
     metrics = searcher.run()
     net = parallel.plain_batchnorm(searcher.net) if cfg.sync_bn else searcher.net
+    seconds = time.perf_counter() - start
+    if cfg.search.strategy == "sandwich":
+        report(f"supernet trained in {seconds:.0f}s: train acc of the largest subnet "
+               f"{metrics['train_acc']:.3f} ({metrics['largest_macs']:,.0f} MACs), of the smallest "
+               f"{metrics['smallest_acc']:.3f} ({metrics['smallest_macs']:,.0f} MACs)")
+        return SearchOutcome(net, searcher.targets, metrics, searcher.logger, searcher.latency)
     others = "".join(f", {t.label} {t.show(metrics[f'discrete_{name}'])}"
                      for name in searcher.targets if name != "macs"
                      for t in [COST_TARGETS.get(name)])
-    report(f"search done in {time.perf_counter() - start:.0f}s: arch-batch acc {metrics['arch_acc']:.3f}, "
+    report(f"search done in {seconds:.0f}s: arch-batch acc {metrics['arch_acc']:.3f}, "
            f"MACs of the derived network {metrics['discrete_macs']:,.0f} "
            f"(soft expectation {metrics['expected_macs']:,.0f}){others}")
     return SearchOutcome(net, searcher.targets, metrics, searcher.logger, searcher.latency)
@@ -128,13 +143,15 @@ def load_search(cfg: RunConfig, run_dir: Path) -> SearchOutcome:
 
 
 def derive_and_slim(cfg: RunConfig, net: Supernet, meta: DataMeta, target: float | Budget | None,
-                    probe: torch.Tensor) -> Slimmed:
-    """Derive the architecture, slim the supernet into it, and check on a real batch that the
-    compact model computes what the hard-masked supernet does (it stops the run if not)."""
+                    probe: torch.Tensor, derivation: Derivation | None = None) -> Slimmed:
+    """Derive the architecture (unless `derivation` is given: a point of the front), slim the
+    supernet into it, and check on a real batch that the compact model computes what the
+    hard-masked supernet does (it stops the run if not)."""
     net.eval()
     d = cfg.derive
-    derivation = derive(net, target, d.tolerance, d.round_to, d.min_channels, meta.mean, meta.std,
-                        promote_ops=d.promote_ops)
+    if derivation is None:
+        derivation = derive(net, target, d.tolerance, d.round_to, d.min_channels, meta.mean,
+                            meta.std, promote_ops=d.promote_ops)
     compact = slim(net, derivation).eval()
     same = check_equivalence(net, derivation, compact, probe)
     if cfg.channels_last:
@@ -199,18 +216,21 @@ def cpu_latencies(models: dict[str, torch.nn.Module], shape: tuple[int, ...],
 
 def derive_and_export(cfg: RunConfig, run_dir: Path, data: ImageData, searched: SearchOutcome,
                       stages: Sequence[str], export_name: str = "export",
-                      logger: SearchLogger | None = None, report: Report = print) -> dict:
+                      logger: SearchLogger | None = None, report: Report = print,
+                      chosen: Chosen | None = None) -> dict:
     """Every stage after the search; returns the metrics (also written to
-    `run_dir/summary-<export_name>.json`)."""
+    `run_dir/summary-<export_name>.json`). `chosen`: a point of the front, exported instead of
+    deriving from the masks."""
     seed_everything(cfg.seed)
     start = time.perf_counter()
     net = searched.net
     ctx = TrainingContext(cfg, data, next(net.parameters()).device)
     train_loader = ctx.train_loader()
-    budget = derive_budget(cfg, net, searched)
+    derivation, budget = (chosen.derivation, chosen.budget) if chosen else (
+        None, derive_budget(cfg, net, searched))
 
     probe = next(iter(ctx.val_loader or ctx.test_loader))[0]  # the test set is for the report
-    slimmed = derive_and_slim(cfg, net, ctx.meta, budget, probe)
+    slimmed = derive_and_slim(cfg, net, ctx.meta, budget, probe, derivation)
     compact = slimmed.model
     recalibrate_batchnorm(compact, train_loader)
     slim_acc, slim_val_acc = ctx.evaluate(compact)["acc"], ctx.validate(compact)["acc"]
@@ -228,7 +248,8 @@ def derive_and_export(cfg: RunConfig, run_dir: Path, data: ImageData, searched: 
     if "finetune" in stages:
         # the space's teacher (the soft supernet; a user's network as it was before pruning)
         # is distilled from when finetune.kd_weight > 0
-        compact = ctx.train(compact, teacher=net.distillation_teacher(), logger=logger,
+        teacher = chosen.teacher if chosen and chosen.teacher is not None else net.distillation_teacher()
+        compact = ctx.train(compact, teacher=teacher, logger=logger,
                             train_loader=train_loader)
     test_metrics, val_metrics = ctx.evaluate(compact), ctx.validate(compact)
 
@@ -306,6 +327,10 @@ def run(cfg: RunConfig, run_dir: str | Path, stages: Sequence[str] = STAGES, *,
     True
     """
     stages, run_dir = check_stages(stages), Path(run_dir)
+    if cfg.search.strategy == "sandwich" and "derive" in stages:
+        raise ConfigError("a supernet trained with search.strategy=sandwich holds a subnet for "
+                          "every budget: `maskednas front` (maskednas.front) searches and exports "
+                          "them; `run` stages after the search derive one network from the masks")
     apply_threads(cfg)  # later stages alone too: threads and subnormal flushing
     data = data or load_data(cfg)
     if not parallel.is_main():

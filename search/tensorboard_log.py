@@ -93,6 +93,18 @@ class SearchLogger:
         self.scalars({f"hparam/{k}": v for k, v in metrics.items()}, 0)
 
     @_reports_write_errors
+    def front(self, result: dict, figure=None) -> None:
+        """The front (search.front): its plot, its table, and each export's validation accuracy
+        and first objective (`front/<export>/...`)."""
+        if figure is not None:
+            self.writer.add_figure("front/pareto", figure, close=False)
+        self.writer.add_text("front/table", result["table"])
+        first = result["objectives"][0]
+        for name, row in result["picks"].items():
+            self.scalars({f"front/{name}/val_acc": row["val_acc"], f"front/{name}/{first}": row[first]}, 0)
+        self.writer.flush()
+
+    @_reports_write_errors
     def close(self) -> None:
         self.writer.close()
 

@@ -1,0 +1,101 @@
+"""Training a supernet for every budget at once (`search.strategy=sandwich`), as BigNAS and
+Once-for-All do: each step trains the largest subnet, the smallest and `random_subnets` drawn
+uniformly (`supernet.subnets.SubnetSpace`), the gradients of all summed into one weight update.
+The largest learns from the labels (or from the user's network, `search.kd_weight`); the others
+from the largest's outputs (in-place distillation, KL at temperature 1), which BigNAS found to
+keep small subnets from overfitting the labels. No architecture step runs: op logits and mask
+logits keep their initial values (the mask logits fix each group's channel order).
+
+The subnets are then read off without retraining (`search.front`), with BatchNorm statistics
+re-estimated per subnet: the running statistics gathered here describe a mix of widths.
+"""
+from __future__ import annotations
+
+import math
+
+import torch
+from tqdm import tqdm
+
+from maskednas import parallel
+from maskednas.search.loop import Searcher
+from maskednas.supernet.subnets import SubnetSpace
+from maskednas.training.losses import cross_entropy, distillation_loss
+
+
+class SandwichSearcher(Searcher):
+    """The search loop with the sandwich rule as its step (checkpoints, resume, the schedule,
+    the finite checks and logging are the loop's)."""
+
+    def __init__(self, *args, **kwargs) -> None:
+        super().__init__(*args, **kwargs)
+        if parallel.size() > 1:
+            raise ValueError("search.strategy=sandwich runs in one process (each step runs "
+                             "several subnets, which DistributedDataParallel would reduce once "
+                             "each); run it without torchrun")
+
+    def sandwich_step(self, space: SubnetSpace, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        """One weight update from the largest, the smallest and the random subnets; returns
+        (largest's loss, largest's correct, smallest's loss, smallest's correct) on the device."""
+        cfg = self.cfg.search.sandwich
+        weights = self.w_opt.param_groups[0]["params"]
+        self.w_opt.zero_grad(set_to_none=True)
+        subnets = [space.largest(), space.smallest(), *(space.sample() for _ in range(cfg.random_subnets))]
+        teacher, stats = None, []
+        for i, subnet in enumerate(subnets):
+            space.activate(subnet)
+            with self.autocast():
+                logits = self.net(x)
+            if teacher is None:
+                loss, teacher = self.loss_fn(logits, x, y), logits.detach()
+            elif cfg.inplace_distillation:
+                loss = distillation_loss(logits, teacher, 1.0)
+            else:
+                loss = cross_entropy(logits, y)
+            # subnets skip ops: their weights get no gradient from this subnet
+            loss.backward(inputs=[w for w in weights if w.requires_grad])
+            if i < 2:
+                stats += [loss.detach().float(), (logits.detach().argmax(1) == y).sum().float()]
+        self.net.soft_mask()
+        torch.nn.utils.clip_grad_norm_(weights, self.cfg.search.grad_clip)
+        self.w_opt.step()
+        return torch.stack(stats)
+
+    def run_epoch(self, bar: tqdm) -> dict[str, float]:
+        self.net.train()
+        self.w_sched.step(self.epoch)
+        s = self.cfg.search
+        space = SubnetSpace(self.net, s.sandwich.width_fractions, self.rounding)
+        sums, n = torch.zeros(4, device=self.device), 0
+        for x, y in self.train_loader:
+            step = self.sandwich_step(space, x, y)
+            sums += step * torch.tensor([len(y), 1, len(y), 1], device=self.device)
+            n += len(y)
+            self.step += 1
+            bar.update(1)
+            if self.step % self.cfg.log_every == 0:
+                self._progress(bar, sums, n)
+        largest_loss, largest_correct, smallest_loss, smallest_correct = self._totals(sums)
+        macs = lambda subnet: float(space.architecture(subnet).cost().macs)
+        return {"epoch": self.epoch, "train_loss": largest_loss / n, "train_acc": largest_correct / n,
+                "smallest_loss": smallest_loss / n, "smallest_acc": smallest_correct / n,
+                "w_lr": self.w_opt.param_groups[0]["lr"],
+                "largest_macs": macs(space.largest()), "smallest_macs": macs(space.smallest())}
+
+    def _totals(self, sums: torch.Tensor) -> list[float]:
+        """The sums on the host (one sync), where a non-finite loss stops the search."""
+        values = sums.tolist()
+        if not all(math.isfinite(v) for v in values):
+            self._stop_nonfinite()
+        return values
+
+    def _progress(self, bar: tqdm, sums: torch.Tensor, n: int) -> None:
+        loss, correct, small_loss, small_correct = self._totals(sums)
+        bar.set_postfix(loss=f"{loss / n:.3f}", acc=f"{correct / n:.3f}",
+                        smallest_acc=f"{small_correct / n:.3f}")
+
+    def _log(self, m: dict[str, float]) -> None:
+        if self.logger is None:
+            return
+        self.logger.scalars({"loss/largest": m["train_loss"], "loss/smallest": m["smallest_loss"],
+                             "acc/largest": m["train_acc"], "acc/smallest": m["smallest_acc"],
+                             "lr/weights": m["w_lr"]}, self.epoch)
