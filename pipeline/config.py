@@ -84,9 +84,6 @@ class SandwichConfig:
 
 @dataclass
 class SearchConfig:
-    # differentiable: op and mask logits learned toward the cost targets (one network);
-    # sandwich: every subnet trained alike, for a front of budgets (`maskednas front`)
-    strategy: str = "differentiable"
     epochs: int = 30
     warmup_epochs: int = 5  # weights only: the architecture is frozen (also against DARTS' skip collapse)
     order: int = 1  # 1: first-order DARTS; 2: unrolled step with finite-difference Hessian
@@ -120,6 +117,9 @@ class SearchConfig:
     # derive.tolerance): all mask logits shift by one offset when it drifted further off
     hold_target: bool = True
     target: TargetConfig = field(default_factory=TargetConfig)
+    # differentiable: op and mask logits learned toward the cost targets (one network);
+    # sandwich: every subnet trained alike, for a front of budgets (`maskednas front`)
+    strategy: str = "differentiable"
     sandwich: SandwichConfig = field(default_factory=SandwichConfig)
 
 

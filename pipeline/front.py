@@ -29,10 +29,11 @@ from maskednas.supernet.targets import COST_TARGETS, resolve_targets
 
 
 def front(cfg: RunConfig, run_dir: Path, data: ImageData, searched: SearchOutcome,
-          logger=None, report: Report = print) -> dict:
-    """Search the front of `searched.net`, write it, export a subnet per budget; returns what
-    front.json holds."""
+          logger=None, report: Report = print, export: bool = True) -> dict:
+    """Search the front of `searched.net`, write it, export a subnet per budget (unless not
+    `export`: the front's files alone); returns what front.json holds."""
     run_dir, fr = Path(run_dir), cfg.front
+    run_dir.mkdir(parents=True, exist_ok=True)
     net = searched.net
     ctx = TrainingContext(cfg, data, next(net.parameters()).device)
     if ctx.val_loader is None:
@@ -68,8 +69,11 @@ def front(cfg: RunConfig, run_dir: Path, data: ImageData, searched: SearchOutcom
     write_front(run_dir, result, plot_front(search.candidates, pareto(search.candidates, fr.objectives),
                                             picks, first, target.label), logger)
     report(result["table"])
-    teacher = (slim(net, derivation_of(space, space.largest(), ctx)).eval()
-               if fr.finetune and cfg.finetune.kd_weight else None)
+    if not export:
+        return result
+    teacher = None  # the space's (a user's network as it was before pruning)
+    if fr.finetune and cfg.finetune.kd_weight and net.distillation_teacher() is net:
+        teacher = slim(net, derivation_of(space, space.largest(), ctx)).eval()  # not the soft supernet
     stages = ["derive", *(["finetune"] if fr.finetune else []), "export"]
     for name, pick in picks.items():
         derivation, budget = derivation_of(space, pick.subnet, ctx), budgets[name]
