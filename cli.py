@@ -42,7 +42,7 @@ from maskednas.export.inspect import check_export, describe_export
 from maskednas.pipeline.setup import (apply_threads, build_supernet, check_ranks, check_same_data,
                                       data_meta, latency_model, load_data, preflight, select_device)
 from maskednas.search.checkpoint import load_checkpoint
-from maskednas.pipeline.front import front
+from maskednas.pipeline.front import check_front, front
 from maskednas.pipeline.stages import load_search, search
 from maskednas.search.loop import Searcher
 from maskednas.search.tensorboard_log import SearchLogger
@@ -78,10 +78,14 @@ def parse_args(argv: list[str], prog: str = "maskednas run") -> argparse.Namespa
     p.add_argument("--debug", action="store_true", help="show the traceback of an error")
     p.add_argument("overrides", nargs="*", help="config overrides, e.g. search.epochs=10")
     args = p.parse_intermixed_args(argv)  # overrides may stand before and after options
-    if args.config is None:  # `model.source=...` alone means: prune that network
-        prune = any(o.split("=", 1)[0].startswith("model.") for o in args.overrides)
-        args.config = "prune_model" if prune else "digits"
+    args.config = args.config or default_config(args.overrides)
     return args
+
+
+def default_config(overrides: list[str]) -> str:
+    """digits, or prune_model when an override sets model.* (`model.source=...` alone means:
+    prune that network)."""
+    return "prune_model" if any(o.split("=", 1)[0].startswith("model.") for o in overrides) else "digits"
 
 
 def resolve_run(args) -> tuple[RunConfig, Path]:
@@ -203,9 +207,7 @@ def front_command(argv: list[str], prog: str = "maskednas front") -> dict:
                           "subnets per step); run it without torchrun")
     if args.accept_changed_data and not args.resume:
         raise ConfigError("--accept-changed-data applies to --resume only")
-    if args.config is None:
-        prune = any(o.split("=", 1)[0].startswith("model.") for o in args.overrides)
-        args.config = "prune_model" if prune else "digits"
+    args.config = args.config or default_config(args.overrides)
     if not (args.resume or args.run):  # the config's own search becomes the sandwich rule's
         own_targets = any(o.startswith("search.targets") for o in args.overrides)  # then refused
         args.overrides = ["search.strategy=sandwich", *([] if own_targets else ["search.targets={}"]),
@@ -224,6 +226,7 @@ def front_command(argv: list[str], prog: str = "maskednas front") -> dict:
                         contents=bool(args.resume) and not args.accept_changed_data)
     if not args.run:
         preflight(cfg, data, run_dir if args.resume else None)
+    check_front(cfg, data)
     with contextlib.ExitStack() as held:
         claim(run_dir, held, new_run=not (args.resume or args.run))
         if not args.run:

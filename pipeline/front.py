@@ -14,13 +14,16 @@ import time
 from dataclasses import replace
 from pathlib import Path
 
+import torch
+
 from maskednas.common import atomic_write
 from maskednas.datasource import ImageData
 from maskednas.derive import slim
 from maskednas.derive.discretize import Budget, Derivation
 from maskednas.ops import WidthRounding
 from maskednas.pipeline.config import ConfigError, RunConfig
-from maskednas.pipeline.setup import TrainingContext, latency_model, seed_everything
+from maskednas.pipeline.setup import (TrainingContext, build_supernet, data_meta, latency_model,
+                                      seed_everything)
 from maskednas.pipeline.stages import Chosen, Report, SearchOutcome, derive_and_export
 from maskednas.search.front import Candidate, FrontSearch, SubnetScorer, pareto, plot_front
 from maskednas.search.penalty import bind_targets
@@ -83,6 +86,23 @@ def front(cfg: RunConfig, run_dir: Path, data: ImageData, searched: SearchOutcom
                                    **{k: metrics[k] for k in ("val_acc", "test_acc", "macs", "params")}}
     write_front(run_dir, result)
     return result
+
+
+def check_front(cfg: RunConfig, data: ImageData) -> None:
+    """What the front needs, checked before anything is written: a space of subnets (not DARTS
+    cells) and budgets no lower than its smallest subnet's figure."""
+    net = build_supernet(cfg, data_meta(data), torch.device("cpu"))
+    space = SubnetSpace(net, cfg.search.sandwich.width_fractions,
+                        WidthRounding(cfg.derive.round_to, cfg.derive.min_channels))
+    name = cfg.front.objectives[0]
+    target = bind_targets([name], net, latency_model(cfg, net, write_cache=False), cfg.latency.batch)[name]
+    dense, smallest = target.dense(), target.of(space.architecture(space.smallest()))
+    low = [b for b in cfg.front.budgets if b * dense < smallest]
+    if low:
+        raise ConfigError(f"front.budgets {low} of the dense network's {target.show(dense)} lie below "
+                          f"the smallest subnet ({target.show(smallest)}, {smallest / dense:.1%}: every "
+                          f"group at its narrowest of search.sandwich.width_fractions, every choice its "
+                          f"cheapest op); use budgets of at least {smallest / dense:.3f}")
 
 
 def derivation_of(space: SubnetSpace, subnet: Subnet, ctx: TrainingContext) -> Derivation:

@@ -12,6 +12,7 @@ import torch
 
 from conftest import maskednas_main, small_config
 from maskednas.derive import slim
+from maskednas.pipeline.setup import build_supernet, data_meta, load_data
 from maskednas.derive.discretize import Derivation
 from maskednas.search.front import Candidate, FrontSearch, SubnetScorer, pareto
 from maskednas.search.penalty import bind_targets
@@ -162,10 +163,13 @@ def test_constraints_make_subnets_infeasible_and_bound_the_growth(tiny_net):
     assert params.of(search.space.architecture(pick.subnet)) <= limit
 
 
-def test_darts_cells_are_refused():
+def test_darts_cells_are_refused(tmp_path):
     from maskednas.pipeline.config import ConfigError, load_config
     with pytest.raises(ConfigError, match="sandwich trains subnets of one op per choice"):
         load_config("darts_digits", ["search.strategy=sandwich", "search.targets.macs=null"])
+    with pytest.raises(ValueError, match="derives cells .* not one op per choice"):
+        SubnetSpace(build_supernet(load_config("darts_digits"), data_meta(load_data(load_config("darts_digits"))),
+                                   torch.device("cpu")), FRACTIONS)
 
 
 @pytest.mark.parametrize("override, message", [
@@ -175,6 +179,7 @@ def test_darts_cells_are_refused():
     ("front.constraints.params.fraction=2", "front.constraints.params needs exactly one of"),
     ("search.sandwich.width_fractions=[0, 1]", "width_fractions must be fractions"),
     ("search.targets.macs.fraction=0.5", "penalises no cost"),
+    ("front.budgets=[0.001, 0.5]", "front.budgets [0.001] of the dense network's"),
 ])
 def test_bad_front_settings_are_refused_before_anything_is_written(tmp_path, capsys, override, message):
     with pytest.raises(SystemExit) as e:
@@ -207,6 +212,10 @@ def test_the_front_command_trains_once_and_exports_a_subnet_per_budget(tmp_path)
         exported = model.arch.cost().macs
         assert 0.97 * fraction * dense <= exported <= fraction * dense
         assert result["exports"][name]["macs"] == exported == result["picks"][name]["macs"]
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+    events = EventAccumulator(str(run), size_guidance={"scalars": 0, "images": 0}).Reload()
+    assert {f"front/front-macs-{b:g}/val_acc" for b in budgets} <= set(events.Tags()["scalars"])
+    assert "front/pareto" in events.Tags()["images"] and events.Scalars("acc/smallest")
     # the same supernet, searched again with another strategy: no new training
     before = (run / "search.pt").stat().st_mtime_ns
     maskednas_main(["front", "--run", str(run), "front.strategy=random", "front.trials=4",
