@@ -213,9 +213,6 @@ def front_command(argv: list[str], prog: str = "maskednas front") -> dict:
         args.overrides = ["search.strategy=sandwich", *([] if own_targets else ["search.targets={}"]),
                           *args.overrides]
     cfg, run_dir = resolve_run(args)
-    if not cfg.data.validation_fraction:
-        raise ConfigError("the front scores subnets on the validation split, and "
-                          "data.validation_fraction=0 holds none out: set it above 0 (e.g. 0.1)")
     RunLock.ensure_free(run_dir)
     if not (args.resume or args.run) and (run_dir / Searcher.CHECKPOINT).exists():
         raise ConfigError(f"{run_dir} already holds a search; continue it with --resume {run_dir}, "

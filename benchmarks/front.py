@@ -7,8 +7,8 @@
     python -m benchmarks.front --quick                       # tiny epochs, one seed
 
 Per seed and preset: (a) a differentiable search (the pipeline) per MACs target, each derived,
-fine-tuned and exported; (b) one supernet trained by the sandwich rule for as many epochs as one
-of those searches, then the front searched with each of Optuna's strategies (evolution, bayesian,
+fine-tuned and exported; (b) one supernet trained by the sandwich rule (`--supernet-epochs`, the
+config's warm-up epochs training the largest subnet alone), then the front searched with each of Optuna's strategies (evolution, bayesian,
 random) at the same number of evaluations, and the evolution front's subnet per budget fine-tuned
 with the same recipe. The model space starts from the same trained ResNet-20 (benchmarks.prune_resnet
 trains it) and distils from it in every fine-tune. Reported: validation and test accuracy per
@@ -33,10 +33,11 @@ from maskednas.pipeline.stages import search
 
 ROOT = Path(__file__).resolve().parents[1]
 DATA = f"data.path={ROOT.parent / 'shared' / 'data' / 'cifar10_subset.npz'}"
-PRESETS = {  # config, overrides
+PRESETS = {  # config, overrides, the supernet's own overrides
+    # the sandwich rule keeps each group's channels of highest magnitude (Once-for-All's order)
     "resnet20": (ROOT / "configs" / "prune_cifar_resnet20.yaml",
-                 [DATA, "model.source=benchmarks.cifar_resnet:resnet20"]),
-    "cifar16": (ROOT / "configs" / "cifar10_subset_cpu.yaml", [DATA, "data.resize=16"]),
+                 [DATA, "model.source=benchmarks.cifar_resnet:resnet20"], ["model.mask_init_from=magnitude"]),
+    "cifar16": (ROOT / "configs" / "cifar10_subset_cpu.yaml", [DATA, "data.resize=16"], []),
 }
 STRATEGIES = ("evolution", "bayesian", "random")
 
@@ -46,7 +47,7 @@ def silent(_: str) -> None:
 
 
 def one_seed(args, seed: int, workdir: Path) -> list[dict]:
-    config, overrides = PRESETS[args.preset]
+    config, overrides, supernet = PRESETS[args.preset]
     common = [*overrides, f"seed={seed}", f"search.epochs={args.search_epochs}",
               f"finetune.epochs={args.finetune_epochs}", "threads=null"]
     rows = []
@@ -70,8 +71,8 @@ def one_seed(args, seed: int, workdir: Path) -> list[dict]:
         print(json.dumps(rows[-1]), flush=True)
     # (b) one supernet, then each strategy's front at the same evaluations
     start = time.perf_counter()
-    cfg = load_config(config, [*common, "search.strategy=sandwich", "search.targets={}",
-                               f"search.epochs={args.supernet_epochs}", "search.warmup_epochs=0",
+    cfg = load_config(config, [*common, *supernet, "search.strategy=sandwich", "search.targets={}",
+                               f"search.epochs={args.supernet_epochs}",
                                f"front.budgets={list(args.fractions)}", f"front.trials={args.trials}"])
     searched = search(cfg, workdir / "supernet", data, tensorboard=False, report=silent)
     trained = time.perf_counter() - start

@@ -49,6 +49,11 @@ class ChannelMask(nn.Module):
     def harden(self, keep_indices: torch.Tensor | list[int]) -> None:
         keep = torch.zeros_like(self.keep)
         keep[torch.as_tensor(keep_indices, dtype=torch.long, device=keep.device)] = True
+        self.harden_to(keep)
+
+    def harden_to(self, keep: torch.Tensor) -> None:
+        """Harden to a boolean keep vector on the mask's device (no host copy: the sandwich
+        rule hardens every group several times a step)."""
         self.keep.copy_(keep)
         self.hard = True
 

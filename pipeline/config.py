@@ -127,6 +127,7 @@ class SearchConfig:
 class FrontConfig:
     """The Pareto front over a trained supernet (`maskednas front`, search/front.py): validation
     accuracy against each cost in `objectives`, searched by Optuna, and an export per budget."""
+    name: str = "front"  # <name>.md/.json/.png and the exports <name>-<objective>-<fraction>
     strategy: str = "evolution"  # evolution (NSGA-II) | bayesian (TPE) | random
     trials: int = 100  # subnets evaluated (the largest and the smallest first)
     timeout_s: float | None = None  # stop sampling after this many seconds
@@ -523,7 +524,7 @@ RANGES: dict[str, Range] = {
     "finetune.kd_temperature": POSITIVE, "finetune.ema_decay": Range(0, 1, True, True),
     "finetune.drop_path": PROBABILITY, "finetune.aux_weight": AT_LEAST_0, "finetune.cutout": AT_LEAST_0,
     "export.calibration_batches": AT_LEAST_1,
-    "search.sandwich.random_subnets": AT_LEAST_0, "front.trials": AT_LEAST_1,
+    "search.sandwich.random_subnets": AT_LEAST_0, "front.trials": Range(2),
     "front.timeout_s": POSITIVE, "front.population": Range(2), "front.bn_batches": AT_LEAST_1,
     "front.refine": AT_LEAST_1,
 }
@@ -560,9 +561,12 @@ def validate(cfg: RunConfig) -> None:
          f"search.strategy=sandwich trains every subnet alike and penalises no cost, but "
          f"search.targets names {', '.join(search_goals(cfg))}: drop them (e.g. "
          f"search.targets.macs=null); the front's budgets are front.budgets"),
-        (all(f in UNIT for f in s.sandwich.width_fractions) and s.sandwich.width_fractions,
-         f"search.sandwich.width_fractions must be fractions in (0, 1], got "
-         f"{s.sandwich.width_fractions}"),
+        (all(f in UNIT for f in s.sandwich.width_fractions) and 1.0 in s.sandwich.width_fractions,
+         f"search.sandwich.width_fractions must be fractions in (0, 1], 1 among them (the full "
+         f"width: budgets are fractions of the dense network), got {s.sandwich.width_fractions}"),
+        (s.strategy != "sandwich" or (s.regime == "single_level" and s.arch_fraction is None),
+         f"search.strategy=sandwich takes no architecture steps, so it holds no training images "
+         f"out for them: drop search.regime={s.regime} and search.arch_fraction"),
         (s.regime in REGIMES,
          f"search.regime must be one of {', '.join(REGIMES)}, got {s.regime!r}"),
         (s.arch_fraction is None or s.regime == "bilevel",
@@ -657,7 +661,10 @@ def target_checks(cfg: RunConfig) -> list[tuple[bool, str]]:
 def front_checks(cfg: RunConfig) -> list[tuple[bool, str]]:
     """The front's strategy, objectives, constraints and budgets."""
     fr, space = cfg.front, SPACES.get(cfg.space)
-    checks = [(fr.strategy in FRONT_STRATEGIES,
+    names = [f"{b:g}" for b in fr.budgets]
+    checks = [(len(set(names)) == len(names), f"front.budgets names a budget twice: {fr.budgets}"),
+              (is_plain_name(fr.name), plain_name_error("front.name", fr.name)),
+              (fr.strategy in FRONT_STRATEGIES,
                f"front.strategy must be one of {', '.join(FRONT_STRATEGIES)}, got {fr.strategy!r}"),
               (bool(fr.objectives), "front.objectives names at least one cost target, e.g. [macs]"),
               (bool(fr.budgets) and all(b in UNIT for b in fr.budgets),

@@ -5,8 +5,9 @@ uniform for `random`) for validation accuracy against every cost in `front.objec
 A subnet's score is its validation accuracy with BatchNorm statistics re-estimated for it on a
 fixed set of training batches (the statistics the supernet gathered describe a mix of widths),
 the supernet's own statistics restored afterwards. Per budget, the best subnets under it are
-grown toward it (every group the same share of the way to its full width, bisected) and scored
-again, so that each exported point sits within `derive.tolerance` of its budget.
+grown toward it (every group the same share of the way to its full width, bisected, then one
+width step at a time) and scored again; the most accurate one within `derive.tolerance` below
+the budget is its pick (`in_band`), or the most accurate of all where none reaches the band.
 
 Optuna has no reinforcement-learning sampler; a REINFORCE controller (Zoph and Le) needs
 thousands of evaluations to beat these at the few hundred a front affords here, so none is
@@ -69,13 +70,13 @@ class SubnetScorer:
                 m.num_batches_tracked.copy_(count)
 
 
-def sampler(strategy: str, seed: int, population: int, constraints: Callable | None):
-    """Optuna's sampler for a front strategy (constraints: NSGA-II and TPE steer by them)."""
+def sampler(strategy: str, seed: int, population: int):
+    """Optuna's sampler for a front strategy (NSGA-II and TPE steer by the constraints each
+    trial records with `Trial.set_constraint`)."""
     import optuna
     samplers = {
-        "evolution": lambda: optuna.samplers.NSGAIISampler(population_size=population, seed=seed,
-                                                           constraints_func=constraints),
-        "bayesian": lambda: optuna.samplers.TPESampler(seed=seed, constraints_func=constraints),
+        "evolution": lambda: optuna.samplers.NSGAIISampler(population_size=population, seed=seed),
+        "bayesian": lambda: optuna.samplers.TPESampler(seed=seed),
         "random": lambda: optuna.samplers.RandomSampler(seed=seed),
     }
     if strategy not in samplers:
@@ -124,10 +125,9 @@ class FrontSearch:
         timeout); returns every candidate scored."""
         import optuna
         optuna.logging.set_verbosity(optuna.logging.WARNING)
-        constraints = (lambda trial: trial.user_attrs["slack"]) if self.constraints else None
-        study = optuna.create_study(
+        self.study = study = optuna.create_study(
             directions=["maximize", *["minimize"] * len(self.objectives)],
-            sampler=sampler(self.cfg.strategy, self.seed, self.cfg.population, constraints))
+            sampler=sampler(self.cfg.strategy, self.seed, self.cfg.population))
         for subnet in (self.space.largest(), self.space.smallest())[:self.cfg.trials]:
             study.enqueue_trial(subnet.params())
 
@@ -137,7 +137,8 @@ class FrontSearch:
                  **{f"width:{g}": trial.suggest_categorical(f"width:{g}", c)
                     for g, c in self.space.width_choices.items()}})
             candidate = self.score(subnet)
-            trial.set_user_attr("slack", candidate.slack)
+            for name, slack in zip(self.constraints, candidate.slack):
+                trial.set_constraint(name, slack)
             return (candidate.val_acc, *candidate.costs.values())
 
         with tqdm(total=self.cfg.trials, desc=f"front ({self.cfg.strategy})", dynamic_ncols=True,
@@ -163,12 +164,14 @@ class FrontSearch:
                 grown.append(c)
                 continue
             g = self.score(subnet, "grown")
-            g.extra = {"grown_from_val_acc": c.val_acc, f"grown_from_{first}": c.costs[first]}
+            g.extra.update({"grown_from_val_acc": c.val_acc, f"grown_from_{first}": c.costs[first]})
             grown.append(g)
         # those that reached the budget's band first (a cheap op may sit below it at full width,
         # with its every promotion above the budget)
         in_band = lambda c: c.costs[first] >= (1 - tolerance) * budget
-        return max(grown, key=lambda c: (in_band(c), c.val_acc, c.costs[first]))
+        best = max(grown, key=lambda c: (in_band(c), c.val_acc, c.costs[first]))
+        best.extra["in_band"] = in_band(best)
+        return best
 
     def grow(self, subnet: Subnet, budget: float, tolerance: float, iterations: int = 30) -> Subnet:
         """`subnet` grown as close to `budget` as it stays under it and meets the constraints:

@@ -4,7 +4,10 @@ uniformly (`supernet.subnets.SubnetSpace`), the gradients of all summed into one
 The largest learns from the labels (or from the user's network, `search.kd_weight`); the others
 from the largest's outputs (in-place distillation, KL at temperature 1), which BigNAS found to
 keep small subnets from overfitting the labels. No architecture step runs: op logits and mask
-logits keep their initial values (the mask logits fix each group's channel order).
+logits keep their initial values (the mask logits fix each group's channel order: in the model
+space, `model.mask_init_from=magnitude` orders them by importance, as Once-for-All sorts its
+channels). Warm-up epochs (`search.warmup_epochs`) train the largest subnet alone, as
+Once-for-All trains the full network before it shrinks.
 
 The subnets are then read off without retraining (`search.front`), with BatchNorm statistics
 re-estimated per subnet: the running statistics gathered here describe a mix of widths.
@@ -33,13 +36,16 @@ class SandwichSearcher(Searcher):
                              "several subnets, which DistributedDataParallel would reduce once "
                              "each); run it without torchrun")
 
-    def sandwich_step(self, space: SubnetSpace, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-        """One weight update from the largest, the smallest and the random subnets; returns
-        (largest's loss, largest's correct, smallest's loss, smallest's correct) on the device."""
+    def sandwich_step(self, space: SubnetSpace, x: torch.Tensor, y: torch.Tensor,
+                      largest_only: bool = False) -> torch.Tensor:
+        """One weight update from the largest, the smallest and the random subnets (the largest
+        alone with `largest_only`); returns the largest's and the smallest's summed loss and
+        correct answers over the batch, on the device (zeros for the smallest when it did not run)."""
         cfg = self.cfg.search.sandwich
         weights = self.w_opt.param_groups[0]["params"]
         self.w_opt.zero_grad(set_to_none=True)
-        subnets = [space.largest(), space.smallest(), *(space.sample() for _ in range(cfg.random_subnets))]
+        subnets = [space.largest()] if largest_only else [
+            space.largest(), space.smallest(), *(space.sample() for _ in range(cfg.random_subnets))]
         teacher, stats = None, []
         for i, subnet in enumerate(subnets):
             space.activate(subnet)
@@ -54,11 +60,12 @@ class SandwichSearcher(Searcher):
             # subnets skip ops: their weights get no gradient from this subnet
             loss.backward(inputs=[w for w in weights if w.requires_grad])
             if i < 2:
-                stats += [loss.detach().float(), (logits.detach().argmax(1) == y).sum().float()]
+                stats += [loss.detach().float() * len(y), (logits.detach().argmax(1) == y).sum().float()]
         self.net.soft_mask()
         torch.nn.utils.clip_grad_norm_(weights, self.cfg.search.grad_clip)
         self.w_opt.step()
-        return torch.stack(stats)
+        out = torch.stack(stats)
+        return out if len(out) == 4 else torch.cat([out, torch.zeros_like(out)])
 
     def run_epoch(self, bar: tqdm) -> dict[str, float]:
         self.net.train()
@@ -66,9 +73,9 @@ class SandwichSearcher(Searcher):
         s = self.cfg.search
         space = SubnetSpace(self.net, s.sandwich.width_fractions, self.rounding)
         sums, n = torch.zeros(4, device=self.device), 0
+        warming_up = self.epoch < s.warmup_epochs
         for x, y in self.train_loader:
-            step = self.sandwich_step(space, x, y)
-            sums += step * torch.tensor([len(y), 1, len(y), 1], device=self.device)
+            sums += self.sandwich_step(space, x, y, largest_only=warming_up)
             n += len(y)
             self.step += 1
             bar.update(1)
@@ -76,8 +83,9 @@ class SandwichSearcher(Searcher):
                 self._progress(bar, sums, n)
         largest_loss, largest_correct, smallest_loss, smallest_correct = self._totals(sums)
         macs = lambda subnet: float(space.architecture(subnet).cost().macs)
+        smallest = (float("nan"),) * 2 if warming_up else (smallest_loss / n, smallest_correct / n)
         return {"epoch": self.epoch, "train_loss": largest_loss / n, "train_acc": largest_correct / n,
-                "smallest_loss": smallest_loss / n, "smallest_acc": smallest_correct / n,
+                "smallest_loss": smallest[0], "smallest_acc": smallest[1],
                 "w_lr": self.w_opt.param_groups[0]["lr"],
                 "largest_macs": macs(space.largest()), "smallest_macs": macs(space.smallest())}
 
@@ -89,7 +97,7 @@ class SandwichSearcher(Searcher):
         return values
 
     def _progress(self, bar: tqdm, sums: torch.Tensor, n: int) -> None:
-        loss, correct, small_loss, small_correct = self._totals(sums)
+        loss, correct, _, small_correct = self._totals(sums)
         bar.set_postfix(loss=f"{loss / n:.3f}", acc=f"{correct / n:.3f}",
                         smallest_acc=f"{small_correct / n:.3f}")
 

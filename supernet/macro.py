@@ -128,8 +128,9 @@ class MacroSupernet(Supernet):
             if layer.mixed.active is None:
                 out[layer.name] = torch.softmax(alpha / t, dim=0)
             else:
-                out[layer.name] = nn.functional.one_hot(
-                    torch.tensor(layer.mixed.active, device=alpha.device), len(alpha)).to(alpha.dtype)
+                # compared on the device: a tensor made from the index would be a host copy per step
+                out[layer.name] = (torch.arange(len(alpha), device=alpha.device)
+                                   == layer.mixed.active).to(alpha.dtype)
         return out
 
     def op_logits(self) -> dict[str, torch.Tensor]:

@@ -59,17 +59,23 @@ class SubnetSpace:
             for g, size in full.items()}
         self._rank_scores = {g: _rank_scores(mask.logits.detach().cpu()) for g, mask in net.masks.items()}
         self._keep_cache: dict[tuple[str, int], torch.Tensor] = {}
+        self._keep_vectors: dict[tuple[str, int], torch.Tensor] = {}  # on the masks' device
+        self._largest = self._smallest = None
 
     # -- points ---------------------------------------------------------------------------------
     def largest(self) -> Subnet:
-        """Every group at its widest choice, every choice its costliest op."""
-        widths = {g: c[-1] for g, c in self.width_choices.items()}
-        return Subnet(self.net.derive_ops(self.net.single_path_weights(widths, largest=True)), widths)
+        """Every group at full width (its widest choice), every choice its costliest op."""
+        if self._largest is None:
+            widths = {g: c[-1] for g, c in self.width_choices.items()}
+            self._largest = Subnet(self.net.derive_ops(self.net.single_path_weights(widths, largest=True)), widths)
+        return self._largest
 
     def smallest(self) -> Subnet:
         """Every group at its narrowest choice, every choice its cheapest op."""
-        widths = {g: c[0] for g, c in self.width_choices.items()}
-        return Subnet(self.net.derive_ops(self.net.single_path_weights(widths, largest=False)), widths)
+        if self._smallest is None:
+            widths = {g: c[0] for g, c in self.width_choices.items()}
+            self._smallest = Subnet(self.net.derive_ops(self.net.single_path_weights(widths, largest=False)), widths)
+        return self._smallest
 
     def sample(self, generator: torch.Generator | None = None) -> Subnet:
         """Uniformly: each choice's op and each group's width (host-side draws)."""
@@ -119,8 +125,16 @@ class SubnetSpace:
         return self.net.architecture(subnet.ops, {g: subnet.widths[g] for g in used}, mean, std)
 
     def activate(self, subnet: Subnet) -> None:
-        """Hard-mask the supernet to `subnet` (every group hardened; `net.soft_mask()` undoes it)."""
-        self.net.hard_mask(subnet.ops, self.keep(subnet))
+        """Hard-mask the supernet to `subnet` (every group hardened; `net.soft_mask()` undoes
+        it), as `net.hard_mask` would, from keep vectors cached on the device."""
+        self.net.restrict_ops(subnet.ops)
+        for g, w in subnet.widths.items():
+            mask = self.net.masks[g]
+            if (g, w) not in self._keep_vectors:
+                keep = torch.zeros(mask.channels, dtype=torch.bool)
+                keep[self.keep(subnet, [g])[g]] = True
+                self._keep_vectors[g, w] = keep.to(mask.keep.device)
+            mask.harden_to(self._keep_vectors[g, w])
 
 
 def _rank_scores(logits: torch.Tensor) -> torch.Tensor:

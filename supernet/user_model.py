@@ -311,8 +311,8 @@ class UserModel(Supernet):
     def one_hot(self, ops, dtype=torch.float64, device=None) -> dict[str, torch.Tensor]:
         """Keep/skip weights of a derivation's `ops` (block -> "keep" | "skip"); float64 by
         default, so that counting MACs in the billions stays exact."""
-        return {group_key(b): torch.tensor([1.0, 0.0] if ops[b] == "keep" else [0.0, 1.0],
-                                           dtype=dtype, device=device) for b in self.blocks}
+        return {group_key(b): (torch.arange(2, device=device) == OPS.index(ops[b])).to(dtype)
+                for b in self.blocks}
 
     def op_logits(self) -> dict[str, torch.Tensor]:
         if self._restricted is not None:

@@ -6,6 +6,7 @@ from __future__ import annotations
 import contextlib
 import itertools
 import json
+import math
 
 import pytest
 import torch
@@ -90,6 +91,7 @@ def test_a_sandwich_search_trains_only_the_weights_and_resumes(tmp_path):
     before = [p.detach().clone() for p in straight.net.arch_parameters()]
     straight.run()
     assert all(torch.equal(a, b) for a, b in zip(before, straight.net.arch_parameters()))
+    assert cfg.search.warmup_epochs == 1 and math.isnan(straight.history[0]["smallest_acc"])  # largest only
     assert straight.history[-1]["smallest_acc"] > 0.1  # digits: chance is 0.1
     resumed = interrupted_and_resumed(cfg, tmp_path / "b", epoch=1)
     for a, b in zip(straight.net.state_dict().values(), resumed.net.state_dict().values()):
@@ -131,6 +133,14 @@ def fake_front(tiny_net, strategy="evolution", trials=12, seed=0):
     return FrontSearch(space, score, bind_targets(["macs"], tiny_net), {}, cfg, seed)
 
 
+def test_each_strategy_is_its_optuna_sampler():
+    import optuna
+    from maskednas.search.front import sampler
+    assert isinstance(sampler("evolution", 0, 8), optuna.samplers.NSGAIISampler)
+    assert isinstance(sampler("bayesian", 0, 8), optuna.samplers.TPESampler)
+    assert isinstance(sampler("random", 0, 8), optuna.samplers.RandomSampler)
+
+
 @pytest.mark.parametrize("strategy", ["evolution", "bayesian", "random"])
 def test_each_strategy_scores_its_trials_reproducibly(tiny_net, strategy):
     first = fake_front(tiny_net, strategy).run(progress=False)
@@ -159,6 +169,8 @@ def test_constraints_make_subnets_infeasible_and_bound_the_growth(tiny_net):
     search.run(progress=False)
     assert all(c.feasible == (params.of(search.space.architecture(c.subnet)) <= limit)
                for c in search.candidates)
+    # what the samplers steer by: each trial's constraint, <= 0 exactly when feasible
+    assert [t.constraints["params"] <= 0 for t in search.study.trials] == [c.feasible for c in search.candidates]
     pick = search.pick(search.objectives["macs"].dense(), 0.03)
     assert params.of(search.space.architecture(pick.subnet)) <= limit
 
@@ -178,6 +190,12 @@ def test_darts_cells_are_refused(tmp_path):
     ("front.budgets=[0.5, 1.5]", "front.budgets must be fractions in"),
     ("front.constraints.params.fraction=2", "front.constraints.params needs exactly one of"),
     ("search.sandwich.width_fractions=[0, 1]", "width_fractions must be fractions"),
+    ("search.sandwich.width_fractions=[0.25, 0.5]", "1 among them"),
+    ("search.regime=bilevel", "takes no architecture steps"),
+    ("front.budgets=[0.5, 0.5]", "names a budget twice"),
+    ("front.name=../elsewhere", "front.name must be a plain folder name"),
+    ("front.trials=1", "front.trials must be >= 2"),
+    ("search.strategy=differentiable", "this run's search is search.strategy=differentiable"),
     ("search.targets.macs.fraction=0.5", "penalises no cost"),
     ("front.budgets=[0.001, 0.5]", "front.budgets [0.001] of the dense network's"),
 ])

@@ -72,3 +72,28 @@ def test_search_steps_on_a_users_network_do_not_sync(tmp_path):
     cfg = small_config(tmp_path, "space=model", "model.source=benchmarks.cifar_resnet:resnet20",
                        "device=cuda", "search.warmup_epochs=0")
     steps_without_sync(prepare_search(cfg, tmp_path))
+
+
+@cuda
+def test_sandwich_steps_do_not_sync(tmp_path):
+    """The largest, the smallest and random subnets each step: keep vectors cached on the
+    device, one-hot op weights compared on the device."""
+    import itertools
+
+    from maskednas.supernet.subnets import Subnet, SubnetSpace
+    searcher = prepare_search(small_config(tmp_path, "device=cuda", "search.strategy=sandwich",
+                                           "search.targets={}"), tmp_path)
+    space = SubnetSpace(searcher.net, searcher.cfg.search.sandwich.width_fractions)
+    for i in range(max(len(c) for c in space.width_choices.values())):  # every width's keep vector once
+        space.activate(Subnet(space.largest().ops, {g: c[min(i, len(c) - 1)]
+                                                   for g, c in space.width_choices.items()}))
+    searcher.net.soft_mask()
+    batches = list(itertools.islice(searcher.train_loader, 3))
+    searcher.net.train()
+    torch.cuda.synchronize()
+    torch.cuda.set_sync_debug_mode("error")
+    try:
+        for x, y in batches:
+            searcher.sandwich_step(space, x, y)
+    finally:
+        torch.cuda.set_sync_debug_mode("default")
