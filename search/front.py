@@ -104,6 +104,7 @@ class FrontSearch:
         self.space, self.scorer, self.cfg, self.seed = space, scorer, cfg, seed
         self.objectives, self.constraints = dict(objectives), dict(constraints)
         self.candidates: list[Candidate] = []
+        self._scored: dict[tuple, Candidate] = {}  # a subnet a sampler proposes again is not rescored
         self.start = time.perf_counter()
 
     def costs(self, subnet: Subnet) -> tuple[dict[str, float], list[float]]:
@@ -114,15 +115,19 @@ class FrontSearch:
         return costs, slack
 
     def score(self, subnet: Subnet, origin: str = "sampled") -> Candidate:
+        key = tuple(sorted(subnet.params().items()))
+        if key in self._scored:
+            return self._scored[key]
         costs, slack = self.costs(subnet)
         candidate = Candidate(subnet, self.scorer(subnet), costs, all(s <= 0 for s in slack), origin,
                               time.perf_counter() - self.start, slack)
         self.candidates.append(candidate)
+        self._scored[key] = candidate
         return candidate
 
     def run(self, progress: bool = True) -> list[Candidate]:
         """Score the largest and the smallest subnet, then `trials` in all (or until the
-        timeout); returns every candidate scored."""
+        timeout); returns every distinct candidate scored."""
         import optuna
         optuna.logging.set_verbosity(optuna.logging.WARNING)
         self.study = study = optuna.create_study(
@@ -164,7 +169,8 @@ class FrontSearch:
                 grown.append(c)
                 continue
             g = self.score(subnet, "grown")
-            g.extra.update({"grown_from_val_acc": c.val_acc, f"grown_from_{first}": c.costs[first]})
+            if g.origin == "grown":
+                g.extra.update({"grown_from_val_acc": c.val_acc, f"grown_from_{first}": c.costs[first]})
             grown.append(g)
         # those that reached the budget's band first (a cheap op may sit below it at full width,
         # with its every promotion above the budget)

@@ -145,7 +145,7 @@ def test_each_strategy_is_its_optuna_sampler():
 def test_each_strategy_scores_its_trials_reproducibly(tiny_net, strategy):
     first = fake_front(tiny_net, strategy).run(progress=False)
     again = fake_front(tiny_net, strategy).run(progress=False)
-    assert len(first) == 12
+    assert len(first) <= 12 and len({tuple(sorted(c.subnet.params().items())) for c in first}) == len(first)
     assert first[0].subnet == fake_front(tiny_net).space.largest()  # enqueued first
     assert [c.subnet for c in first] == [c.subnet for c in again]
     assert len({tuple(c.subnet.widths.values()) for c in first}) > 6
