@@ -64,7 +64,7 @@ def test_the_command_runs_a_shipped_config_from_another_directory(installed, tmp
     script = installed / "bin" / "maskednas"  # the console script pip wrote
     help_text = subprocess.run([str(script), "--help"], cwd=tmp_path, capture_output=True, text=True,
                                env={**os.environ, "PYTHONPATH": str(installed)})
-    assert help_text.returncode == 0 and "commands: run, latency, inspect, configs" in help_text.stdout
+    assert help_text.returncode == 0 and "commands: run, front, latency, inspect, configs" in help_text.stdout
     done = outside(installed, tmp_path, "-m", "maskednas", "run", "--config", "digits",
                    "search.epochs=1", "search.warmup_epochs=0", "finetune.epochs=0",
                    "data.batch_size=256", "name=r", "threads=2")
