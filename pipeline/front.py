@@ -71,10 +71,11 @@ def front(cfg: RunConfig, run_dir: Path, data: ImageData, searched: SearchOutcom
                    f"subnet scored grows into that band (its ops' next step jumps past the budget)")
         picks[name] = pick
     seconds = time.perf_counter() - start
-    result = summarize(search.candidates, pareto(search.candidates, fr.objectives), picks, fr.objectives,
+    optimal = pareto(search.candidates, fr.objectives)
+    result = summarize(search.candidates, optimal, picks, fr.objectives,
                        {n: t.dense() for n, t in objectives.items()}, seconds, fr.strategy)
-    write_front(run_dir, fr.name, result, plot_front(search.candidates, pareto(search.candidates, fr.objectives),
-                                                     picks, first, target.label), logger)
+    write_front(run_dir, fr.name, result, plot_front(search.candidates, optimal, picks, first, target.label),
+                logger)
     report(result["table"])
     if not export:
         return result
