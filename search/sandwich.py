@@ -14,8 +14,6 @@ re-estimated per subnet: the running statistics gathered here describe a mix of 
 """
 from __future__ import annotations
 
-import math
-
 import torch
 from tqdm import tqdm
 
@@ -81,25 +79,18 @@ class SandwichSearcher(Searcher):
             bar.update(1)
             if self.step % self.cfg.log_every == 0:
                 self._progress(bar, sums, n)
-        largest_loss, largest_correct, smallest_loss, smallest_correct = self._totals(sums)
+        # the loop's own reading of four sums (one sync; a non-finite loss stops the search)
+        largest_loss, largest_acc, smallest_loss, smallest_acc = self._means(sums, [n, n])
         macs = lambda subnet: float(space.architecture(subnet).cost().macs)
-        smallest = (float("nan"),) * 2 if warming_up else (smallest_loss / n, smallest_correct / n)
-        return {"epoch": self.epoch, "train_loss": largest_loss / n, "train_acc": largest_correct / n,
+        smallest = (float("nan"),) * 2 if warming_up else (smallest_loss, smallest_acc)
+        return {"epoch": self.epoch, "train_loss": largest_loss, "train_acc": largest_acc,
                 "smallest_loss": smallest[0], "smallest_acc": smallest[1],
                 "w_lr": self.w_opt.param_groups[0]["lr"],
                 "largest_macs": macs(space.largest()), "smallest_macs": macs(space.smallest())}
 
-    def _totals(self, sums: torch.Tensor) -> list[float]:
-        """The sums on the host (one sync), where a non-finite loss stops the search."""
-        values = sums.tolist()
-        if not all(math.isfinite(v) for v in values):
-            self._stop_nonfinite()
-        return values
-
     def _progress(self, bar: tqdm, sums: torch.Tensor, n: int) -> None:
-        loss, correct, _, small_correct = self._totals(sums)
-        bar.set_postfix(loss=f"{loss / n:.3f}", acc=f"{correct / n:.3f}",
-                        smallest_acc=f"{small_correct / n:.3f}")
+        loss, acc, _, smallest_acc = self._means(sums, [n, n])
+        bar.set_postfix(loss=f"{loss:.3f}", acc=f"{acc:.3f}", smallest_acc=f"{smallest_acc:.3f}")
 
     def _log(self, m: dict[str, float]) -> None:
         if self.logger is None:
