@@ -71,6 +71,19 @@ class ChannelGroups:
     # of the root's dependency group, divided by its mean: comparable across groups; a merged
     # grouped convolution's groups count by the root's alone); None where it fails
     importance: dict[str, torch.Tensor | None] = field(default_factory=dict)
+    # group -> the root layer's channels in each of the group's channels ([size, k]), where ties
+    # (chunks, channel shuffles) merged channels or groups; absent: channel i is the root's i
+    own: dict[str, torch.Tensor] = field(default_factory=dict)
+
+    def root_channels(self, group: str, channels) -> list[tuple[str, object, list[int]]]:
+        """(root layer, Torch-Pruning handler, its channels) that make up these channels of
+        `group`: what Torch-Pruning is asked to prune."""
+        channels = torch.as_tensor(channels, dtype=torch.long)
+        root, handler = self.roots[group]
+        own = self.own.get(group)
+        out = [(root, handler, channels if own is None else own[channels])]
+        out += [(r, h, match[channels]) for r, h, match in self.linked.get(group, [])]
+        return [(r, h, sorted(int(c) for c in m.flatten())) for r, h, m in out]
 
 
 def group_key(name: str) -> str:
@@ -115,8 +128,7 @@ def discover(model: nn.Module, example: torch.Tensor, heads: list[nn.Module],
         warnings.simplefilter("ignore")  # Torch-Pruning's note on layer-scale parameters
         try:
             dg = stack.enter_context(dependency_graph(model, example))
-            groups = list(dg.get_all_groups(ignored_layers=[*heads, *ignored],
-                                            root_module_types=(nn.Conv2d, nn.Linear)))
+            groups = list(_all_groups(dg, [*heads, *ignored]))
         except SplitMappingError as e:
             raise ChannelGraphError(str(e)) from e
         except Exception as e:  # its index mapping fails on some ops: name the op, not the crash
@@ -126,61 +138,194 @@ def discover(model: nn.Module, example: torch.Tensor, heads: list[nn.Module],
     return out
 
 
+@dataclass
+class _Found:
+    """One Torch-Pruning group, as its full pruning group lists it."""
+    root: str
+    handler: object
+    channels: list[int]  # the root layer's output channels in it
+
+    @property
+    def size(self) -> int:
+        return len(self.channels)
+    entries: list  # (side, layer or parameter name, positions, root channels)
+    ties: list  # (tying op, positions at its input, root channels)
+    why: str | None
+    full: object
+    classes: list = field(default_factory=list)  # each root channel's tied set
+
+
 def _channel_spaces(model: nn.Module, dg, groups, names: dict, param_names: dict,
                     ignored) -> ChannelGroups:
-    """Each group's channels in every layer it reaches, or why it is left whole."""
+    """Each group's channels in every layer it reaches, or why it is left whole. Groups whose
+    channels a chunk or a channel shuffle ties together are merged, one channel per tied set."""
     import torch_pruning as tp
-    out = ChannelGroups({}, {}, {}, {}, {}, {})
-    for group in groups:
-        root = group[0].dep
-        root_name, size = names[root.target.module], _width_of(dg, root.target.module, root.handler)
-        full = dg.get_pruning_group(root.target.module, root.handler, list(range(size)))
-        entries, why = [], None
+    found = []
+    for full, channels in groups:
+        root = full[0].dep
+        root_name, size = names[root.target.module], len(channels)
+        rank = {c: k for k, c in enumerate(channels)}
+        entries, ties, why = [], {}, None
         for item in full.items:
             target = item.dep.target.module
-            idxs, roots = [int(i) for i in item.idxs], [int(r) for r in item.root_idxs]
+            idxs, roots = [int(i) for i in item.idxs], [rank[int(r)] for r in item.root_idxs]
             if isinstance(target, nn.Parameter):
                 entries.append(("param", param_names[target], idxs, roots))
             elif isinstance(target, nn.Module) and target in names:
                 why = why or _why_unsupported(target)
                 side = "output" if "out" in item.dep.handler.__name__ else "input"
                 entries.append((side, names[target], idxs, roots))
+            elif getattr(target, "tie_period", None):
+                ties.setdefault(target, set()).update(zip(idxs, roots))
+            elif isinstance(target, tp.ops._SplitOp):
+                # a part's size is in the network's code (`x.split(64)`): pruning cannot change it
+                why = why or (f"the channels of {root_name} go through a split (torch.split) whose "
+                              f"part sizes are in the network's code, which pruning cannot change")
         touched = [names[d.target.module] for d, _ in full if any(d.target.module is m for m in ignored)]
         if touched:
             why = f"shares channels with {touched[0]}, listed in model.ignore"
-        for _, name, _, roots in entries:
-            why = why or _why_partial(name, root_name, roots, size)
-        if any(isinstance(item.dep.target.module, tp.ops._SplitOp) for item in full.items):
-            # a part's size is in the network's code (`x.split(64)`), or pruning would have to
-            # keep the parts equal (`x.chunk(2)`): the autograd graph cannot tell which
-            why = why or (f"the channels of {root_name} go through a split (torch.split, chunk) "
-                          f"whose part sizes are in the network's code, which pruning cannot change")
-        if why:
-            out.skipped[root_name] = why
-            continue
-        key = group_key(root_name)
-        out.sizes[key], out.roots[key] = size, (root_name, root.handler)
-        out.importance[key] = _magnitude(full, size)
-        out.members[key] = set()
-        for side, name, idxs, roots in entries:
-            spaces = {"param": out.params, "input": out.inputs, "output": out.outputs}[side]
-            if name not in spaces:
-                spaces[name] = ChannelSpace(_space_size(model, name, side))
-            if max(idxs) >= spaces[name].size:
-                raise _misread(f"maps channel {max(idxs)} of {root_name}'s group into the {side} of "
-                               f"{name}, which has {spaces[name].size} channels")
-            if len(set(idxs)) < len(idxs):
-                raise _misread(f"maps two channels of {root_name}'s group to one position of the "
-                               f"{side} of {name}")
-            order = sorted(range(len(idxs)), key=lambda k: (roots[k], idxs[k]))  # by group channel
-            spaces[name].slices.append(Slice(key, torch.tensor([idxs[k] for k in order]), len(idxs) // size))
-            out.members[key].add(name)
+        found.append(_Found(root_name, root.handler, channels, entries, list(ties.items()), why, full))
+    out = ChannelGroups({}, {}, {}, {}, {}, {})
+    for component, loose in _tied_components(found):
+        _add_group(model, out, [found[i] for i in component], loose)
     for side, spaces in (("input", out.inputs), ("output", out.outputs), ("param", out.params)):
         for name, space in spaces.items():
             taken = torch.cat([s.index for s in space.slices])
             if len(torch.unique(taken)) < len(taken):
                 raise _misread(f"maps two groups to the same positions of the {side} of {name}")
     return out
+
+
+def _ranks(f: _Found, own: list[list[int]]) -> torch.Tensor:
+    """`own`'s root channels as positions among the group's."""
+    rank = {c: k for k, c in enumerate(f.channels)}
+    return torch.tensor([[rank[c] for c in cs] for cs in own])
+
+
+def _all_groups(dg, ignored: list):
+    """Torch-Pruning's groups, rooted at each conv and linear layer's output channels: unlike
+    its `get_all_groups`, which skips a layer once any group reached it, a layer reached at some
+    of its channels (by a chunk, a shuffle, a slice) roots a group of the others. Yields (group,
+    the root's channels in it); a group that reaches an ignored layer is not yielded."""
+    ignored = [*ignored, *dg.IGNORED_LAYERS_IN_TRACING]
+    covered: dict = {}  # layer -> its output channels some group holds
+    for m in list(dg.module2node):
+        pruner = dg.get_pruner_of_module(m)
+        if (m in ignored or not isinstance(m, (nn.Conv2d, nn.Linear)) or pruner is None
+                or pruner.get_out_channels(m) is None):
+            continue
+        rest = [c for c in range(pruner.get_out_channels(m)) if c not in covered.get(m, ())]
+        if not rest:
+            continue
+        group = dg.get_pruning_group(m, pruner.prune_out_channels, rest)
+        prunable = True
+        for dep, idxs in group:
+            if dg.is_out_channel_pruning_fn(dep.handler):
+                covered.setdefault(dep.target.module, set()).update(int(i) for i in idxs)
+                prunable = prunable and dep.target.module not in ignored
+        if prunable:
+            yield group, rest
+
+
+def _tied_components(found: list[_Found]):
+    """The groups joined by ties, each with the tied sets of its (group, root channel) pairs:
+    yields (group indices, whether a channel is tied to one no group holds) per component, and
+    sets each group's `classes`."""
+    parent: dict = {}  # union-find over (group, root channel) pairs and over groups
+
+    def find(x):
+        while parent.get(x, x) != x:
+            parent[x] = parent.get(parent[x], parent[x])
+            x = parent[x]
+        return x
+
+    def union(a, b):
+        for a, b in ((a, b), (a[0], b[0])):  # the pairs, and their groups
+            a, b = find(a), find(b)
+            if a != b:
+                parent[max(a, b)] = min(a, b)  # the first group's channel names the set
+
+    at: dict = {}  # tying op -> position at its input -> (group, root channel)
+    for g, f in enumerate(found):
+        for op, pairs in f.ties:
+            for q, r in pairs:
+                at.setdefault(op, {})[q] = (g, r)
+    loose = set()
+    for op, positions in at.items():
+        period, size = op.tie_period, op.tie_size
+        for j in range(period):
+            tied = [positions.get(j + k * period) for k in range(size // period)]
+            present = [t for t in tied if t is not None]
+            if len(present) < len(tied):
+                loose |= {g for g, _ in present}
+            for a, b in zip(present, present[1:]):
+                union(a, b)
+    components: dict[int, list[int]] = {}
+    for g, f in enumerate(found):
+        components.setdefault(find(g), []).append(g)
+        f.classes = [find((g, r)) for r in range(f.size)]
+    for members in components.values():
+        yield members, any(g in loose for g in members)
+
+
+def _add_group(model: nn.Module, out: ChannelGroups, members: list[_Found], loose: bool) -> None:
+    """One pruned group from tied Torch-Pruning groups (most often just one): a channel per tied
+    set, read by every layer at the positions of the set's channels; or the reason it is left
+    whole, recorded for each root."""
+    first = members[0]
+    order: dict = {}  # tied set -> its channel in the group
+    for f in members:
+        for c in f.classes:
+            order.setdefault(c, len(order))
+    size = len(order)
+    why = next((f.why for f in members if f.why), None)
+    if loose:
+        why = why or (f"the channels of {first.root} are tied (by a chunk or a channel shuffle) to "
+                      f"channels no pruned group holds")
+    own = []  # per member: its root channels in each of the group's channels
+    for f in members:
+        per = [[] for _ in range(size)]
+        for r, c in enumerate(f.classes):
+            per[order[c]].append(f.channels[r])
+        if len({len(p) for p in per}) != 1 or not per[0]:
+            why = why or (f"a chunk or a channel shuffle ties the channels of {first.root} and "
+                          f"{f.root} unevenly")
+        own.append(per)
+    spaces: dict = {}  # (side, name) -> group channel -> positions
+    for f in members:
+        for side, name, idxs, roots in f.entries:
+            at = spaces.setdefault((side, name), {})
+            for i, r in zip(idxs, roots):
+                at.setdefault(order[f.classes[r]], []).append(i)
+    for (side, name), at in spaces.items():
+        why = why or _why_partial(name, first.root, [c for c, pos in at.items() for _ in pos], size)
+    if why:
+        for f in members:
+            out.skipped[f.root] = why
+        return
+    key = group_key(first.root)
+    out.sizes[key], out.roots[key] = size, (first.root, first.handler)
+    if len(members) > 1 or size != first.size or first.channels != list(range(size)):
+        out.own[key] = torch.tensor(own[0])
+        out.linked[key] = [(f.root, f.handler, torch.tensor(o)) for f, o in zip(members[1:], own[1:])]
+    scores = [_magnitude(f.full, f.size) for f in members]
+    out.importance[key] = (None if any(s is None for s in scores) else
+                           torch.stack([s[_ranks(f, o)].mean(1) for s, f, o in zip(scores, members, own)]).mean(0))
+    out.members[key] = set()
+    for (side, name), at in spaces.items():
+        store = {"param": out.params, "input": out.inputs, "output": out.outputs}[side]
+        if name not in store:
+            store[name] = ChannelSpace(_space_size(model, name, side))
+        positions = [sorted(at[c]) for c in range(size)]
+        index = torch.tensor([i for pos in positions for i in pos])
+        if int(index.max()) >= store[name].size:
+            raise _misread(f"maps channel {int(index.max())} of {first.root}'s group into the {side} "
+                           f"of {name}, which has {store[name].size} channels")
+        if len(set(index.tolist())) < len(index):
+            raise _misread(f"maps two channels of {first.root}'s group to one position of the "
+                           f"{side} of {name}")
+        store[name].slices.append(Slice(key, index, len(index) // size))
+        out.members[key].add(name)
 
 
 def _magnitude(group, size: int) -> torch.Tensor | None:
@@ -267,7 +412,8 @@ def _link_grouped_convs(model: nn.Module, out: ChannelGroups) -> None:
             for s in space.slices:
                 if s.group == merged:
                     s.group, s.index = into, s.index.view(-1, s.repeat)[match].flatten()
-        out.linked.setdefault(into, []).append((*out.roots[merged], match))
+        base = out.own.pop(merged, None)
+        out.linked.setdefault(into, []).append((*out.roots[merged], match if base is None else base[match]))
         for root, handler, inner in out.linked.pop(merged, []):
             out.linked[into].append((root, handler, inner[match]))
         out.members[into] |= out.members.pop(merged)
@@ -283,7 +429,7 @@ def leave_whole(out: ChannelGroups, group: str, why: str) -> None:
     out.skipped[out.roots[group][0]] = why
     for space in [*out.inputs.values(), *out.outputs.values(), *out.params.values()]:
         space.slices = [s for s in space.slices if s.group != group]
-    for key in ("sizes", "roots", "members", "linked"):
+    for key in ("sizes", "roots", "members", "linked", "own"):
         getattr(out, key).pop(group, None)
 
 

@@ -19,6 +19,8 @@ import torch.nn.functional as F
 from torch import nn
 from torch.overrides import TorchFunctionMode
 
+from maskednas.supernet.graph_mapping import shuffle_of
+
 _ADDS = {torch.add, torch.Tensor.add, torch.Tensor.add_, torch.Tensor.__add__,
          torch.Tensor.__radd__, torch.Tensor.__iadd__}
 _RESHAPES = {torch.reshape, torch.Tensor.reshape, torch.Tensor.view, torch.Tensor.unflatten,
@@ -53,8 +55,9 @@ class Trace:
     residual_blocks: list[str] = field(default_factory=list)
     output_layers: tuple[str, ...] = ()  # the layers whose outputs are the logits (summed)
     # reshapes that split the channels of an NCHW tensor into several dimensions, or merge
-    # several into them (channel shuffles, space-to-depth): (module, input shape, output shape)
-    channel_reshapes: list[tuple[str, tuple[int, ...], tuple[int, ...]]] = field(default_factory=list)
+    # several into them (space-to-depth; channel shuffles, which pruning follows, are left out):
+    # (module, input shape, output shape, the result's grad_fn)
+    channel_reshapes: list[tuple[str, tuple[int, ...], tuple[int, ...], object]] = field(default_factory=list)
     # layers without parameters of their own (a norm without affine weights: Torch-Pruning's
     # groups never reach it) -> the layers whose output channels they read
     weightless: dict[str, tuple[str, ...]] = field(default_factory=dict)
@@ -94,8 +97,13 @@ class _Watch(TorchFunctionMode):
                                          result.shape[-2] * result.shape[-1] * _UPSAMPLE_COUNTS[mode],
                                          self.stack[-1][0] if self.stack else ""))
         if func in _RESHAPES and isinstance(result, torch.Tensor) and _reshapes_channels(args[0], result):
-            self.trace.channel_reshapes.append((self.stack[-1][0] if self.stack else "",
-                                                tuple(args[0].shape), tuple(result.shape)))
+            shuffle = shuffle_of(result.grad_fn)
+            if shuffle is not None:  # a channel shuffle, which pruning follows: not its start either
+                self.trace.channel_reshapes = [r for r in self.trace.channel_reshapes if r[3] is not shuffle[1]]
+            else:
+                self.trace.channel_reshapes.append((self.stack[-1][0] if self.stack else "",
+                                                    tuple(args[0].shape), tuple(result.shape),
+                                                    result.grad_fn))
         return result
 
 

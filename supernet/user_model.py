@@ -99,11 +99,12 @@ class UserModel(Supernet):
                              f"linear layers (directly, or through pooling, flatten, activations, "
                              f"scaling and a sum of heads), so its classifier cannot be told apart")
         if self.trace.channel_reshapes:
-            where, before, after = self.trace.channel_reshapes[0]
+            where, before, after, _ = self.trace.channel_reshapes[0]
             raise ChannelGraphError(
                 f"{space.source}: {where or 'the network'} reshapes {list(before)} to {list(after)}, "
                 f"splitting its channels over several dimensions or merging several into them (a "
-                f"channel shuffle, a space-to-depth): pruning cannot follow the channels through "
+                f"space-to-depth, a shuffle of another form than view, transpose(1, 2), view): "
+                f"pruning cannot follow the channels through "
                 f"it, so this network cannot be pruned here")
         if self.trace.unused:
             warnings.warn(f"{space.source}: the forward never runs "
@@ -487,20 +488,23 @@ class UserModel(Supernet):
         with warnings.catch_warnings(), dependency_graph(pruned.eval(), self.example) as dg:
             warnings.simplefilter("ignore")
             grouped = {pruned.get_submodule(n) for n in self.groups.grouped_convs}
+            # every group's channels found on the unpruned graph, then each layer pruned once: the
+            # index mappings of splits, shuffles and concatenations hold the dense sizes throughout
+            drops: dict = {}  # (node, handler) -> (a dependency of it, its positions to prune)
             for key, kept in keep.items():
-                root, handler = self.groups.roots[key]
                 drop = sorted(set(range(self.groups.sizes[key])) - set(kept.tolist()))
-                if not drop:
-                    continue
-                linked = [(r, h, match[drop]) for r, h, match in self.groups.linked.get(key, [])]
-                for root, handler, channels in [(root, handler, drop), *linked]:
+                for root, handler, channels in (self.groups.root_channels(key, drop) if drop else []):
                     layer = pruned.get_submodule(root)
                     group = dg.get_pruning_group(layer, getattr(dg.get_pruner_of_module(layer), handler.__name__),
-                                                 sorted(int(c) for c in channels))
-                    # Torch-Pruning would slice a grouped convolution's inputs channel by channel:
-                    # it loses whole groups below instead
-                    group._group = [item for item in group.items if item.dep.target.module not in grouped]
-                    group.prune(record_history=False)
+                                                 channels)
+                    for item in group.items:
+                        # Torch-Pruning would slice a grouped convolution's inputs channel by
+                        # channel: it loses whole groups below instead
+                        if item.dep.target.module not in grouped:
+                            at = drops.setdefault((item.dep.target, item.dep.handler), (item.dep, set()))
+                            at[1].update(int(i) for i in item.idxs)
+            for dep, positions in drops.values():
+                _prune(pruned, dg, dep, sorted(positions))
         for name in self.groups.grouped_convs:
             self._keep_whole_groups(pruned.get_submodule(name), name, keep)
         for m in pruned.modules():
@@ -552,6 +556,15 @@ class UserModel(Supernet):
         conv.out_channels = len(positions)
         conv.groups = len(positions) // (dense.out_channels // dense.groups)
         conv.in_channels = conv.groups * (dense.in_channels // dense.groups)
+
+
+def _prune(model: nn.Module, dg, dep, positions: list[int]) -> None:
+    """Torch-Pruning's handler of `dep` on these positions; a loose parameter is replaced."""
+    if isinstance(dep.target.module, nn.Parameter):
+        owner, _, attr = dg._param_to_name[dep.target.module].rpartition(".")
+        setattr(model.get_submodule(owner), attr, dep(positions))
+    else:
+        dep(positions)
 
 
 def _logits(out, net: UserModel) -> torch.Tensor:
