@@ -41,7 +41,7 @@ from maskednas.supernet.user_model import ModelSpaceConfig, UserModel
 MODELS = {  # source -> input size (the CIFAR ResNet is built for 32x32)
     **{f"torchvision:{n}": 64 for n in (
         "resnet18", "resnet50", "mobilenet_v2", "mobilenet_v3_small", "efficientnet_b0",
-        "regnet_y_400mf", "resnext50_32x4d", "densenet121", "convnext_tiny")},
+        "regnet_y_400mf", "resnext50_32x4d", "densenet121", "convnext_tiny", "shufflenet_v2_x0_5")},
     **{f"timm:{n}": 64 for n in (
         "resnet26d", "efficientnet_lite0", "mobilenetv3_large_100", "convnext_atto", "regnetx_002")},
     "benchmarks.cifar_resnet:resnet20": 32,
