@@ -287,10 +287,10 @@ def _attention_of(source: str, size: int) -> bool | None:
 
 def _check_at_its_size(source: str, size: int) -> dict:
     r = run_isolated(source, size)
-    if (r["stage"] == "build" and r["reason"].startswith(("RuntimeError", "AssertionError"))
-            and size < default_size(source)):
+    fails_here = r.get("attention", False) is None or r["reason"].startswith(("RuntimeError", "AssertionError"))
+    if r["stage"] == "build" and fails_here and size < default_size(source):
         # a forward that fails at 64x64 (feature maps shrunk to nothing, a position embedding
-        # or a block size asserted): its own size
+        # or a block size asserted, an image size refused): its own size
         r = {**run_isolated(source, default_size(source)), "at_64": r["reason"]}
     return r
 

@@ -560,11 +560,18 @@ class UserModel(Supernet):
 
 def _prune(model: nn.Module, dg, dep, positions: list[int]) -> None:
     """Torch-Pruning's handler of `dep` on these positions; a loose parameter is replaced."""
-    if isinstance(dep.target.module, nn.Parameter):
-        owner, _, attr = dg._param_to_name[dep.target.module].rpartition(".")
+    module = dep.target.module
+    if isinstance(module, nn.Parameter):
+        owner, _, attr = dg._param_to_name[module].rpartition(".")
         setattr(model.get_submodule(owner), attr, dep(positions))
-    else:
-        dep(positions)
+        return
+    # Torch-Pruning's GroupNorm pruner slices the bias of every affine one: timm's have none
+    no_bias = isinstance(module, nn.GroupNorm) and module.weight is not None and module.bias is None
+    if no_bias:
+        module.bias = nn.Parameter(torch.zeros_like(module.weight))
+    dep(positions)
+    if no_bias:
+        module.bias = None
 
 
 def _logits(out, net: UserModel) -> torch.Tensor:

@@ -906,3 +906,31 @@ def test_a_channel_mapped_past_a_layers_width_refuses_the_network():
     with pytest.raises(ChannelGraphError, match=r"timm:dpn48b: Torch-Pruning's dependency graph "
                        r"maps channel \d+ of .* which has \d+ channels: it misreads an op"):
         UserModel(ModelSpaceConfig(source="timm:dpn48b"), 3, 10, 32)
+
+
+class NormsWithoutBias(nn.Module):
+    """timm's GroupNorm1NoBias and LayerNorm2dNoBias: an affine weight, no bias."""
+
+    def __init__(self, num_classes: int = 10) -> None:
+        super().__init__()
+        self.a, self.b = nn.Conv2d(3, 8, 3, padding=1), nn.Conv2d(8, 8, 1)
+        self.gn = nn.GroupNorm(2, 8)
+        self.gn.bias = None
+        self.fc1, self.ln = nn.Linear(8, 6), nn.LayerNorm(6, bias=False)
+        self.fc = nn.Linear(6, num_classes)
+
+    def forward(self, x):
+        x = self.b(torch.relu(self.gn(self.a(x))))
+        return self.fc(self.ln(self.fc1(x.mean((2, 3)))))
+
+
+def norms_without_bias(num_classes: int = 10) -> NormsWithoutBias:
+    return NormsWithoutBias(num_classes)
+
+
+def test_norms_without_a_bias_are_costed_and_slimmed_exactly():
+    """Their params were counted twice (fvcore: one vector), and Torch-Pruning's GroupNorm
+    pruner sliced a bias that is not there."""
+    r = check(f"{__name__}:norms_without_bias", 8)
+    assert r["gap"] <= 1e-5 * r["scale"] and exact_cost(r) and r["macs"] < r["dense_macs"]
+    assert r["model"].gn.bias is None and r["model"].gn.num_channels < 8

@@ -89,3 +89,9 @@ def rule_for(module: nn.Module) -> LayerRule | None:
 def width_attributes() -> tuple[str, ...]:
     """Every registered rule's width attributes (what an export records of a pruned layer)."""
     return tuple(dict.fromkeys(a for n in LAYER_RULES.names() for a in LAYER_RULES.get(n).width_attributes))
+
+
+def affine_vectors(norm: nn.Module) -> int:
+    """How many per-channel vectors a norm holds: weight and bias, or a weight alone (timm's
+    norms without a bias), or none."""
+    return (getattr(norm, "weight", None) is not None) + (getattr(norm, "bias", None) is not None)

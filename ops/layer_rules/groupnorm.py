@@ -10,11 +10,13 @@ import torch
 from torch import nn
 
 from maskednas.ops.cost import Cost
-from maskednas.ops.layer_rules.base import LayerRule, register_layer_rule
+from maskednas.ops.layer_rules.base import LayerRule, affine_vectors, register_layer_rule
 
 
 def _cost(m: nn.GroupNorm, c_in, c, shape_in, shape_out) -> Cost:
-    return Cost((5 if m.affine else 4) * c * math.prod(shape_in[2:]), 2 * c if m.affine else 0)
+    affine = m.weight is not None
+    return Cost((5 if affine else 4) * c * math.prod(shape_in[2:]), c * affine_vectors(m))
+
 
 
 def _normalize(m: nn.GroupNorm, x: torch.Tensor, gate: torch.Tensor) -> torch.Tensor:
@@ -26,9 +28,11 @@ def _normalize(m: nn.GroupNorm, x: torch.Tensor, gate: torch.Tensor) -> torch.Te
     mean = (xs * w).sum((2, 3), keepdim=True) / count
     var = ((xs - mean) ** 2 * w).sum((2, 3), keepdim=True) / count
     y = ((xs - mean) * torch.rsqrt(var + m.eps)).reshape(x.shape)
-    if m.affine:
-        shape = (1, c) + (1,) * (x.dim() - 2)
-        y = y * m.weight.view(shape) + m.bias.view(shape)
+    shape = (1, c) + (1,) * (x.dim() - 2)
+    if m.weight is not None:
+        y = y * m.weight.view(shape)
+    if m.bias is not None:
+        y = y + m.bias.view(shape)
     return y
 
 

@@ -9,13 +9,13 @@ import torch
 from torch import nn
 
 from maskednas.ops.cost import Cost
-from maskednas.ops.layer_rules.base import LayerRule, register_layer_rule
+from maskednas.ops.layer_rules.base import LayerRule, affine_vectors, register_layer_rule
 
 
 def _cost(m: nn.LayerNorm, c_in, c, shape_in, shape_out) -> Cost:
     affine = m.weight is not None
     rows = math.prod(shape_in[1:]) // m.normalized_shape[0]  # positions normalised per sample
-    return Cost((5 if affine else 4) * c * rows, 2 * c if affine else 0)
+    return Cost((5 if affine else 4) * c * rows, c * affine_vectors(m))
 
 
 def _normalize(m: nn.LayerNorm, x: torch.Tensor, gate: torch.Tensor) -> torch.Tensor:
@@ -26,7 +26,9 @@ def _normalize(m: nn.LayerNorm, x: torch.Tensor, gate: torch.Tensor) -> torch.Te
     mean = (x * w).sum(-1, keepdim=True)
     y = (x - mean) * torch.rsqrt(((x - mean) ** 2 * w).sum(-1, keepdim=True) + m.eps)
     if m.weight is not None:
-        y = y * m.weight + m.bias
+        y = y * m.weight
+    if m.bias is not None:
+        y = y + m.bias
     return y.movedim(-1, 1) if channels_first else y
 
 
