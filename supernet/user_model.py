@@ -191,7 +191,10 @@ class UserModel(Supernet):
         handles, self._gated = [], []
         for name, space in self.groups.inputs.items():
             rule = rule_for(modules[name])
-            if rule is not None and rule.gate_input is not None and space.slices:
+            if rule is not None and rule.gated_forward is not None and space.slices:
+                handles.append(modules[name].register_forward_hook(self._gated_forward(space, rule)))
+                self._gated.append(space)
+            elif rule is not None and rule.gate_input is not None and space.slices:
                 handles.append(modules[name].register_forward_pre_hook(self._gate_input(space, rule)))
                 self._gated.append(space)
         for name, space in self._output_spaces.items():
@@ -208,6 +211,13 @@ class UserModel(Supernet):
             if self._state is None:  # the bare network (as fvcore and the teacher see it)
                 return None
             return (rule.gate_input(m, args[0], self._state[2](space)), *args[1:])
+        return hook
+
+    def _gated_forward(self, space, rule: LayerRule):
+        def hook(m, args, output):
+            if self._state is None:
+                return None
+            return rule.gated_forward(m, args[0], self._state[2](space))
         return hook
 
     def _weighted_norm(self, space, rule: LayerRule):
@@ -553,6 +563,7 @@ class UserModel(Supernet):
         conv.weight = nn.Parameter(conv.weight.detach()[positions].clone())
         if conv.bias is not None:
             conv.bias = nn.Parameter(conv.bias.detach()[positions].clone())
+        _slice_output_tensors(conv, lambda size: positions)
         conv.out_channels = len(positions)
         conv.groups = len(positions) // (dense.out_channels // dense.groups)
         conv.in_channels = conv.groups * (dense.in_channels // dense.groups)
@@ -572,6 +583,19 @@ def _prune(model: nn.Module, dg, dep, positions: list[int]) -> None:
     dep(positions)
     if no_bias:
         module.bias = None
+    if dg.is_out_channel_pruning_fn(dep.handler):
+        _slice_output_tensors(module, lambda size: sorted(set(range(size)) - set(positions)))
+
+
+def _slice_output_tensors(module: nn.Module, kept) -> None:
+    """The per-output-channel tensors its layer rule names that Torch-Pruning leaves whole (a
+    weight-standardised conv's gain), cut to the output channels `kept(size)` lists."""
+    rule = rule_for(module)
+    for name in rule.output_tensors if rule is not None else ():
+        tensor = getattr(module, name, None)
+        if isinstance(tensor, nn.Parameter):
+            setattr(module, name, nn.Parameter(tensor.detach()[kept(tensor.shape[0])].clone(),
+                                               requires_grad=tensor.requires_grad))
 
 
 def _logits(out, net: UserModel) -> torch.Tensor:

@@ -934,3 +934,33 @@ def test_norms_without_a_bias_are_costed_and_slimmed_exactly():
     r = check(f"{__name__}:norms_without_bias", 8)
     assert r["gap"] <= 1e-5 * r["scale"] and exact_cost(r) and r["macs"] < r["dense_macs"]
     assert r["model"].gn.bias is None and r["model"].gn.num_channels < 8
+
+
+class StandardisedConvs(nn.Module):
+    """NF-Net style: weight-standardised convs (dense with a gain, depthwise, `Same` padding)."""
+
+    def __init__(self, num_classes: int = 10) -> None:
+        super().__init__()
+        from timm.layers import ScaledStdConv2d, ScaledStdConv2dSame, StdConv2d
+        self.a = ScaledStdConv2d(3, 8, 3)
+        self.dw = ScaledStdConv2d(8, 8, 3, groups=8)
+        self.b = ScaledStdConv2dSame(8, 12, 3, stride=2)
+        self.c = StdConv2d(12, 8, 1)
+        self.fc = nn.Linear(8, num_classes)
+
+    def forward(self, x):
+        x = torch.relu(self.dw(torch.relu(self.a(x))))
+        return self.fc(self.c(torch.relu(self.b(x))).mean((2, 3)))
+
+
+def standardised_convs(num_classes: int = 10) -> StandardisedConvs:
+    return StandardisedConvs(num_classes)
+
+
+def test_weight_standardised_convs_are_costed_with_their_standardisation_and_prune_exactly():
+    """fvcore counts the per-filter batch_norm on the weight and the gain; the slimmed filters
+    are standardised over their kept inputs, so the masked ones are over gate-weighted ones."""
+    r = check(f"{__name__}:standardised_convs", 8)
+    assert r["gap"] <= 1e-5 * r["scale"] and exact_cost(r) and r["macs"] < r["dense_macs"]
+    model = r["model"]
+    assert model.a.gain.shape[0] == model.a.out_channels < 8 and model.b.in_channels < 8

@@ -31,6 +31,7 @@ the layer holds parameters whose shapes change.
 from maskednas.ops.layer_rules.base import (LAYER_RULES, LayerRule, register_layer_rule, rule_for,
                                             width_attributes)
 from maskednas.ops.layer_rules import (batchnorm, conv, grn, grouped_conv, groupnorm,  # noqa: F401
-                                       layernorm, linear, metaformer_scale, rmsnorm)  # (registers them)
+                                       layernorm, linear, metaformer_scale, rmsnorm,  # (registers them)
+                                       std_conv)
 
 __all__ = ["LAYER_RULES", "LayerRule", "register_layer_rule", "rule_for", "width_attributes"]

@@ -34,6 +34,9 @@ class LayerRule:
     # (module, x, gate vector) -> the input it should see: how a pruned channel is kept out of a
     # layer that mixes channels (None: the layer does not mix them, nothing to gate)
     gate_input: Callable[[nn.Module, torch.Tensor, torch.Tensor], torch.Tensor] | None = None
+    # (module, x, gate vector) -> its output from the gated input, where gating the input is not
+    # enough (a weight standardised over the input channels): replaces `gate_input`'s effect
+    gated_forward: Callable[[nn.Module, torch.Tensor, torch.Tensor], torch.Tensor] | None = None
     # (module, x, gate vector) -> its output with gate-weighted statistics (norms over channels)
     normalize: Callable[[nn.Module, torch.Tensor, torch.Tensor], torch.Tensor] | None = None
     # how many equal, contiguous partitions its channels fall into that pruning must respect
@@ -50,6 +53,9 @@ class LayerRule:
     unsupported: Callable[[nn.Module], str | None] = lambda m: None
     # whether the rule covers this instance of `layer_type`
     applies: Callable[[nn.Module], bool] = lambda m: True
+    # per-output-channel tensors (dim 0) Torch-Pruning's pruner leaves as they are: sliced with
+    # the output channels when the layer is slimmed
+    output_tensors: tuple[str, ...] = ()
 
 
 def register_layer_rule(name: str, rule: LayerRule) -> LayerRule:
