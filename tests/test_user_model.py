@@ -964,3 +964,24 @@ def test_weight_standardised_convs_are_costed_with_their_standardisation_and_pru
     assert r["gap"] <= 1e-5 * r["scale"] and exact_cost(r) and r["macs"] < r["dense_macs"]
     model = r["model"]
     assert model.a.gain.shape[0] == model.a.out_channels < 8 and model.b.in_channels < 8
+
+
+class NormLinearHead(nn.Module):
+    """RepViT's and LeViT's classifier: BatchNorm1d on the pooled features, then a linear."""
+
+    def __init__(self, num_classes: int = 10) -> None:
+        super().__init__()
+        self.a, self.fc1 = nn.Conv2d(3, 8, 3, padding=1), nn.Linear(8, 12)
+        self.bn, self.fc = nn.BatchNorm1d(12), nn.Linear(12, num_classes)
+
+    def forward(self, x):
+        return self.fc(self.bn(self.fc1(torch.relu(self.a(x)).mean((2, 3)))))
+
+
+def norm_linear_head(num_classes: int = 10) -> NormLinearHead:
+    return NormLinearHead(num_classes)
+
+
+def test_a_batchnorm1d_is_costed_and_pruned_with_its_channels():
+    r = check(f"{__name__}:norm_linear_head", 8)
+    assert r["gap"] <= 1e-5 * r["scale"] and exact_cost(r) and r["model"].bn.num_features < 12
