@@ -137,22 +137,28 @@ def _channel_producers(x: torch.Tensor, produced: dict,
 def _producers(x: torch.Tensor, produced: dict, into_concatenations: bool,
                reader: str) -> tuple[str, ...]:
     """Breadth first from `x` to the nearest recorded layer; with `into_concatenations`, a
-    channel concatenation on the way is walked piece by piece, in order."""
-    seen: set = set()  # shared: a node two concatenations reach is walked once
+    channel concatenation on the way is walked piece by piece, in order (each piece on its own:
+    NASNet's pieces share their inputs; a piece two concatenations hold is walked once)."""
+    memo: dict = {}
 
     def nearest(start) -> tuple[str, ...]:
-        frontier = [start]
+        if start in memo:
+            return memo[start]
+        frontier, seen, found = [start], set(), ()
         while frontier:
             node = frontier.pop(0)
             if node is None or node in seen:
                 continue
             seen.add(node)
             if node in produced:
-                return (produced[node],)
+                found = (produced[node],)
+                break
             if into_concatenations and _concatenates_channels(node):
-                return tuple(p for n, _ in node.next_functions for p in nearest(n))
+                found = tuple(p for n, _ in node.next_functions for p in nearest(n))
+                break
             frontier.extend(n for n, _ in node.next_functions)
-        return ()
+        memo[start] = found
+        return found
 
     found = nearest(x.grad_fn)
     if not found:

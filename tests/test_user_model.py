@@ -985,3 +985,29 @@ def norm_linear_head(num_classes: int = 10) -> NormLinearHead:
 def test_a_batchnorm1d_is_costed_and_pruned_with_its_channels():
     r = check(f"{__name__}:norm_linear_head", 8)
     assert r["gap"] <= 1e-5 * r["scale"] and exact_cost(r) and r["model"].bn.num_features < 12
+
+
+class SharedPieces(nn.Module):
+    """NASNet-style: two pieces of a concatenation made from one layer's output (one through a
+    pooling no module runs), then a functional global pooling."""
+
+    def __init__(self, num_classes: int = 10) -> None:
+        super().__init__()
+        self.a, self.fc = nn.Conv2d(3, 8, 3, padding=1), nn.Linear(16, num_classes)
+
+    def forward(self, x):
+        y = torch.relu(self.a(x))
+        z = torch.cat([y, F.avg_pool2d(y, 3, 1, 1)], 1)
+        return self.fc(F.adaptive_avg_pool2d(z, 1).flatten(1))
+
+
+def shared_pieces(num_classes: int = 10) -> SharedPieces:
+    return SharedPieces(num_classes)
+
+
+def test_a_pooling_over_a_concatenation_counts_every_piece_even_from_one_layer():
+    """The pooling reads 16 channels, both pieces `a`'s: the second was lost (8 counted)."""
+    net = UserModel(ModelSpaceConfig(source=f"{__name__}:shared_pieces"), 3, 10, 8)
+    assert net.trace.pools[0].producers == ("a", "a")
+    r = check(f"{__name__}:shared_pieces", 8)
+    assert r["gap"] <= 1e-5 * r["scale"] and exact_cost(r) and r["model"].a.out_channels < 8
