@@ -153,6 +153,7 @@ class _Found:
     why: str | None
     full: object
     classes: list = field(default_factory=list)  # each root channel's tied set
+    loops: list = field(default_factory=list)  # pairs of root channels that reach each other
 
 
 def _channel_spaces(model: nn.Module, dg, groups, names: dict, param_names: dict,
@@ -184,7 +185,10 @@ def _channel_spaces(model: nn.Module, dg, groups, names: dict, param_names: dict
         touched = [names[d.target.module] for d, _ in full if any(d.target.module is m for m in ignored)]
         if touched:
             why = f"shares channels with {touched[0]}, listed in model.ignore"
-        found.append(_Found(root_name, root.handler, channels, entries, list(ties.items()), why, full))
+        partial = any(_why_partial(name, root_name, roots, size) for _, name, _, roots in entries)
+        loops = _loops(dg, root, channels) if partial and not why else []
+        found.append(_Found(root_name, root.handler, channels, entries, list(ties.items()), why,
+                            full, loops=loops))
     out = ChannelGroups({}, {}, {}, {}, {}, {})
     for component, loose in _tied_components(found):
         _add_group(model, out, [found[i] for i in component], loose)
@@ -194,6 +198,26 @@ def _channel_spaces(model: nn.Module, dg, groups, names: dict, param_names: dict
             if len(torch.unique(taken)) < len(taken):
                 raise _misread(f"maps two groups to the same positions of the {side} of {name}")
     return out
+
+
+def _loops(dg, root, channels: list[int]) -> list[tuple[int, int]]:
+    """Pairs of the root's channels (as ranks in `channels`) that reach each other: a depthwise
+    conv on one piece of a concatenation that the root reads whole (GhostNet's cheap operation,
+    whose output channel j is its input channel j) makes channels j and j + n one. Torch-Pruning
+    merges a group's positions keeping one root channel each, so the loop shows only in the
+    group of a single channel: found from the first one, then from all where it shows."""
+    rank = {c: k for k, c in enumerate(channels)}
+    module, handler = root.target.module, root.handler
+
+    def reached(k: int) -> list[tuple[int, int]]:
+        group = dg.get_pruning_group(module, handler, [channels[k]])
+        return [(k, rank[int(i)]) for item in group.items
+                if item.dep.target.module is module and item.dep.handler == handler
+                for i in item.idxs if int(i) in rank and rank[int(i)] != k]
+
+    if not reached(0):
+        return []
+    return [pair for k in range(len(channels)) for pair in reached(k)]
 
 
 def _ranks(f: _Found, own: list[list[int]]) -> torch.Tensor:
@@ -251,6 +275,9 @@ def _tied_components(found: list[_Found]):
             for q, r in pairs:
                 at.setdefault(op, {})[q] = (g, r)
     loose = set()
+    for g, f in enumerate(found):
+        for a, b in f.loops:
+            union((g, a), (g, b))
     for op, positions in at.items():
         period, size = op.tie_period, op.tie_size
         for j in range(period):

@@ -1011,3 +1011,35 @@ def test_a_pooling_over_a_concatenation_counts_every_piece_even_from_one_layer()
     assert net.trace.pools[0].producers == ("a", "a")
     r = check(f"{__name__}:shared_pieces", 8)
     assert r["gap"] <= 1e-5 * r["scale"] and exact_cost(r) and r["model"].a.out_channels < 8
+
+
+class GhostModule(nn.Module):
+    """GhostNet: a primary conv, a depthwise 'cheap' conv on its output, both concatenated,
+    then a depthwise conv over the whole: channel j and j + 4 of the concatenation are one."""
+
+    def __init__(self, num_classes: int = 10) -> None:
+        super().__init__()
+        self.primary, self.cheap = nn.Conv2d(3, 4, 3, padding=1), nn.Conv2d(4, 4, 3, padding=1, groups=4)
+        self.dw, self.b = nn.Conv2d(8, 8, 3, padding=1, groups=8), nn.Conv2d(8, 8, 1)
+        self.fc = nn.Linear(8, num_classes)
+
+    def forward(self, x):
+        x1 = torch.relu(self.primary(x))
+        x = torch.relu(self.dw(torch.cat([x1, self.cheap(x1)], 1)))
+        return self.fc(self.b(x).mean((2, 3)))
+
+
+def ghost_module(num_classes: int = 10) -> GhostModule:
+    return GhostModule(num_classes)
+
+
+def test_a_depthwise_conv_on_one_piece_ties_the_pieces_of_its_concatenation():
+    """It was left whole ('cheap reads 4 of the 8 channels'): now 4 channels, each the pair."""
+    net = UserModel(ModelSpaceConfig(source=f"{__name__}:ghost_module"), 3, 10, 8)
+    assert not net.groups.skipped
+    (key,) = [k for k, s in net.groups.sizes.items() if "b" not in k]
+    assert net.groups.sizes[key] == 4
+    (s,) = net.groups.inputs["b"].slices
+    assert (s.repeat, sorted(s.index.view(4, 2).tolist())) == (2, [[0, 4], [1, 5], [2, 6], [3, 7]])
+    r = check(f"{__name__}:ghost_module", 8)
+    assert r["gap"] <= 1e-5 * r["scale"] and exact_cost(r) and r["model"].primary.out_channels < 4
