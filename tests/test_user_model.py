@@ -900,12 +900,24 @@ def test_a_torch_pruning_failure_is_one_line_naming_the_op_it_mapped():
     assert "\n" not in message
 
 
+def test_dpn_prunes_exactly_its_concatenations_of_slices_mapped_by_the_call():
+    """Torch-Pruning mapped a DPN-48b channel past a layer's width (its inferred piece sizes
+    failed on a piece that is a slice, after a split): the pieces now have the sizes the call had."""
+    r = check("timm:dpn48b", 32)
+    assert r["gap"] <= 1e-4 * max(r["scale"], 1.0) and exact_cost(r)
+    assert abs(r["macs"] / r["dense_macs"] - 0.5) <= 0.03
+
+
 def test_a_channel_mapped_past_a_layers_width_refuses_the_network():
-    """Torch-Pruning maps a DPN-48b channel past a layer's width (an op between them misread):
-    refused at build, before any search, not pruned into a crash."""
-    with pytest.raises(ChannelGraphError, match=r"timm:dpn48b: Torch-Pruning's dependency graph "
-                       r"maps channel \d+ of .* which has \d+ channels: it misreads an op"):
-        UserModel(ModelSpaceConfig(source="timm:dpn48b"), 3, 10, 32)
+    """A misread of the graph (a channel mapped to position 8 of an 8-channel input) is refused
+    when the space is built, naming the layer, never pruned into a crash."""
+    from maskednas.supernet.channel_groups import ChannelGroups, _add_group, _Found
+    model = nn.Sequential(nn.Conv2d(3, 8, 1), nn.Conv2d(8, 4, 1))
+    found = _Found("0", None, list(range(8)), [("input", "1", [1, 2, 3, 4, 5, 6, 7, 8], list(range(8)))],
+                   [], None, None, classes=list(range(8)))
+    with pytest.raises(ChannelGraphError, match=r"maps channel 8 of 0's group into the input of 1, "
+                                                r"which has 8 channels: it misreads an op"):
+        _add_group(model, ChannelGroups({}, {}, {}, {}, {}, {}), [found], loose=False)
 
 
 class NormsWithoutBias(nn.Module):
