@@ -20,7 +20,8 @@ import torch
 from torch import nn
 
 from maskednas.ops.layer_rules import LAYER_RULES, rule_for
-from maskednas.supernet.graph_mapping import SplitMappingError, mapped_by_the_forward
+from maskednas.supernet.graph_mapping import (SplitMappingError, mapped_by_the_forward,
+                                              multiplies_activations)
 
 
 def supported_types() -> tuple[type, ...]:
@@ -178,10 +179,20 @@ def _channel_spaces(model: nn.Module, dg, groups, names: dict, param_names: dict
                 entries.append((side, names[target], idxs, roots))
             elif getattr(target, "tie_period", None):
                 ties.setdefault(target, set()).update(zip(idxs, roots))
+            elif target in dg.module2node and multiplies_activations(dg.module2node[target].grad_fn):
+                # Torch-Pruning maps a product as if elementwise: attention's heads are not
+                why = why or (f"the channels of {root_name} go through a product of two "
+                              f"activations (attention), which pruning here cannot follow")
             elif isinstance(target, tp.ops._SplitOp):
                 # a part's size is in the network's code (`x.split(64)`): pruning cannot change it
                 why = why or (f"the channels of {root_name} go through a split (torch.split) whose "
                               f"part sizes are in the network's code, which pruning cannot change")
+        if not any(side == "input" for side, *_ in entries):
+            # no layer reads them: Torch-Pruning lost the channels at an op it cannot map (a
+            # product of two activations: attention's q @ k), so what reads them is unknown
+            why = why or (f"no layer this tool follows reads the channels of {root_name} (they go "
+                          f"through an op Torch-Pruning's graph cannot map, such as a product of "
+                          f"two activations)")
         touched = [names[d.target.module] for d, _ in full if any(d.target.module is m for m in ignored)]
         if touched:
             why = f"shares channels with {touched[0]}, listed in model.ignore"

@@ -20,6 +20,7 @@ left as it is: pruning cannot change those sizes.
 from __future__ import annotations
 
 import contextlib
+import re
 
 import torch
 from torch.overrides import TorchFunctionMode
@@ -52,7 +53,9 @@ class _RecordConcatenations(TorchFunctionMode):
         if func in _CATS and isinstance(result, torch.Tensor) and result.grad_fn is not None:
             tensors = args[0] if args else kwargs["tensors"]
             dim = kwargs.get("dim", args[1] if len(args) > 1 else 0)
-            if dim % result.ndim == 1 and all(t.requires_grad for t in tensors):
+            # dim 1 is the channels of NC, NCHW and NCDHW tensors; of (N, tokens, C) it is the
+            # tokens (a class token prepended), which are no concatenation of channels
+            if dim % result.ndim == 1 and result.ndim != 3 and all(t.requires_grad for t in tensors):
                 self.sizes[result.grad_fn] = [int(t.shape[1]) for t in tensors]
         return result
 
@@ -121,6 +124,28 @@ def _map_shuffle(node) -> None:
         for dep in source.dependencies:
             if dep.target is node:
                 dep.index_mapping[0] = _ShuffleIndexMapping(groups, channels, reverse=False)
+
+
+_PRODUCTS = re.compile(r"(ScaledDotProduct\w*|Bmm|Mm|Matmul|Baddbmm)Backward\d+")
+_PASS_THROUGH = re.compile(r"(T|Transpose|Permute|View|Reshape|UnsafeView|Expand|Clone)Backward\d+")
+
+
+def multiplies_activations(grad_fn) -> bool:
+    """Whether an autograd node is a matrix product of two activations (attention's q @ k and
+    attention @ v, fused or not), not of an activation and a weight (a linear layer's)."""
+    kind = type(grad_fn).__name__
+    if not _PRODUCTS.fullmatch(kind):
+        return False
+    if kind.startswith("ScaledDotProduct"):
+        return True
+    operands = [f for f, _ in grad_fn.next_functions if f is not None]
+    return len(operands) >= 2 and not any(_from_a_parameter(f) for f in operands)
+
+
+def _from_a_parameter(node) -> bool:
+    while node is not None and _PASS_THROUGH.fullmatch(type(node).__name__):
+        node = node.next_functions[0][0] if node.next_functions else None
+    return node is not None and type(node).__name__ == "AccumulateGrad"
 
 
 def _map_concat(node) -> None:

@@ -1055,3 +1055,53 @@ def test_a_depthwise_conv_on_one_piece_ties_the_pieces_of_its_concatenation():
     assert (s.repeat, sorted(s.index.view(4, 2).tolist())) == (2, [[0, 4], [1, 5], [2, 6], [3, 7]])
     r = check(f"{__name__}:ghost_module", 8)
     assert r["gap"] <= 1e-5 * r["scale"] and exact_cost(r) and r["model"].primary.out_channels < 4
+
+
+class TinyAttention(nn.Module):
+    """Tokens through timm's attention: q @ k and attention @ v multiply two activations, whose
+    channels Torch-Pruning maps as if elementwise."""
+
+    def __init__(self, num_classes: int = 10) -> None:
+        super().__init__()
+        from timm.layers import Attention
+        self.embed, self.fc = nn.Conv2d(3, 8, 2, stride=2), nn.Linear(8, num_classes)
+        self.attn = Attention(8, num_heads=2)
+
+    def forward(self, x):
+        x = self.embed(x).flatten(2).transpose(1, 2)
+        return self.fc((x + self.attn(x)).mean(1))
+
+
+def tiny_attention(num_classes: int = 10) -> TinyAttention:
+    return TinyAttention(num_classes)
+
+
+def test_channels_through_a_product_of_activations_are_left_whole_not_pruned_into_a_crash():
+    """The heads' reshape has sizes in the code: q, k and v tied channel by channel were pruned
+    into a reshape that fails. The qkv group is left whole, naming the product."""
+    net = UserModel(ModelSpaceConfig(source=f"{__name__}:tiny_attention"), 3, 10, 8)
+    assert "product of two activations (attention)" in net.groups.skipped["attn.qkv"]
+    r = check(f"{__name__}:tiny_attention", 8)
+    assert r["gap"] <= 1e-5 * r["scale"] and exact_cost(r)
+
+
+def test_a_product_of_activations_is_told_from_a_layer_s_product_with_its_weight():
+    from maskednas.supernet.graph_mapping import multiplies_activations
+
+    def multiplies(y):  # any node of its graph (a batched product is a Bmm under a view)
+        nodes, seen = [y.grad_fn], set()
+        while nodes:
+            node = nodes.pop()
+            if node is None or node in seen:
+                continue
+            seen.add(node)
+            if multiplies_activations(node):
+                return True
+            nodes += [n for n, _ in node.next_functions]
+        return False
+
+    x, w = torch.randn(2, 3, 4, requires_grad=True) * 1, nn.Parameter(torch.randn(4, 5))
+    q, k = x * 2, x * 3
+    assert multiplies(q @ k.transpose(1, 2)) and multiplies(q[0] @ k[0].T)
+    assert multiplies(F.scaled_dot_product_attention(q, k, x))
+    assert not multiplies(x @ w) and not multiplies(x[0] @ w) and not multiplies(F.linear(x, w.T))
