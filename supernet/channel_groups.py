@@ -92,10 +92,6 @@ def group_key(name: str) -> str:
     return name.replace(".", "/")
 
 
-def _width_of(dg, module, handler) -> int:
-    return dg.get_out_channels(module) if "out" in handler.__name__ else dg.get_in_channels(module)
-
-
 def _why_unsupported(module: nn.Module) -> str | None:
     rule = rule_for(module)
     if rule is not None:
@@ -145,16 +141,16 @@ class _Found:
     root: str
     handler: object
     channels: list[int]  # the root layer's output channels in it
-
-    @property
-    def size(self) -> int:
-        return len(self.channels)
     entries: list  # (side, layer or parameter name, positions, root channels)
     ties: list  # (tying op, positions at its input, root channels)
     why: str | None
     full: object
     classes: list = field(default_factory=list)  # each root channel's tied set
     loops: list = field(default_factory=list)  # pairs of root channels that reach each other
+
+    @property
+    def size(self) -> int:
+        return len(self.channels)
 
 
 def _channel_spaces(model: nn.Module, dg, groups, names: dict, param_names: dict,

@@ -104,8 +104,8 @@ class UserModel(Supernet):
                 f"{space.source}: {where or 'the network'} reshapes {list(before)} to {list(after)}, "
                 f"splitting its channels over several dimensions or merging several into them (a "
                 f"space-to-depth, a shuffle of another form than view, transpose(1, 2), view): "
-                f"pruning cannot follow the channels through "
-                f"it, so this network cannot be pruned here")
+                f"pruning cannot follow the channels through it, so this network cannot be "
+                f"pruned here")
         if self.trace.unused:
             warnings.warn(f"{space.source}: the forward never runs "
                           f"{', '.join(f'{n} ({c:,} params)' for n, c in self.trace.unused.items())}: "
