@@ -75,6 +75,7 @@ class ChannelGroups:
     # group -> the root layer's channels in each of the group's channels ([size, k]), where ties
     # (chunks, channel shuffles) merged channels or groups; absent: channel i is the root's i
     own: dict[str, torch.Tensor] = field(default_factory=dict)
+    tied: set[str] = field(default_factory=set)  # groups whose channels chunks, shuffles or loops tie
 
     def root_channels(self, group: str, channels) -> list[tuple[str, object, list[int]]]:
         """(root layer, Torch-Pruning handler, its channels) that make up these channels of
@@ -179,6 +180,9 @@ def _channel_spaces(model: nn.Module, dg, groups, names: dict, param_names: dict
                 # Torch-Pruning maps a product as if elementwise: attention's heads are not
                 why = why or (f"the channels of {root_name} go through a product of two "
                               f"activations (attention), which pruning here cannot follow")
+            elif isinstance(target, tp.ops._SplitOp) and getattr(target, "unequal_chunk", None):
+                why = why or (f"the channels of {root_name} go through a chunk into unequal parts "
+                              f"({target.unequal_chunk}), which pruning would move between them")
             elif isinstance(target, tp.ops._SplitOp):
                 # a part's size is in the network's code (`x.split(64)`): pruning cannot change it
                 why = why or (f"the channels of {root_name} go through a split (torch.split) whose "
@@ -212,7 +216,8 @@ def _loops(dg, root, channels: list[int]) -> list[tuple[int, int]]:
     conv on one piece of a concatenation that the root reads whole (GhostNet's cheap operation,
     whose output channel j is its input channel j) makes channels j and j + n one. Torch-Pruning
     merges a group's positions keeping one root channel each, so the loop shows only in the
-    group of a single channel: found from the first one, then from all where it shows."""
+    group of a single channel: probed from the first, middle and last, then from all where one
+    shows (a group it misses is left whole: a layer reads part of it)."""
     rank = {c: k for k, c in enumerate(channels)}
     module, handler = root.target.module, root.handler
 
@@ -222,7 +227,7 @@ def _loops(dg, root, channels: list[int]) -> list[tuple[int, int]]:
                 if item.dep.target.module is module and item.dep.handler == handler
                 for i in item.idxs if int(i) in rank and rank[int(i)] != k]
 
-    if not reached(0):
+    if not any(reached(k) for k in {0, len(channels) // 2, len(channels) - 1}):
         return []
     return [pair for k in range(len(channels)) for pair in reached(k)]
 
@@ -333,12 +338,18 @@ def _add_group(model: nn.Module, out: ChannelGroups, members: list[_Found], loos
                 at.setdefault(order[f.classes[r]], []).append(i)
     for (side, name), at in spaces.items():
         why = why or _why_partial(name, first.root, [c for c, pos in at.items() for _ in pos], size)
-    if why:
-        for f in members:
-            out.skipped[f.root] = why
+    if size == 1 and first.size > 1:
+        why = why or (f"a chunk or a channel shuffle ties all {sum(f.size for f in members)} "
+                      f"channels of {first.root}'s group into one set: nothing to prune")
+    if why:  # one entry per component, as a pruned one is one group
+        others = [f.root for f in members[1:]]
+        out.skipped[first.root] = why + (f" (with the groups of {', '.join(others)}, tied to it)"
+                                         if others else "")
         return
     key = group_key(first.root)
     out.sizes[key], out.roots[key] = size, (first.root, first.handler)
+    if any(f.ties or f.loops for f in members):
+        out.tied.add(key)
     if len(members) > 1 or size != first.size or first.channels != list(range(size)):
         out.own[key] = torch.tensor(own[0])
         out.linked[key] = [(f.root, f.handler, torch.tensor(o)) for f, o in zip(members[1:], own[1:])]
@@ -463,6 +474,7 @@ def leave_whole(out: ChannelGroups, group: str, why: str) -> None:
     out.skipped[out.roots[group][0]] = why
     for space in [*out.inputs.values(), *out.outputs.values(), *out.params.values()]:
         space.slices = [s for s in space.slices if s.group != group]
+    out.tied.discard(group)
     for key in ("sizes", "roots", "members", "linked", "own"):
         getattr(out, key).pop(group, None)
 

@@ -35,8 +35,9 @@ class SplitMappingError(ValueError):
 
 
 class _RecordConcatenations(TorchFunctionMode):
-    """The channel count of each piece of every concatenation along dim 1, by its grad_fn, and
-    the grad_fn of every `chunk` of the channels (its parts follow the width)."""
+    """The channel count of each piece of every concatenation along dim 1 and its result's
+    shape, by its grad_fn, and the grad_fn of every `chunk` of the channels (its parts follow the
+    width)."""
 
     def __init__(self) -> None:
         super().__init__()
@@ -56,7 +57,7 @@ class _RecordConcatenations(TorchFunctionMode):
             # dim 1 is the channels of NC, NCHW and NCDHW tensors; of (N, tokens, C) it is the
             # tokens (a class token prepended), which are no concatenation of channels
             if dim % result.ndim == 1 and result.ndim != 3 and all(t.requires_grad for t in tensors):
-                self.sizes[result.grad_fn] = [int(t.shape[1]) for t in tensors]
+                self.sizes[result.grad_fn] = ([int(t.shape[1]) for t in tensors], tuple(result.shape))
         return result
 
 
@@ -168,6 +169,31 @@ def _map_concat(node) -> None:
                 break
 
 
+def _over_channels(graph, node, sizes: list[int], shape: tuple[int, ...]) -> bool:
+    """Whether a concatenation along dim 1 is one of channels: not where Torch-Pruning infers a
+    piece's channels as the last dimension instead (a channels-last tensor, whose dim 1 is its
+    height). Where it infers none, or more (a piece that is a slice: DPN), dim 1 is taken."""
+    from torch_pruning.dependency import shape_infer
+    for piece, size in zip(node.inputs, sizes):
+        inferred = shape_infer.infer_channels_between(graph, piece, node)
+        if inferred is not None and inferred != size and inferred == shape[-1]:
+            return False
+    return True
+
+
+def _split_after_concat(graph) -> None:
+    """Torch-Pruning applies a dependency's split mapping before its concatenation mapping; on
+    the edge from a concatenation back to a split part it reads (a chunk's part concatenated),
+    the concatenation's (which piece, at which offset) must come first."""
+    from torch_pruning.dependency.index_mapping import _ConcatIndexMapping, _SplitIndexMapping
+    for node in graph.module2node.values():
+        for dep in node.dependencies:
+            first, second = dep.index_mapping
+            if (isinstance(first, _SplitIndexMapping) and first.reverse
+                    and isinstance(second, _ConcatIndexMapping) and second.reverse):
+                dep.index_mapping = [second, first]
+
+
 def _part_of(consumer, split_node) -> int:
     parts = {nr for f, nr in getattr(consumer.grad_fn, "next_functions", ()) if f is split_node.grad_fn}
     name = consumer.name or consumer.module
@@ -232,20 +258,27 @@ def mapped_by_the_forward():
             if not ours or getattr(node.module, "from_the_forward", False):
                 continue
             node.module.from_the_forward = True
-            if node.type == ops.OPTYPE.CONCAT and len(recorded.sizes.get(node.grad_fn, ())) == len(node.inputs):
-                # the pieces in call order: one graph input per piece, as the call had them
-                if [f for f, _ in node.grad_fn.next_functions] == [n.grad_fn for n in node.inputs]:
-                    node.module.concat_sizes = recorded.sizes[node.grad_fn]
+            if node.type == ops.OPTYPE.CONCAT and len(recorded.sizes.get(node.grad_fn, ((),))[0]) == len(node.inputs):
+                # the pieces in call order: one graph input per piece, as the call had them, and
+                # over the channels wherever Torch-Pruning can tell a piece's (a channels-last
+                # tensor's dim 1 is its height)
+                sizes, shape = recorded.sizes[node.grad_fn]
+                if ([f for f, _ in node.grad_fn.next_functions] == [n.grad_fn for n in node.inputs]
+                        and _over_channels(graph, node, sizes, shape)):
+                    node.module.concat_sizes = sizes
                     node.module.sizes_from_the_call = True
             sizes = _part_sizes(node.grad_fn) if node.type == ops.OPTYPE.SPLIT else None
             if sizes is None:
                 continue
             if node.grad_fn in recorded.chunks and len(set(sizes)) == 1:  # equal parts
                 node.module.tie_period, node.module.tie_size = sizes[0], sum(sizes)
+            elif node.grad_fn in recorded.chunks:  # the last part smaller: pruned, it would move
+                node.module.unequal_chunk = sizes
             node.module.offsets = [sum(sizes[:k]) for k in range(len(sizes) + 1)]
             node.module.parts = [_part_of(c, node) for c in node.outputs]
             node.module.split_sizes = [sizes[part] for part in node.module.parts]  # per consumer
         original_update(graph)
+        _split_after_concat(graph)
 
     def update_reshape(graph, node):
         if getattr(node.module, "shuffle", None) is not None:

@@ -158,6 +158,7 @@ class UserModel(Supernet):
         self.gate_index = GateIndex(self.groups.sizes,
                                     [*self._gated, *(s for s, _ in filter(None, self._normalize_spaces))])
         self._check_cost(model)
+        self._check_ties()
 
     @torch.no_grad()
     def _init_masks_by_magnitude(self) -> None:
@@ -452,6 +453,43 @@ class UserModel(Supernet):
                 f"modules that run), the "
                 f"cost model {float(analytic.macs):,.0f} and {float(analytic.params):,.0f}: {where}; "
                 f"its cost would be wrong, so this network cannot be pruned here")
+
+    def _check_ties(self) -> None:
+        """A chunk or a shuffle prunes exactly only if its other size follows the width: a
+        shuffle written `view(n, c // 2, 2, h, w)` keeps pieces of 2 and would mix the tied sets.
+        One trace cannot tell which size the code fixes, so a copy slimmed by one step of every
+        tied group must compute what the hard-masked network does, or the network is refused."""
+        tied = [k for k in sorted(self.groups.tied) if self.groups.sizes[k] > self.channel_step(k)]
+        if not tied:
+            return
+        keep = {k: torch.arange(n) for k, n in self.groups.sizes.items()}
+        for k in tied:
+            n = self.groups.sizes[k]
+            keep[k] = self.keep_channels(k, -torch.arange(n, dtype=torch.float), n - self.channel_step(k))
+        ops = {b: "keep" for b in self.blocks}
+        arch = self.architecture(ops, {k: len(v) for k, v in keep.items()})
+        x = torch.randn(2, *self.example.shape[1:], generator=torch.Generator().manual_seed(0))
+        was_training = self.training
+        self.eval()
+        try:
+            with torch.no_grad(), self.hard_masked(ops, keep):
+                reference = self(x)
+            pruned = self.slim(arch, keep).eval()  # (its graph is traced with autograd on)
+            with torch.no_grad():
+                out = pruned(x)
+            exact = out.shape == reference.shape and float((out - reference).abs().max()) <= (
+                1e-4 * max(float(reference.abs().max()), 1.0))
+        except RuntimeError:
+            exact = False
+        finally:
+            self.train(was_training)
+        if not exact:
+            roots = [self.groups.roots[k][0] for k in tied]
+            raise ChannelGraphError(
+                f"{self.space.source}: the channels of {', '.join(roots)} are tied by a chunk or a "
+                f"channel shuffle whose sizes the network's code fixes otherwise (a shuffle must "
+                f"view its channels as (groups, channels // groups)): pruned, it computes "
+                f"wrongly; list {roots[0]} in model.ignore to leave them whole")
 
     def _layers_counted_differently(self, model: nn.Module) -> list[str]:
         """'layer: fvcore MACs, params / ours' for every counted layer where they differ."""
