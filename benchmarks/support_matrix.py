@@ -287,7 +287,8 @@ def _attention_of(source: str, size: int) -> bool | None:
 
 def _check_at_its_size(source: str, size: int) -> dict:
     r = run_isolated(source, size)
-    fails_here = r.get("attention", False) is None or r["reason"].startswith(("RuntimeError", "AssertionError"))
+    does_not_run = r.get("attention", False) is None  # its forward failed at this size
+    fails_here = does_not_run or r["reason"].startswith(("RuntimeError", "AssertionError"))
     if r["stage"] == "build" and fails_here and size < default_size(source):
         # a forward that fails at 64x64 (feature maps shrunk to nothing, a position embedding
         # or a block size asserted, an image size refused): its own size

@@ -339,8 +339,8 @@ def _add_group(model: nn.Module, out: ChannelGroups, members: list[_Found], loos
     for (side, name), at in spaces.items():
         why = why or _why_partial(name, first.root, [c for c, pos in at.items() for _ in pos], size)
     if size == 1 and first.size > 1:
-        why = why or (f"a chunk or a channel shuffle ties all {sum(f.size for f in members)} "
-                      f"channels of {first.root}'s group into one set: nothing to prune")
+        why = why or (f"chunks or channel shuffles tie all {sum(f.size for f in members)} channels "
+                      f"of {len(members)} groups into one set: nothing to prune")
     if why:  # one entry per component, as a pruned one is one group
         others = [f.root for f in members[1:]]
         out.skipped[first.root] = why + (f" (with the groups of {', '.join(others)}, tied to it)"
