@@ -170,15 +170,15 @@ def _map_concat(node) -> None:
 
 
 def _over_channels(graph, node, sizes: list[int], shape: tuple[int, ...]) -> bool:
-    """Whether a concatenation along dim 1 is one of channels: not where Torch-Pruning infers a
-    piece's channels as the last dimension instead (a channels-last tensor, whose dim 1 is its
-    height). Where it infers none, or more (a piece that is a slice: DPN), dim 1 is taken."""
+    """Whether a concatenation along dim 1 is one of channels: not where Torch-Pruning infers
+    every piece's channels as the result's last dimension instead, and not as the piece's dim 1
+    (channels-last tensors, whose dim 1 is their height). Where it infers none for a piece, or
+    more than its dim 1 (a slice: DPN), dim 1 is taken."""
     from torch_pruning.dependency import shape_infer
-    for piece, size in zip(node.inputs, sizes):
-        inferred = shape_infer.infer_channels_between(graph, piece, node)
-        if inferred is not None and inferred != size and inferred == shape[-1]:
-            return False
-    return True
+    inferred = [shape_infer.infer_channels_between(graph, piece, node) for piece in node.inputs]
+    channels_last = (all(c is not None and c == shape[-1] for c in inferred)
+                     and any(c != size for c, size in zip(inferred, sizes)))
+    return not channels_last
 
 
 def _split_after_concat(graph) -> None:
