@@ -174,6 +174,8 @@ def _threshold_for_target(counts_above, cost, logits, target: float) -> float:
     """One global logit threshold, by bisection over the ranked logits, whose kept channels come
     closest to `target` (MACs or ms); it lies halfway between the last logit kept and the next, so that
     shifting the logits by it leaves none exactly on the keep threshold."""
+    if not logits:  # no channel group: only the ops decide the cost
+        return 0.0
     ranked = torch.sort(torch.cat(list(logits.values())), descending=True).values.tolist()
     between = lambda n: (ranked[n - 1] + ranked[n]) / 2 if n < len(ranked) else ranked[-1] - 1.0
     lo, hi = 1, len(ranked)  # keep the n highest: invariant cost(lo) <= target < cost(hi)

@@ -132,6 +132,11 @@ class UserModel(Supernet):
         if space.mask_init_from == "magnitude":
             self._init_masks_by_magnitude()
         self.blocks = self.trace.residual_blocks if space.depth else []
+        if not self.masks and not self.blocks:
+            why = next((f"{root}: {why}" for root, why in self.groups.skipped.items()),
+                       "every channel reaches the classifier's outputs or a layer in model.ignore")
+            raise ChannelGraphError(f"{space.source}: nothing to prune: no channel group is pruned "
+                                    f"({why}) and no residual block can be skipped")
         for name in self.blocks:
             self.alphas[group_key(name)] = nn.Parameter(torch.tensor([space.keep_init, 0.0]))
         self._block_of = {}  # layer -> the block it lies in (None: outside every block)

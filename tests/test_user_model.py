@@ -938,3 +938,23 @@ def test_a_pooling_over_a_concatenation_counts_every_piece_even_from_one_layer()
     assert net.trace.pools[0].producers == ("a", "a")
     r = check(f"{__name__}:shared_pieces", 8)
     assert r["gap"] <= 1e-5 * r["scale"] and exact_cost(r) and r["model"].a.out_channels < 8
+
+
+def plain_net(num_classes: int = 10) -> nn.Module:
+    return nn.Sequential(nn.Conv2d(3, 8, 3), nn.ReLU(), nn.AdaptiveAvgPool2d(1), nn.Flatten(),
+                         nn.Linear(8, num_classes))
+
+
+def test_a_network_with_nothing_to_prune_is_refused_naming_why():
+    """Every group left whole and no block to skip: a search would have no choice (derive
+    crashed on an empty ranking)."""
+    with pytest.raises(ChannelGraphError, match=r"plain_net: nothing to prune: no channel group is "
+                                                r"pruned \(every channel reaches the classifier's "
+                                                r"outputs or a layer in model.ignore\) and no "
+                                                r"residual block can be skipped"):
+        UserModel(ModelSpaceConfig(source=f"{__name__}:plain_net", ignore=["0"]), 3, 10, 8)
+
+
+def test_the_discretizer_thresholds_no_channels_when_there_are_no_groups():
+    from maskednas.derive.discretize import _threshold_for_target
+    assert _threshold_for_target(lambda t: {}, lambda counts: 0.0, {}, 1.0) == 0.0
