@@ -77,19 +77,21 @@ def two_grouped_net(num_classes: int = 10, in_channels: int = 3) -> nn.Module:
     return nn.Sequential(nn.Conv2d(in_channels, 16, 3, padding=1), nn.ReLU(),
                          nn.Conv2d(16, 16, 3, padding=1, groups=4), nn.ReLU(),
                          nn.Conv2d(16, 16, 3, padding=1, groups=2), nn.ReLU(),
-                         nn.Conv2d(16, 8, 1), nn.AdaptiveAvgPool2d(1), nn.Flatten(),
-                         nn.Linear(8, num_classes))
+                         nn.Conv2d(16, 8, 1), nn.ReLU(), nn.Conv2d(8, 8, 1), nn.AdaptiveAvgPool2d(1),
+                         nn.Flatten(), nn.Linear(8, num_classes))
 
 
 def test_a_grouped_conv_whose_group_is_left_whole_slims_unchanged():
     """The second grouped conv writes into an ignored layer: its channel group, which the first
-    one's was merged into, stays whole, and so do both convolutions."""
+    one's was merged into, stays whole, and so do both convolutions; the last 1x1 conv's group is
+    pruned."""
     from maskednas.derive import derive, slim
     net = UserModel(ModelSpaceConfig(source="test_grouped_conv:two_grouped_net", ignore=["6"]), 3, 10, 16)
     assert net.groups.grouped_convs == []
-    derivation = derive(net)  # nothing left to prune: the masks' own widths
+    derivation = derive(net)
     model = slim(net, derivation).eval()
     assert [model[2].groups, model[4].groups] == [4, 2]
+    assert [model[2].out_channels, model[4].out_channels] == [16, 16]
     x = torch.randn(2, 3, 16, 16)
     with torch.no_grad(), net.hard_masked(derivation.ops, derivation.keep):
         assert torch.allclose(model(x), net(x), atol=1e-5)
