@@ -83,8 +83,8 @@ def two_grouped_net(num_classes: int = 10, in_channels: int = 3) -> nn.Module:
 
 def test_a_grouped_conv_whose_group_is_left_whole_slims_unchanged():
     """The second grouped conv writes into an ignored layer: its channel group, which the first
-    one's was merged into, stays whole, and so do both convolutions; the last 1x1 conv's group is
-    pruned."""
+    one's was merged into, stays whole, and so do both convolutions (the last 1x1 conv's group is
+    what the network has to prune, so it builds)."""
     from maskednas.derive import derive, slim
     net = UserModel(ModelSpaceConfig(source="test_grouped_conv:two_grouped_net", ignore=["6"]), 3, 10, 16)
     assert net.groups.grouped_convs == []
