@@ -32,6 +32,10 @@ from maskednas.latency.parts import LatencyPart
 from maskednas.latency.table import LatencyTable, TableEntry, grid_widths, monotone, parts_digest
 
 RUNTIMES = ("torch", "onnxruntime")
+# `derive.round_to` of a run with a latency target that sets none, per runtime: measured by
+# benchmarks/latency_models.py (docs/benchmarks.md, "Latency targets on users' networks"), widths
+# rounded to 8 ran 10-47% faster than unrounded ones at the same predicted latency on both
+ROUND_TO = {"torch": 8, "onnxruntime": 8}
 
 
 def device_name(device: torch.device) -> str:
@@ -46,9 +50,9 @@ def device_name(device: torch.device) -> str:
 
 
 def table_meta(space: str, parts: list[LatencyPart], device: torch.device, runtime: str,
-               batch: int, channels_last: bool) -> dict:
+               batch: int, channels_last: bool, grid_step: int = 1) -> dict:
     """What a table is measured for (see latency.table.IDENTITY)."""
-    return {"space": space, "parts": parts_digest([p.signature() for p in parts]),
+    return {"space": space, "parts": parts_digest([p.signature() for p in parts]), "grid_step": grid_step,
             "device": device_name(device), "runtime": runtime, "batch": batch,
             "threads": torch.get_num_threads() if device.type == "cpu" or runtime != "torch" else None,
             "channels_last": channels_last if runtime == "torch" else None,
@@ -71,6 +75,9 @@ def runner(module: nn.Module, x: torch.Tensor, runtime: str) -> Callable[[], obj
         torch.onnx.export(module.cpu(), (x.cpu(),), buffer, input_names=["input"], dynamo=False)
     options = onnxruntime.SessionOptions()
     options.intra_op_num_threads = torch.get_num_threads()
+    # no busy-waiting after a run: sessions timed in alternation would spin on the cores the
+    # next one runs on (measured: the same network 8.1 to 12.5 ms from one call to the next)
+    options.add_session_config_entry("session.intra_op.allow_spinning", "0")
     session = onnxruntime.InferenceSession(buffer.getvalue(), options,
                                            providers=["CPUExecutionProvider"])
     feed = {"input": x.cpu().numpy().astype(np.float32)}
@@ -104,17 +111,19 @@ def measure_part(part: LatencyPart, grid: list[list[int]], device: torch.device,
 
 def measure_table(space: str, parts: list[LatencyPart], device: torch.device, runtime: str = "torch",
                   batch: int = 1, channels_last: bool = False, grid_points: int = 4,
-                  repeats: int = 20, warmup: int = 5, rounds: int = 3) -> LatencyTable:
-    """Every part at every point of its grid (`grid_points` widths per channel group): per
-    point the lowest of `rounds` medians, each round a pass over every part."""
-    table = LatencyTable(table_meta(space, parts, device, runtime, batch, channels_last))
-    grids = {p.key: [grid_widths(size, grid_points) for size in p.sizes] for p in parts}
+                  repeats: int = 20, warmup: int = 5, rounds: int = 3, grid_step: int = 1) -> LatencyTable:
+    """Every part at every point of its grid (`grid_points` widths per channel group, multiples
+    of `grid_step` where it can: the widths derivation rounds to; parts sharing a key are
+    measured once): per point the lowest of `rounds` medians, each round a pass over every part."""
+    table = LatencyTable(table_meta(space, parts, device, runtime, batch, channels_last, grid_step))
+    unique = {p.key: p for p in parts}
+    grids = {k: [grid_widths(size, grid_points, grid_step) for size in p.sizes] for k, p in unique.items()}
     lowest: dict[str, torch.Tensor] = {}
     for _ in range(rounds):
-        for part in parts:
-            ms = measure_part(part, grids[part.key], device, runtime, batch, channels_last,
+        for key, part in unique.items():
+            ms = measure_part(part, grids[key], device, runtime, batch, channels_last,
                               repeats, warmup)
-            lowest[part.key] = torch.minimum(lowest.get(part.key, ms), ms)
+            lowest[key] = torch.minimum(lowest.get(key, ms), ms)
     table.entries = {k: TableEntry(grids[k], monotone(v).tolist()) for k, v in lowest.items()}
     table.meta.update(grid_points=grid_points, repeats=repeats, rounds=rounds)
     return table

@@ -19,29 +19,42 @@ class LatencyModel:
                                     f"({len(missing)} part(s) missing)")
         self.net, self.parts, self.table = net, parts, table
         self.meta = table.meta
+        # whole network = scale * sum of its parts + offset (latency/calibrate.py; 1 and 0 where
+        # the parts are the whole network)
+        self.scale = float(table.meta.get("scale", 1.0))
+        self.offset = float(table.meta.get("offset_ms", 0.0))
+        self.floor = float(table.meta.get("floor_scale", 0.0))
         self._batched: BatchedParts | None = None  # built on first use (it reads the op weights)
 
-    def _part_ms(self, part: LatencyPart, widths: Mapping) -> torch.Tensor:
-        return self.table.ms(part.key, [widths[g] for g in part.groups])
+    def _calibrated(self, summed: torch.Tensor) -> torch.Tensor:
+        """Milliseconds of a network whose parts sum to `summed` (latency/calibrate.py): the
+        fitted line, and below its smaller network, where a negative offset would reach 0 ms,
+        the line through that network and zero."""
+        line = summed * self.scale + self.offset
+        return torch.maximum(line, summed * self.floor) if self.offset < 0 else line
+
+    def _part_ms(self, part: LatencyPart, axes: Mapping) -> torch.Tensor:
+        """Unscaled milliseconds of `part` at these table axes (`net.latency_axes`)."""
+        return self.table.ms(part.key, [axes[g] for g in part.groups])
 
     def ms(self, weights: Mapping[str, torch.Tensor], widths: Mapping) -> torch.Tensor:
         """Expected milliseconds: every part at these widths (soft or whole), scaled by the op
         weight of its choice. Exact table latency at one-hot weights and integer widths."""
         if self._batched is None:
-            self._batched = BatchedParts(self.parts, self.table, list(self.net.masks),
+            self._batched = BatchedParts(self.parts, self.table, self.net.latency_axis_names(),
                                          {k: len(w) for k, w in self.net.op_weights().items()})
-        return self._batched.ms(weights, widths)
+        return self._calibrated(self._batched.ms(weights, self.net.latency_axes(widths)))
 
     def ms_part_by_part(self, weights: Mapping[str, torch.Tensor], widths: Mapping) -> torch.Tensor:
         """`ms`, one table interpolation per part (the reference the batched one is tested on)."""
-        terms = []
+        terms, axes = [], self.net.latency_axes(widths)
         for part in self.parts:
-            ms = self._part_ms(part, widths)
+            ms = self._part_ms(part, axes)
             if part.choice is not None:
                 name, i = part.choice
                 ms = ms * weights[name][i].to(ms.dtype)
             terms.append(ms)
-        return torch.stack(terms).sum()
+        return self._calibrated(torch.stack(terms).sum())
 
     def architecture_ms(self, arch) -> float:
         """The table's latency of a derived network (its record, as `export.build` builds it)."""
@@ -50,7 +63,7 @@ class LatencyModel:
             widths = part.locate(arch)
             if widths is not None:
                 total += float(self.table.ms(part.key, list(widths)))
-        return total
+        return float(self._calibrated(torch.tensor(total, dtype=torch.float64)))
 
     def op_scores(self, widths: Mapping) -> dict[str, torch.Tensor]:
         """Every candidate's milliseconds at these widths, in the layout of the op weights (ops
@@ -58,10 +71,11 @@ class LatencyModel:
         network, and what derivation tilts op choices by."""
         scores = {k: torch.zeros_like(w, dtype=torch.float64, device="cpu")
                   for k, w in self.net.op_weights().items()}
-        for part in self.parts:
+        axes = self.net.latency_axes(widths)
+        for part in self.parts:  # a choice's op may be several parts (a block's layers)
             if part.choice is not None:
                 name, i = part.choice
-                scores[name][i] = float(self._part_ms(part, widths))
+                scores[name][i] += float(self._part_ms(part, axes)) * self.scale
         return scores
 
     def dense_ms(self) -> float:

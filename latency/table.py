@@ -22,17 +22,25 @@ from maskednas.common import atomic_write
 
 FORMAT = "dnas-latency-table/1"
 # what must match for a table to be reused, in the order a mismatch is reported
-IDENTITY = ("space", "parts", "device", "runtime", "batch", "threads", "channels_last", "torch")
+IDENTITY = ("space", "parts", "device", "runtime", "batch", "threads", "channels_last", "torch",
+            "grid_step")
 
 
 class LatencyTableError(ValueError):
     pass
 
 
-def grid_widths(size: int, points: int) -> list[int]:
-    """`points` widths from 1 to `size`, evenly spaced (fewer when `size` is small)."""
+def grid_widths(size: int, points: int, step: int = 1) -> list[int]:
+    """`points` widths from 1 to `size`, evenly spaced (fewer when `size` is small); with a
+    `step`, the inner ones rounded to its multiples (a runtime's fast widths) and the first one
+    the step itself where `size` allows."""
     if points < 2:
         raise ValueError(f"a latency grid needs at least 2 points per axis, got {points}")
+    if step > 1 and size > step:
+        low = step
+        inner = {min(size, max(step, step * round((low + (size - low) * i / (points - 1)) / step)))
+                 for i in range(points)}
+        return sorted(inner | {low, size})
     return sorted({round(1 + (size - 1) * i / (points - 1)) for i in range(points)})
 
 
@@ -73,6 +81,9 @@ class LatencyTable:
         for axis, (grid, w) in enumerate(zip(grids, widths)):
             bounds = self.entries[key].grid[axis]
             w = torch.as_tensor(w, dtype=torch.float64, device=device)
+            if len(bounds) == 1:  # one width (a layer reading the image's one channel)
+                out = out[0] + 0 * w
+                continue
             # the value clamped to the grid, the gradient straight through: at the grid's ends
             # (every group of a fresh supernet is at its full width) the slope of the end segment
             w = w + (w.clamp(bounds[0], bounds[-1]) - w).detach()
@@ -86,7 +97,8 @@ class LatencyTable:
     def check(self, expected: dict, source: str) -> None:
         """Refuse a table measured for something else than `expected` (a meta dict)."""
         for what in IDENTITY:
-            have, want = self.meta.get(what), expected.get(what)
+            default = 1 if what == "grid_step" else None  # tables saved before grids had steps
+            have, want = self.meta.get(what, default), expected.get(what, default)
             if have != want:
                 if what == "parts":
                     have, want = f"parts {have}", f"parts {want} (another space config or data shape)"

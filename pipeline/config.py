@@ -21,7 +21,7 @@ import yaml
 
 from maskednas.export.onnx_runtime import PRECISIONS
 from maskednas.export.quantize import CALIBRATIONS
-from maskednas.latency.measure import RUNTIMES
+from maskednas.latency.measure import ROUND_TO, RUNTIMES
 from maskednas.supernet import ESTIMATORS, SPACES
 from maskednas.supernet.targets import COST_TARGETS
 
@@ -164,6 +164,7 @@ class DeriveConfig:
     # default: the search's target of the highest priority
     target: dict[str, float] = field(default_factory=dict)
     tolerance: float = 0.03
+    # not given, for a user's network with a latency target: latency.runtime's (latency.ROUND_TO)
     round_to: int = 1
     min_channels: int = 1
     # when the searched ops are too cheap for the target at full width, move the least
@@ -472,6 +473,8 @@ def load_config(path: str | Path | None = None, overrides: list[str] = ()) -> Ru
     for assignment in overrides:
         apply_override(data, assignment)
     cfg = from_dict(RunConfig, data)
+    if (data.get("derive") or {}).get("round_to") is None and cfg.space == "model" and uses_latency(cfg):
+        cfg.derive.round_to = ROUND_TO.get(cfg.latency.runtime, 1)  # not given: the runtime's
     validate(cfg)
     return cfg
 

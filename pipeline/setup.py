@@ -114,7 +114,10 @@ def latency_model(cfg: RunConfig, net, run_dir: Path | None = None, report=print
     return obtain_table(net, select_device(lat.device, "latency.device"), lat.runtime, lat.batch,
                         cfg.channels_last, lat.grid_points, lat.repeats, lat.rounds, cache,
                         lat.table, run_dir,
-                        report, write_cache)
+                        report, write_cache,
+                        # a user's network: on the widths derivation rounds to (the macro space's
+                        # grids are those it was measured on)
+                        grid_step=cfg.derive.round_to if cfg.space == "model" else 1)
 
 
 def load_data(cfg: RunConfig) -> ImageData:

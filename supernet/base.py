@@ -186,6 +186,26 @@ class Supernet(nn.Module, abc.ABC):
         or None for a space without a latency model (latency targets are refused for it)."""
         return None
 
+    def latency_axes(self, widths: Widths) -> Widths:
+        """The widths the latency parts' tables are read at (their `groups`), from the group
+        widths: the groups themselves, unless a space's parts depend on other counts."""
+        return widths
+
+    def latency_axis_names(self) -> list[str]:
+        """The names `latency_axes` gives values for, in its order."""
+        return list(self.masks)
+
+    def latency_calibration(self, round_to: int = 1) -> dict[str, tuple[nn.Module, Architecture]]:
+        """Networks of the space (module, its record) timed whole when a table is measured, for
+        a space whose parts do not cover all of a network: the table's `scale` and `offset_ms`
+        make its prediction of them their measured time (latency/calibrate.py), their widths
+        multiples of `round_to` where they can be; {}: none."""
+        return {}
+
+    def latency_input_shape(self) -> tuple[int, ...]:
+        """The input of one example (channels, height, width): what whole networks are timed on."""
+        return (self.in_channels, self.input_size, self.input_size)
+
     def single_path_weights(self, widths: Widths, largest: bool) -> OpWeights:
         scores = self.op_scores(widths)
         return self.select({k: v if largest else -v for k, v in scores.items()})

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import copy
 import functools
+import hashlib
 import warnings
 from dataclasses import dataclass, field, replace
 
@@ -24,9 +25,12 @@ from torch import nn
 from maskednas.export.model_source import build_source, check_source, load_checkpoint_into
 from maskednas.export.pruned_model import PrunedArchitecture, changed_layers, remove_blocks
 from maskednas.ops import ChannelMask, Cost
+from maskednas.ops.masks import WidthRounding
 from maskednas.supernet.base import Supernet, one_hot_max, register_space
 from maskednas.ops.layer_rules import LayerRule, rule_for
-from maskednas.ops.cost_polynomial import CostPolynomial
+from maskednas.ops.cost_polynomial import CostPolynomial, WidthVector, stacked
+from maskednas.latency.layer_parts import layer_part, timed_alone
+from maskednas.latency.parts import LatencyPart
 from maskednas.supernet.channel_groups import (ChannelGraphError, ChannelGroups, dependency_graph,
                                                discover, group_key, leave_whole, supported_types)
 from maskednas.supernet.functional_gates import GatedNormalize
@@ -439,6 +443,101 @@ class UserModel(Supernet):
             if block is not None:
                 macs[block] += float(c.macs)
         return {group_key(b): torch.tensor([m, 0.0], dtype=torch.float64) for b, m in macs.items()}
+
+    # -- latency -----------------------------------------------------------------------------------
+    def latency_parts(self) -> list[LatencyPart]:
+        """Every conv, linear and norm layer the forward runs, alone at its traced input shape
+        and read at its own channel counts (latency/layer_parts.py), times its block's keep
+        weight; the table's scale accounts for the rest of the network."""
+        return [part for part, _ in self._latency_layers]
+
+    def latency_axes(self, widths) -> WidthVector:
+        """The parts' channel counts at these group widths: one linear map of them."""
+        names, matrix, offset = self._latency_map
+        order = tuple(self.masks)
+        if isinstance(widths, WidthVector) and widths.names == order:
+            w = widths.vector.to(torch.float64)
+        else:
+            full = self.full_widths()
+            device = next((v.device for v in widths.values() if torch.is_tensor(v)), torch.device("cpu"))
+            w = stacked([widths.get(g, full[g]) for g in order], device)
+        if w.device not in self._latency_on:
+            self._latency_on[w.device] = (matrix.to(w.device), offset.to(w.device))
+        matrix, offset = self._latency_on[w.device]
+        return WidthVector(names, matrix @ w + offset)
+
+    def latency_axis_names(self) -> list[str]:
+        return list(self._latency_map[0])
+
+    def latency_calibration(self, round_to: int = 1) -> dict[str, tuple[nn.Module, PrunedArchitecture]]:
+        """The dense network and the one with every group at a quarter of its width (rounded as
+        derivation rounds): the range latency targets fall in."""
+        ops = {b: "keep" for b in self.blocks}
+        rounding = WidthRounding(round_to, 1)
+        quarter = {g: rounding(max(1, round(size / 4)), size, self.channel_step(g))
+                   for g, size in self.full_widths().items()}
+        arch = self.architecture(ops, quarter)
+        small = self.slim(arch, {g: self.keep_channels(g, self.masks[g].logits.detach(), w)
+                                 for g, w in quarter.items()})
+        return {"dense": (self.teacher[0], self.architecture(ops, self.full_widths())),
+                "quarter": (small.eval(), arch)}
+
+    @functools.cached_property
+    def _latency_layers(self) -> list[tuple[LatencyPart, LayerWidths]]:
+        # the whole network goes into every part's signature: a table's calibration timed it
+        network = hashlib.sha256(f"{self.teacher[0]!r}{list(self.example.shape)}".encode()).hexdigest()[:16]
+        out = []
+        for w in self.layer_widths(self.full_widths()):
+            if timed_alone(w.module):
+                block = self._block(w.name)
+                choice = None if block is None else (group_key(block), 0)
+                out.append((layer_part(w.name, w.module, w.shape_in, int(w.c_in), int(w.c_out),
+                                       self._one_width(w), choice,
+                                       functools.partial(self._located_widths, w.name, block),
+                                       context=network), w))
+        return out
+
+    @staticmethod
+    def _one_width(w: LayerWidths) -> bool:
+        """Its input and output channels are one count (norms, depthwise convs; a grouped conv,
+        which loses whole groups of both)."""
+        return w.rule.same_channels or w.rule.whole_partitions
+
+    @functools.cached_property
+    def _latency_axes_of(self) -> dict[str, tuple[str, ...]]:
+        return {w.name: part.groups for part, w in self._latency_layers}
+
+    @functools.cached_property
+    def _latency_map(self) -> tuple[tuple[str, ...], torch.Tensor, torch.Tensor]:
+        """(axis names, A, b): the parts' channel counts are A @ group widths + b (every channel
+        count is a sum of group widths and fixed channels)."""
+        order = list(self.masks)
+        self._latency_on = {}  # device -> (A, b) there
+        basis = torch.eye(len(order), dtype=torch.float64)
+        at_zero = {w.name: w for w in self.layer_widths({g: 0 for g in order})}
+        per_group = {w.name: w for w in self.layer_widths({g: basis[i] for i, g in enumerate(order)})}
+        names, rows, offsets = [], [], []
+        for part, w in self._latency_layers:
+            sides = ("c_out",) if self._one_width(w) else ("c_in", "c_out")
+            for axis, side in zip(part.groups, sides):
+                fixed = float(getattr(at_zero[w.name], side))
+                row = torch.as_tensor(getattr(per_group[w.name], side), dtype=torch.float64)
+                names.append(axis)
+                rows.append((row - fixed).expand(len(order)))
+                offsets.append(fixed)
+        matrix = torch.stack(rows) if rows else torch.zeros(0, len(order), dtype=torch.float64)
+        return tuple(names), matrix, torch.tensor(offsets, dtype=torch.float64)
+
+    def _located_widths(self, layer: str, block: str | None, arch) -> tuple[int, ...] | None:
+        """The layer's channel counts in the pruned network of `arch` (None: its block is gone)."""
+        if block is not None and block in arch.removed:
+            return None
+        cached = getattr(self, "_located", (None, None))
+        if cached[0] is not arch:
+            axes = self.latency_axes({k: float(v) for k, v in arch.widths.items()})
+            cached = (arch, dict(zip(axes.names, axes.vector.round().long().tolist())))
+            self._located = cached
+        return tuple(cached[1][g] for g in self._latency_axes_of[layer])
 
     def _check_cost(self, model: nn.Module) -> None:
         from maskednas.export.flops import fvcore_report
