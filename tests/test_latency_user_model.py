@@ -180,7 +180,7 @@ def test_calibration_predicts_both_networks_it_timed_and_never_zero(monkeypatch,
 
 def test_without_calibration_networks_a_table_is_left_as_measured():
     class Plain:
-        def latency_calibration(self):
+        def latency_calibration(self, round_to=1):
             return {}
     table = synthetic_table(small_model())
     before = dict(table.meta)
