@@ -6,7 +6,7 @@ latency target run at that latency, and what does a latency target buy over MACs
     python -m benchmarks.latency_models --merge                          # parts -> one file
 
 For each network and runtime (ONNX Runtime CPU, torch eager): the `model` space's latency table
-is measured and calibrated (its build time recorded), the networks are derived for latency targets of 1/2 and 1/3
+is measured and calibrated on the dense, half- and quarter-width networks (its build time recorded), the networks are derived for latency targets of 1/2 and 1/3
 of the dense network's table latency, and every network is then timed in alternation with the dense
 one in the same process, runtime and memory format (`latency.models_ms`: the lowest of 10
 alternating medians). Beside each, Torch-Pruning's group magnitude pruner (global L2) pruned to the
@@ -76,7 +76,7 @@ def one(name: str, runtime: str, size: int, seed: int, grid_points: int, rounds:
     row = {"model": name, "runtime": runtime, "size": size, "seed": seed, "threads": torch.get_num_threads(),
            "parts": len(parts), "table_entries": len(table.entries), "grid_points": grid_points,
            "round_to": step,
-           "table_build_s": build_s, "scale": table.meta["scale"], "offset_ms": table.meta["offset_ms"],
+           "table_build_s": build_s, "scale": table.meta["scale"], "calibration_points": table.meta["calibration_points"],
            "calibration": table.meta["calibration"], "dense_macs": dense_macs,
            "dense_table_ms": model.dense_ms(), "targets": [], "rounding": []}
     shape = tuple(net.example.shape[1:])

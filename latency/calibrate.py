@@ -3,11 +3,11 @@
 A user's network is timed layer by layer (latency/layer_parts.py): activations, residual adds and
 pooling are not parts, the runtime fuses some layers (ONNX Runtime folds BatchNorm into the conv
 before it) and each part timed alone pays a call's fixed overhead. So the whole network is not the
-sum of its parts, but close to a line in it: `whole = scale * sum(parts) + offset`, the offset
-being the fixed cost per call that pruning does not remove. Two networks of the space, the dense
-one and one at a quarter of every width (rounded as derivation rounds: a runtime runs some
-widths faster than others), timed in alternation, fix the line; a network between
-them is predicted by it, and both are predicted at their measured time.
+sum of its parts, but a smooth, growing function of it: fixed costs per call that pruning does
+not remove make it convex. Three networks of the space, the dense one and those at a half and a
+quarter of every width (rounded as derivation rounds: a runtime runs some widths faster than
+others), timed in alternation, fix it piecewise-linearly: each is predicted at its measured
+time, a network between two of them by the segment between.
 """
 from __future__ import annotations
 
@@ -21,27 +21,24 @@ from maskednas.latency.table import LatencyTable
 
 def calibrate(table: LatencyTable, net, parts: list[LatencyPart], device: torch.device, runtime: str,
               batch: int, channels_last: bool, rounds: int = 5) -> None:
-    """Set `table.meta`'s scale and offset_ms from `net.latency_calibration(grid step)` (nothing
-    when the space has none). One network: a scale alone; a fitted scale of at most 0 (timing
-    noise on networks too small to tell apart): the scale alone of the dense network."""
+    """Set `table.meta`'s `calibration_points` (sum of parts, measured whole), ascending, and
+    `scale` (the dense network's ratio of the two) from `net.latency_calibration(grid step)`;
+    nothing when the space has none. A point whose network measured no slower than a wider one's
+    (timing noise on networks too small to tell apart) is dropped: the prediction must grow with
+    width."""
     networks = net.latency_calibration(table.meta.get("grid_step", 1))
     if not networks:
         return
-    for key in ("scale", "offset_ms", "floor_scale"):
+    for key in ("scale", "calibration_points"):
         table.meta.pop(key, None)
-    model = LatencyModel(net, parts, table)  # unscaled: the sum of the parts
+    model = LatencyModel(net, parts, table)  # uncalibrated: the sum of the parts
     summed = {name: model.architecture_ms(arch) for name, (_, arch) in networks.items()}
     measured = models_ms({name: m for name, (m, _) in networks.items()}, net.latency_input_shape(),
                          device, runtime, batch, channels_last, rounds=rounds)
-    names = sorted(networks, key=lambda n: -summed[n])
-    big, small = names[0], names[-1]
-    scale = measured[big] / summed[big]
-    offset, floor = 0.0, 0.0
-    if small != big and summed[big] > summed[small]:
-        fitted = (measured[big] - measured[small]) / (summed[big] - summed[small])
-        if fitted > 0:
-            scale, offset = fitted, measured[big] - fitted * summed[big]
-            # below the smaller network, the line through it and zero: never 0 ms or less
-            floor = measured[small] / summed[small]
-    table.meta.update(scale=scale, offset_ms=offset, floor_scale=floor,
+    points: list[list[float]] = []
+    for name in sorted(networks, key=lambda n: -summed[n]):  # widest first
+        if not points or (summed[name] < points[0][0] and measured[name] < points[0][1]):
+            points.insert(0, [summed[name], measured[name]])
+    dense = max(networks, key=lambda n: summed[n])
+    table.meta.update(scale=measured[dense] / summed[dense], calibration_points=points,
                       calibration={n: {"parts_ms": summed[n], "measured_ms": measured[n]} for n in networks})

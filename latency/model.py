@@ -19,19 +19,23 @@ class LatencyModel:
                                     f"({len(missing)} part(s) missing)")
         self.net, self.parts, self.table = net, parts, table
         self.meta = table.meta
-        # whole network = scale * sum of its parts + offset (latency/calibrate.py; 1 and 0 where
-        # the parts are the whole network)
+        # whole network from the sum of its parts (latency/calibrate.py): through the calibration
+        # points where the space has them, else `scale` times the sum (1 where the parts are all)
         self.scale = float(table.meta.get("scale", 1.0))
-        self.offset = float(table.meta.get("offset_ms", 0.0))
-        self.floor = float(table.meta.get("floor_scale", 0.0))
+        points = torch.tensor(table.meta.get("calibration_points", []), dtype=torch.float64).reshape(-1, 2)
+        self.points = points if len(points) >= 2 else None
         self._batched: BatchedParts | None = None  # built on first use (it reads the op weights)
 
     def _calibrated(self, summed: torch.Tensor) -> torch.Tensor:
-        """Milliseconds of a network whose parts sum to `summed` (latency/calibrate.py): the
-        fitted line, and below its smaller network, where a negative offset would reach 0 ms,
-        the line through that network and zero."""
-        line = summed * self.scale + self.offset
-        return torch.maximum(line, summed * self.floor) if self.offset < 0 else line
+        """Milliseconds of a network whose parts sum to `summed` (latency/calibrate.py): linear
+        between the calibration networks, their end segments extended beyond them, and never
+        below the smallest one's ratio of whole to parts (an extended segment would reach 0 ms)."""
+        if self.points is None:
+            return summed * self.scale
+        x, y = (c.to(summed.device, summed.dtype) for c in self.points.unbind(1))
+        i = torch.bucketize(summed.detach(), x[1:-1])  # the segment: one tensor op, no host sync
+        line = y[i] + (y[i + 1] - y[i]) / (x[i + 1] - x[i]) * (summed - x[i])
+        return torch.maximum(line, summed * (y[0] / x[0]))
 
     def _part_ms(self, part: LatencyPart, axes: Mapping) -> torch.Tensor:
         """Unscaled milliseconds of `part` at these table axes (`net.latency_axes`)."""

@@ -197,7 +197,7 @@ class Supernet(nn.Module, abc.ABC):
 
     def latency_calibration(self, round_to: int = 1) -> dict[str, tuple[nn.Module, Architecture]]:
         """Networks of the space (module, its record) timed whole when a table is measured, for
-        a space whose parts do not cover all of a network: the table's `scale` and `offset_ms`
+        a space whose parts do not cover all of a network: the table's `calibration_points`
         make its prediction of them their measured time (latency/calibrate.py), their widths
         multiples of `round_to` where they can be; {}: none."""
         return {}

@@ -470,17 +470,19 @@ class UserModel(Supernet):
         return list(self._latency_map[0])
 
     def latency_calibration(self, round_to: int = 1) -> dict[str, tuple[nn.Module, PrunedArchitecture]]:
-        """The dense network and the one with every group at a quarter of its width (rounded as
-        derivation rounds): the range latency targets fall in."""
-        ops = {b: "keep" for b in self.blocks}
+        """The dense network and those with every group at a half and a quarter of its width
+        (rounded as derivation rounds): the range latency targets fall in."""
+        ops, full = {b: "keep" for b in self.blocks}, self.full_widths()
         rounding = WidthRounding(round_to, 1)
-        quarter = {g: rounding(max(1, round(size / 4)), size, self.channel_step(g))
-                   for g, size in self.full_widths().items()}
-        arch = self.architecture(ops, quarter)
-        small = self.slim(arch, {g: self.keep_channels(g, self.masks[g].logits.detach(), w)
-                                 for g, w in quarter.items()})
-        return {"dense": (self.teacher[0], self.architecture(ops, self.full_widths())),
-                "quarter": (small.eval(), arch)}
+        out = {"dense": (self.teacher[0], self.architecture(ops, full))}
+        for name, fraction in (("half", 2), ("quarter", 4)):
+            widths = {g: rounding(max(1, round(size / fraction)), size, self.channel_step(g))
+                      for g, size in full.items()}
+            arch = self.architecture(ops, widths)
+            small = self.slim(arch, {g: self.keep_channels(g, self.masks[g].logits.detach(), w)
+                                     for g, w in widths.items()})
+            out[name] = (small.eval(), arch)
+        return out
 
     @functools.cached_property
     def _latency_layers(self) -> list[tuple[LatencyPart, LayerWidths]]:

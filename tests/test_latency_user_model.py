@@ -95,7 +95,7 @@ def test_a_multilinear_table_gives_the_exact_latency_of_every_pruned_network():
     search's differentiable latency equals it at one-hot weights and integer widths."""
     net = small_model()
     table = synthetic_table(net, ms=bilinear_ms, grid_points=3)
-    table.meta["scale"] = 1.25
+    table.meta["scale"] = 1.25  # no calibration points: the scale alone
     model = LatencyModel(net, net.latency_parts(), table)
     generator = torch.Generator().manual_seed(2)
     for skipped in itertools.product(["keep", "skip"], repeat=len(net.blocks)):
@@ -146,33 +146,37 @@ def test_a_measured_table_times_each_distinct_layer_once_on_the_rounded_grid():
         assert all(w % 4 == 0 for axis in entry.grid for w in axis[:-1] if axis[-1] > 4), entry.grid
     calibrate(table, net, parts, torch.device("cpu"), "torch", 1, False, rounds=1)
     assert table.meta["calibration"]["dense"]["measured_ms"] > 0 and table.meta["scale"] > 0
-    quarter = net.latency_calibration(4)["quarter"][1].widths
-    assert all(w % 4 == 0 or w == net.full_widths()[g] for g, w in quarter.items()), quarter
+    for name in ("half", "quarter"):
+        widths = net.latency_calibration(4)[name][1].widths
+        assert all(w % 4 == 0 or w == net.full_widths()[g] for g, w in widths.items()), (name, widths)
 
 
-@pytest.mark.parametrize("measured, fitted", [((3.0, 0.8), True), ((3.0, 0.2), True), ((3.0, 3.5), False)],
-                         ids=["positive-offset", "negative-offset", "no-fit"])
-def test_calibration_predicts_both_networks_it_timed_and_never_zero(monkeypatch, measured, fitted):
-    """whole = scale * sum of parts + offset through the dense and the quarter network (timings
-    stubbed: the arithmetic is what is tested). Below the quarter network a negative offset gives
-    way to the line through it and zero, so no network is predicted at 0 ms or less; a fit that
-    would make a wider network faster keeps the dense network's ratio alone."""
+@pytest.mark.parametrize("measured, kept", [((3.0, 1.2, 0.8), "dhq"), ((3.0, 0.9, 0.2), "dhq"),
+                                            ((3.0, 1.2, 1.3), "dh"), ((3.0, 3.5, 0.2), "dq"), ((3.0, 3.5, 3.6), "d")],
+                         ids=["convex", "concave", "quarter-noisy", "half-noisy", "no-fit"])
+def test_calibration_predicts_the_networks_it_timed_grows_with_width_and_never_reaches_zero(monkeypatch, measured, kept):
+    """The dense, half and quarter networks timed whole (stubbed: the arithmetic is tested) are
+    predicted at their measured time; one timed no faster than a wider one is dropped (then
+    predicted by the others); below the smallest kept one, the extended segment gives way to
+    the line through it and zero; the search's latency equals the derivation's."""
     net = small_model()
     parts = net.latency_parts()
     table = synthetic_table(net, ms=bilinear_ms)
-    monkeypatch.setattr("maskednas.latency.calibrate.models_ms",
-                        lambda models, *a, **k: dict(zip(["dense", "quarter"], measured)))
+    names = ["dense", "half", "quarter"]
+    monkeypatch.setattr("maskednas.latency.calibrate.models_ms", lambda models, *a, **k: dict(zip(names, measured)))
     calibrate(table, net, parts, torch.device("cpu"), "torch", 1, False)
     model, networks = LatencyModel(net, parts, table), net.latency_calibration()
-    assert model.architecture_ms(networks["dense"][1]) == pytest.approx(measured[0], rel=1e-12)
-    quarter = model.architecture_ms(networks["quarter"][1])
-    assert (quarter == pytest.approx(measured[1], rel=1e-12)) == fitted
-    c = table.meta["calibration"]
-    ratios = [c[n]["measured_ms"] / c[n]["parts_ms"] for n in ("dense", "quarter")]
-    assert table.meta["offset_ms"] == 0 if not fitted else (table.meta["offset_ms"] < 0) == (ratios[1] < ratios[0])
+    predicted = [model.architecture_ms(networks[n][1]) for n in names]
+    assert len(table.meta["calibration_points"]) == len(kept)
+    assert predicted[0] > predicted[1] > predicted[2] > 0
+    for i, name in enumerate(names):  # each kept one at its measured time
+        assert (predicted[i] == pytest.approx(measured[i], rel=1e-12)) == (name[0] in kept)
+    parts_ms = [table.meta["calibration"][n]["parts_ms"] for n in names]
+    midway = model._calibrated(torch.tensor((parts_ms[0] + parts_ms[1]) / 2, dtype=torch.float64))
+    assert float(midway) == pytest.approx((predicted[0] + predicted[1]) / 2, rel=1e-12)
     smallest = net.architecture({b: "skip" for b in net.blocks}, net.smallest_widths())
     tiny = model.architecture_ms(smallest)
-    assert 0 < tiny < quarter
+    assert 0 < tiny < predicted[2]
     weights = net.one_hot({b: "skip" for b in net.blocks})
     soft = model.ms(weights, {k: torch.tensor(float(v)) for k, v in net.smallest_widths().items()})
     assert float(soft) == pytest.approx(tiny, rel=1e-12)
