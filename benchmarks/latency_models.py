@@ -6,14 +6,16 @@ latency target run at that latency, and what does a latency target buy over MACs
     python -m benchmarks.latency_models --merge                          # parts -> one file
 
 For each network and runtime (ONNX Runtime CPU, torch eager): the `model` space's latency table
-is measured and calibrated on the dense, half- and quarter-width networks (its build time recorded), the networks are derived for latency targets of 1/2 and 1/3
-of the dense network's table latency, and every network is then timed in alternation with the dense
-one in the same process, runtime and memory format (`latency.models_ms`: the lowest of 10
-alternating medians). Beside each, Torch-Pruning's group magnitude pruner (global L2) pruned to the
-same MACs, timed in the same alternation. For ResNet-50 and MobileNetV2 on each runtime, the same
-1/2 target derived with widths rounded to 1, 8, 16 and 32 channels (`derive.round_to`): what
-chooses each runtime's default rounding (`latency.ROUND_TO`). Tables are measured on grids of
-widths rounded to that default, the widths derivation produces.
+is measured and calibrated on the dense, half- and quarter-width networks (its build time
+recorded). For latency targets of 1/2 and 1/3 of the dense network's table latency, two networks
+are derived: by the table alone, and aimed by measurement as the command does
+(`derive.latency_corrections`, latency/aim.py). Every network is then timed in alternation with
+the dense one in the same process, runtime and memory format (`latency.models_ms`: the lowest of
+10 alternating medians), beside Torch-Pruning's group magnitude pruner (global L2) pruned to the
+aimed network's MACs. For ResNet-50 and MobileNetV2 on each runtime, the 1/2 target derived by
+the table with widths rounded to 1, 8, 16 and 32 channels (`derive.round_to`): what chooses each
+runtime's default rounding (`latency.ROUND_TO`). Tables are measured on grids of widths rounded to
+that default, the widths derivation produces.
 
 No search runs here: timing does not depend on the weights, and a 224x224 search does not fit a
 2-core CPU. The derivation ranks channels by random mask logits (seeded), so the widths it picks
@@ -37,6 +39,7 @@ from maskednas.derive.baselines import torch_pruning_to_target
 from maskednas.derive.discretize import budget
 from maskednas.export.flops import fvcore_report
 from maskednas.latency import ROUND_TO, LatencyModel, measure_table, models_ms
+from maskednas.latency.aim import aim_by_measurement
 from maskednas.latency.calibrate import calibrate
 from maskednas.supernet.user_model import ModelSpaceConfig, UserModel
 
@@ -47,6 +50,7 @@ RUNTIMES = ("onnxruntime", "torch")
 FRACTIONS = (1 / 2, 1 / 3)
 ROUNDINGS = (1, 8, 16, 32)
 ROUNDING_MODELS = ("resnet50", "mobilenet_v2")
+AIM_CORRECTIONS = 2  # derive.latency_corrections' default
 
 
 def magnitude_pruned(net: UserModel, macs: float) -> torch.nn.Module:
@@ -81,22 +85,32 @@ def one(name: str, runtime: str, size: int, seed: int, grid_points: int, rounds:
            "dense_table_ms": model.dense_ms(), "targets": [], "rounding": []}
     shape = tuple(net.example.shape[1:])
 
-    def derived(fraction: float, round_to: int = step):
+    def derived(fraction: float, round_to: int = step):  # the table's derivation at this fraction
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
             d = derive(net, budget("latency_ms", net, fraction * model.dense_ms(), model), round_to=round_to)
             return d, slim(net, d).eval()
 
+    def measured_fraction(d) -> float:  # as the command times a derived network (pipeline/stages.py)
+        ms = models_ms({"derived": slim(net, d).eval(), "dense": net.teacher[0]}, shape, torch.device("cpu"),
+                       runtime, 1, False)
+        return ms["derived"] / ms["dense"]
+
     for fraction in FRACTIONS:
-        d, ours = derived(fraction)
+        d, table_only = derived(fraction)
+        aimed = aim_by_measurement(lambda ms: derived(ms / model.dense_ms())[0], measured_fraction,
+                                   fraction * model.dense_ms(), model.dense_ms(), AIM_CORRECTIONS)
+        ours = slim(net, aimed.derivation).eval()
         macs = fvcore_report(ours, net.example)[0]
         theirs = magnitude_pruned(net, macs)
         their_macs = fvcore_report(theirs, net.example)[0]
-        ms = models_ms({"dense": net.teacher[0], "ours": ours, "magnitude": theirs}, shape,
+        ms = models_ms({"dense": net.teacher[0], "table": table_only, "ours": ours, "magnitude": theirs}, shape,
                        torch.device("cpu"), runtime, 1, False, rounds=rounds)
         measured = ms["ours"] / ms["dense"]
         row["targets"].append({
             "fraction": fraction, "predicted_ms": model.architecture_ms(d.arch),
+            "table_measured_fraction": ms["table"] / ms["dense"],
+            "table_off_target": ms["table"] / ms["dense"] / fraction - 1, "aim_tries": aimed.tries,
             "macs": macs, "magnitude_macs": their_macs, "measured_ms": ms,
             "measured_fraction": measured, "off_target": measured / fraction - 1,
             "speedup": ms["dense"] / ms["ours"], "macs_ratio": dense_macs / macs,
@@ -118,14 +132,17 @@ def one(name: str, runtime: str, size: int, seed: int, grid_points: int, rounds:
 
 
 def table_md(rows: list[dict]) -> str:
-    out = ["| network | runtime | round_to | table build | target | predicted | measured (of dense) | off target "
-           "| MACs ratio | speed-up | speed-up / MACs ratio | TP magnitude, same MACs: speed-up (/ MACs ratio) |",
-           "|---|---|---|---|---|---|---|---|---|---|---|---|"]
+    out = ["| network | runtime | round_to | table build | target | table alone: predicted, measured (of dense), "
+           "off target | aimed by measurement: derivations, measured (of dense), off target | MACs ratio | speed-up "
+           "| speed-up / MACs ratio | TP magnitude, same MACs: speed-up (/ MACs ratio) |",
+           "|---|---|---|---|---|---|---|---|---|---|---|"]
     for row in rows:
         for t in row["targets"]:
             out.append(f"| {row['model']} | {row['runtime']} | {row['round_to']} | {row['table_build_s']:.0f} s | "
-                       f"1/{round(1 / t['fraction'])} | {t['predicted_ms']:.2f} ms | "
-                       f"{t['measured_ms']['ours']:.2f} ms ({t['measured_fraction']:.3f}) | "
+                       f"1/{round(1 / t['fraction'])} | {t['predicted_ms']:.2f} ms, "
+                       f"{t['measured_ms']['table']:.2f} ms ({t['table_measured_fraction']:.3f}), "
+                       f"{100 * t['table_off_target']:+.1f}% | {len(t['aim_tries'])}, "
+                       f"{t['measured_ms']['ours']:.2f} ms ({t['measured_fraction']:.3f}), "
                        f"{100 * t['off_target']:+.1f}% | {t['macs_ratio']:.2f}x | {t['speedup']:.2f}x | "
                        f"{t['speedup_per_macs_ratio']:.2f} | {t['magnitude_speedup']:.2f}x "
                        f"({t['magnitude_speedup_per_macs_ratio']:.2f}) |")

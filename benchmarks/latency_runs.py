@@ -28,7 +28,7 @@ from maskednas.pipeline import load_config, run
 
 ROOT = Path(__file__).resolve().parents[1]
 RESULTS = ROOT / "benchmarks" / "results"
-SOURCES = ("torchvision:mobilenet_v2", "timm:efficientnet_b0", "benchmarks.cifar_resnet:resnet20")
+SOURCES = ("torchvision:mobilenet_v2", "timm:mobilenetv3_large_100", "benchmarks.cifar_resnet:resnet20")
 RUNTIMES = ("onnxruntime", "torch")
 FRACTION = 0.5
 SHORT = ["search.epochs=2", "finetune.epochs=1", "finetune.kd_weight=0", "model.checkpoint=null",

@@ -170,6 +170,9 @@ class DeriveConfig:
     # when the searched ops are too cheap for the target at full width, move the least
     # confident choices to costlier ops (false: keep the ops, derive the closest network)
     promote_ops: bool = True
+    # a latency target: derivations re-aimed by the derived network's measured latency until it
+    # is within 5% of the target's fraction of the dense network (latency/aim.py); 0: the table alone
+    latency_corrections: int = 2
     # DARTS space: train the searched cells in a larger evaluation network from scratch (the
     # DARTS protocol uses 20 cells of 36 channels) instead of fine-tuning the slimmed search net
     eval_cells: int | None = None
@@ -520,6 +523,7 @@ RANGES: dict[str, Range] = {
     "latency.repeats": AT_LEAST_1, "latency.rounds": AT_LEAST_1, "search.target.weight": AT_LEAST_0, "search.target.surrogate_temperature": POSITIVE,
     "derive.tolerance": Range(0, 1, high_open=True),
     "derive.round_to": AT_LEAST_1, "derive.min_channels": AT_LEAST_1, "derive.eval_cells": AT_LEAST_1,
+    "derive.latency_corrections": AT_LEAST_0,
     "derive.eval_channels": Range(2),
     "finetune.epochs": AT_LEAST_0, "finetune.lr": POSITIVE, "finetune.lr_min": AT_LEAST_0,
     "finetune.momentum": PROBABILITY, "finetune.weight_decay": AT_LEAST_0,

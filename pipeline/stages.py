@@ -34,6 +34,7 @@ from maskednas.export.architecture import evaluation_architecture
 from maskednas.export.compact import build
 from maskednas.export.latency import latencies_ms
 from maskednas.latency import LatencyModel, models_ms
+from maskednas.latency.aim import aim_by_measurement
 from maskednas.pipeline.config import ConfigError, RunConfig, flat_dict, to_dict
 from maskednas.pipeline.setup import (DataMeta, TrainingContext, apply_threads, latency_model, load_data,
                                       prepare_search,
@@ -159,6 +160,33 @@ def derive_and_slim(cfg: RunConfig, net: Supernet, meta: DataMeta, target: float
     return Slimmed(derivation, compact, same.gap, same.scale)
 
 
+def aimed_by_measurement(cfg: RunConfig, net: Supernet, meta: DataMeta, budget: Budget,
+                         latency: LatencyModel) -> tuple[Budget, dict]:
+    """The latency budget re-aimed so that the derived network's measured fraction of the dense
+    one is the target's (latency/aim.py), timed as `latency_check` times them: by rank 0 alone,
+    every rank then derives at its aim. Also returns what was tried, for metrics.json."""
+    d, lat = cfg.derive, cfg.latency
+    net.eval()
+
+    def derive_at(ms: float) -> Derivation:
+        return derive(net, Budget(budget.cost, ms), d.tolerance, d.round_to, d.min_channels, meta.mean,
+                      meta.std, promote_ops=d.promote_ops)
+
+    def measure() -> dict:
+        dense = build(net.dense_architecture(meta.mean, meta.std), trust_source=True)
+        shape, device = (meta.in_channels, meta.input_size, meta.input_size), select_device(lat.device, "latency.device")
+
+        def fraction(derivation: Derivation) -> float:
+            ms = models_ms({"derived": slim(net, derivation).eval(), "dense": dense}, shape, device,
+                           lat.runtime, lat.batch, cfg.channels_last)
+            return ms["derived"] / ms["dense"]
+        aimed = aim_by_measurement(derive_at, fraction, budget.target, latency.dense_ms(), d.latency_corrections)
+        return {"aim_ms": aimed.aim_ms, "measured_fraction": aimed.measured_fraction, "tries": aimed.tries}
+
+    aim = parallel.on_main(measure)
+    return Budget(budget.cost, aim["aim_ms"]), aim
+
+
 def derive_budget(cfg: RunConfig, net: Supernet, searched: SearchOutcome) -> Budget | None:
     """What derivation meets: derive.target, else the search's target of the highest priority
     (`search_budget`); None: the masks' own widths."""
@@ -229,8 +257,15 @@ def derive_and_export(cfg: RunConfig, run_dir: Path, data: ImageData, searched: 
     derivation, budget = (chosen.derivation, chosen.budget) if chosen else (
         None, derive_budget(cfg, net, searched))
 
+    aim, aimed = budget, None
+    if (derivation is None and budget is not None and budget.cost.name == "latency_ms"
+            and searched.latency is not None and cfg.derive.latency_corrections > 0):
+        aim, aimed = aimed_by_measurement(cfg, net, ctx.meta, budget, searched.latency)
+        report(f"latency aimed by measurement: {len(aimed['tries'])} derivation(s), the kept one measured "
+               f"{aimed['measured_fraction']:.3f} of the dense network (target "
+               f"{budget.target / searched.latency.dense_ms():.3f}), aimed at {aimed['aim_ms']:.3f} ms of the table")
     probe = next(iter(ctx.val_loader or ctx.test_loader))[0]  # the test set is for the report
-    slimmed = derive_and_slim(cfg, net, ctx.meta, budget, probe, derivation)
+    slimmed = derive_and_slim(cfg, net, ctx.meta, aim, probe, derivation)
     compact = slimmed.model
     recalibrate_batchnorm(compact, train_loader)
     slim_acc, slim_val_acc = ctx.evaluate(compact)["acc"], ctx.validate(compact)["acc"]
@@ -283,6 +318,7 @@ def derive_and_export(cfg: RunConfig, run_dir: Path, data: ImageData, searched: 
     if searched.latency is not None:  # the table's prediction against the derived model, timed
         metrics["latency"] = latency_check(cfg, searched.latency, slimmed.derivation.arch, dense,
                                            compact, budget)
+        metrics["latency"]["aimed_by_measurement"] = aimed
     if "export" in stages:
         e = cfg.export
         test = ctx.arrays("test")

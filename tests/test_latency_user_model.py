@@ -255,7 +255,8 @@ def test_a_search_of_a_user_network_ends_on_its_latency_target(tmp_path):
     """The command's pipeline with a latency target on a user's network and a given table:
     the derived network is on target, and the summary has the measured latency beside it."""
     cfg = small_config(tmp_path, "space=model", f"model.source={__name__}:small_net",
-                       "search.targets={latency_ms: {fraction: 0.5}}", "derive.round_to=1")  # 6-32 channels
+                       "search.targets={latency_ms: {fraction: 0.5}}", "derive.round_to=1",  # 6-32 channels
+                       "derive.latency_corrections=0")  # the table alone (a made-up one)
     net = UserModel(cfg.space_config, 1, 10, 8)
     path = tmp_path / "table.json"
     synthetic_table(net, ms=bilinear_ms).save(path)
@@ -266,6 +267,57 @@ def test_a_search_of_a_user_network_ends_on_its_latency_target(tmp_path):
     assert lat["target_ms"] == pytest.approx(0.5 * lat["dense_predicted_ms"])
     assert lat["exported_measured_ms"] > 0 and lat["dense_measured_ms"] > 0
     assert json.loads((tmp_path / "run" / "latency_table.json").read_text())["entries"]
+
+
+def parameter_ms(models, *args, **kwargs):
+    """A stand-in for timing: each model's parameter count, which a made-up table misjudges."""
+    return {name: float(sum(p.numel() for p in m.parameters())) for name, m in models.items()}
+
+
+def test_a_latency_target_is_aimed_by_what_the_derived_network_measures(tmp_path, monkeypatch):
+    """With the table off (a made-up one; 'timing' stubbed by parameter counts), derivation is
+    aimed again until the network measures the target's fraction of the dense one; the exported
+    network is the one that measured so, and metrics.json records every try."""
+    monkeypatch.setattr("maskednas.pipeline.stages.models_ms", parameter_ms)
+    cfg = small_config(tmp_path, "space=model", f"model.source={__name__}:small_net",
+                       "search.targets={latency_ms: {fraction: 0.5}}", "derive.round_to=1")
+    net = UserModel(cfg.space_config, 1, 10, 8)
+    path = tmp_path / "table.json"
+    synthetic_table(net, ms=bilinear_ms).save(path)
+    cfg.latency.table = str(path)
+    lat = run(cfg, tmp_path / "run", stages=("search", "derive"), report=lambda _: None)["latency"]
+    aimed = lat["aimed_by_measurement"]
+    measured = lat["exported_measured_ms"] / lat["dense_measured_ms"]
+    assert measured == pytest.approx(aimed["measured_fraction"], rel=1e-12)  # the kept one exported
+    assert 1 <= len(aimed["tries"]) <= 1 + cfg.derive.latency_corrections
+    first = aimed["tries"][0]
+    assert first["aim_ms"] == pytest.approx(lat["target_ms"])
+    miss = abs(measured / 0.5 - 1)
+    assert miss <= abs(first["measured_fraction"] / 0.5 - 1)  # never worse than the table alone
+    assert miss <= 0.05 or len(aimed["tries"]) == 1 + cfg.derive.latency_corrections
+
+
+def test_aiming_by_measurement_rescales_the_aim_keeps_the_closest_and_stops_on_target():
+    from maskednas.latency.aim import aim_by_measurement
+    # a runtime 30% slower than the table on every network, proportionally: one correction
+    aimed = aim_by_measurement(lambda ms: ms, lambda d: 1.3 * d / 10.0, 5.0, 10.0, corrections=2)
+    assert [t["aim_ms"] for t in aimed.tries] == pytest.approx([5.0, 5.0 / 1.3])
+    assert aimed.measured_fraction == pytest.approx(0.5) and aimed.derivation == pytest.approx(5.0 / 1.3)
+    # on target at once: no correction; corrections=0: the table alone, however far off
+    assert len(aim_by_measurement(lambda ms: ms, lambda d: 1.04 * d / 10, 5.0, 10.0, 2).tries) == 1
+    assert len(aim_by_measurement(lambda ms: ms, lambda d: 2 * d / 10, 5.0, 10.0, 0).tries) == 1
+    # noise: the closest try is kept, not the last
+    noisy = iter([0.6, 0.7, 0.65])
+    aimed = aim_by_measurement(lambda ms: ms, lambda d: next(noisy), 5.0, 10.0, 2)
+    assert len(aimed.tries) == 3 and aimed.measured_fraction == 0.6 and aimed.aim_ms == 5.0
+    # an overshoot brackets the target: the next aim is between the two tries, on their line
+    steep = {5.0: 0.2, 10.0: 1.0}
+    aimed = aim_by_measurement(lambda ms: ms, lambda d: steep.get(d, 0.5), 5.0, 10.0, 2)
+    assert [t["aim_ms"] for t in aimed.tries] == pytest.approx([5.0, 10.0, 5.0 + 5.0 * 0.3 / 0.8])
+    assert aimed.measured_fraction == 0.5
+    # a network measuring far faster than the table: never aimed above the dense one, nor twice
+    aimed = aim_by_measurement(lambda ms: ms, lambda d: 0.1 * d / 10, 5.0, 10.0, 3)
+    assert [t["aim_ms"] for t in aimed.tries] == [5.0, 10.0]
 
 
 def test_grids_step_in_the_widths_derivation_rounds_to():
