@@ -167,11 +167,12 @@ BUDGETS = {
 
 
 def summarize(rows: list[dict], dense_macs: float, title: str) -> str:
-    lines = [title, "", "| method | " + " | ".join(f"{f:.0%} of dense MACs" for f in FRACTIONS) + " |",
-             "|---|" + "---|" * len(FRACTIONS)]
+    fractions = sorted({r["fraction"] for r in rows})
+    lines = [title, "", "| method | " + " | ".join(f"{f:.0%} of dense MACs" for f in fractions) + " |",
+             "|---|" + "---|" * len(fractions)]
     for method in METHODS:
         cells = []
-        for f in FRACTIONS:
+        for f in fractions:
             runs = [r for r in rows if r["method"] == method and r["fraction"] == f]
             if not runs:
                 cells.append("n/a")
@@ -200,7 +201,7 @@ def plot(rows: list[dict], dense_macs: float, path: Path, titles: dict[str, str]
     for ax, (budget, title) in zip(axes[0], titles.items()):
         for method in METHODS:
             points = []
-            for f in FRACTIONS:
+            for f in sorted({r["fraction"] for r in rows}):
                 runs = [r for r in rows if r["method"] == method and r["fraction"] == f
                         and r["budget"] == budget]
                 if runs:
@@ -229,6 +230,7 @@ def main(argv: list[str] | None = None) -> list[dict]:
                    help="a: same total epochs for every method (the search counts against ours); "
                         "b: same epochs for every final network (the search reported beside it)")
     p.add_argument("--methods", default=",".join(METHODS))
+    p.add_argument("--fractions", type=float, nargs="+", default=list(FRACTIONS), help="MACs targets, of the dense")
     p.add_argument("--out", default=str(ROOT / "benchmarks" / "results"))
     args = p.parse_args(sys.argv[1:] if argv is None else argv)
     methods = args.methods.split(",")
@@ -243,7 +245,7 @@ def main(argv: list[str] | None = None) -> list[dict]:
     dense = bench.dense_macs()
     rows = []
     with tempfile.TemporaryDirectory() as tmp:
-        for f in FRACTIONS:
+        for f in args.fractions:
             for seed in seeds:
                 for method in methods:
                     results = getattr(bench, method)(f * dense, seed, Path(tmp))
