@@ -99,7 +99,8 @@ def one(name: str, runtime: str, size: int, seed: int, grid_points: int, rounds:
     for fraction in FRACTIONS:
         d, table_only = derived(fraction)
         aimed = aim_by_measurement(lambda ms: derived(ms / model.dense_ms())[0], measured_fraction,
-                                   fraction * model.dense_ms(), model.dense_ms(), AIM_CORRECTIONS)
+                                   fraction * model.dense_ms(), model.dense_ms(), AIM_CORRECTIONS,
+                                   fastest_ms=model.fastest_ms())
         ours = slim(net, aimed.derivation).eval()
         macs = fvcore_report(ours, net.example)[0]
         theirs = magnitude_pruned(net, macs)

@@ -30,22 +30,25 @@ class Aimed(Generic[D]):
 
 def aim_by_measurement(derive_at: Callable[[float], D], measured_fraction: Callable[[D], float],
                        target_ms: float, dense_ms: float, corrections: int,
-                       tolerance: float = MEASURED_TOLERANCE) -> Aimed[D]:
+                       tolerance: float = MEASURED_TOLERANCE, fastest_ms: float = 0.0) -> Aimed[D]:
     """Derive at `target_ms` (table milliseconds), then re-aim up to `corrections` times until the
     measured fraction is within `tolerance` of `target_ms / dense_ms`; never aimed above the dense
-    network's `dense_ms`."""
+    network's `dense_ms` nor below the fastest reachable one's `fastest_ms`."""
     goal = target_ms / dense_ms
     aim, best, tries = target_ms, None, []
     for _ in range(corrections + 1):
         d = derive_at(aim)
         fraction = measured_fraction(d)
+        if not fraction > 0:
+            raise ValueError(f"a derived network measured {fraction} of the dense network's latency: "
+                             "the timing is broken")
         tries.append({"aim_ms": aim, "measured_fraction": fraction})
         if best is None or abs(fraction / goal - 1) < abs(best.measured_fraction / goal - 1):
             best = Aimed(d, aim, fraction)
         if abs(fraction / goal - 1) <= tolerance:
             break
-        aim = _next_aim(tries, goal, dense_ms)
-        if any(t["aim_ms"] == aim for t in tries):
+        aim = max(_next_aim(tries, goal, dense_ms), fastest_ms)
+        if any(abs(t["aim_ms"] - aim) <= 1e-9 * dense_ms for t in tries):  # nothing new to try
             break
     best.tries = tries
     return best

@@ -24,6 +24,7 @@ class LatencyModel:
         self.scale = float(table.meta.get("scale", 1.0))
         points = torch.tensor(table.meta.get("calibration_points", []), dtype=torch.float64).reshape(-1, 2)
         self.points = points if len(points) >= 2 else None
+        self._points_on: dict[tuple, tuple[torch.Tensor, torch.Tensor]] = {}  # copied once per device
         self._batched: BatchedParts | None = None  # built on first use (it reads the op weights)
 
     def _calibrated(self, summed: torch.Tensor) -> torch.Tensor:
@@ -32,10 +33,13 @@ class LatencyModel:
         below the smallest one's ratio of whole to parts (an extended segment would reach 0 ms)."""
         if self.points is None:
             return summed * self.scale
-        x, y = (c.to(summed.device, summed.dtype) for c in self.points.unbind(1))
+        key = (summed.device, summed.dtype)
+        if key not in self._points_on:
+            self._points_on[key] = tuple(c.to(summed.device, summed.dtype) for c in self.points.unbind(1))
+        x, y = self._points_on[key]
         i = torch.bucketize(summed.detach(), x[1:-1])  # the segment: one tensor op, no host sync
         line = y[i] + (y[i + 1] - y[i]) / (x[i + 1] - x[i]) * (summed - x[i])
-        return torch.maximum(line, summed * (y[0] / x[0]))
+        return torch.where(summed < x[0], torch.maximum(line, summed * (y[0] / x[0])), line)
 
     def _part_ms(self, part: LatencyPart, axes: Mapping) -> torch.Tensor:
         """Unscaled milliseconds of `part` at these table axes (`net.latency_axes`)."""

@@ -180,7 +180,8 @@ def aimed_by_measurement(cfg: RunConfig, net: Supernet, meta: DataMeta, budget: 
             ms = models_ms({"derived": slim(net, derivation).eval(), "dense": dense}, shape, device,
                            lat.runtime, lat.batch, cfg.channels_last)
             return ms["derived"] / ms["dense"]
-        aimed = aim_by_measurement(derive_at, fraction, budget.target, latency.dense_ms(), d.latency_corrections)
+        aimed = aim_by_measurement(derive_at, fraction, budget.target, latency.dense_ms(), d.latency_corrections,
+                                   fastest_ms=latency.fastest_ms(d.min_channels))
         return {"aim_ms": aimed.aim_ms, "measured_fraction": aimed.measured_fraction, "tries": aimed.tries}
 
     aim = parallel.on_main(measure)
@@ -224,6 +225,7 @@ def latency_check(cfg: RunConfig, latency: LatencyModel, arch, dense, compact: t
             **{f"{k}_predicted_ms": v for k, v in predicted.items()},
             **{f"{k}_measured_ms": v for k, v in measured.items()},
             "prediction_error": measured["exported"] / predicted["exported"] - 1,
+            "prediction_error_ms": measured["exported"] - predicted["exported"],
             # the same against the dense network timed alongside: free of the machine's drift
             # between the table's measurement and this one (shared machines drift up to 2x)
             "relative_prediction_error": (measured["exported"] / measured["dense"])

@@ -36,7 +36,8 @@ def latency_table(lat: dict) -> str:
                  f" (target {lat['target_ms']:.3f} ms)" if lat.get("target_ms") else "")),
             ("measured", f"{lat['dense_measured_ms']:.3f} ms",
              f"{lat['exported_measured_ms']:.3f} ms ({lat['prediction_error']:+.1%} off the "
-             f"prediction; {lat['relative_prediction_error']:+.1%} as a fraction of dense)")]
+             f"prediction, {lat.get('prediction_error_ms', 0.0):+.3f} ms; "
+             f"{lat['relative_prediction_error']:+.1%} as a fraction of dense)")]
     return columns(rows)
 
 

@@ -91,7 +91,8 @@ def test_pareto_benchmark_quick_mode(tmp_path):
     """The whole comparison, tiny epochs, one seed, one target: every method, both budgets:
     uniform and random train for the total epochs in (a) and the fine-tune's in (b); the
     others train once, the same network reported under both."""
-    subprocess.run([sys.executable, "-m", "benchmarks.pareto", "--quick", "--out", str(tmp_path)],
+    subprocess.run([sys.executable, "-m", "benchmarks.pareto", "--quick", "--fractions", "0.25", "--out",
+                    str(tmp_path)],
                    cwd=ROOT, check=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     import json
     result = json.loads((tmp_path / "pareto-digits-quick.json").read_text())
