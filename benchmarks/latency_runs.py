@@ -56,7 +56,7 @@ def one(source: str, runtime: str, out: Path, overrides: list[str]) -> dict:
 
 def table_md(rows: list[dict]) -> str:
     out = ["| network | runtime | round_to | other overrides | run | dense measured | target | predicted "
-           "| derivations | measured (of dense) | off target | prediction error (of dense) | MACs (of dense) |",
+           "| derivations | measured (of dense) | off target | prediction error (as a fraction of dense) | MACs (of dense) |",
            "|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for r in rows:
         lat = r["latency"]
