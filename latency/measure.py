@@ -34,8 +34,8 @@ from maskednas.latency.table import LatencyTable, TableEntry, grid_widths, monot
 RUNTIMES = ("torch", "onnxruntime")
 # `derive.round_to` of a run with a latency target that sets none, per runtime: measured by
 # benchmarks/latency_models.py (docs/benchmarks.md, "Measured: latency targets on torchvision
-# networks"): at the same predicted latency, widths rounded to 8 took 10-51% less time than unrounded
-# ones; 16 and 32 took 1-9% less again per doubling but leave narrow groups nothing to prune.
+# networks"): at the same predicted latency, widths rounded to 8 took 9-51% less time than unrounded
+# ones; 16 and 32 took 1-11% less again per doubling but leave narrow groups nothing to prune.
 ROUND_TO = {"torch": 8, "onnxruntime": 8}
 
 
