@@ -143,16 +143,22 @@ def load_search(cfg: RunConfig, run_dir: Path) -> SearchOutcome:
                          latency=latency_model(cfg, net, run_dir))
 
 
+def configured_derivation(cfg: RunConfig, net: Supernet, meta: DataMeta,
+                          target: float | Budget | None) -> Derivation:
+    """`derive` with the run's derive.* settings."""
+    d = cfg.derive
+    return derive(net, target, d.tolerance, d.round_to, d.min_channels, meta.mean, meta.std,
+                  promote_ops=d.promote_ops)
+
+
 def derive_and_slim(cfg: RunConfig, net: Supernet, meta: DataMeta, target: float | Budget | None,
                     probe: torch.Tensor, derivation: Derivation | None = None) -> Slimmed:
     """Derive the architecture (unless `derivation` is given: a point of the front), slim the
     supernet into it, and check on a real batch that the compact model computes what the
     hard-masked supernet does (it stops the run if not)."""
     net.eval()
-    d = cfg.derive
     if derivation is None:
-        derivation = derive(net, target, d.tolerance, d.round_to, d.min_channels, meta.mean,
-                            meta.std, promote_ops=d.promote_ops)
+        derivation = configured_derivation(cfg, net, meta, target)
     compact = slim(net, derivation).eval()
     same = check_equivalence(net, derivation, compact, probe)
     if cfg.channels_last:
@@ -169,8 +175,7 @@ def aimed_by_measurement(cfg: RunConfig, net: Supernet, meta: DataMeta, budget: 
     net.eval()
 
     def derive_at(ms: float) -> Derivation:
-        return derive(net, Budget(budget.cost, ms), d.tolerance, d.round_to, d.min_channels, meta.mean,
-                      meta.std, promote_ops=d.promote_ops)
+        return configured_derivation(cfg, net, meta, Budget(budget.cost, ms))
 
     def measure() -> dict:
         dense = build(net.dense_architecture(meta.mean, meta.std), trust_source=True)
