@@ -1,12 +1,19 @@
 """Shared fixtures: tiny search spaces that run in milliseconds on a CPU."""
 from __future__ import annotations
 
+import os
+
 import pytest
 import torch
 
 from maskednas.supernet import MacroSpaceConfig, MacroSupernet, StageSpec
 
-torch.set_num_threads(2)
+# two threads per test process, one per pytest-xdist worker when they share two cores; child
+# processes (a fresh interpreter loading an export, the command) inherit it through the
+# environment: outputs compared bit for bit across processes need the same thread count
+THREADS = max(1, min(2, (os.cpu_count() or 1) // int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1"))))
+os.environ["OMP_NUM_THREADS"] = str(THREADS)
+torch.set_num_threads(THREADS)
 
 
 @pytest.fixture(autouse=True)
@@ -14,7 +21,7 @@ def _process_settings():
     """A run sets the config's thread count and flushes subnormal floats for the whole process
     (pipeline.setup.apply_threads); each test starts from the same settings again."""
     yield
-    torch.set_num_threads(2)
+    torch.set_num_threads(THREADS)
     torch.set_flush_denormal(False)
 
 
