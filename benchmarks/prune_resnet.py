@@ -6,6 +6,7 @@ magnitude, Taylor and BN-scale pruners (and L1 filter pruning), at the same MACs
     python -m benchmarks.prune_resnet --merge            # the parts into prune-resnet20.{md,json}
     python -m benchmarks.prune_resnet --depth 56         # ResNet-56
     python -m benchmarks.prune_resnet --quick            # tiny epochs, one seed (CI-sized)
+    python -m benchmarks.prune_resnet --cost latency --methods ours tp_magnitude  # equal latency
     python -m benchmarks.prune_resnet --variant kd=search.kd_weight=0.5 ...  # settings of ours
 
 Held-out protocol: 10% of ../shared/data/cifar10_subset.npz's training images (a fixed draw,
@@ -23,6 +24,13 @@ for search + fine-tune epochs: every pruned network trains as many epochs as our
 and test accuracy, fvcore MACs and params, CPU latency (batch 1 and 64, medians in alternation)
 of every final model, and for ours how the search decided (blocks flipped per epoch, spread of
 the keep-skip margins after the first epoch, the loss's and the penalty's gradient norms).
+
+--cost latency: the targets are fractions of the dense network's latency (batch 1, `latency.*`
+defaults: torch eager on the CPU). Ours searches with `search.targets.latency_ms.fraction` and is
+aimed by measurement as every run is; each baseline is then pruned to MACs aims re-tuned
+(latency/aim.py) until its latency over the dense network's, timed alongside, is within 5% of
+what ours measured. So the accuracy columns compare networks of equal measured latency. Writes
+prune-resnet<depth>-latency*.
 """
 from __future__ import annotations
 
@@ -42,10 +50,11 @@ from safetensors.torch import save_file
 ROOT = Path(__file__).resolve().parents[1]
 
 from benchmarks.cifar_resnet import CifarResNet
-from maskednas.derive.baselines import torch_pruning_to_target
+from maskednas.derive.baselines import torch_pruning_to_measurement, torch_pruning_to_target
 from maskednas.export import load
 from maskednas.export.flops import fvcore_report
 from maskednas.export.latency import latencies_ms
+from maskednas.latency.measure import models_ms
 from maskednas.pipeline import load_config, run
 from maskednas.pipeline.setup import TrainingContext, load_data, seed_everything, select_device
 
@@ -77,6 +86,14 @@ class Bench:
         self.device = select_device(self.cfg.device)
         self.ctx = TrainingContext(self.cfg, self.data, self.device)
         self.example = torch.zeros(1, 3, 32, 32)
+        self.tables = ROOT / "runs" / "prune-resnet-latency-tables"  # shared by the seeds' parts
+
+    def latency_fraction(self, model, dense) -> float:
+        """`model`'s latency over `dense`'s, timed alongside as a run's latency check times them."""
+        lat = self.cfg.latency
+        ms = models_ms({"pruned": model, "dense": dense}, (3, 32, 32), select_device(lat.device),
+                       lat.runtime, lat.batch, self.cfg.channels_last)
+        return ms["pruned"] / ms["dense"]
 
     def measured(self, model, start: float, **extra) -> dict:
         model = self.ctx.prepare(model)
@@ -95,13 +112,15 @@ class Bench:
         save_file({k: v.contiguous() for k, v in model.state_dict().items()}, str(path))
         return model, path, self.measured(model, start)
 
-    def ours(self, name: str, overrides: list[str], target: float, seed: int, checkpoint: Path,
-             workdir: Path) -> tuple:
+    def ours(self, name: str, overrides: list[str], fraction: float, target: float, seed: int,
+             checkpoint: Path, workdir: Path) -> tuple:
         start = time.perf_counter()
+        targets = ([f"search.targets.macs.value={target}", "search.targets.macs.fraction=null"]
+                   if self.args.cost == "macs" else
+                   [f"search.targets={{latency_ms: {{fraction: {fraction}}}}}", f"latency.cache_dir={self.tables}"])
         cfg = load_config(CONFIG, [*self.overrides, f"model.checkpoint={checkpoint}", f"seed={seed}",
-                                   f"search.targets.macs.value={target}", "search.targets.macs.fraction=null",
-                                   *overrides])
-        run_dir = workdir / f"{name}-{target:.0f}-{seed}"
+                                   *targets, *overrides])
+        run_dir = workdir / f"{name}-{fraction}-{seed}"
         run(cfg, run_dir, data=self.data, report=lambda line: None)
         model = load(run_dir / "export", trust_source=True)  # this benchmark's own ResNet-20
         history = torch.load(run_dir / "search.pt", weights_only=False)["history"]
@@ -118,19 +137,29 @@ class Bench:
                 torch.nn.functional.cross_entropy(model(x.cpu()), y.cpu()).backward()
         return before_step
 
-    def baseline(self, name: str, target: float, seed: int, dense) -> tuple:
+    def baseline(self, name: str, target: float, seed: int, dense, latency_goal: float | None) -> tuple:
+        """Pruned to `target` MACs or, given `latency_goal`, to that fraction of the dense
+        network's measured latency; then trained as long as ours, distilled alike."""
         start = time.perf_counter()
         importance, global_ranking = baselines()[name]
         before_step = self.taylor_gradients(seed) if name == "tp_taylor" else None
-        model = torch_pruning_to_target(copy.deepcopy(dense).eval(), self.example, target,
-                                        importance, global_ranking, before_step=before_step)
+        extra = {}
+        if latency_goal is None:
+            model = torch_pruning_to_target(copy.deepcopy(dense).eval(), self.example, target,
+                                            importance, global_ranking, before_step=before_step)
+        else:
+            aimed = torch_pruning_to_measurement(dense.eval(), self.example, latency_goal,
+                                                 lambda m: self.latency_fraction(m, dense), importance,
+                                                 global_ranking, before_step=before_step)
+            tries = [{"aim_macs": t["aim_ms"], "measured_fraction": t["measured_fraction"]} for t in aimed.tries]
+            model, extra = aimed.derivation, {"latency_goal": latency_goal, "latency_tries": tries}
         model.zero_grad(set_to_none=True)
         seed_everything(seed)
         epochs = self.args.search_epochs + self.args.finetune_epochs
         ft = replace(self.cfg.finetune, epochs=epochs)
         model = self.ctx.train(model, ft, teacher=self.ctx.prepare(copy.deepcopy(dense)),
                                train_loader=self.ctx.train_loader(seed + 2)).cpu()
-        return model, self.measured(model, start)
+        return model, self.measured(model, start, **extra)
 
 
 def decision_figures(history: list[dict]) -> dict:
@@ -144,15 +173,18 @@ def decision_figures(history: list[dict]) -> dict:
             **{k: statistics.mean(m[k] for m in history if k in m) for k in sorted(norms)}}
 
 
-def summarize(rows: list[dict], depth: int) -> str:
+def summarize(rows: list[dict], depth: int, cost: str) -> str:
     def stat(values, fmt):
         return fmt.format(statistics.mean(values)) + (
             f" ± {fmt.format(statistics.stdev(values))}" if len(values) > 1 else "")
-    lines = [f"ResNet-{depth} on the CIFAR-10 subset (mean ± std over seeds "
-             f"{sorted({r['seed'] for r in rows})}; validation: 10% of the training images, "
-             f"held out)", "",
-             "| target | method | val acc (%) | test acc (%) | MACs | params | CPU ms b=1 | CPU ms b=64 |",
-             "|---|---|---|---|---|---|---|---|"]
+    dense_ms = {r["seed"]: r["ms_b1"] for r in rows if r["method"] == "dense"}
+    of = "MACs" if cost == "macs" else "latency"
+    lines = [f"ResNet-{depth} on the CIFAR-10 subset, targets as fractions of the dense network's "
+             f"{of} (mean ± std over seeds {sorted({r['seed'] for r in rows})}; validation: 10% of "
+             f"the training images, held out)", "",
+             "| target | method | val acc (%) | test acc (%) | MACs | params | CPU ms b=1 "
+             "| b=1 / dense | CPU ms b=64 |",
+             "|---|---|---|---|---|---|---|---|---|"]
     keys = list(dict.fromkeys((r["fraction"], r["method"]) for r in rows))
     for fraction, method in keys:
         group = [r for r in rows if (r["fraction"], r["method"]) == (fraction, method)]
@@ -163,6 +195,7 @@ def summarize(rows: list[dict], depth: int) -> str:
             f"{statistics.mean(r['macs'] for r in group) / 1e6:.2f} M | "
             f"{statistics.mean(r['params'] for r in group) / 1e3:.1f} k | "
             f"{stat([r['ms_b1'] for r in group], '{:.2f}')} | "
+            f"{stat([r['ms_b1'] / dense_ms[r['seed']] for r in group], '{:.2f}')} | "
             f"{stat([r['ms_b64'] for r in group], '{:.1f}')} |")
     searches = [r for r in rows if r.get("search")]
     if searches:
@@ -185,7 +218,7 @@ def summarize(rows: list[dict], depth: int) -> str:
 def write(rows: list[dict], args, name: str, part: bool = False) -> None:
     """The rows as JSON and, unless this is one part of a merge, the table as markdown."""
     args.out.mkdir(parents=True, exist_ok=True)
-    table = summarize(rows, args.depth)
+    table = summarize(rows, args.depth, args.cost)
     (args.out / f"{name}.json").write_text(json.dumps({"args": {k: str(v) for k, v in vars(args).items()},
                                                       "rows": rows}, indent=2))
     if not part:
@@ -218,14 +251,18 @@ def main(argv=None) -> list[dict]:
     p.add_argument("--tag", default="", help="appended to the results' file names")
     p.add_argument("--merge", action="store_true", help="merge the per-seed parts and stop")
     p.add_argument("--quick", action="store_true", help="1 epoch each, one seed, one target")
+    p.add_argument("--cost", choices=["macs", "latency"], default="macs",
+                   help="what --fractions are fractions of (latency: measured at batch 1, see above)")
     p.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results")
     args = p.parse_args(argv)
-    base = f"prune-resnet{args.depth}{args.tag}"
-    if args.merge:  # every part of this depth and tag (a part with a longer tag adds methods)
+    base = f"prune-resnet{args.depth}{'-latency' if args.cost == 'latency' else ''}{args.tag}"
+    if args.merge:  # every part of this depth, cost and tag (a part with a longer tag adds methods)
         parts = sorted(args.out.glob(f"{base}*-seed*.json"), key=lambda p: (len(p.name), p.name))
         rows, seen = [], set()
         for r in (r for part in parts for r in json.loads(part.read_text())["rows"]):
             key = (r["seed"], r["fraction"], r["method"])  # a part's own dense: the first is kept
+            if r.get("cost", "macs") != args.cost:
+                continue
             if key not in seen:
                 seen.add(key)
                 rows.append(r)
@@ -236,23 +273,31 @@ def main(argv=None) -> list[dict]:
     if args.quick:
         args.seeds, args.fractions = args.seeds[:1], args.fractions[:1]
         args.dense_epochs = args.search_epochs = args.finetune_epochs = 1
-    bench, rows = Bench(args), []
     ours = variants(args)
+    if args.cost == "latency" and not ours:
+        p.error("--cost latency tunes each baseline to the latency ours measures: name ours in --methods")
+    bench, rows = Bench(args), []
     with tempfile.TemporaryDirectory() as tmp:
         for seed in args.seeds:
             dense, checkpoint, dense_result = bench.dense(seed, Path(tmp))
             models = {"dense": dense}
-            rows.append({"seed": seed, "fraction": 1.0, "method": "dense", **dense_result})
+            rows.append({"seed": seed, "fraction": 1.0, "method": "dense", "cost": args.cost, **dense_result})
             for fraction in args.fractions:
                 target = fraction * dense_result["macs"]
-                runs = {name: (lambda n=name, o=ov: bench.ours(n, o, target, seed, checkpoint, Path(tmp)))
+                runs = {name: (lambda n=name, o=ov: bench.ours(n, o, fraction, target, seed, checkpoint,
+                                                               Path(tmp)))
                         for name, ov in ours.items()}
-                runs.update({name: (lambda n=name: bench.baseline(n, target, seed, dense))
+                # at equal latency the baselines are tuned to what ours (the first configuration) measured
+                goal = {}
+                runs.update({name: (lambda n=name: bench.baseline(n, target, seed, dense, goal.get("fraction")))
                              for name in baselines() if name in args.methods})
                 for method, go in runs.items():
                     model, result = go()
+                    if args.cost == "latency" and not goal and method.startswith("ours"):
+                        goal["fraction"] = result["latency_fraction"] = bench.latency_fraction(model, dense)
                     models[f"{method}-{fraction}"] = model
-                    rows.append({"seed": seed, "fraction": fraction, "method": method, **result})
+                    rows.append({"seed": seed, "fraction": fraction, "method": method, "cost": args.cost,
+                                 **result})
                     print(json.dumps(rows[-1]), flush=True)
             for batch in (1, 64):
                 ms = latencies_ms(models, (batch, 3, 32, 32), repeats=20 if args.quick else 50)

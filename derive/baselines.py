@@ -124,3 +124,24 @@ def torch_pruning_to_target(model: nn.Module, example: torch.Tensor, target_macs
             before_step(model)
         pruner.step()
     return model
+
+
+def torch_pruning_to_measurement(dense: nn.Module, example: torch.Tensor, goal: float,
+                                 measured_fraction, importance, global_pruning: bool,
+                                 corrections: int = 6, before_step=None):
+    """A Torch-Pruning pruner tuned to a measured figure rather than MACs: `dense` (left as it
+    is) pruned to a MACs target, re-aimed as latency derivations are (latency/aim.py) until
+    `measured_fraction(pruned)` (e.g. its latency over the dense network's, timed alongside)
+    is within tolerance of `goal`. Returns the `Aimed` record: the pruned model closest to the
+    goal as `.derivation`, every MACs aim tried and what it measured as `.tries`."""
+    import copy
+
+    from maskednas.export.flops import fvcore_report
+    from maskednas.latency.aim import aim_by_measurement
+
+    dense_macs = fvcore_report(dense, example)[0]
+
+    def prune_to(macs: float) -> nn.Module:
+        return torch_pruning_to_target(copy.deepcopy(dense).eval(), example, macs, importance,
+                                       global_pruning, before_step=before_step)
+    return aim_by_measurement(prune_to, measured_fraction, goal * dense_macs, dense_macs, corrections)
