@@ -3,7 +3,7 @@
     python -m benchmarks.front --preset resnet20             # a user's ResNet-20 (model space)
     python -m benchmarks.front --preset cifar16              # the macro space at 16x16
     python -m benchmarks.front --preset resnet20 --seeds 1   # one part: ...-seed1.json
-    python -m benchmarks.front --preset resnet20 --merge     # the parts into front-<preset>.{md,json}
+    python -m benchmarks.front --preset resnet20 --merge     # the parts into front-<preset>.{md,json,png}
     python -m benchmarks.front --quick                       # tiny epochs, one seed
 
 Per seed and preset: (a) a differentiable search (the pipeline) per MACs target, each derived,
@@ -135,6 +135,47 @@ def summarize(rows: list[dict], preset: str) -> str:
     return "\n".join(lines)
 
 
+def plot(rows: list[dict], preset: str, path: Path) -> None:
+    """Left: test accuracy after fine-tuning against MACs, the front's picks against the searches
+    per target (dense as a line); right: each strategy's read-off validation accuracy at its picks."""
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    def curve(ax, approach: str, key: str) -> None:
+        points = []
+        for fraction in sorted({r["fraction"] for r in rows if r["fraction"] not in (None, 1.0)}):
+            group = [r for r in rows if r["approach"] == approach and r["fraction"] == fraction
+                     and r.get(key) is not None]
+            if group:
+                accs = [100 * r[key] for r in group]
+                points.append((statistics.mean(r["macs"] for r in group) / 1e6, statistics.mean(accs),
+                               statistics.stdev(accs) if len(accs) > 1 else 0.0))
+        if points:
+            x, y, e = zip(*points)
+            ax.errorbar(x, y, yerr=e, marker="o", capsize=3, label=approach)
+
+    fig, (left, right) = plt.subplots(1, 2, figsize=(12, 4))
+    for approach in ("per-target search", "front (evolution)"):
+        curve(left, approach, "test_acc")
+    dense = [100 * r["test_acc"] for r in rows if r["approach"] == "dense"]
+    if dense:
+        left.axhline(statistics.mean(dense), color="grey", linestyle="--", label="dense")
+    for approach in (f"front ({s})" for s in STRATEGIES):
+        curve(right, approach, "read_off_val_acc")
+    seeds = sorted({r["seed"] for r in rows})
+    for ax, title in ((left, "test accuracy after the same fine-tune"),
+                      (right, "read-off validation accuracy (no fine-tune, BN re-estimated)")):
+        ax.set_xlabel("MACs (millions, fvcore)")
+        ax.set_ylabel("accuracy (%)")
+        ax.set_title(f"{preset}: {title}, mean ± std over seeds {seeds}", fontsize=8)
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
 def main(argv=None) -> list[dict]:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--preset", choices=sorted(PRESETS), default="resnet20")
@@ -171,6 +212,7 @@ def main(argv=None) -> list[dict]:
     table = summarize(rows, args.preset)
     if not part:
         (args.out / f"{name}.md").write_text(table + "\n")
+        plot(rows, args.preset, args.out / f"{name}.png")
     print(table)
     return rows
 
