@@ -1,11 +1,15 @@
 """Which search settings decide the accuracy of ours: one change at a time, on the cifar16 preset.
 
-    python -m benchmarks.search_ablation [--fraction 0.12] [--seeds 3]
+    python -m benchmarks.search_ablation [--fraction 0.12] [--seeds 0 1 2]
+    python -m benchmarks.search_ablation --seeds 1     # one part: search_ablation-seed1.json
+    python -m benchmarks.search_ablation --merge       # the parts into search_ablation.{md,json}
 
 Each variant runs the pipeline (search, derive, fine-tune; no export) at a MACs target given as a
-fraction of the conv_3x3 backbone of `benchmarks/pareto.py`, and reports the test accuracy, the
-slimmed model's accuracy before fine-tuning, and where the search's derived network ended
-relative to the target. Writes benchmarks/results/search_ablation.{md,json}.
+fraction of the conv_3x3 backbone of `benchmarks/pareto.py`, every row with runs of its own, and
+reports validation and test accuracy (the validation split, 10% of the training images, is what
+settings are chosen on; nothing trains on it), the slimmed model's validation accuracy before
+fine-tuning, and where the search's derived network ended relative to the target. Writes
+benchmarks/results/search_ablation.{md,json}.
 """
 from __future__ import annotations
 
@@ -33,46 +37,66 @@ VARIANTS = {
 }
 
 
+def summarize(rows: list[dict], fraction: float, target: float) -> str:
+    seeds = sorted({r["seed"] for r in rows})
+
+    def stat(values: list[float]) -> str:
+        mean = f"{statistics.mean(values):.2f}"
+        return mean + (f" ± {statistics.stdev(values):.2f}" if len(values) > 1 else "")
+    lines = [f"cifar16, target {fraction:.0%} of the backbone's MACs ({target:,.0f}), seeds {seeds}; "
+             "each row adds one change to the row above; validation: 10% of the training images, held out",
+             "", "| variant | val acc | test acc | slimmed val acc, before fine-tuning "
+             "| search ended at (× target) | s per run |", "|---|---|---|---|---|---|"]
+    for name in VARIANTS:
+        runs = [r for r in rows if r["variant"] == name]
+        if runs:
+            ends = ", ".join(f"{r['search_end']:.3f}" for r in runs)
+            lines.append(f"| {name} | {stat([100 * r['val_acc'] for r in runs])} | "
+                         f"{stat([100 * r['test_acc'] for r in runs])} | "
+                         f"{stat([100 * r['slimmed_val_acc'] for r in runs])} | {ends} | "
+                         f"{statistics.mean(r['seconds'] for r in runs):.0f} |")
+    return "\n".join(lines)
+
+
 def main(argv: list[str] | None = None) -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--fraction", type=float, default=0.12)
-    p.add_argument("--seeds", type=int, default=3)
+    p.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
+    p.add_argument("--merge", action="store_true", help="merge the per-seed parts and stop")
     p.add_argument("--out", default=str(ROOT / "benchmarks" / "results"))
     args = p.parse_args(sys.argv[1:] if argv is None else argv)
-    bench = Bench(*PRESETS["cifar16"])
-    target = args.fraction * bench.dense_macs()
-    rows = []
-    with tempfile.TemporaryDirectory() as tmp:
-        for name, changes in VARIANTS.items():
-            for seed in range(args.seeds):
-                cfg = bench.ours_config(target, seed, changes)
-                run_dir = Path(tmp) / f"{len(rows)}"
-                start = time.perf_counter()
-                m = run(cfg, run_dir, stages=("search", "derive", "finetune"), data=bench.data,
-                        report=lambda _: None)
-                search = torch.load(run_dir / "search.pt", weights_only=True)["history"]
-                rows.append({"variant": name, "seed": seed, "test_acc": m["test_acc"],
-                             "slimmed_test_acc": m["slimmed_test_acc"], "macs": m["macs"],
-                             "search_end": search[-1]["discrete_macs"] / target,
-                             "seconds": time.perf_counter() - start})
-                print(json.dumps(rows[-1]), flush=True)
-    lines = [f"cifar16, target {args.fraction:.0%} of the backbone's MACs ({target:,.0f}), "
-             f"{args.seeds} seeds; each row adds one change to the row above",
-             "", "| variant | test acc | slimmed, before fine-tuning | search ended at (× target) | s per run |",
-             "|---|---|---|---|---|"]
-    for name in VARIANTS:
-        runs = [r for r in rows if r["variant"] == name]
-        acc = [100 * r["test_acc"] for r in runs]
-        slim = [100 * r["slimmed_test_acc"] for r in runs]
-        ends = ", ".join(f"{r['search_end']:.3f}" for r in runs)
-        lines.append(f"| {name} | {statistics.mean(acc):.2f} ± {statistics.stdev(acc) if len(acc) > 1 else 0.0:.2f} | "
-                     f"{statistics.mean(slim):.2f} | {ends} | "
-                     f"{statistics.mean(r['seconds'] for r in runs):.0f} |")
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    (out / "search_ablation.json").write_text(json.dumps({"target_macs": target, "rows": rows}, indent=2))
-    (out / "search_ablation.md").write_text("\n".join(lines) + "\n")
-    print("\n".join(lines))
+    if args.merge:
+        parts = [json.loads(f.read_text()) for f in sorted(out.glob("search_ablation-seed*.json"))]
+        if not parts:
+            p.error(f"no search_ablation-seed*.json parts in {out}: run --seeds N first")
+        target, rows = parts[0]["target_macs"], [r for part in parts for r in part["rows"]]
+    else:
+        bench = Bench(*PRESETS["cifar16"])
+        target = args.fraction * bench.dense_macs()
+        rows = []
+        with tempfile.TemporaryDirectory() as tmp:
+            for name, changes in VARIANTS.items():  # every row its own runs
+                for seed in args.seeds:
+                    cfg = bench.ours_config(target, seed, changes)
+                    run_dir = Path(tmp) / f"{len(rows)}"
+                    start = time.perf_counter()
+                    m = run(cfg, run_dir, stages=("search", "derive", "finetune"), data=bench.data,
+                            report=lambda _: None)
+                    search = torch.load(run_dir / "search.pt", weights_only=True)["history"]
+                    rows.append({"variant": name, "seed": seed, "val_acc": m["val_acc"], "test_acc": m["test_acc"],
+                                 "slimmed_val_acc": m["slimmed_val_acc"], "slimmed_test_acc": m["slimmed_test_acc"],
+                                 "macs": m["macs"], "search_end": search[-1]["discrete_macs"] / target,
+                                 "seconds": time.perf_counter() - start})
+                    print(json.dumps(rows[-1]), flush=True)
+    part = not args.merge and len(args.seeds) == 1
+    name = f"search_ablation-seed{args.seeds[0]}" if part else "search_ablation"
+    (out / f"{name}.json").write_text(json.dumps({"target_macs": target, "rows": rows}, indent=2))
+    table = summarize(rows, args.fraction, target)
+    if not part:
+        (out / f"{name}.md").write_text(table + "\n")
+    print(table)
 
 
 if __name__ == "__main__":
