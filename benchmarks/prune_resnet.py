@@ -177,7 +177,6 @@ def summarize(rows: list[dict], depth: int, cost: str) -> str:
     def stat(values, fmt):
         return fmt.format(statistics.mean(values)) + (
             f" ± {fmt.format(statistics.stdev(values))}" if len(values) > 1 else "")
-    dense_ms = {r["seed"]: r["ms_b1"] for r in rows if r["method"] == "dense"}
     of = "MACs" if cost == "macs" else "latency"
     lines = [f"ResNet-{depth} on the CIFAR-10 subset, targets as fractions of the dense network's "
              f"{of} (mean ± std over seeds {sorted({r['seed'] for r in rows})}; validation: 10% of "
@@ -195,7 +194,7 @@ def summarize(rows: list[dict], depth: int, cost: str) -> str:
             f"{statistics.mean(r['macs'] for r in group) / 1e6:.2f} M | "
             f"{statistics.mean(r['params'] for r in group) / 1e3:.1f} k | "
             f"{stat([r['ms_b1'] for r in group], '{:.2f}')} | "
-            f"{stat([r['ms_b1'] / dense_ms[r['seed']] for r in group], '{:.2f}')} | "
+            f"{stat([r['ms_b1'] / r['dense_ms_b1'] for r in group], '{:.2f}')} | "
             f"{stat([r['ms_b64'] for r in group], '{:.1f}')} |")
     searches = [r for r in rows if r.get("search")]
     if searches:
@@ -258,14 +257,20 @@ def main(argv=None) -> list[dict]:
     base = f"prune-resnet{args.depth}{'-latency' if args.cost == 'latency' else ''}{args.tag}"
     if args.merge:  # every part of this depth, cost and tag (a part with a longer tag adds methods)
         parts = sorted(args.out.glob(f"{base}*-seed*.json"), key=lambda p: (len(p.name), p.name))
+        if not parts:
+            p.error(f"no {base}*-seed*.json parts in {args.out}: run --seeds N first")
         rows, seen = [], set()
-        for r in (r for part in parts for r in json.loads(part.read_text())["rows"]):
-            key = (r["seed"], r["fraction"], r["method"])  # a part's own dense: the first is kept
-            if r.get("cost", "macs") != args.cost:
-                continue
-            if key not in seen:
-                seen.add(key)
-                rows.append(r)
+        for part in parts:
+            part_rows = json.loads(part.read_text())["rows"]
+            for r in part_rows:  # a speed-up only against the dense network timed in the same process
+                r.setdefault("dense_ms_b1", next(d["ms_b1"] for d in part_rows
+                                                 if d["method"] == "dense" and d["seed"] == r["seed"]))
+                # every part trains its own dense network from the seed (not bitwise the same
+                # across processes): each is kept, the rows of a part pruned from its own
+                key = (r["seed"], r["fraction"], r["method"]) + ((part.name,) if r["method"] == "dense" else ())
+                if r.get("cost", "macs") == args.cost and key not in seen:
+                    seen.add(key)
+                    rows.append(r)
         order = list(dict.fromkeys(r["method"] for r in rows))
         rows.sort(key=lambda r: (-r["fraction"], order.index(r["method"]), r["seed"]))
         write(rows, args, base)
@@ -304,7 +309,7 @@ def main(argv=None) -> list[dict]:
                 for row in rows:
                     if row["seed"] == seed:
                         key = "dense" if row["method"] == "dense" else f"{row['method']}-{row['fraction']}"
-                        row[f"ms_b{batch}"] = ms[key]
+                        row[f"ms_b{batch}"], row[f"dense_ms_b{batch}"] = ms[key], ms["dense"]
     part = not args.quick and len(args.seeds) == 1
     write(rows, args, f"{base}{'-quick' if args.quick else ''}" + (f"-seed{args.seeds[0]}" if part else ""),
           part)
