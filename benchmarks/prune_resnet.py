@@ -152,7 +152,8 @@ class Bench:
                                                  lambda m: self.latency_fraction(m, dense), importance,
                                                  global_ranking, before_step=before_step)
             tries = [{"aim_macs": t["aim_ms"], "measured_fraction": t["measured_fraction"]} for t in aimed.tries]
-            model, extra = aimed.derivation, {"latency_goal": latency_goal, "latency_tries": tries}
+            model, extra = aimed.derivation, {"latency_goal": latency_goal, "latency_tries": tries,
+                                              "latency_fraction": aimed.measured_fraction}
         model.zero_grad(set_to_none=True)
         seed_everything(seed)
         epochs = self.args.search_epochs + self.args.finetune_epochs
@@ -178,12 +179,13 @@ def summarize(rows: list[dict], depth: int, cost: str) -> str:
         return fmt.format(statistics.mean(values)) + (
             f" ± {fmt.format(statistics.stdev(values))}" if len(values) > 1 else "")
     of = "MACs" if cost == "macs" else "latency"
+    by_latency = cost == "latency"
     lines = [f"ResNet-{depth} on the CIFAR-10 subset, targets as fractions of the dense network's "
              f"{of} (mean ± std over seeds {sorted({r['seed'] for r in rows})}; validation: 10% of "
              f"the training images, held out)", "",
              "| target | method | val acc (%) | test acc (%) | MACs | params | CPU ms b=1 "
-             "| b=1 / dense | CPU ms b=64 |",
-             "|---|---|---|---|---|---|---|---|---|"]
+             "| b=1 / dense | CPU ms b=64 |" + (" latency / dense: tuned | final |" if by_latency else ""),
+             "|---|---|---|---|---|---|---|---|---|" + ("---|---|" if by_latency else "")]
     keys = list(dict.fromkeys((r["fraction"], r["method"]) for r in rows))
     for fraction, method in keys:
         group = [r for r in rows if (r["fraction"], r["method"]) == (fraction, method)]
@@ -195,7 +197,9 @@ def summarize(rows: list[dict], depth: int, cost: str) -> str:
             f"{statistics.mean(r['params'] for r in group) / 1e3:.1f} k | "
             f"{stat([r['ms_b1'] for r in group], '{:.2f}')} | "
             f"{stat([r['ms_b1'] / r['dense_ms_b1'] for r in group], '{:.2f}')} | "
-            f"{stat([r['ms_b64'] for r in group], '{:.1f}')} |")
+            f"{stat([r['ms_b64'] for r in group], '{:.1f}')} |" + (
+                f" {stat([r.get('latency_fraction', 1.0) for r in group], '{:.3f}')} | "
+                f"{stat([r['final_latency_fraction'] for r in group], '{:.3f}')} |" if by_latency else ""))
     searches = [r for r in rows if r.get("search")]
     if searches:
         lines += ["", "How each search of ours decided (per run: keep/skip decisions flipped in each "
@@ -266,9 +270,14 @@ def main(argv=None) -> list[dict]:
                 r.setdefault("dense_ms_b1", next(d["ms_b1"] for d in part_rows
                                                  if d["method"] == "dense" and d["seed"] == r["seed"]))
                 # every part trains its own dense network from the seed (not bitwise the same
-                # across processes): each is kept, the rows of a part pruned from its own
-                key = (r["seed"], r["fraction"], r["method"]) + ((part.name,) if r["method"] == "dense" else ())
-                if r.get("cost", "macs") == args.cost and key not in seen:
+                # across processes); the dense line shows the first part's of each seed
+                key = (r["seed"], r["fraction"], r["method"])
+                if r.get("cost", "macs") != args.cost:
+                    continue
+                if key in seen and args.cost == "latency" and r["method"] != "dense":
+                    p.error(f"{part.name} repeats {key}: at equal latency a baseline belongs with the "
+                            "ours of its own part; merge parts of different seeds or methods")
+                if key not in seen:
                     seen.add(key)
                     rows.append(r)
         order = list(dict.fromkeys(r["method"] for r in rows))
@@ -304,6 +313,14 @@ def main(argv=None) -> list[dict]:
                     rows.append({"seed": seed, "fraction": fraction, "method": method, "cost": args.cost,
                                  **result})
                     print(json.dumps(rows[-1]), flush=True)
+            if args.cost == "latency":  # every final model as the tuning timed them, all alternated
+                lat = bench.cfg.latency
+                ms = models_ms(models, (3, 32, 32), select_device(lat.device), lat.runtime, lat.batch,
+                               bench.cfg.channels_last)
+                for row in rows:
+                    if row["seed"] == seed:
+                        key = "dense" if row["method"] == "dense" else f"{row['method']}-{row['fraction']}"
+                        row["final_latency_fraction"] = ms[key] / ms["dense"]
             for batch in (1, 64):
                 ms = latencies_ms(models, (batch, 3, 32, 32), repeats=20 if args.quick else 50)
                 for row in rows:

@@ -71,7 +71,10 @@ def main(argv: list[str] | None = None) -> None:
         parts = [json.loads(f.read_text()) for f in sorted(out.glob("search_ablation-seed*.json"))]
         if not parts:
             p.error(f"no search_ablation-seed*.json parts in {out}: run --seeds N first")
-        target, rows = parts[0]["target_macs"], [r for part in parts for r in part["rows"]]
+        if len({(part["fraction"], part["target_macs"]) for part in parts}) > 1:
+            p.error("the parts were run at different targets: merge parts of one --fraction")
+        args.fraction, target = parts[0]["fraction"], parts[0]["target_macs"]
+        rows = [r for part in parts for r in part["rows"]]
     else:
         bench = Bench(*PRESETS["cifar16"])
         target = args.fraction * bench.dense_macs()
@@ -92,7 +95,8 @@ def main(argv: list[str] | None = None) -> None:
                     print(json.dumps(rows[-1]), flush=True)
     part = not args.merge and len(args.seeds) == 1
     name = f"search_ablation-seed{args.seeds[0]}" if part else "search_ablation"
-    (out / f"{name}.json").write_text(json.dumps({"target_macs": target, "rows": rows}, indent=2))
+    (out / f"{name}.json").write_text(json.dumps({"fraction": args.fraction, "target_macs": target,
+                                                  "rows": rows}, indent=2))
     table = summarize(rows, args.fraction, target)
     if not part:
         (out / f"{name}.md").write_text(table + "\n")

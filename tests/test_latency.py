@@ -171,6 +171,7 @@ def test_a_search_meets_a_latency_target_on_a_synthetic_table(tmp_path):
                              "derive.latency_corrections=0", "threads=2"])
     net = MacroSupernet(cfg.space_config, 1, 10, 8)
     path = tmp_path / "table.json"
+    torch.set_num_threads(2)  # the table records the thread count the run will use
     synthetic_table(net).save(path)
     cfg.latency.table = str(path)
     metrics = run(cfg, tmp_path / "run", stages=("search", "derive"), report=lambda _: None)
