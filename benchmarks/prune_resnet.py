@@ -88,11 +88,15 @@ class Bench:
         self.example = torch.zeros(1, 3, 32, 32)
         self.tables = ROOT / "runs" / "prune-resnet-latency-tables"  # shared by the seeds' parts
 
-    def latency_fraction(self, model, dense) -> float:
-        """`model`'s latency over `dense`'s, timed alongside as a run's latency check times them."""
+    def latencies_ms(self, models: dict) -> dict[str, float]:
+        """The models timed in alternation as a run's latency check times them (`latency.*`)."""
         lat = self.cfg.latency
-        ms = models_ms({"pruned": model, "dense": dense}, (3, 32, 32), select_device(lat.device),
-                       lat.runtime, lat.batch, self.cfg.channels_last)
+        return models_ms(models, (3, 32, 32), select_device(lat.device), lat.runtime, lat.batch,
+                         self.cfg.channels_last)
+
+    def latency_fraction(self, model, dense) -> float:
+        """`model`'s latency over `dense`'s, timed alongside."""
+        ms = self.latencies_ms({"pruned": model, "dense": dense})
         return ms["pruned"] / ms["dense"]
 
     def measured(self, model, start: float, **extra) -> dict:
@@ -161,6 +165,11 @@ class Bench:
         model = self.ctx.train(model, ft, teacher=self.ctx.prepare(copy.deepcopy(dense)),
                                train_loader=self.ctx.train_loader(seed + 2)).cpu()
         return model, self.measured(model, start, **extra)
+
+
+def model_key(row: dict) -> str:
+    """The name a row's final model is timed under."""
+    return "dense" if row["method"] == "dense" else f"{row['method']}-{row['fraction']}"
 
 
 def decision_figures(history: list[dict]) -> dict:
@@ -309,24 +318,19 @@ def main(argv=None) -> list[dict]:
                     model, result = go()
                     if args.cost == "latency" and not goal and method.startswith("ours"):
                         goal["fraction"] = result["latency_fraction"] = bench.latency_fraction(model, dense)
-                    models[f"{method}-{fraction}"] = model
                     rows.append({"seed": seed, "fraction": fraction, "method": method, "cost": args.cost,
                                  **result})
+                    models[model_key(rows[-1])] = model
                     print(json.dumps(rows[-1]), flush=True)
+            seed_rows = [row for row in rows if row["seed"] == seed]
             if args.cost == "latency":  # every final model as the tuning timed them, all alternated
-                lat = bench.cfg.latency
-                ms = models_ms(models, (3, 32, 32), select_device(lat.device), lat.runtime, lat.batch,
-                               bench.cfg.channels_last)
-                for row in rows:
-                    if row["seed"] == seed:
-                        key = "dense" if row["method"] == "dense" else f"{row['method']}-{row['fraction']}"
-                        row["final_latency_fraction"] = ms[key] / ms["dense"]
+                ms = bench.latencies_ms(models)
+                for row in seed_rows:
+                    row["final_latency_fraction"] = ms[model_key(row)] / ms["dense"]
             for batch in (1, 64):
                 ms = latencies_ms(models, (batch, 3, 32, 32), repeats=20 if args.quick else 50)
-                for row in rows:
-                    if row["seed"] == seed:
-                        key = "dense" if row["method"] == "dense" else f"{row['method']}-{row['fraction']}"
-                        row[f"ms_b{batch}"], row[f"dense_ms_b{batch}"] = ms[key], ms["dense"]
+                for row in seed_rows:
+                    row[f"ms_b{batch}"], row[f"dense_ms_b{batch}"] = ms[model_key(row)], ms["dense"]
     part = not args.quick and len(args.seeds) == 1
     write(rows, args, f"{base}{'-quick' if args.quick else ''}" + (f"-seed{args.seeds[0]}" if part else ""),
           part)
