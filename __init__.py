@@ -27,6 +27,9 @@ _HOMES = {
     "register_cost_target": "maskednas.supernet.targets",
     "LAYER_RULES": "maskednas.ops.layer_rules", "LayerRule": "maskednas.ops.layer_rules",
     "register_layer_rule": "maskednas.ops.layer_rules", "rule_for": "maskednas.ops.layer_rules",
+    "AttentionRule": "maskednas.ops.attention_rules",
+    "register_attention_rule": "maskednas.ops.attention_rules",
+    "attention_rule_for": "maskednas.ops.attention_rules",
 }
 
 __all__ = sorted(_HOMES)

@@ -133,7 +133,8 @@ def _channel_rule(net, ops, rounding: WidthRounding, budget: Budget | None):
     of = budget.of if budget is not None else (lambda arch: arch.cost().macs)
 
     def counts_above(threshold: float) -> dict[str, int]:
-        return {g: rounding(int((lg >= threshold).sum()), lg.numel(), net.channel_step(g))
+        return {g: rounding(int((lg >= threshold).sum()), lg.numel(), net.channel_step(g),
+                            net.channel_unit(g))
                 for g, lg in logits.items()}
 
     def cost(counts: dict[str, int]) -> float:

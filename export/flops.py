@@ -1,6 +1,7 @@
 """fvcore FLOP report of a model. Convention: one multiply-add = one FLOP (see ops/cost.py)."""
 from __future__ import annotations
 
+import math
 import warnings
 from collections import Counter
 
@@ -15,13 +16,23 @@ def _convolution_mode(inputs, outputs) -> Counter:
                                             get_shape(outputs[0]), transposed=False)})
 
 
+def _attention(inputs, outputs) -> Counter:
+    """`aten::scaled_dot_product_attention`, which fvcore has no handle for and would count as 0:
+    its two products, q @ k^T and the weights @ v, as fvcore counts a matmul."""
+    from fvcore.nn.jit_handles import get_shape
+    q, k, v = (get_shape(x) for x in inputs[:3])
+    return Counter({"matmul": math.prod(q[:-1]) * k[-2] * (q[-1] + v[-1])})
+
+
 def flop_analysis(model: torch.nn.Module, example: torch.Tensor):
     """fvcore's `FlopCountAnalysis` of `model` (in its current mode) on `example`, quiet, with
-    string-padded convolutions counted."""
+    string-padded convolutions and fused attention counted."""
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # fvcore scripts and traces with torch.jit (deprecated)
         from fvcore.nn import FlopCountAnalysis
-        analysis = FlopCountAnalysis(model, example).set_op_handle("aten::_convolution_mode", _convolution_mode)
+        analysis = FlopCountAnalysis(model, example).set_op_handle(
+            "aten::_convolution_mode", _convolution_mode,
+            "aten::scaled_dot_product_attention", _attention)
     return analysis.unsupported_ops_warnings(False).uncalled_modules_warnings(False)
 
 

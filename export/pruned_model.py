@@ -36,6 +36,9 @@ class PrunedArchitecture:
     mean: tuple[float, ...] = ()
     std: tuple[float, ...] = ()
     space: str = "model"
+    # residual branches replaced by zeros (a transformer block's attention or MLP; their norms
+    # and layer scales are in `removed`)
+    zeroed: tuple[str, ...] = ()
     version: int = FORMAT_VERSION
 
     def __post_init__(self) -> None:
@@ -53,7 +56,7 @@ class PrunedArchitecture:
     @classmethod
     def from_dict(cls, data: dict) -> "PrunedArchitecture":
         data = dict(data)
-        for key in ("removed", "mean", "std"):
+        for key in ("removed", "mean", "std", "zeroed"):
             data[key] = tuple(data.get(key, ()))
         return cls(**data)
 
@@ -106,13 +109,14 @@ def build_pruned(arch: PrunedArchitecture, trust_source=False) -> nn.Module:
     check_trusted(arch.source, trust_source, "the pruned-model record")
     model = build_source(arch.source, arch.num_classes, arch.in_channels)
     modules = dict(model.named_modules())
-    unknown = [n for n in [*arch.modules, *arch.removed] if n not in modules]
+    unknown = [n for n in [*arch.modules, *arch.removed, *arch.zeroed] if n not in modules]
     if unknown:
         raise ValueError(f"{arch.source} has no module(s) {unknown[:5]}: the record was made from "
                          f"another version of the model")
     for name, shapes in arch.modules.items():
         resize_layer(modules[name], shapes, name)
     remove_blocks(model, arch.removed)
+    zero_branches(model, arch.zeroed)
     model.arch = arch
     return model
 
@@ -129,3 +133,16 @@ def remove_blocks(model: nn.Module, names) -> None:
     """Depth pruning: each named residual block becomes a `SkippedBlock` (an `nn.Identity`)."""
     for name in names:
         replace_module(model, name, SkippedBlock())
+
+
+class ZeroBranch(nn.Module):
+    """A removed residual branch (a transformer block's attention or MLP): zeros shaped as its
+    input, which the block adds to its stream."""
+
+    def forward(self, x, *args, **kwargs):
+        return torch.zeros_like(x)
+
+
+def zero_branches(model: nn.Module, names) -> None:
+    for name in names:
+        replace_module(model, name, ZeroBranch())

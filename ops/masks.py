@@ -72,26 +72,35 @@ class WidthRounding:
     """How a derivation turns a count of kept channels into a width: at least `min_channels`,
     a multiple of `round_to` (and of the group's own step) by timm's `make_divisible` rule, at
     most the group's size. The discretizer and the penalty's discrete cost both apply it, so the
-    cost the search is pulled by is the cost of the network it will derive."""
+    cost the search is pulled by is the cost of the network it will derive. A group whose
+    members are `unit` channels each (an attention head of `unit` channels) counts members: its
+    widths are the member counts whose channels are multiples of `round_to`, at least one member."""
 
     round_to: int = 1
     min_channels: int = 1
 
-    def divisor(self, step: int = 1) -> int:
-        """What a group with channel step `step` rounds its widths to a multiple of."""
-        return math.lcm(self.round_to, step)
+    def divisor(self, step: int = 1, unit: int = 1) -> int:
+        """What a group with channel step `step` (in members of `unit` channels) rounds its
+        widths to a multiple of."""
+        return math.lcm(self.round_to, step * unit) // unit
 
-    def __call__(self, count, size: int, step: int = 1):
+    def minimum(self, unit: int = 1) -> int:
+        return -(-self.min_channels // unit)
+
+    def __call__(self, count, size: int, step: int = 1, unit: int = 1):
         """The width for `count` kept channels (an int, or a tensor on any device: no sync)."""
-        divisor = self.divisor(step)
+        divisor = self.divisor(step, unit)
         exact = isinstance(count, int)
         count = torch.as_tensor(count)
-        count = self.rounded(count, size, divisor) if divisor > 1 else count.clamp(self.min_channels, size)
+        count = (self.rounded(count, size, divisor, self.minimum(unit)) if divisor > 1
+                 else count.clamp(self.minimum(unit), size))
         return int(count) if exact else count
 
-    def rounded(self, count: torch.Tensor, size, divisor) -> torch.Tensor:
-        """Elementwise widths for integer `count`s (`size` and `divisor` numbers or tensors
-        like it): timm.layers.make_divisible(count, divisor), in tensor ops, then the bounds."""
-        count = count.clamp(min=self.min_channels)
+    def rounded(self, count: torch.Tensor, size, divisor, minimum=None) -> torch.Tensor:
+        """Elementwise widths for integer `count`s (`size`, `divisor` and `minimum` numbers or
+        tensors like it): timm.layers.make_divisible(count, divisor), in tensor ops, then the
+        bounds."""
+        count = torch.maximum(count, torch.as_tensor(self.min_channels if minimum is None else minimum,
+                                                     dtype=count.dtype, device=count.device))
         rounded = torch.clamp((count + divisor / 2) // divisor * divisor, min=divisor)
         return torch.clamp(torch.where(rounded < 0.9 * count, rounded + divisor, rounded), max=size)

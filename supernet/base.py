@@ -124,9 +124,13 @@ class Supernet(nn.Module, abc.ABC):
         """Kept counts of `group` are multiples of this (2 where an op splits it in halves)."""
         return 1
 
+    def channel_unit(self, group: str) -> int:
+        """The channels each member of `group` stands for (an attention head's; 1: a channel)."""
+        return 1
+
     def smallest_widths(self, min_channels: int = 1) -> dict[str, int]:
         """Every group at `min_channels` (at least its step, at most its size)."""
-        return {name: min(max(min_channels, self.channel_step(name)), c)
+        return {name: min(max(-(-min_channels // self.channel_unit(name)), self.channel_step(name)), c)
                 for name, c in self.full_widths().items()}
 
     # -- op weights and derivation (abstract) ---------------------------------------------------

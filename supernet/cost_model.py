@@ -25,16 +25,18 @@ def _straight_through(soft: torch.Tensor, hard: torch.Tensor) -> torch.Tensor:
     return hard.detach().to(soft.dtype) + (soft - soft.detach())
 
 
-def _layout(net, rounding: WidthRounding, device) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """Per channel of all masks in order: its group's position; per group: size and divisor."""
+def _layout(net, rounding: WidthRounding, device) -> tuple[torch.Tensor, ...]:
+    """Per channel of all masks in order: its group's position; per group: size, divisor and
+    minimum width."""
     cache = _LAYOUTS.setdefault(net, {})
     if (rounding, device) not in cache:
         sizes = [m.channels for m in net.masks.values()]
         cache[rounding, device] = (
             torch.repeat_interleave(torch.arange(len(sizes)), torch.tensor(sizes)).to(device),
             torch.tensor(sizes, dtype=torch.float32, device=device),
-            torch.tensor([float(rounding.divisor(net.channel_step(n))) for n in net.masks],
-                         device=device))
+            torch.tensor([float(rounding.divisor(net.channel_step(n), net.channel_unit(n))) for n in net.masks],
+                         device=device),
+            torch.tensor([float(rounding.minimum(net.channel_unit(n))) for n in net.masks], device=device))
     return cache[rounding, device]
 
 
@@ -74,7 +76,7 @@ def expected_point(net, rounding: WidthRounding | None = None, surrogate_tempera
             soft = net.gates(surrogate_temperature)
             gates = {k: _straight_through(soft[k], g) for k, g in gates.items()}
         return weights, {name: gate.sum() for name, gate in gates.items()}
-    segment, _, _ = _layout(net, WidthRounding(), logits.device)
+    segment, *_ = _layout(net, WidthRounding(), logits.device)
     widths = _group_sums(net, torch.sigmoid(logits / net.temperature), segment)
     if surrogate_temperature is not None:
         widths = _straight_through(_group_sums(net, torch.sigmoid(logits / surrogate_temperature), segment), widths)
@@ -100,11 +102,12 @@ def discrete_point(net, rounding: WidthRounding = WidthRounding(), surrogate_tem
     if logits is None:
         gates = net.gates(surrogate_temperature)
         return weights, {name: _straight_through(gates[name].sum(), rounding(
-            mask.kept().sum(), mask.channels, net.channel_step(name))) for name, mask in net.masks.items()}
-    segment, sizes, divisors = _layout(net, rounding, logits.device)
+            mask.kept().sum(), mask.channels, net.channel_step(name), net.channel_unit(name)))
+            for name, mask in net.masks.items()}
+    segment, sizes, divisors, minimums = _layout(net, rounding, logits.device)
     gates = torch.sigmoid(logits / _temperature(net, surrogate_temperature))
     kept = _group_sums(net, (logits.detach() >= KEEP_LOGIT).to(gates.dtype), segment)
-    widths = _straight_through(_group_sums(net, gates, segment), rounding.rounded(kept, sizes, divisors))
+    widths = _straight_through(_group_sums(net, gates, segment), rounding.rounded(kept, sizes, divisors, minimums))
     return weights, WidthVector(tuple(net.masks), widths)
 
 

@@ -4,13 +4,15 @@ Recorded per layer: its input and output shapes (the feature sizes the cost form
 every adaptive average pooling and upsampling (fvcore counts them; inside SE blocks and before
 classifiers pooling is often a functional call no module hook sees) with the layers whose
 channels it reads; every `F.normalize` (a functional op that mixes channels when it normalises
-over them), in call order; the residual blocks with an identity shortcut: modules whose forward
+over them), in call order; every product of two activations (attention's q @ k and its weights @ v, fused or not), with
+its MACs as fvcore counts them; the residual blocks with an identity shortcut: modules whose forward
 adds their own input tensor to something and returns a tensor of its shape, found by watching
 additions under a `TorchFunctionMode`; and the modules the forward never runs (auxiliary heads,
 spare layers), whose parameters the cost leaves out.
 """
 from __future__ import annotations
 
+import math
 import re
 from dataclasses import dataclass, field
 
@@ -23,6 +25,9 @@ from maskednas.supernet.graph_mapping import shuffle_of
 
 _ADDS = {torch.add, torch.Tensor.add, torch.Tensor.add_, torch.Tensor.__add__,
          torch.Tensor.__radd__, torch.Tensor.__iadd__}
+# products of two tensors fvcore counts (F.linear and products with a parameter are layers)
+_PRODUCTS = {torch.matmul, torch.Tensor.matmul, torch.Tensor.__matmul__, torch.Tensor.__rmatmul__,
+             torch.bmm, torch.Tensor.bmm, torch.mm, torch.Tensor.mm, F.scaled_dot_product_attention}
 _RESHAPES = {torch.reshape, torch.Tensor.reshape, torch.Tensor.view, torch.Tensor.unflatten,
              torch.unflatten}
 
@@ -41,6 +46,24 @@ _UPSAMPLE_COUNTS = {"nearest": 1, "bilinear": 4}
 
 
 @dataclass
+class Product:
+    """A product of two activations: `macs` at the traced shapes, called inside `inside`."""
+    macs: int
+    inside: str
+
+
+def product_macs(func, args) -> int:
+    """MACs as fvcore counts them: matmul and bmm as the first operand's size times the
+    second's last dimension; scaled_dot_product_attention as its two products (q @ k^T, then
+    the weights @ v)."""
+    a, b = (args[1], args[0]) if func is torch.Tensor.__rmatmul__ else args[:2]
+    if func is F.scaled_dot_product_attention:
+        q, k, v = args[:3]
+        return math.prod(q.shape[:-1]) * k.shape[-2] * (q.shape[-1] + v.shape[-1])
+    return math.prod(a.shape) * b.shape[-1]
+
+
+@dataclass
 class Normalize:
     producer: str  # the layer whose output channels reach it
     dim: int  # the dimension it normalises over
@@ -52,6 +75,7 @@ class Trace:
     shapes: dict[str, tuple[tuple[int, ...], tuple[int, ...]]] = field(default_factory=dict)
     pools: list[Pool] = field(default_factory=list)
     normalizations: list[Normalize] = field(default_factory=list)  # F.normalize calls, in order
+    products: list[Product] = field(default_factory=list)  # of two activations
     residual_blocks: list[str] = field(default_factory=list)
     output_layers: tuple[str, ...] = ()  # the layers whose outputs are the logits (summed)
     # reshapes that split the channels of an NCHW tensor into several dimensions, or merge
@@ -82,6 +106,9 @@ class _Watch(TorchFunctionMode):
             self.trace.pools.append(Pool(_channel_producers(x, self.produced),
                                          x.shape[-2] * x.shape[-1],
                                          self.stack[-1][0] if self.stack else ""))
+        elif func in _PRODUCTS and not any(isinstance(a, nn.Parameter) for a in args[:3]):
+            self.trace.products.append(Product(product_macs(func, args),
+                                               self.stack[-1][0] if self.stack else ""))
         elif func is F.normalize:
             x, dim = args[0], kwargs.get("dim", args[2] if len(args) > 2 else 1)
             producer = _producer(x, self.produced)

@@ -54,7 +54,7 @@ class SubnetSpace:
         self.choices = {name: tuple(names) for name, (names, _) in
                         net.choice_rows(net.op_weights()).items()}
         self.width_choices = {
-            g: tuple(sorted({rounding(max(1, round(f * size)), size, net.channel_step(g))
+            g: tuple(sorted({rounding(max(1, round(f * size)), size, net.channel_step(g), net.channel_unit(g))
                              for f in width_fractions}))
             for g, size in full.items()}
         self._rank_scores = {g: _rank_scores(mask.logits.detach().cpu()) for g, mask in net.masks.items()}
@@ -89,7 +89,8 @@ class SubnetSpace:
         passes its turn (the choices in order, evenly spaced), so that share 1 is the largest
         subnet. The cost grows with `share` either way."""
         full = self.net.full_widths()
-        widths = {g: self.rounding(round(w + share * (full[g] - w)), full[g], self.net.channel_step(g))
+        widths = {g: self.rounding(round(w + share * (full[g] - w)), full[g], self.net.channel_step(g),
+                                   self.net.channel_unit(g))
                   for g, w in subnet.widths.items()}
         ops = dict(subnet.ops)
         if ops_too:
@@ -105,7 +106,7 @@ class SubnetSpace:
         size, w = self.net.full_widths()[group], subnet.widths[group]
         if w >= size:
             return None
-        step = self.rounding.divisor(self.net.channel_step(group))
+        step = self.rounding.divisor(self.net.channel_step(group), self.net.channel_unit(group))
         return Subnet(subnet.ops, {**subnet.widths, group: min(size, (w // step + 1) * step)})
 
     # -- what a point is ------------------------------------------------------------------------

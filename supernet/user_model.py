@@ -23,9 +23,12 @@ import torch
 from torch import nn
 
 from maskednas.export.model_source import build_source, check_source, load_checkpoint_into
-from maskednas.export.pruned_model import PrunedArchitecture, changed_layers, remove_blocks
+from maskednas.export.pruned_model import (PrunedArchitecture, changed_layers, remove_blocks,
+                                           zero_branches)
 from maskednas.ops import ChannelMask, Cost
+from maskednas.ops.attention_rules import branch_rule_for
 from maskednas.ops.masks import WidthRounding
+from maskednas.supernet.attention_heads import HeadGroup, add_head_groups, slim_heads
 from maskednas.supernet.base import Supernet, one_hot_max, register_space
 from maskednas.ops.layer_rules import LayerRule, rule_for
 from maskednas.ops.cost_polynomial import CostPolynomial, WidthVector, stacked
@@ -123,6 +126,7 @@ class UserModel(Supernet):
                                                   [modules[n] for n in space.ignore])
         except ChannelGraphError as e:
             raise ChannelGraphError(f"{space.source}: {e}") from e.__cause__
+        self.heads: dict[str, HeadGroup] = add_head_groups(model, self.groups, set(space.ignore))
         self._leave_weightless_norms_whole(modules)
         if self.groups.skipped:
             whole = "; ".join(f"{root}: {why}" for root, why in sorted(self.groups.skipped.items()))
@@ -135,7 +139,9 @@ class UserModel(Supernet):
             self.masks[key] = ChannelMask(size, space.mask_init)
         if space.mask_init_from == "magnitude":
             self._init_masks_by_magnitude()
-        self.blocks = self.trace.residual_blocks if space.depth else []
+        # the depth choices: residual blocks, or each branch of a transformer block, with the
+        # modules that run only for it (removed with it)
+        self.blocks, self._branch_members = self._depth_choices(modules) if space.depth else ([], {})
         if not self.masks and not self.blocks:
             why = next((f"{root}: {why}" for root, why in self.groups.skipped.items()),
                        "every channel reaches the classifier's outputs or a layer in model.ignore")
@@ -213,7 +219,8 @@ class UserModel(Supernet):
                 handles.append(modules[name].register_forward_hook(self._weighted_norm(space, rule)))
                 self._gated.append(space)
         for name in self.blocks:
-            handles.append(modules[name].register_forward_hook(self._keep_or_skip(name)))
+            hook = self._scale_branch(name) if name in self._branch_members else self._keep_or_skip(name)
+            handles.append(modules[name].register_forward_hook(hook))
         return handles
 
     def _gate_input(self, space, rule: LayerRule):
@@ -273,6 +280,9 @@ class UserModel(Supernet):
         cells = int(ids.max()) + 1
         return len(ids) // cells if whole else cells
 
+    def channel_unit(self, group: str) -> int:
+        return self.heads[group].unit if group in self.heads else 1
+
     def keep_channels(self, group: str, logits: torch.Tensor, count: int) -> torch.Tensor:
         """The highest logits; where the group has cells, the best of each cell alike, or the
         whole cells of the highest mean logit."""
@@ -287,6 +297,30 @@ class UserModel(Supernet):
         else:
             kept = [m[torch.topk(logits[m], count // cells).indices] for m in members]
         return torch.sort(torch.cat(kept)).values
+
+    def _depth_choices(self, modules: dict[str, nn.Module]) -> tuple[list[str], dict[str, tuple[str, ...]]]:
+        choices, members = [], {}
+        for block in self.trace.residual_blocks:
+            rule = branch_rule_for(modules[block])
+            if rule is None:
+                choices.append(block)
+                continue
+            for branch, own in rule.branches.items():
+                choices.append(f"{block}.{branch}")
+                members[f"{block}.{branch}"] = tuple(f"{block}.{m}" for m in own if f"{block}.{m}" in modules)
+        return choices, members
+
+    def _scale_branch(self, name):
+        """A branch the block adds to its stream, times its keep weight (zeros when skipped)."""
+        key = group_key(name)
+
+        def hook(m, args, output):
+            if self._state is None:
+                return None
+            if self._restricted is not None:
+                return output if self._restricted[name] == "keep" else torch.zeros_like(output)
+            return self._state[1][key][0].to(output.dtype) * output
+        return hook
 
     def _keep_or_skip(self, name):
         key = group_key(name)
@@ -393,11 +427,14 @@ class UserModel(Supernet):
         """(layer, cost) of every counted layer and pooling at these group widths."""
         spaces = self._output_spaces
         width = lambda name, default: spaces[name].width(widths) if name in spaces else default
-        out = [(w.name, w.rule.cost(w.module, w.c_in, w.c_out, w.shape_in, w.shape_out))
+        out = [(w.name, self._per_head(w.name, w.rule.cost(w.module, w.c_in, w.c_out, w.shape_in,
+                                                           w.shape_out), widths))
                for w in self.layer_widths(widths)]
         for pool in self.trace.pools:
             channels = sum(width(p, self.trace.shapes[p][1][1]) for p in pool.producers)
             out.append((pool.inside, Cost(channels * pool.size, 0)))
+        out += [(p.inside, self._per_head(p.inside, Cost(p.macs, 0), widths))
+                for p in self.trace.products]
         out += [(name, Cost(0, per_channel * space.width(widths)))
                 for name, space, per_channel in self._loose]
         return out + [(name, Cost(0, numel)) for name, numel in self._fixed]
@@ -412,10 +449,21 @@ class UserModel(Supernet):
         return [(n, p) for n, p in self.model.named_parameters()
                 if n not in covered and n not in self.trace.unused_parameters]
 
+    def _per_head(self, module: str, cost: Cost, widths) -> Cost:
+        """`cost` of what `module` computes, run per head where it lies in an attention whose
+        heads are a group (q @ k, a q/k norm; its projections' widths are counted as layers)."""
+        head = next((h for h in self.heads.values()
+                     if module == h.attention or module.startswith(h.attention + ".")), None)
+        if head is None or module in head.rows or module == head.reader:
+            return cost
+        return Cost(cost.macs * widths[head.key] / head.size, cost.params)
+
     def _block(self, layer: str) -> str | None:
         if layer not in self._block_of:
+            inside = lambda b: layer == b or layer.startswith(b + ".")
             self._block_of[layer] = next(
-                (b for b in self.blocks if layer == b or layer.startswith(b + ".")), None)
+                (b for b in self.blocks
+                 if inside(b) or any(map(inside, self._branch_members.get(b, ())))), None)
         return self._block_of[layer]
 
     def cost(self, weights, widths) -> Cost:
@@ -476,7 +524,8 @@ class UserModel(Supernet):
         rounding = WidthRounding(round_to, 1)
         out = {"dense": (self.teacher[0], self.architecture(ops, full))}
         for name, fraction in (("half", 2), ("quarter", 4)):
-            widths = {g: rounding(max(1, round(size / fraction)), size, self.channel_step(g))
+            widths = {g: rounding(max(1, round(size / fraction)), size, self.channel_step(g),
+                                  self.channel_unit(g))
                       for g, size in full.items()}
             arch = self.architecture(ops, widths)
             small = self.slim(arch, {g: self.keep_channels(g, self.masks[g].logits.detach(), w)
@@ -532,7 +581,7 @@ class UserModel(Supernet):
 
     def _located_widths(self, layer: str, block: str | None, arch) -> tuple[int, ...] | None:
         """The layer's channel counts in the pruned network of `arch` (None: its block is gone)."""
-        if block is not None and block in arch.removed:
+        if block is not None and (block in arch.removed or block in arch.zeroed):
             return None
         cached = getattr(self, "_located", (None, None))
         if cached[0] is not arch:
@@ -623,8 +672,11 @@ class UserModel(Supernet):
         return PrunedArchitecture(self.space.source, self.in_channels, self.input_size,
                                   self.num_classes, round(float(cost.macs)),
                                   round(float(cost.params)), {k: int(v) for k, v in widths.items()},
-                                  tuple(b for b in self.blocks if ops[b] == "skip"),
-                                  mean=tuple(mean), std=tuple(std))
+                                  tuple(m for b in self.blocks if ops[b] == "skip"
+                                        for m in self._branch_members.get(b, (b,))),
+                                  mean=tuple(mean), std=tuple(std),
+                                  zeroed=tuple(b for b in self.blocks
+                                               if ops[b] == "skip" and b in self._branch_members))
 
     def copy_plan(self, model, arch, keep):
         raise NotImplementedError("a user's network is slimmed by pruning a copy (`slim`)")
@@ -632,7 +684,7 @@ class UserModel(Supernet):
     def slim(self, arch: PrunedArchitecture, keep) -> nn.Module:
         """A pruned copy of the network: Torch-Pruning removes every channel `keep` leaves out
         (weights, biases, norm statistics, loose parameters, in every layer of its group), and
-        removed blocks become identities (`SkippedBlock`)."""
+        removed blocks become identities (`SkippedBlock`), removed branches zeros (`ZeroBranch`)."""
         pruned = copy.deepcopy(self.model).cpu().to(memory_format=torch.contiguous_format)
         ours = {h.id for h in self._hooks}
         for m in pruned.modules():  # the copy must not call back into this supernet
@@ -646,6 +698,8 @@ class UserModel(Supernet):
             # index mappings of splits, shuffles and concatenations hold the dense sizes throughout
             drops: dict = {}  # (node, handler) -> (a dependency of it, its positions to prune)
             for key, kept in keep.items():
+                if key in self.heads:  # sliced below: Torch-Pruning's graph has no heads
+                    continue
                 drop = sorted(set(range(self.groups.sizes[key])) - set(kept.tolist()))
                 for root, handler, channels in (self.groups.root_channels(key, drop) if drop else []):
                     layer = pruned.get_submodule(root)
@@ -661,10 +715,14 @@ class UserModel(Supernet):
                 _prune(pruned, dg, dep, sorted(positions))
         for name in self.groups.grouped_convs:
             self._keep_whole_groups(pruned.get_submodule(name), name, keep)
+        for key, head in self.heads.items():
+            if key in keep:
+                slim_heads(pruned, head, keep[key])
         for m in pruned.modules():
             if (rule := rule_for(m)) is not None and rule.resized is not None:
                 rule.resized(m)
         remove_blocks(pruned, arch.removed)
+        zero_branches(pruned, arch.zeroed)
         pruned.arch = replace(arch, modules=changed_layers(self.teacher[0], pruned))
         return pruned.to(next(self.parameters()).device)
 

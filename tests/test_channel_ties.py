@@ -135,30 +135,51 @@ def test_a_depthwise_conv_on_one_piece_ties_the_pieces_of_its_concatenation():
 
 
 class TinyAttention(nn.Module):
-    """Tokens through timm's attention: q @ k and attention @ v multiply two activations, whose
-    channels Torch-Pruning maps as if elementwise."""
+    """Tokens through an attention: q @ k and attention @ v multiply two activations, whose
+    channels Torch-Pruning maps as if elementwise. `timm`: timm's Attention (an attention rule
+    prunes its heads); otherwise the same written by hand (no rule covers it)."""
 
-    def __init__(self, num_classes: int = 10) -> None:
+    def __init__(self, num_classes: int = 10, timm: bool = False) -> None:
         super().__init__()
-        from timm.layers import Attention
         self.embed, self.fc = nn.Conv2d(3, 8, 2, stride=2), nn.Linear(8, num_classes)
-        self.attn = Attention(8, num_heads=2)
+        if timm:
+            from timm.layers import Attention
+            self.attn = Attention(8, num_heads=2)
+        else:
+            self.qkv, self.proj = nn.Linear(8, 24), nn.Linear(8, 8)
+
+    def attend(self, x):
+        if hasattr(self, "attn"):
+            return self.attn(x)
+        q, k, v = self.qkv(x).view(x.shape[0], x.shape[1], 3, 2, 4).permute(2, 0, 3, 1, 4)
+        y = (q @ k.transpose(-2, -1)).softmax(-1) @ v
+        return self.proj(y.transpose(1, 2).reshape(x.shape[0], x.shape[1], 8))
 
     def forward(self, x):
         x = self.embed(x).flatten(2).transpose(1, 2)
-        return self.fc((x + self.attn(x)).mean(1))
+        return self.fc((x + self.attend(x)).mean(1))
 
 
 def tiny_attention(num_classes: int = 10) -> TinyAttention:
     return TinyAttention(num_classes)
 
 
+def tiny_timm_attention(num_classes: int = 10) -> TinyAttention:
+    return TinyAttention(num_classes, timm=True)
+
+
 def test_channels_through_a_product_of_activations_are_left_whole_not_pruned_into_a_crash():
     """The heads' reshape has sizes in the code: q, k and v tied channel by channel were pruned
-    into a reshape that fails. The qkv group is left whole, naming the product."""
+    into a reshape that fails. Without an attention rule the qkv group is left whole, naming the
+    product, and the products are costed as they are; with one, heads are pruned."""
     net = UserModel(ModelSpaceConfig(source=f"{__name__}:tiny_attention"), 3, 10, 8)
-    assert "product of two activations (attention)" in net.groups.skipped["attn.qkv"]
+    assert "product of two activations (attention)" in net.groups.skipped["qkv"]
+    assert not net.heads and sum(p.macs for p in net.trace.products) == 2 * 2 * 16 * 16 * 4
     r = check(f"{__name__}:tiny_attention", 8)
+    assert r["gap"] <= 1e-5 * r["scale"] and exact_cost(r)
+    net = UserModel(ModelSpaceConfig(source=f"{__name__}:tiny_timm_attention"), 3, 10, 8)
+    assert not net.groups.skipped and [h.attention for h in net.heads.values()] == ["attn"]
+    r = check(f"{__name__}:tiny_timm_attention", 8)
     assert r["gap"] <= 1e-5 * r["scale"] and exact_cost(r)
 
 

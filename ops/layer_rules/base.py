@@ -93,8 +93,11 @@ def rule_for(module: nn.Module) -> LayerRule | None:
 
 
 def width_attributes() -> tuple[str, ...]:
-    """Every registered rule's width attributes (what an export records of a pruned layer)."""
-    return tuple(dict.fromkeys(a for n in LAYER_RULES.names() for a in LAYER_RULES.get(n).width_attributes))
+    """Every registered layer and attention rule's width attributes (what an export records of
+    a pruned layer)."""
+    from maskednas.ops.attention_rules import attention_width_attributes
+    return tuple(dict.fromkeys([*(a for n in LAYER_RULES.names() for a in LAYER_RULES.get(n).width_attributes),
+                                *attention_width_attributes()]))
 
 
 def affine_vectors(norm: nn.Module) -> int:

@@ -43,7 +43,7 @@ class PeakMemoryKib(CostTarget):
         return kib * torch.stack([torch.as_tensor(s, dtype=ref.dtype, device=ref.device) for s in sizes]).amax()
 
     def of(self, arch) -> float:
-        ops = {b: "skip" if b in arch.removed else "keep" for b in self.net.blocks}
+        ops = {b: "skip" if b in arch.removed or b in arch.zeroed else "keep" for b in self.net.blocks}
         return float(self.value(self.net.one_hot(ops), {**self.net.full_widths(), **arch.widths}))
 
     @classmethod
