@@ -24,6 +24,7 @@ from maskednas.export.quantize import CALIBRATIONS
 from maskednas.latency.measure import ROUND_TO, RUNTIMES
 from maskednas.supernet import ESTIMATORS, SPACES
 from maskednas.supernet.targets import COST_TARGETS
+from maskednas.training.optimizers import OPTIMIZERS
 
 
 class ConfigError(ValueError):
@@ -103,6 +104,7 @@ class SearchConfig:
     # the search penalises, e.g. {macs: {fraction: 0.4}, latency_ms: {value: 0.5}}; derivation
     # meets the one of the highest priority (latency, peak memory, MACs); null drops one
     targets: dict[str, TargetGoal | None] = field(default_factory=default_targets)
+    w_optimizer: str = "sgd"  # the weights' optimizer: sgd | adamw (w_momentum is its beta1)
     w_lr: float = 0.05
     w_lr_min: float = 0.001
     w_momentum: float = 0.9
@@ -182,6 +184,7 @@ class DeriveConfig:
 @dataclass
 class FinetuneConfig:
     epochs: int = 30
+    optimizer: str = "sgd"  # sgd | adamw (transformers; momentum is its beta1)
     lr: float = 0.05
     lr_min: float = 0.0
     momentum: float = 0.9
@@ -574,6 +577,8 @@ def validate(cfg: RunConfig) -> None:
         (s.strategy != "sandwich" or (s.regime == "single_level" and s.arch_fraction is None),
          f"search.strategy=sandwich takes no architecture steps, so it holds no training images "
          f"out for them: drop search.regime={s.regime} and search.arch_fraction"),
+        *((o in OPTIMIZERS, f"{key} must be one of {', '.join(OPTIMIZERS)}, got {o!r}")
+          for key, o in (("search.w_optimizer", s.w_optimizer), ("finetune.optimizer", f.optimizer))),
         (s.regime in REGIMES,
          f"search.regime must be one of {', '.join(REGIMES)}, got {s.regime!r}"),
         (s.arch_fraction is None or s.regime == "bilevel",

@@ -25,6 +25,7 @@ from maskednas.search.penalty import CostPenalty, bind_targets
 from maskednas.supernet.cost_model import discrete_point, expected_point
 from maskednas.training.autocast import autocast_factory
 from maskednas.training.losses import NonFiniteLossError, cross_entropy, distillation_loss
+from maskednas.training.optimizers import weight_optimizer
 
 
 def progress_at(epoch: int, search_cfg) -> float:
@@ -99,8 +100,8 @@ class Searcher:
         teacher = net.distillation_teacher() if s.kd_weight else None
         self.loss_fn = search_loss(teacher, s.kd_weight, cfg.finetune.kd_temperature)
         self.grad_norms: list[dict[str, torch.Tensor]] = []  # this epoch's, per architecture step
-        self.w_opt = torch.optim.SGD(net.weight_parameters(), lr=s.w_lr, momentum=s.w_momentum,
-                                     weight_decay=s.w_weight_decay)
+        self.w_opt = weight_optimizer(s.w_optimizer, net.weight_parameters(), s.w_lr, s.w_momentum,
+                                      s.w_weight_decay)
         self.w_sched = CosineLRScheduler(self.w_opt, t_initial=s.epochs, lr_min=s.w_lr_min)
         self.rounding = rounding = WidthRounding(cfg.derive.round_to, cfg.derive.min_channels)
         self.discrete_point = functools.partial(discrete_point, rounding=rounding)

@@ -100,6 +100,8 @@ CASES = [
          "the value is not valid YAML"),
     Case("negative-search-lr", "`search.w_lr=-1`", lambda c: ["search.w_lr=-1"],
          "search.w_lr must be > 0, got -1.0"),
+    Case("unknown-optimizer", "`finetune.optimizer=adam`", lambda c: ["finetune.optimizer=adam"],
+         "finetune.optimizer must be one of sgd, adamw, got 'adam'"),
     Case("negative-finetune-lr", "`finetune.lr=-1`", lambda c: ["finetune.lr=-1"],
          "finetune.lr must be > 0, got -1.0"),
     Case("zero-log-every", "`log_every=0`", lambda c: ["log_every=0"], "log_every must be >= 1, got 0"),

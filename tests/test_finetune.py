@@ -54,6 +54,19 @@ def test_finetuning_lowers_the_training_loss(tiny_net):
     assert after["loss"] < 0.7 * before["loss"] and after["acc"] > before["acc"] + 0.2
 
 
+def test_adamw_takes_adam_s_first_step(compact):
+    """finetune.optimizer=adamw: one batch moves every weight with a gradient by lr (Adam's
+    first step is lr times the gradient's sign), not by SGD's lr times the gradient."""
+    data = Batches(n=1)
+    weights = [(n, p) for n, p in compact.named_parameters() if p.dim() > 1]
+    before = {n: p.detach().clone() for n, p in weights}
+    finetune(compact, FinetuneConfig(epochs=1, optimizer="adamw", lr=1e-3, weight_decay=0.0), data)
+    steps = torch.cat([(p.detach() - before[n]).abs().flatten() for n, p in weights])
+    moved = steps[steps > 0]
+    assert len(moved) > 0.9 * len(steps)
+    assert torch.allclose(moved, torch.full_like(moved, 1e-3), rtol=0.05)
+
+
 def test_distillation_uses_the_teacher(compact, tiny_net):
     a, b = copy.deepcopy(compact), copy.deepcopy(compact)
     cfg = FinetuneConfig(epochs=1, kd_weight=0.9)

@@ -1,4 +1,4 @@
-"""Fine-tuning of the compact model: SGD + cosine schedule (timm), optional knowledge
+"""Fine-tuning of the compact model: SGD or AdamW + cosine schedule (timm), optional knowledge
 distillation from the supernet, an optional EMA copy (timm's ModelEmaV3), and DARTS' evaluation
 regularisers for cell networks (drop-path rising linearly over the epochs, auxiliary head).
 
@@ -21,6 +21,7 @@ from maskednas import parallel
 from maskednas.export.compact import set_drop_path
 from maskednas.training.auxiliary import AuxiliaryTap
 from maskednas.training.losses import NonFiniteLossError, cross_entropy, distillation_loss
+from maskednas.training.optimizers import weight_optimizer
 
 
 @torch.no_grad()
@@ -72,8 +73,7 @@ def finetune(model: torch.nn.Module, cfg, train_loader, teacher: torch.nn.Module
     ema = ModelEmaV3(model, decay=cfg.ema_decay) if cfg.ema_decay else None  # before the aux hook
     aux = AuxiliaryTap(model, model.arch.num_classes) if cfg.aux_weight else None
     params = [*model.parameters(), *(aux.head.parameters() if aux else ())]
-    opt = torch.optim.SGD(params, lr=cfg.lr, momentum=cfg.momentum,
-                          weight_decay=cfg.weight_decay, nesterov=cfg.momentum > 0)
+    opt = weight_optimizer(cfg.optimizer, params, cfg.lr, cfg.momentum, cfg.weight_decay, nesterov=True)
     sched = CosineLRScheduler(opt, t_initial=cfg.epochs, lr_min=cfg.lr_min,
                               warmup_t=cfg.warmup_epochs, warmup_lr_init=cfg.lr / 10)
     use_kd = teacher is not None and cfg.kd_weight > 0
