@@ -10,13 +10,16 @@ new head count; Torch-Pruning never sees these groups (its graph loses channels 
 """
 from __future__ import annotations
 
+import copy
+import warnings
 from dataclasses import dataclass
 
 import torch
 from torch import nn
 
 from maskednas.ops.attention_rules import AttentionRule, attention_rule_for
-from maskednas.supernet.channel_groups import ChannelGroups, ChannelSpace, Slice, group_key
+from maskednas.supernet.channel_groups import (ChannelGroups, ChannelSpace, Slice, dependency_graph,
+                                               group_key, leave_whole)
 
 
 @dataclass
@@ -107,3 +110,36 @@ def slim_heads(model: nn.Module, head: HeadGroup, kept: torch.Tensor) -> None:
     linear.weight = nn.Parameter(linear.weight[:, index].clone(), linear.weight.requires_grad)
     linear.in_features = len(index)
     head.rule.resize(model.get_submodule(head.attention), len(kept))
+
+
+def leave_whole_what_breaks_other_attention(model: nn.Module, example: torch.Tensor,
+                                            groups: ChannelGroups, heads: dict[str, HeadGroup],
+                                            product_modules: set[str]) -> None:
+    """An attention no rule covers often sizes its heads from its input's width (`C //
+    num_heads`): pruning the channels it reads then breaks its reshape. Each group read inside
+    a module whose forward multiplies two activations (outside the covered attentions) is tried:
+    a copy pruned by one of its channels must still run, or the group is left whole."""
+    covered = [h.attention for h in heads.values()]
+    within = lambda layer, module: module == "" or layer == module or layer.startswith(module + ".")
+    uncovered = sorted((p for p in product_modules if not any(within(p, c) for c in covered)),
+                       key=lambda p: (-len(p), p))  # the innermost first
+    for key in [k for k in groups.sizes if k not in heads]:
+        members = groups.members.get(key, ())
+        module = next((p for p in uncovered if any(within(m, p) for m in members)), None)
+        if module is None:
+            continue
+        copy_ = copy.deepcopy(model).eval()
+        try:
+            with warnings.catch_warnings(), dependency_graph(copy_, example) as dg:
+                warnings.simplefilter("ignore")
+                for root, handler, channels in groups.root_channels(key, [0]):
+                    layer = copy_.get_submodule(root)
+                    dg.get_pruning_group(layer, getattr(dg.get_pruner_of_module(layer), handler.__name__),
+                                         channels).prune()
+            with torch.no_grad():
+                copy_(example)
+        except (RuntimeError, ValueError, IndexError) as e:
+            where = module or "the network's forward"
+            leave_whole(groups, key, f"{where} multiplies two activations (an attention no attention "
+                                     f"rule covers) and fails with these channels pruned "
+                                     f"({str(e).splitlines()[0][:120]})")

@@ -28,7 +28,8 @@ from maskednas.export.pruned_model import (PrunedArchitecture, changed_layers, r
 from maskednas.ops import ChannelMask, Cost
 from maskednas.ops.attention_rules import branch_rule_for
 from maskednas.ops.masks import WidthRounding
-from maskednas.supernet.attention_heads import HeadGroup, add_head_groups, slim_heads
+from maskednas.supernet.attention_heads import (HeadGroup, add_head_groups,
+                                                leave_whole_what_breaks_other_attention, slim_heads)
 from maskednas.supernet.base import Supernet, one_hot_max, register_space
 from maskednas.ops.layer_rules import LayerRule, rule_for
 from maskednas.ops.cost_polynomial import CostPolynomial, WidthVector, stacked
@@ -127,6 +128,8 @@ class UserModel(Supernet):
         except ChannelGraphError as e:
             raise ChannelGraphError(f"{space.source}: {e}") from e.__cause__
         self.heads: dict[str, HeadGroup] = add_head_groups(model, self.groups, set(space.ignore))
+        leave_whole_what_breaks_other_attention(model, self.example, self.groups, self.heads,
+                                                {p.inside for p in self.trace.products})
         self._leave_weightless_norms_whole(modules)
         if self.groups.skipped:
             whole = "; ".join(f"{root}: {why}" for root, why in sorted(self.groups.skipped.items()))

@@ -139,9 +139,11 @@ class TinyAttention(nn.Module):
     channels Torch-Pruning maps as if elementwise. `timm`: timm's Attention (an attention rule
     prunes its heads); otherwise the same written by hand (no rule covers it)."""
 
-    def __init__(self, num_classes: int = 10, timm: bool = False) -> None:
+    def __init__(self, num_classes: int = 10, timm: bool = False, width_from_input: bool = False) -> None:
         super().__init__()
-        self.embed, self.fc = nn.Conv2d(3, 8, 2, stride=2), nn.Linear(8, num_classes)
+        self.width_from_input = width_from_input  # heads sized from the input, as CaiT's are
+        self.embed = nn.Conv2d(3, 8, 2, stride=2)
+        self.fc = nn.Sequential(nn.Linear(8, 16), nn.ReLU(), nn.Linear(16, num_classes))
         if timm:
             from timm.layers import Attention
             self.attn = Attention(8, num_heads=2)
@@ -151,7 +153,8 @@ class TinyAttention(nn.Module):
     def attend(self, x):
         if hasattr(self, "attn"):
             return self.attn(x)
-        q, k, v = self.qkv(x).view(x.shape[0], x.shape[1], 3, 2, 4).permute(2, 0, 3, 1, 4)
+        head_dim = x.shape[-1] // 2 if self.width_from_input else 4
+        q, k, v = self.qkv(x).view(x.shape[0], x.shape[1], 3, 2, head_dim).permute(2, 0, 3, 1, 4)
         y = (q @ k.transpose(-2, -1)).softmax(-1) @ v
         return self.proj(y.transpose(1, 2).reshape(x.shape[0], x.shape[1], 8))
 
@@ -168,14 +171,24 @@ def tiny_timm_attention(num_classes: int = 10) -> TinyAttention:
     return TinyAttention(num_classes, timm=True)
 
 
+def heads_from_width(num_classes: int = 10) -> TinyAttention:
+    return TinyAttention(num_classes, width_from_input=True)
+
+
 def test_channels_through_a_product_of_activations_are_left_whole_not_pruned_into_a_crash():
     """The heads' reshape has sizes in the code: q, k and v tied channel by channel were pruned
     into a reshape that fails. Without an attention rule the qkv group is left whole, naming the
-    product, and the products are costed as they are; with one, heads are pruned."""
+    product, and the products are costed as they are; where that attention sizes its heads
+    from the channels it reads, those are left whole too; with a rule, heads are pruned."""
     net = UserModel(ModelSpaceConfig(source=f"{__name__}:tiny_attention"), 3, 10, 8)
     assert "product of two activations (attention)" in net.groups.skipped["qkv"]
     assert not net.heads and sum(p.macs for p in net.trace.products) == 2 * 2 * 16 * 16 * 4
     r = check(f"{__name__}:tiny_attention", 8)
+    assert r["gap"] <= 1e-5 * r["scale"] and exact_cost(r)
+    net = UserModel(ModelSpaceConfig(source=f"{__name__}:heads_from_width"), 3, 10, 8)
+    (why,) = [w for w in net.groups.skipped.values() if "no attention rule covers" in w]
+    assert why.startswith("the network's forward multiplies") and len(net.masks) == 1  # the MLP's
+    r = check(f"{__name__}:heads_from_width", 8)  # (it crashed in the pruned reshape)
     assert r["gap"] <= 1e-5 * r["scale"] and exact_cost(r)
     net = UserModel(ModelSpaceConfig(source=f"{__name__}:tiny_timm_attention"), 3, 10, 8)
     assert not net.groups.skipped and [h.attention for h in net.heads.values()] == ["attn"]
