@@ -41,7 +41,8 @@ import json
 import statistics
 import tempfile
 import time
-from dataclasses import replace
+from collections.abc import Callable
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import torch
@@ -58,8 +59,24 @@ from maskednas.latency.measure import models_ms
 from maskednas.pipeline import load_config, run
 from maskednas.pipeline.setup import TrainingContext, load_data, seed_everything, select_device
 
-CONFIG = ROOT / "configs" / "prune_cifar_resnet20.yaml"
 DATA = f"data.path={ROOT.parent / 'shared' / 'data' / 'cifar10_subset.npz'}"
+
+
+@dataclass(frozen=True)
+class Network:
+    """What the benchmark prunes: a user's module, the config ours runs with, and how the dense
+    network is trained from scratch (fine-tune settings over the config's)."""
+    title: str
+    results: str  # the results' file name stem
+    source: str
+    config: Path
+    build: Callable[[], torch.nn.Module]
+    dense_recipe: dict = field(default_factory=lambda: {"lr": 0.1})
+
+
+def resnet(depth: int) -> Network:
+    return Network(f"ResNet-{depth}", f"prune-resnet{depth}", f"benchmarks.cifar_resnet:resnet{depth}",
+                   ROOT / "configs" / "prune_cifar_resnet20.yaml", lambda: CifarResNet(depth))
 
 
 def baselines():
@@ -74,14 +91,14 @@ def baselines():
 
 
 class Bench:
-    def __init__(self, args) -> None:
-        self.args = args
-        self.overrides = [DATA, f"model.source=benchmarks.cifar_resnet:resnet{args.depth}",
+    def __init__(self, args, network: Network) -> None:
+        self.args, self.network = args, network
+        self.overrides = [DATA, f"model.source={network.source}",
                           f"search.epochs={args.search_epochs}",
                           f"finetune.epochs={args.finetune_epochs}", "threads=null"]
         # the shared settings (data, fine-tune recipe with its distillation); each run of ours
         # names the seed's trained checkpoint
-        self.cfg = load_config(CONFIG, [*self.overrides, "model.checkpoint=dense.safetensors"])
+        self.cfg = load_config(network.config, [*self.overrides, "model.checkpoint=dense.safetensors"])
         self.data = load_data(self.cfg)
         self.device = select_device(self.cfg.device)
         self.ctx = TrainingContext(self.cfg, self.data, self.device)
@@ -109,8 +126,9 @@ class Bench:
     def dense(self, seed: int, workdir: Path) -> tuple[torch.nn.Module, Path, dict]:
         start = time.perf_counter()
         seed_everything(seed)
-        model = CifarResNet(self.args.depth)
-        ft = replace(self.cfg.finetune, epochs=self.args.dense_epochs, lr=0.1, kd_weight=0.0)
+        model = self.network.build()
+        ft = replace(self.cfg.finetune, epochs=self.args.dense_epochs, kd_weight=0.0,
+                     **self.network.dense_recipe)
         model = self.ctx.train(model, ft, train_loader=self.ctx.train_loader(seed + 2)).cpu()
         path = workdir / f"dense-{seed}.safetensors"
         save_file({k: v.contiguous() for k, v in model.state_dict().items()}, str(path))
@@ -122,11 +140,11 @@ class Bench:
         targets = ([f"search.targets.macs.value={target}", "search.targets.macs.fraction=null"]
                    if self.args.cost == "macs" else
                    [f"search.targets={{latency_ms: {{fraction: {fraction}}}}}", f"latency.cache_dir={self.tables}"])
-        cfg = load_config(CONFIG, [*self.overrides, f"model.checkpoint={checkpoint}", f"seed={seed}",
+        cfg = load_config(self.network.config, [*self.overrides, f"model.checkpoint={checkpoint}", f"seed={seed}",
                                    *targets, *overrides])
         run_dir = workdir / f"{name}-{fraction}-{seed}"
         run(cfg, run_dir, data=self.data, report=lambda line: None)
-        model = load(run_dir / "export", trust_source=True)  # this benchmark's own ResNet-20
+        model = load(run_dir / "export", trust_source=True)  # this benchmark's own network
         history = torch.load(run_dir / "search.pt", weights_only=False)["history"]
         return model, self.measured(model, start, removed_blocks=len(model.arch.removed),
                                     search=decision_figures(history))
@@ -183,13 +201,13 @@ def decision_figures(history: list[dict]) -> dict:
             **{k: statistics.mean(m[k] for m in history if k in m) for k in sorted(norms)}}
 
 
-def summarize(rows: list[dict], depth: int, cost: str) -> str:
+def summarize(rows: list[dict], title: str, cost: str) -> str:
     def stat(values, fmt):
         return fmt.format(statistics.mean(values)) + (
             f" ± {fmt.format(statistics.stdev(values))}" if len(values) > 1 else "")
     of = "MACs" if cost == "macs" else "latency"
     by_latency = cost == "latency"
-    lines = [f"ResNet-{depth} on the CIFAR-10 subset, targets as fractions of the dense network's "
+    lines = [f"{title} on the CIFAR-10 subset, targets as fractions of the dense network's "
              f"{of} (mean ± std over seeds {sorted({r['seed'] for r in rows})}; validation: 10% of "
              f"the training images, held out)", "",
              "| target | method | val acc (%) | test acc (%) | MACs | params | CPU ms b=1 "
@@ -227,10 +245,10 @@ def summarize(rows: list[dict], depth: int, cost: str) -> str:
     return "\n".join(lines)
 
 
-def write(rows: list[dict], args, name: str, part: bool = False) -> None:
+def write(rows: list[dict], args, name: str, title: str, part: bool = False) -> None:
     """The rows as JSON and, unless this is one part of a merge, the table as markdown."""
     args.out.mkdir(parents=True, exist_ok=True)
-    table = summarize(rows, args.depth, args.cost)
+    table = summarize(rows, title, args.cost)
     (args.out / f"{name}.json").write_text(json.dumps({"args": {k: str(v) for k, v in vars(args).items()},
                                                       "rows": rows}, indent=2))
     if not part:
@@ -247,9 +265,12 @@ def variants(args) -> dict[str, list[str]]:
     return {k: v for k, v in out.items() if k in args.methods or k.startswith("ours[")}
 
 
-def main(argv=None) -> list[dict]:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--depth", type=int, default=20)
+def main(argv=None, network: Network | None = None, doc: str = __doc__, **defaults) -> list[dict]:
+    """The benchmark on `network` (None: the CIFAR ResNet of --depth), its arguments' `defaults`
+    replaced."""
+    p = argparse.ArgumentParser(description=doc, formatter_class=argparse.RawDescriptionHelpFormatter)
+    if network is None:
+        p.add_argument("--depth", type=int, default=20)
     p.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     p.add_argument("--fractions", type=float, nargs="+", default=[0.5, 0.25, 0.125])
     p.add_argument("--dense-epochs", type=int, default=30)
@@ -266,8 +287,10 @@ def main(argv=None) -> list[dict]:
     p.add_argument("--cost", choices=["macs", "latency"], default="macs",
                    help="what --fractions are fractions of (latency: measured at batch 1, see above)")
     p.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results")
+    p.set_defaults(**defaults)
     args = p.parse_args(argv)
-    base = f"prune-resnet{args.depth}{'-latency' if args.cost == 'latency' else ''}{args.tag}"
+    network = network or resnet(args.depth)
+    base = f"{network.results}{'-latency' if args.cost == 'latency' else ''}{args.tag}"
     if args.merge:  # every part of this depth, cost and tag (a part with a longer tag adds methods)
         parts = sorted(args.out.glob(f"{base}*-seed*.json"), key=lambda p: (len(p.name), p.name))
         if not parts:
@@ -291,7 +314,7 @@ def main(argv=None) -> list[dict]:
                     rows.append(r)
         order = list(dict.fromkeys(r["method"] for r in rows))
         rows.sort(key=lambda r: (-r["fraction"], order.index(r["method"]), r["seed"]))
-        write(rows, args, base)
+        write(rows, args, base, network.title)
         return rows
     if args.quick:
         args.seeds, args.fractions = args.seeds[:1], args.fractions[:1]
@@ -299,7 +322,7 @@ def main(argv=None) -> list[dict]:
     ours = variants(args)
     if args.cost == "latency" and not ours:
         p.error("--cost latency tunes each baseline to the latency ours measures: name ours in --methods")
-    bench, rows = Bench(args), []
+    bench, rows = Bench(args, network), []
     with tempfile.TemporaryDirectory() as tmp:
         for seed in args.seeds:
             dense, checkpoint, dense_result = bench.dense(seed, Path(tmp))
@@ -333,7 +356,7 @@ def main(argv=None) -> list[dict]:
                     row[f"ms_b{batch}"], row[f"dense_ms_b{batch}"] = ms[model_key(row)], ms["dense"]
     part = not args.quick and len(args.seeds) == 1
     write(rows, args, f"{base}{'-quick' if args.quick else ''}" + (f"-seed{args.seeds[0]}" if part else ""),
-          part)
+          network.title, part)
     return rows
 
 

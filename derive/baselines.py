@@ -108,22 +108,42 @@ def torch_pruning_to_target(model: nn.Module, example: torch.Tensor, target_macs
     layer), stepped until the model's MACs (counted by fvcore) reach the target; fine steps
     (~0.5% of channels) land it close below. The classifier's outputs are kept. Prunes `model`
     in place and returns it. `before_step(model)` runs before each step (a gradient-based
-    importance such as Taylor's reads the gradients it leaves)."""
+    importance such as Taylor's reads the gradients it leaves). timm's attention is pruned as
+    Torch-Pruning's own ViT example does: its head dimensions, every head alike."""
     import torch_pruning as tp
 
     from maskednas.export.flops import fvcore_report
+    from maskednas.supernet.channel_groups import supported_types
+    from maskednas.supernet.model_trace import trace
 
-    head = [m for m in model.modules() if isinstance(m, nn.Linear)]
+    classifiers = [model.get_submodule(n) for n in trace(model, example, supported_types()).output_layers]
+    num_heads, told = _timm_attention_heads(model)
     pruner = tp.pruner.MetaPruner(model, example, importance=importance,
                                   global_pruning=global_pruning, pruning_ratio=0.95,
-                                  iterative_steps=steps, ignored_layers=head)
+                                  iterative_steps=steps, ignored_layers=classifiers,
+                                  num_heads=num_heads)
     for _ in range(steps):
         if fvcore_report(model, example)[0] <= target_macs:
             break
         if before_step is not None:
             before_step(model)
         pruner.step()
+        told(pruner)
     return model
+
+
+def _timm_attention_heads(model: nn.Module):
+    """Each timm Attention's qkv layer -> its head count (what Torch-Pruning's pruner needs to
+    prune within heads), and a function that tells every Attention its widths after a step."""
+    from timm.models.vision_transformer import Attention
+    attentions = [m for m in model.modules() if isinstance(m, Attention)]
+
+    def told(pruner) -> None:
+        for m in attentions:
+            m.num_heads = pruner.num_heads[m.qkv]
+            m.head_dim = m.qkv.out_features // (3 * m.num_heads)
+            m.attn_dim = m.num_heads * m.head_dim
+    return {m.qkv: m.num_heads for m in attentions}, told
 
 
 def torch_pruning_to_measurement(dense: nn.Module, example: torch.Tensor, goal: float,

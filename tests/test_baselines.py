@@ -88,6 +88,20 @@ def test_torch_pruning_reaches_the_target(backbone):
     assert pruned(torch.randn(2, 1, 8, 8)).shape == (2, 10)
 
 
+def test_torch_pruning_prunes_a_vit_within_its_heads_and_keeps_the_classifier():
+    """timm's attention as Torch-Pruning's ViT example prunes it: every head of a layer keeps as
+    many dimensions, and each Attention is told its new widths, so the pruned network runs."""
+    from benchmarks.vit import vit_micro
+    model, example = vit_micro().eval(), torch.zeros(1, 3, 32, 32)
+    target = 0.5 * fvcore_report(model, example)[0]
+    pruned = torch_pruning_magnitude(model, example, target)
+    assert 0.9 * target <= fvcore_report(pruned, example)[0] <= target
+    for attn in (b.attn for b in pruned.blocks):
+        assert attn.qkv.out_features == 3 * attn.num_heads * attn.head_dim == 3 * attn.attn_dim
+    assert any(b.attn.head_dim < 12 for b in pruned.blocks) and pruned.head.out_features == 10
+    assert pruned(torch.randn(2, 3, 32, 32)).shape == (2, 10)
+
+
 def test_torch_pruning_is_re_aimed_until_the_measured_figure_meets_the_goal(backbone):
     """A measurement that is not proportional to MACs (here its square root, as latency of a
     network whose fixed costs do not shrink): pruned to the goal's MACs it measures 19% over,
