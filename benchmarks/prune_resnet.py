@@ -146,7 +146,7 @@ class Bench:
         run(cfg, run_dir, data=self.data, report=lambda line: None)
         model = load(run_dir / "export", trust_source=True)  # this benchmark's own network
         history = torch.load(run_dir / "search.pt", weights_only=False)["history"]
-        return model, self.measured(model, start, removed_blocks=len(model.arch.removed),
+        return model, self.measured(model, start, removed_blocks=len(model.arch.removed_choices()),
                                     search=decision_figures(history))
 
     def taylor_gradients(self, seed: int):

@@ -102,7 +102,7 @@ def check(source: str, size: int, seed: int = 0, export_to: Path | None = None,
         metrics = save_export(export_to, model, {}, {}, onnx=False)
         fvcore_macs, fvcore_params = metrics["fvcore_flops"], metrics["fvcore_params"]
     return {"source": source, "groups": len(net.masks), "blocks": len(net.blocks),
-            "removed": sum(op == "skip" for op in derivation.ops.values()), "skipped_groups": len(net.groups.skipped),
+            "removed": len(derivation.arch.removed_choices()), "skipped_groups": len(net.groups.skipped),
             "left_unpruned": left_unpruned, "dense_macs": dense, "macs": derivation.arch.macs,
             "params": derivation.arch.params, "fvcore_macs": fvcore_macs,
             "fvcore_params": fvcore_params, "unused_params": sum(net.trace.unused.values()), "gap": gap, "scale": float(reference.abs().max()),

@@ -74,7 +74,7 @@ def _layers(arch) -> list[str]:
     if arch.space == "model":
         kept = ", ".join(f"{group} {width}" for group, width in arch.widths.items())
         return [f"source: {arch.source}", f"kept channels: {kept or 'all'}",
-                f"removed blocks: {', '.join(arch.removed) or 'none'}"]
+                f"removed blocks and branches: {', '.join(arch.removed_choices()) or 'none'}"]
     if arch.cells:
         return [f"genotype: {arch.genotype()}"]
     rows = [f"stem: {arch.stem_channels} channels"]

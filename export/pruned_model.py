@@ -50,6 +50,12 @@ class PrunedArchitecture:
         """MACs and params of the pruned network (fvcore's convention, counted when derived)."""
         return Cost(self.macs, self.params)
 
+    def removed_choices(self) -> tuple[str, ...]:
+        """The depth choices removed: whole blocks and zeroed branches (a branch's norm and
+        layer scale, in `removed` with it, are not choices)."""
+        branch_blocks = {z.rpartition(".")[0] for z in self.zeroed}
+        return (*(n for n in self.removed if n.rpartition(".")[0] not in branch_blocks), *self.zeroed)
+
     def to_json(self) -> str:
         return json.dumps(asdict(self), indent=2)
 

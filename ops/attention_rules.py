@@ -56,6 +56,8 @@ class AttentionRule:
     width_attributes: tuple[str, ...] = ()
     # why this module's heads cannot be pruned (None: they can)
     unsupported: Callable[[nn.Module], str | None] = lambda m: None
+    # whether the rule covers this instance (a subclass with its own forward may not)
+    applies: Callable[[nn.Module], bool] = lambda m: True
 
 
 def register_attention_rule(name: str, rule: AttentionRule) -> AttentionRule:
@@ -96,7 +98,7 @@ def attention_rule_for(module: nn.Module) -> AttentionRule | None:
     """
     for name in reversed(ATTENTION_RULES.names()):
         rule = ATTENTION_RULES.get(name)
-        if isinstance(module, rule.layer_type):
+        if isinstance(module, rule.layer_type) and rule.applies(module):
             return rule
     return None
 
@@ -130,7 +132,8 @@ def _register_timm() -> None:
         Attention, heads=lambda m: m.num_heads,
         rows=lambda m: {"qkv": fused_qkv_rows(m.num_heads, m.head_dim)},
         columns=lambda m: ("proj", torch.arange(m.attn_dim).view(m.num_heads, m.head_dim)),
-        resize=resize, width_attributes=("num_heads", "attn_dim"), unsupported=unsupported))
+        resize=resize, width_attributes=("num_heads", "attn_dim"), unsupported=unsupported,
+        applies=lambda m: type(m).forward is Attention.forward))
 
 
 _register_timm()

@@ -579,6 +579,9 @@ def validate(cfg: RunConfig) -> None:
          f"out for them: drop search.regime={s.regime} and search.arch_fraction"),
         *((o in OPTIMIZERS, f"{key} must be one of {', '.join(OPTIMIZERS)}, got {o!r}")
           for key, o in (("search.w_optimizer", s.w_optimizer), ("finetune.optimizer", f.optimizer))),
+        (s.order == 1 or s.w_optimizer == "sgd",
+         f"search.order=2 differentiates through one virtual SGD step of the weights, but "
+         f"search.w_optimizer={s.w_optimizer}: use search.order=1 or search.w_optimizer=sgd"),
         (s.regime in REGIMES,
          f"search.regime must be one of {', '.join(REGIMES)}, got {s.regime!r}"),
         (s.arch_fraction is None or s.regime == "bilevel",

@@ -64,7 +64,7 @@ def add_head_groups(model: nn.Module, groups: ChannelGroups, ignored: set[str]) 
             continue
         for layer in rows:  # Torch-Pruning's group of the projection, left whole at q @ k
             groups.skipped.pop(layer, None)
-        key = group_key(f"{name}.heads")
+        key = f"{group_key(name)}:heads"  # ':' is in no module name
         groups.sizes[key] = len(columns)
         groups.roots[key] = (f"{name} (heads)", None)
         groups.members[key] = {*rows, reader}

@@ -35,6 +35,7 @@ from maskednas.ops.layer_rules import LayerRule, rule_for
 from maskednas.ops.cost_polynomial import CostPolynomial, WidthVector, stacked
 from maskednas.latency.layer_parts import layer_part, timed_alone
 from maskednas.latency.parts import LatencyPart
+from maskednas.latency.table import LatencyTableError
 from maskednas.supernet.channel_groups import (ChannelGraphError, ChannelGroups, dependency_graph,
                                                discover, group_key, leave_whole, supported_types)
 from maskednas.supernet.functional_gates import GatedNormalize
@@ -58,6 +59,9 @@ class ModelSpaceConfig:
     # starts from the network global magnitude pruning would keep at any budget
     mask_init_from: str = "constant"
     keep_init: float = 3.0  # initial keep-minus-skip logit of every block
+    # a transformer's embedding width (the residual stream every block reads and writes: patch
+    # embedding, norms, the classifier's input) is searched too; false leaves it whole
+    embedding_width: bool = True
 
     @property
     def has_trained_weights(self) -> bool:
@@ -128,6 +132,12 @@ class UserModel(Supernet):
         except ChannelGraphError as e:
             raise ChannelGraphError(f"{space.source}: {e}") from e.__cause__
         self.heads: dict[str, HeadGroup] = add_head_groups(model, self.groups, set(space.ignore))
+        if not space.embedding_width:
+            streams = {s.group for h in self.heads.values() if h.reader in self.groups.outputs
+                       for s in self.groups.outputs[h.reader].slices}
+            for group in streams:
+                leave_whole(self.groups, group, "model.embedding_width=false: the embedding width "
+                                                "(what the attention's output projection writes) is kept")
         leave_whole_what_breaks_other_attention(model, self.example, self.groups, self.heads,
                                                 {p.inside for p in self.trace.products})
         self._leave_weightless_norms_whole(modules)
@@ -499,7 +509,13 @@ class UserModel(Supernet):
     def latency_parts(self) -> list[LatencyPart]:
         """Every conv, linear and norm layer the forward runs, alone at its traced input shape
         and read at its own channel counts (latency/layer_parts.py), times its block's keep
-        weight; the table's scale accounts for the rest of the network."""
+        weight; the table's scale accounts for the rest of the network. Refused where heads are
+        searched: attention's products are not parts, and their time scales with the heads."""
+        if self.heads:
+            raise LatencyTableError(
+                f"{self.space.source}: latency tables do not time attention's products yet, whose "
+                f"cost scales with the heads a search keeps; target MACs instead "
+                f"(search.targets.macs)")
         return [part for part, _ in self._latency_layers]
 
     def latency_axes(self, widths) -> WidthVector:

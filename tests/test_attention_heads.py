@@ -114,7 +114,7 @@ def test_each_branch_of_a_transformer_block_is_kept_or_skipped_on_its_own():
     with torch.no_grad(), net.hard_masked(ops, keep):
         masked = net(x)
     arch = net.architecture(ops, net.full_widths())
-    assert arch.zeroed == ("blocks.1.mlp",)
+    assert arch.zeroed == ("blocks.1.mlp",) and arch.removed_choices() == ("blocks.1.mlp",)
     assert set(arch.removed) == {"blocks.1.norm2", "blocks.1.ls2", "blocks.1.drop_path2"}
     mlp = net.model.blocks[1].mlp
     handle = mlp.register_forward_hook(lambda m, args, out: torch.zeros_like(out))
@@ -130,3 +130,28 @@ def test_each_branch_of_a_transformer_block_is_kept_or_skipped_on_its_own():
     net.train()
     net(x).logsumexp(1).sum().backward()
     assert all(float(net.alphas[k].grad.abs().sum()) > 0 for k in net.alphas)
+
+
+def test_the_embedding_width_is_searched_unless_turned_off():
+    """The residual stream (patch embedding, norms, every projection's output, the classifier's
+    input) is one group; model.embedding_width=false leaves it whole and keeps the others."""
+    on = UserModel(ModelSpaceConfig(source=MICRO), 3, 10, 32)
+    off = UserModel(ModelSpaceConfig(source=MICRO, embedding_width=False), 3, 10, 32)
+    stream = {s.group for s in on.groups.outputs["blocks.0.attn.proj"].slices}
+    assert len(stream) == 1 and on.masks[stream.pop()].channels == 48
+    assert not off.groups.outputs["blocks.0.attn.proj"].slices  # every channel kept
+    assert set(off.masks) == set(on.masks) - {s.group for s in on.groups.outputs["blocks.0.attn.proj"].slices}
+    assert any("model.embedding_width=false" in why for why in off.groups.skipped.values())
+
+
+def test_a_subclass_with_its_own_forward_is_not_taken_for_timm_attention():
+    from timm.models.vision_transformer import Attention
+
+    from maskednas import attention_rule_for
+
+    class Scaled(Attention):  # its own forward: no rule may assume where its heads are
+        def forward(self, x, attn_mask=None, is_causal=False):
+            return 2 * super().forward(x)
+
+    assert attention_rule_for(Attention(8, num_heads=2)) is not None
+    assert attention_rule_for(Scaled(8, num_heads=2)) is None

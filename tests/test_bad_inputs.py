@@ -102,6 +102,10 @@ CASES = [
          "search.w_lr must be > 0, got -1.0"),
     Case("unknown-optimizer", "`finetune.optimizer=adam`", lambda c: ["finetune.optimizer=adam"],
          "finetune.optimizer must be one of sgd, adamw, got 'adam'"),
+    Case("second-order-adamw", "`search.order=2 search.w_optimizer=adamw`",
+         lambda c: ["search.order=2", "search.w_optimizer=adamw"],
+         "search.order=2 differentiates through one virtual SGD step of the weights, but "
+         "search.w_optimizer=adamw: use search.order=1 or search.w_optimizer=sgd"),
     Case("negative-finetune-lr", "`finetune.lr=-1`", lambda c: ["finetune.lr=-1"],
          "finetune.lr must be > 0, got -1.0"),
     Case("zero-log-every", "`log_every=0`", lambda c: ["log_every=0"], "log_every must be >= 1, got 0"),
@@ -377,6 +381,13 @@ def test_the_docs_table_lists_every_case_with_its_message():
     assert set(rows) == {c.id for c in CASES} and len(CASES) >= 40
     for case in CASES:
         assert case.message.replace("|", "\\|") in rows[case.id], case.id
+
+
+def test_the_weights_optimizer_is_the_one_configured(tmp_path):
+    cfg = load_config(None, [*SMALL_RUN, "search.w_optimizer=adamw", "search.w_momentum=0.8"])
+    searcher = prepare_search(cfg, tmp_path)
+    assert isinstance(searcher.w_opt, torch.optim.AdamW)
+    assert searcher.w_opt.defaults["betas"] == (0.8, 0.999)
 
 
 def test_resume_applies_new_learning_rates_and_epochs(tmp_path):
