@@ -78,6 +78,16 @@ def add_head_groups(model: nn.Module, groups: ChannelGroups, ignored: set[str]) 
     return found
 
 
+def leave_embedding_whole(groups: ChannelGroups, heads: dict[str, HeadGroup]) -> None:
+    """Leave whole the groups the covered attentions' output projections write: the residual
+    stream, whose width is the embedding width (`model.embedding_width=false`)."""
+    streams = {s.group for h in heads.values() if h.reader in groups.outputs
+               for s in groups.outputs[h.reader].slices}
+    for group in streams:
+        leave_whole(groups, group, "model.embedding_width=false: the embedding width (what the "
+                                   "attention's output projection writes) is kept")
+
+
 @torch.no_grad()
 def _magnitude(model: nn.Module, rows: dict[str, torch.Tensor], reader: str,
                columns: torch.Tensor) -> torch.Tensor:

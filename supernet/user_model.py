@@ -28,7 +28,7 @@ from maskednas.export.pruned_model import (PrunedArchitecture, changed_layers, r
 from maskednas.ops import ChannelMask, Cost
 from maskednas.ops.attention_rules import branch_rule_for
 from maskednas.ops.masks import WidthRounding
-from maskednas.supernet.attention_heads import (HeadGroup, add_head_groups,
+from maskednas.supernet.attention_heads import (HeadGroup, add_head_groups, leave_embedding_whole,
                                                 leave_whole_what_breaks_other_attention, slim_heads)
 from maskednas.supernet.base import Supernet, one_hot_max, register_space
 from maskednas.ops.layer_rules import LayerRule, rule_for
@@ -133,11 +133,7 @@ class UserModel(Supernet):
             raise ChannelGraphError(f"{space.source}: {e}") from e.__cause__
         self.heads: dict[str, HeadGroup] = add_head_groups(model, self.groups, set(space.ignore))
         if not space.embedding_width:
-            streams = {s.group for h in self.heads.values() if h.reader in self.groups.outputs
-                       for s in self.groups.outputs[h.reader].slices}
-            for group in streams:
-                leave_whole(self.groups, group, "model.embedding_width=false: the embedding width "
-                                                "(what the attention's output projection writes) is kept")
+            leave_embedding_whole(self.groups, self.heads)
         leave_whole_what_breaks_other_attention(model, self.example, self.groups, self.heads,
                                                 {p.inside for p in self.trace.products})
         self._leave_weightless_norms_whole(modules)
@@ -312,6 +308,8 @@ class UserModel(Supernet):
         return torch.sort(torch.cat(kept)).values
 
     def _depth_choices(self, modules: dict[str, nn.Module]) -> tuple[list[str], dict[str, tuple[str, ...]]]:
+        """Each residual block, or each branch of a block a branch rule covers (with the
+        modules that run only for it)."""
         choices, members = [], {}
         for block in self.trace.residual_blocks:
             rule = branch_rule_for(modules[block])
