@@ -30,3 +30,11 @@ class Registry(_FvcoreRegistry):
 
     def names(self) -> list[str]:
         return list(self._obj_map)
+
+    def newest_for(self, module: Any) -> Any:
+        """Of rules with a `layer_type` and an `applies` test (layer, attention, branch rules):
+        the most recently registered one that covers `module` (None: none does)."""
+        for rule in reversed(self._obj_map.values()):
+            if isinstance(module, rule.layer_type) and rule.applies(module):
+                return rule
+        return None

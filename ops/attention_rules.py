@@ -96,11 +96,7 @@ def attention_rule_for(module: nn.Module) -> AttentionRule | None:
     >>> attention_rule_for(nn.Linear(4, 4)) is None
     True
     """
-    for name in reversed(ATTENTION_RULES.names()):
-        rule = ATTENTION_RULES.get(name)
-        if isinstance(module, rule.layer_type) and rule.applies(module):
-            return rule
-    return None
+    return ATTENTION_RULES.newest_for(module)
 
 
 def attention_width_attributes() -> tuple[str, ...]:
@@ -155,11 +151,7 @@ BRANCH_RULES = Registry("branch rule")
 
 
 def branch_rule_for(module: nn.Module) -> BranchRule | None:
-    for name in reversed(BRANCH_RULES.names()):
-        rule = BRANCH_RULES.get(name)
-        if isinstance(module, rule.layer_type) and rule.applies(module):
-            return rule
-    return None
+    return BRANCH_RULES.newest_for(module)
 
 
 def _register_timm_block() -> None:

@@ -85,11 +85,7 @@ def rule_for(module: nn.Module) -> LayerRule | None:
     >>> rule_for(nn.ReLU()) is None
     True
     """
-    for name in reversed(LAYER_RULES.names()):
-        rule = LAYER_RULES.get(name)
-        if isinstance(module, rule.layer_type) and rule.applies(module):
-            return rule
-    return None
+    return LAYER_RULES.newest_for(module)
 
 
 def width_attributes() -> tuple[str, ...]:
