@@ -20,6 +20,7 @@ from torch import nn
 from maskednas.ops.attention_rules import AttentionRule, attention_rule_for
 from maskednas.supernet.channel_groups import (ChannelGroups, ChannelSpace, Slice, dependency_graph,
                                                group_key, leave_whole)
+from maskednas.supernet.model_trace import within
 
 
 @dataclass
@@ -130,7 +131,6 @@ def leave_whole_what_breaks_other_attention(model: nn.Module, example: torch.Ten
     a module whose forward multiplies two activations (outside the covered attentions) is tried:
     a copy pruned by one of its channels must still run, or the group is left whole."""
     covered = [h.attention for h in heads.values()]
-    within = lambda layer, module: module == "" or layer == module or layer.startswith(module + ".")
     uncovered = sorted((p for p in product_modules if not any(within(p, c) for c in covered)),
                        key=lambda p: (-len(p), p))  # the innermost first
     for key in [k for k in groups.sizes if k not in heads]:

@@ -52,6 +52,11 @@ class Product:
     inside: str
 
 
+def within(name: str, module: str) -> bool:
+    """Whether the module or layer `name` is `module` or lies inside it ("": the network)."""
+    return module == "" or name == module or name.startswith(module + ".")
+
+
 def product_macs(func, args) -> int:
     """MACs as fvcore counts them: matmul and bmm as the first operand's size times the
     second's last dimension; scaled_dot_product_attention as its two products (q @ k^T, then

@@ -40,7 +40,7 @@ from maskednas.supernet.channel_groups import (ChannelGraphError, ChannelGroups,
                                                discover, group_key, leave_whole, supported_types)
 from maskednas.supernet.functional_gates import GatedNormalize
 from maskednas.supernet.gate_index import GateIndex
-from maskednas.supernet.model_trace import trace
+from maskednas.supernet.model_trace import trace, within
 
 OPS = ("keep", "skip")
 MASK_INITS = ("constant", "magnitude")
@@ -463,18 +463,16 @@ class UserModel(Supernet):
     def _per_head(self, module: str, cost: Cost, widths) -> Cost:
         """`cost` of what `module` computes, run per head where it lies in an attention whose
         heads are a group (q @ k, a q/k norm; its projections' widths are counted as layers)."""
-        head = next((h for h in self.heads.values()
-                     if module == h.attention or module.startswith(h.attention + ".")), None)
+        head = next((h for h in self.heads.values() if within(module, h.attention)), None)
         if head is None or module in head.rows or module == head.reader:
             return cost
         return Cost(cost.macs * widths[head.key] / head.size, cost.params)
 
     def _block(self, layer: str) -> str | None:
         if layer not in self._block_of:
-            inside = lambda b: layer == b or layer.startswith(b + ".")
             self._block_of[layer] = next(
                 (b for b in self.blocks
-                 if inside(b) or any(map(inside, self._branch_members.get(b, ())))), None)
+                 if any(within(layer, m) for m in (b, *self._branch_members.get(b, ())))), None)
         return self._block_of[layer]
 
     def cost(self, weights, widths) -> Cost:
