@@ -8,6 +8,8 @@
     model.fp16.onnx    optional: fp16 weights and activations, float32 inputs and outputs
     model.int8.onnx    optional: static int8 (QDQ, per-channel weights, calibrated)
     flops.txt          fvcore's per-module FLOP table
+    hf/                a pruned Hugging Face language model whose layers keep the same widths, as
+                       `save_pretrained` writes it (`AutoModelForCausalLM.from_pretrained` loads it)
     manifest.json      size and sha256 of every file above
 
 `load(folder)` needs only `ops/` and `export/`. It checks the manifest first, so a truncated,
@@ -30,9 +32,9 @@ from safetensors.torch import load_file, save as save_safetensors
 
 from maskednas.export.architecture import Architecture
 from maskednas.export.compact import CompactNet, build
-
-from maskednas.export.manifest import (ARCH, CONFIG, FLOPS, METRICS, MANIFEST, ONNX, WEIGHTS, ExportError,
-                                       sha256, verify)
+from maskednas.export.hf_models import example_input, plain_model
+from maskednas.export.manifest import (ARCH, CONFIG, FLOPS, HF_FOLDER, METRICS, MANIFEST, ONNX, WEIGHTS,
+                                       ExportError, files_of, sha256, verify)
 # ONNX Runtime must reproduce PyTorch's logits to this fraction of their largest magnitude (fp32
 # kernels differ in summation order by ~1e-6 of the scale; a wrong graph is off by far more)
 ONNX_TOLERANCE = 1e-4
@@ -77,8 +79,8 @@ def save_export(folder: str | Path, model: CompactNet, config: dict, metrics: di
             metadata={"format": "maskednas-subnet", "version": "1"}))
         writing = CONFIG
         (tmp / CONFIG).write_text(yaml.safe_dump(config, sort_keys=False))
-        example = torch.randn(1, arch.in_channels, arch.input_size, arch.input_size)
-        flops, params, table = fvcore_report(model, example)  # per image
+        example = example_input(arch, 1)
+        flops, params, table = fvcore_report(model, example)  # per image (per sequence)
         if flops != arch.cost().macs:  # checked before anything is swapped in
             raise ExportError(f"the architecture record counts {arch.cost().macs:,} MACs but fvcore "
                               f"counts {flops:,} on the model: the cost model is wrong for it, so "
@@ -88,8 +90,8 @@ def save_export(folder: str | Path, model: CompactNet, config: dict, metrics: di
         metrics = {**metrics, "fvcore_flops": flops, "fvcore_params": params}
         if onnx:
             writing = ONNX
-            export_onnx(model, example.repeat(2, 1, 1, 1), tmp / ONNX)  # export specialises 0/1
-            check = torch.randn(4, arch.in_channels, arch.input_size, arch.input_size)
+            export_onnx(model, example_input(arch, 2), tmp / ONNX)  # export specialises 0/1
+            check = example_input(arch, 4)
             with torch.no_grad():
                 scale = float(model(check).abs().max())
             diff = onnx_max_abs_diff(model, tmp / ONNX, check)
@@ -108,11 +110,17 @@ def save_export(folder: str | Path, model: CompactNet, config: dict, metrics: di
                         calibration_method)
             if test_set is not None:
                 metrics["onnx"] = onnx_runtime.report(tmp, ["fp32", *quantize], *test_set)
+        hf, why_not = plain_model(model)
+        if hf is not None:  # a Hugging Face folder that loads without this package
+            writing = HF_FOLDER
+            hf.save_pretrained(tmp / HF_FOLDER)
+        elif getattr(arch, "source", "").startswith("hf:"):
+            metrics["hf_folder"] = f"not written: {why_not}"
         writing = METRICS
         (tmp / METRICS).write_text(json.dumps(metrics, indent=2))
         writing = MANIFEST
-        manifest = {p.name: {"bytes": p.stat().st_size, "sha256": sha256(p)}
-                    for p in sorted(tmp.iterdir())}
+        manifest = {name: {"bytes": (tmp / name).stat().st_size, "sha256": sha256(tmp / name)}
+                    for name in files_of(tmp)}
         (tmp / MANIFEST).write_text(json.dumps(manifest, indent=2))
         writing = "the folder swap"
         _swap_in(tmp, folder)

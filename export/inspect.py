@@ -49,16 +49,19 @@ def check_export(folder: str | Path, trust_source=False) -> str:
 
     from maskednas.export.flops import fvcore_report
     from maskednas.export.folder import load
+    from maskednas.export.hf_models import example_input
 
     model = load(folder, trust_source=trust_source)
     arch = model.arch
-    example = torch.randn(2, arch.in_channels, arch.input_size, arch.input_size)
+    example = example_input(arch, 2)
     with torch.no_grad():
         out = model(example)
-    if tuple(out.shape) != (2, arch.num_classes) or not torch.isfinite(out).all():
+    # per image, or per token of each sequence (a language model)
+    expected = (*example.shape[:1 if example.dim() == 4 else 2], arch.num_classes)
+    if tuple(out.shape) != expected or not torch.isfinite(out).all():
         raise ExportError(f"{folder}: the rebuilt network gives {tuple(out.shape)} outputs "
-                          f"(finite: {bool(torch.isfinite(out).all())}) for 2 images, expected "
-                          f"(2, {arch.num_classes}) finite logits")
+                          f"(finite: {bool(torch.isfinite(out).all())}) for 2 inputs, expected "
+                          f"{expected} finite logits")
     macs, params, _ = fvcore_report(model, example[:1])
     recorded = arch.cost()
     if (macs, params) != (int(recorded.macs), int(recorded.params)):

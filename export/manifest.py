@@ -10,6 +10,22 @@ ARCH, WEIGHTS, CONFIG, METRICS, ONNX, FLOPS, MANIFEST = (
     "arch.json", "model.safetensors", "config.yaml", "metrics.json", "model.onnx", "flops.txt",
     "manifest.json")
 REQUIRED = (ARCH, WEIGHTS, METRICS)
+HF_FOLDER = "hf"  # a pruned language model as a plain Hugging Face folder (save_pretrained)
+
+
+def listed_name(name: str) -> bool:
+    """A manifest entry names a plain file of the folder, or one inside its Hugging Face folder."""
+    parts = name.split("/")
+    return ("\\" not in name and all(p not in ("", ".", "..") for p in parts) and name != MANIFEST
+            and (len(parts) == 1 or (len(parts) == 2 and parts[0] == HF_FOLDER)))
+
+
+def files_of(folder: Path) -> list[str]:
+    """The names a manifest lists for `folder`'s files (the manifest itself left out)."""
+    top = [p.name for p in folder.iterdir() if p.is_file() and p.name != MANIFEST]
+    hf = folder / HF_FOLDER
+    inner = [f"{HF_FOLDER}/{p.name}" for p in hf.iterdir() if p.is_file()] if hf.is_dir() else []
+    return sorted(top + inner)
 
 
 class ExportError(RuntimeError):
@@ -43,9 +59,9 @@ def verify(folder: str | Path, files: list[str] | None = None) -> dict:
         if name not in manifest:
             raise ExportError(f"{folder / MANIFEST} does not list the required file {name}")
     for name, entry in manifest.items():
-        if Path(name).name != name or name in (".", "..", MANIFEST) or "\\" in name:
+        if not listed_name(name):
             raise ExportError(f"{folder / MANIFEST} lists {name!r}: entries must be plain file "
-                              f"names inside the export folder")
+                              f"names inside the export folder (or inside its {HF_FOLDER}/ folder)")
         if not (isinstance(entry, dict) and isinstance(entry.get("bytes"), int)
                 and isinstance(entry.get("sha256"), str)):
             raise ExportError(f"{folder / MANIFEST}: the entry for {name} must be "

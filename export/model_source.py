@@ -1,11 +1,12 @@
-"""Build a user's network from a source name: `torchvision:<name>`, `timm:<name>` or
+"""Build a user's network from a source name: `torchvision:<name>`, `timm:<name>`,
+`hf:<model_type>` (a Hugging Face language model, export/hf_models.py) or
 `package.module:function` (the user's own factory), adapted to the data's classes and input
 channels, optionally with weights from a checkpoint. Used both to start a pruning search and to
 rebuild an exported pruned model, so the same source always gives the same module structure.
 
 A source is a name, never a path: the user's factory is imported from the Python path.
 Rebuilding a record someone else made imports whatever module its source names, so records are
-built from torchvision and timm sources only, unless the caller trusts the source
+built from torchvision, timm and hf sources only, unless the caller trusts the source
 (`check_trusted`), as Hugging Face's `trust_remote_code` is off by default.
 """
 from __future__ import annotations
@@ -22,7 +23,7 @@ from torch import nn
 
 _MODULE = re.compile(r"^[A-Za-z_]\w*(\.[A-Za-z_]\w*)*$")
 _USER_SOURCE = re.compile(r"^[A-Za-z_]\w*(\.[A-Za-z_]\w*)*:[A-Za-z_]\w*$")
-LIBRARIES = ("torchvision", "timm")
+LIBRARIES = ("torchvision", "timm", "hf")
 
 
 class ModelSourceError(ValueError):
@@ -69,10 +70,13 @@ def trusted_prefixes(trust_source) -> tuple[str, ...] | None:
 def check_source(source: str) -> None:
     """Fail with what is allowed unless `source` has one of the three forms."""
     if not isinstance(source, str) or ":" not in source:
-        raise ModelSourceError(f"model.source must be torchvision:<name>, timm:<name> or "
-                               f"package.module:function, got {source!r}")
+        raise ModelSourceError(f"model.source must be torchvision:<name>, timm:<name>, "
+                               f"hf:<model_type> or package.module:function, got {source!r}")
     lib, name = source.split(":", 1)
-    if lib in LIBRARIES:
+    if lib == "hf":
+        from maskednas.export.hf_models import check_model_type
+        check_model_type(name)
+    elif lib in LIBRARIES:
         if not re.fullmatch(r"[A-Za-z0-9_.]+", name):
             raise ModelSourceError(f"{source!r}: a {lib} model name has letters, digits, '_' "
                                    f"and '.' only")
@@ -120,10 +124,19 @@ def drop_auxiliary_heads(model: nn.Module) -> nn.Module:
 
 
 def build_source(source: str, num_classes: int, in_channels: int,
-                 pretrained: bool = False) -> nn.Module:
-    """The network of `source` for `num_classes` classes and `in_channels` input channels."""
+                 pretrained: bool = False, hf_config: dict | None = None) -> nn.Module:
+    """The network of `source` for `num_classes` classes and `in_channels` input channels (a
+    language model: `num_classes` tokens, its architecture's fields in `hf_config`)."""
     check_source(source)
     lib, name = source.split(":", 1)
+    if hf_config and lib != "hf":
+        raise ModelSourceError(f"model.hf_config configures hf: sources only; {source} takes none")
+    if lib == "hf":
+        from maskednas.export.hf_models import build_hf
+        if pretrained:
+            raise ModelSourceError(f"{source}: model.pretrained downloads nothing for hf: sources; "
+                                   f"give trained weights as model.checkpoint")
+        return build_hf(name, num_classes, hf_config)
     if lib == "timm":
         import timm
         if name not in timm.list_models():

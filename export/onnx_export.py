@@ -10,8 +10,9 @@ import torch
 
 
 def export_onnx(model: torch.nn.Module, example: torch.Tensor, path: str | Path) -> None:
+    from maskednas.export.hf_models import eager_attention
     model = model.eval()
-    with warnings.catch_warnings(), contextlib.redirect_stdout(io.StringIO()):
+    with warnings.catch_warnings(), contextlib.redirect_stdout(io.StringIO()), eager_attention(model):
         warnings.simplefilter("ignore")
         torch.onnx.export(model, (example,), str(path), input_names=["input"],
                           output_names=["logits"], dynamic_shapes=({0: torch.export.Dim("batch")},),

@@ -39,6 +39,8 @@ class PrunedArchitecture:
     # residual branches replaced by zeros (a transformer block's attention or MLP; their norms
     # and layer scales are in `removed`)
     zeroed: tuple[str, ...] = ()
+    # an hf: source's architecture fields (`model.hf_config`): the network is rebuilt from them
+    hf_config: dict = field(default_factory=dict)
     version: int = FORMAT_VERSION
 
     def __post_init__(self) -> None:
@@ -113,7 +115,7 @@ def build_pruned(arch: PrunedArchitecture, trust_source=False) -> nn.Module:
     """The pruned network's modules at the recorded shapes (weights uninitialised: load them).
     A user-factory source is refused unless trusted (`model_source.check_trusted`)."""
     check_trusted(arch.source, trust_source, "the pruned-model record")
-    model = build_source(arch.source, arch.num_classes, arch.in_channels)
+    model = build_source(arch.source, arch.num_classes, arch.in_channels, hf_config=arch.hf_config)
     modules = dict(model.named_modules())
     unknown = [n for n in [*arch.modules, *arch.removed, *arch.zeroed] if n not in modules]
     if unknown:

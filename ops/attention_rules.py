@@ -58,6 +58,9 @@ class AttentionRule:
     unsupported: Callable[[nn.Module], str | None] = lambda m: None
     # whether the rule covers this instance (a subclass with its own forward may not)
     applies: Callable[[nn.Module], bool] = lambda m: True
+    # Torch-Pruning's graph sees the module as one layer (supernet/opaque_attention.py): for
+    # attentions its index mapping cannot trace (grouped-query attention)
+    opaque: bool = False
 
 
 def register_attention_rule(name: str, rule: AttentionRule) -> AttentionRule:
@@ -133,6 +136,39 @@ def _register_timm() -> None:
 
 
 _register_timm()
+
+# Hugging Face attentions with q_proj, k_proj, v_proj and o_proj whose forward takes the head count
+# from q_proj's width (`view(..., -1, head_dim)`) and repeats each key/value head for
+# `num_key_value_groups` query heads; q/k-norm (Qwen3) normalises each head over head_dim with
+# weights shared by all heads, so it is untouched. Matched by class name (tested ones only), so
+# that `transformers` is imported only by users of hf: sources.
+HF_GROUPED_QUERY = ("LlamaAttention", "MistralAttention", "Qwen2Attention", "Qwen3Attention")
+
+
+def _hf_grouped_query(m: nn.Module) -> bool:
+    return (type(m).__name__ in HF_GROUPED_QUERY and type(m).__module__.startswith("transformers.")
+            and all(isinstance(getattr(m, p, None), nn.Linear) for p in ("q_proj", "k_proj", "v_proj", "o_proj")))
+
+
+def grouped_query_rows(kv_heads: int, queries_per_kv: int, head_dim: int) -> dict[str, torch.Tensor]:
+    """Rows of q_proj, k_proj and v_proj per key/value head: its own k and v rows and the rows
+    of the `queries_per_kv` query heads that read it (query head h reads key/value head h //
+    queries_per_kv, as `repeat_kv` repeats them)."""
+    kv = torch.arange(kv_heads * head_dim).view(kv_heads, head_dim)
+    return {"q_proj": torch.arange(kv_heads * queries_per_kv * head_dim).view(kv_heads, -1),
+            "k_proj": kv, "v_proj": kv}
+
+
+def _register_hf_grouped_query() -> None:
+    kv_heads = lambda m: m.k_proj.out_features // m.head_dim
+    register_attention_rule("hf_grouped_query_attention", AttentionRule(
+        nn.Module, heads=kv_heads,
+        rows=lambda m: grouped_query_rows(kv_heads(m), m.num_key_value_groups, m.head_dim),
+        columns=lambda m: ("o_proj", torch.arange(m.o_proj.in_features).view(kv_heads(m), -1)),
+        resize=lambda m, heads: None, applies=_hf_grouped_query, opaque=True))
+
+
+_register_hf_grouped_query()
 
 
 @dataclass(frozen=True)

@@ -22,6 +22,7 @@ from torch import nn
 from maskednas.ops.layer_rules import LAYER_RULES, rule_for
 from maskednas.supernet.graph_mapping import (SplitMappingError, mapped_by_the_forward,
                                               multiplies_activations)
+from maskednas.supernet.opaque_attention import attention_pruner, opaque_attentions, projections
 
 
 def supported_types() -> tuple[type, ...]:
@@ -110,9 +111,13 @@ def dependency_graph(model: nn.Module, example: torch.Tensor):
     index mappings in every `get_pruning_group`, so finding the groups and pruning them both
     happen inside it."""
     import torch_pruning as tp
+    pruner = attention_pruner()
+    # by type: Torch-Pruning's tracing takes customized layer types only
+    opaque = {type(m): pruner for m in opaque_attentions(model)}
     with mapped_by_the_forward() as recorded:
         with recorded:  # the forward of the build: the sizes of every torch.cat
-            graph = tp.DependencyGraph().build_dependency(model, example_inputs=example)
+            graph = tp.DependencyGraph().build_dependency(model, example_inputs=example,
+                                                          customized_pruners=opaque or None)
         yield graph
 
 
@@ -159,7 +164,7 @@ def _channel_spaces(model: nn.Module, dg, groups, names: dict, param_names: dict
     """Each group's channels in every layer it reaches, or why it is left whole. Groups whose
     channels a chunk or a channel shuffle ties together are merged, one channel per tied set."""
     import torch_pruning as tp
-    found = []
+    found, opaque = [], opaque_attentions(model)
     for full, channels in groups:
         root = full[0].dep
         root_name, size = names[root.target.module], len(channels)
@@ -170,6 +175,12 @@ def _channel_spaces(model: nn.Module, dg, groups, names: dict, param_names: dict
             idxs, roots = [int(i) for i in item.idxs], [rank[int(r)] for r in item.root_idxs]
             if isinstance(target, nn.Parameter):
                 entries.append(("param", param_names[target], idxs, roots))
+            elif isinstance(target, nn.Module) and target in opaque:
+                # an opaque attention: its input projections read the group, its output one writes it
+                inputs, output = projections(target, opaque[target])
+                side = "output" if "out" in item.dep.handler.__name__ else "input"
+                for layer in ([output] if side == "output" else inputs):
+                    entries.append((side, f"{names[target]}.{layer}", idxs, roots))
             elif isinstance(target, nn.Module) and target in names:
                 why = why or _why_unsupported(target)
                 side = "output" if "out" in item.dep.handler.__name__ else "input"

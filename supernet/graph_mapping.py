@@ -228,7 +228,7 @@ def mapped_by_the_forward():
     take each concatenation's piece sizes from the call. Yields the recorder of those calls,
     to be active around the graph build."""
     from torch_pruning import ops
-    from torch_pruning.dependency import index_mapping
+    from torch_pruning.dependency import index_mapping, shape_infer
 
     original_update, original_split = index_mapping.update_index_mapping, index_mapping.update_split_index_mapping
     original_reshape = index_mapping.update_reshape_index_mapping
@@ -290,8 +290,15 @@ def mapped_by_the_forward():
     index_mapping.update_split_index_mapping = lambda graph, node: (
         _map_split(node) if getattr(node.module, "parts", None) is not None else None)
     index_mapping.update_reshape_index_mapping = update_reshape
-    index_mapping.update_concat_index_mapping = lambda graph, node: (
-        _map_concat(node) if getattr(node.module, "sizes_from_the_call", False) else original_concat(graph, node))
+    def update_concat(graph, node):
+        if getattr(node.module, "sizes_from_the_call", False):
+            _map_concat(node)
+        elif node.module.concat_sizes is not None or None not in [
+                shape_infer.infer_channels_between(graph, n, node) for n in node.inputs]:
+            original_concat(graph, node)
+        # else: a piece no layer's channels reach (a rotary embedding's position table): unmapped
+
+    index_mapping.update_concat_index_mapping = update_concat
     try:
         yield recorded
     finally:

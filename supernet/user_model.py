@@ -22,6 +22,7 @@ from dataclasses import dataclass, field, replace
 import torch
 from torch import nn
 
+from maskednas.export.hf_models import token_example
 from maskednas.export.model_source import build_source, check_source, load_checkpoint_into
 from maskednas.export.pruned_model import (PrunedArchitecture, changed_layers, remove_blocks,
                                            zero_branches)
@@ -62,6 +63,8 @@ class ModelSpaceConfig:
     # a transformer's embedding width (the residual stream every block reads and writes: patch
     # embedding, norms, the classifier's input) is searched too; false leaves it whole
     embedding_width: bool = True
+    # hf: sources: the architecture's config fields (hidden_size, num_hidden_layers, ...)
+    hf_config: dict = field(default_factory=dict)
 
     @property
     def has_trained_weights(self) -> bool:
@@ -98,8 +101,8 @@ class UserModel(Supernet):
     def __init__(self, space: ModelSpaceConfig, in_channels: int, num_classes: int,
                  input_size: int) -> None:
         super().__init__(space, in_channels, num_classes, input_size)
-        model = build_source(space.source, num_classes, in_channels, space.pretrained)
-        self.example = torch.zeros(1, in_channels, input_size, input_size)
+        model = build_source(space.source, num_classes, in_channels, space.pretrained, space.hf_config)
+        self.example = self.random_input(1, zeros=True)
         self.trace = trace(model, self.example, supported_types())
         modules = dict(model.named_modules())
         unknown = [n for n in space.ignore if n not in modules]
@@ -183,6 +186,20 @@ class UserModel(Supernet):
                                     [*self._gated, *(s for s, _ in filter(None, self._normalize_spaces))])
         self._check_cost(model)
         self._check_ties()
+
+    @property
+    def reads_tokens(self) -> bool:
+        """Whether the network maps token ids (a language model, `input_size` of them) to logits
+        over `num_classes` tokens, rather than images to class logits."""
+        return self.space.source.startswith("hf:")
+
+    def random_input(self, batch: int, generator: torch.Generator | None = None,
+                     zeros: bool = False) -> torch.Tensor:
+        """A batch the network reads: images (standard normal) or token ids (uniform)."""
+        if self.reads_tokens:
+            return token_example(self.input_size, batch, None if zeros else self.num_classes, generator)
+        shape = (batch, self.in_channels, self.input_size, self.input_size)
+        return torch.zeros(shape) if zeros else torch.randn(shape, generator=generator)
 
     @torch.no_grad()
     def _init_masks_by_magnitude(self) -> None:
@@ -638,7 +655,7 @@ class UserModel(Supernet):
             keep[k] = self.keep_channels(k, -torch.arange(n, dtype=torch.float), n - self.channel_step(k))
         ops = {b: "keep" for b in self.blocks}
         arch = self.architecture(ops, {k: len(v) for k, v in keep.items()})
-        x = torch.randn(2, *self.example.shape[1:], generator=torch.Generator().manual_seed(0))
+        x = self.random_input(2, torch.Generator().manual_seed(0))
         was_training = self.training
         self.eval()
         try:
@@ -691,7 +708,8 @@ class UserModel(Supernet):
                                         for m in self._branch_members.get(b, (b,))),
                                   mean=tuple(mean), std=tuple(std),
                                   zeroed=tuple(b for b in self.blocks
-                                               if ops[b] == "skip" and b in self._branch_members))
+                                               if ops[b] == "skip" and b in self._branch_members),
+                                  hf_config=dict(self.space.hf_config))
 
     def copy_plan(self, model, arch, keep):
         raise NotImplementedError("a user's network is slimmed by pruning a copy (`slim`)")

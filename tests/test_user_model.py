@@ -222,7 +222,7 @@ def test_heads_and_input_channels_adapt_to_the_data():
     ("torchvision:resnet_18", "close names: resnet18"),
     ("timm:convnext_atoo", "close names: convnext_atto"),
     ("../models/net.py:build", "never a file path"),
-    ("resnet18", "torchvision:<name>, timm:<name> or package.module:function"),
+    ("resnet18", "torchvision:<name>, timm:<name>, hf:<model_type> or package.module:function"),
     ("benchmarks.no_such_module:net", "cannot import 'benchmarks.no_such_module'"),
     ("benchmarks.cifar_resnet:resnet21", "has no callable 'resnet21'"),
 ])
