@@ -89,6 +89,8 @@ class DeviceLoader:
     def transform(self, x: torch.Tensor, rows: Rows | None = None) -> torch.Tensor:
         """Scale, augment (training loaders) and normalise the images `x`: rows `rows` of a
         batch (default: all of `x`), augmented as they are in the whole batch."""
+        if x.dtype == torch.long:  # token ids (datasource/text.py): neither scaled nor augmented
+            return x
         rows = rows or Rows(0, len(x), len(x))
         x = x.float().div_(255)
         if self.shuffle and self.crop_padding:

@@ -185,10 +185,15 @@ def imagefolder(path: str | None = None, image_size: int = 32, **_) -> ImageData
 
 
 def load_dataset(name: str, path: str | None = None, download: bool = False,
-                 image_size: int = 32, num_classes: int | None = None) -> ImageData:
+                 image_size: int = 32, num_classes: int | None = None,
+                 sequence_length: int = 64) -> ImageData:
     """The data set `name`, its classes checked (`checks.check_classes`; `num_classes`: the
-    count the user declares)."""
-    data = DATASETS.get(name)(path=path, download=download, image_size=image_size)
+    count the user declares). Text data sets (datasource/text.py) have the tokenizer's
+    vocabulary as their classes."""
+    data = DATASETS.get(name)(path=path, download=download, image_size=image_size,
+                              sequence_length=sequence_length)
+    if data.x_train.dim() == 2:  # token windows: every id of the vocabulary is a class
+        return data
     if name == "imagefolder" and num_classes is None:  # its folders declare the classes
         num_classes = data.num_classes
     return replace(data, num_classes=check_classes(data, num_classes))

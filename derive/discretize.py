@@ -61,8 +61,8 @@ def macs_budget(net, target: float) -> Budget:
 
 def search_budget(net, targets, latency=None, batch: int = 1) -> Budget | None:
     """The target a search holds and derivation meets: the run's target of the highest priority
-    (latency, then peak memory, then MACs; a params target alone is penalised, not met)."""
-    ranked = sorted((COST_TARGETS.get(n).priority, n) for n in targets if COST_TARGETS.get(n).priority > 0)
+    (latency, then peak memory, then MACs, then params)."""
+    ranked = sorted((COST_TARGETS.get(n).priority, n) for n in targets)
     if not ranked:
         return None
     name = ranked[-1][1]

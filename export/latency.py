@@ -35,8 +35,10 @@ def alternating_ms(runs: dict[str, Callable[[], object]], repeats: int = 50,
 
 @torch.inference_mode()
 def latencies_ms(models: dict[str, torch.nn.Module], shape: tuple[int, ...], repeats: int = 50,
-                 warmup: int = 10, device: str | torch.device = "cpu") -> dict[str, float]:
-    """Median milliseconds per forward pass of a random batch of `shape`, for each model."""
-    x = torch.randn(shape, device=device)
+                 warmup: int = 10, device: str | torch.device = "cpu",
+                 inputs: torch.Tensor | None = None) -> dict[str, float]:
+    """Median milliseconds per forward pass of a random batch of `shape` (or of `inputs`, such
+    as token ids), for each model."""
+    x = torch.randn(shape, device=device) if inputs is None else inputs.to(device)
     runs = {name: (lambda m=m.eval().to(device): m(x)) for name, m in models.items()}
     return alternating_ms(runs, repeats, warmup)

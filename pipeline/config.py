@@ -33,7 +33,7 @@ class ConfigError(ValueError):
 
 @dataclass
 class DataConfig:
-    name: str = "digits"  # digits | npz | cifar10 | cifar100 | imagefolder
+    name: str = "digits"  # digits | npz | cifar10 | cifar100 | imagefolder | pydoc | textfile
     path: str | None = None  # npz file or data set root folder
     download: bool = False  # torchvision data sets only, never implicit
     image_size: int = 32  # imagefolder only
@@ -46,6 +46,7 @@ class DataConfig:
     validation_seed: int = 0
     crop_padding: int = 1
     hflip: bool = False
+    sequence_length: int = 64  # text data sets (pydoc, textfile): tokens per window
 
 
 @dataclass

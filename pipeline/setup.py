@@ -122,7 +122,7 @@ def latency_model(cfg: RunConfig, net, run_dir: Path | None = None, report=print
 
 def load_data(cfg: RunConfig) -> ImageData:
     d = cfg.data
-    data = load_dataset(d.name, d.path, d.download, d.image_size, d.num_classes)
+    data = load_dataset(d.name, d.path, d.download, d.image_size, d.num_classes, d.sequence_length)
     data = data.held_out(d.validation_fraction, d.validation_seed)
     return data.resized(d.resize) if d.resize else data
 
@@ -174,10 +174,29 @@ def preflight(cfg: RunConfig, data: ImageData, run_dir: Path | None = None) -> N
     of this space on this data, and the cost targets against it (the device is `select_device`'s;
     a latency target's table is measured here if no cache has it, into the cache only)."""
     apply_threads(cfg)
+    check_data_fits_model(cfg, data)
     meta = data_meta(data)
     net = build_supernet(cfg, meta, torch.device("cpu"))
     resolve_targets(search_goals(cfg), net, cfg.derive.min_channels,
                     latency_model(cfg, net, run_dir, write_cache=False), cfg.latency.batch)
+
+
+def check_data_fits_model(cfg: RunConfig, data: ImageData) -> None:
+    """Text goes with a language model (an hf: source) and images with every other network."""
+    from maskednas.datasource import TokenData
+    source = getattr(cfg.space_config, "source", "")
+    language_model = cfg.space == "model" and source.startswith("hf:")
+    if isinstance(data, TokenData) and not language_model:
+        raise ConfigError(f"data.name={cfg.data.name} is text (token ids): it trains a language "
+                          f"model, space=model with model.source=hf:<model_type>, not "
+                          f"{source or f'the {cfg.space} space'}")
+    if language_model and not isinstance(data, TokenData):
+        raise ConfigError(f"model.source={source} is a language model: it reads text, "
+                          f"data.name=pydoc or textfile, not {cfg.data.name}")
+    if language_model and cfg.export.quantize:
+        raise ConfigError(f"export.quantize={cfg.export.quantize}: the quantized ONNX artefacts are "
+                          f"calibrated and scored on images; a language model exports in fp32 "
+                          f"(export.quantize=[])")
 
 
 def check_same_data(state: dict, data: ImageData, cfg: RunConfig, run_dir: Path,

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import math
 import sys
 import time
 from collections.abc import Callable, Sequence
@@ -25,18 +26,20 @@ import torch
 
 from maskednas import parallel
 from maskednas.common import atomic_write
-from maskednas.datasource import ImageData
+from maskednas.datasource import ImageData, TokenData
 from maskednas.derive import Derivation, derive, slim
 from maskednas.derive.discretize import Budget, budget as bind_budget, search_budget
 from maskednas.derive.equivalence import check_equivalence
 from maskednas.export import save_export
 from maskednas.export.architecture import evaluation_architecture
 from maskednas.export.compact import build
+from maskednas.export.hf_models import example_input
 from maskednas.export.latency import latencies_ms
 from maskednas.latency import LatencyModel, models_ms
 from maskednas.latency.aim import aim_by_measurement
 from maskednas.pipeline.config import ConfigError, RunConfig, flat_dict, to_dict
-from maskednas.pipeline.setup import (DataMeta, TrainingContext, apply_threads, latency_model, load_data,
+from maskednas.pipeline.setup import (DataMeta, TrainingContext, apply_threads, check_data_fits_model,
+                                      latency_model, load_data,
                                       prepare_search,
                                       restore_supernet, seed_everything, select_device)
 from maskednas.pipeline.summary import latency_table, onnx_table, summary_table
@@ -238,14 +241,17 @@ def latency_check(cfg: RunConfig, latency: LatencyModel, arch, dense, compact: t
 
 
 def cpu_latencies(models: dict[str, torch.nn.Module], shape: tuple[int, ...],
-                  channels_last: bool) -> dict[str, float]:
+                  channels_last: bool, example_of=None) -> dict[str, float]:
     """Each model timed at batch 1 and 64, all in the run's memory format (a speed-up between
-    formats would be the layout's, not the search's)."""
+    formats would be the layout's, not the search's), on random images of `shape` or on
+    `example_of(batch)` (token ids)."""
     layout = torch.channels_last if channels_last else torch.contiguous_format
     models = {name: m.to(memory_format=layout) for name, m in models.items()}
     out = {}
     for batch in (1, 64):
-        out.update({f"{name}_b{batch}": ms for name, ms in latencies_ms(models, (batch, *shape)).items()})
+        timed = (latencies_ms(models, (batch, *shape)) if example_of is None
+                 else latencies_ms(models, (), inputs=example_of(batch)))
+        out.update({f"{name}_b{batch}": ms for name, ms in timed.items()})
     return out
 
 
@@ -275,7 +281,8 @@ def derive_and_export(cfg: RunConfig, run_dir: Path, data: ImageData, searched: 
     slimmed = derive_and_slim(cfg, net, ctx.meta, aim, probe, derivation)
     compact = slimmed.model
     recalibrate_batchnorm(compact, train_loader)
-    slim_acc, slim_val_acc = ctx.evaluate(compact)["acc"], ctx.validate(compact)["acc"]
+    slim_test, slim_val = ctx.evaluate(compact), ctx.validate(compact)
+    slim_acc, slim_val_acc = slim_test["acc"], slim_val["acc"]
     cost = slimmed.derivation.arch.cost()
     reached = (f"{budget.show(budget.of(slimmed.derivation.arch))} (target "
                f"{budget.show(budget.target)})" if budget else f"{cost.macs:,.0f} MACs (no target)")
@@ -299,6 +306,9 @@ def derive_and_export(cfg: RunConfig, run_dir: Path, data: ImageData, searched: 
     dense = net.dense_architecture(meta.mean, meta.std)
     dense_cost = dense.cost()
     metrics = {
+        **(perplexities(test_metrics, val_metrics) if isinstance(data, TokenData) else {}),
+        **({f"slimmed_{k}": v for k, v in perplexities(slim_test, slim_val).items()}
+           if isinstance(data, TokenData) else {}),
         "test_acc": test_metrics["acc"], "test_loss": test_metrics["loss"],
         "val_acc": val_metrics["acc"], "val_loss": val_metrics["loss"],
         "slimmed_test_acc": slim_acc, "slimmed_val_acc": slim_val_acc,
@@ -319,14 +329,18 @@ def derive_and_export(cfg: RunConfig, run_dir: Path, data: ImageData, searched: 
     if not parallel.is_main():  # the other ranks are done; rank 0 times, exports and reports
         return metrics
     dense_model = build(dense, trust_source=True)  # the run's own config names the source
+    tokens = isinstance(data, TokenData)
     metrics["cpu_latency_ms"] = cpu_latencies({"dense": dense_model, "slim": compact},
                                               (meta.in_channels, meta.input_size, meta.input_size),
-                                              cfg.channels_last)
+                                              cfg.channels_last,
+                                              (lambda b: example_input(dense, b)) if tokens else None)
     if searched.latency is not None:  # the table's prediction against the derived model, timed
         metrics["latency"] = latency_check(cfg, searched.latency, slimmed.derivation.arch, dense,
                                            compact, budget)
         metrics["latency"]["aimed_by_measurement"] = aimed
-    if "export" in stages:
+    if "export" in stages and tokens:  # ONNX Runtime's scoring and int8 calibration read images
+        metrics = save_export(run_dir / export_name, compact.cpu(), to_dict(cfg), metrics)
+    elif "export" in stages:
         e = cfg.export
         test = ctx.arrays("test")
         metrics = save_export(
@@ -347,6 +361,13 @@ def derive_and_export(cfg: RunConfig, run_dir: Path, data: ImageData, searched: 
     summary = json.dumps(metrics, indent=2)
     atomic_write(run_dir / f"summary-{export_name}.json", lambda tmp: Path(tmp).write_text(summary))
     return metrics
+
+
+def perplexities(test: dict, val: dict) -> dict[str, float | None]:
+    """A language model's test and validation perplexity: exp of the mean loss per token (its
+    accuracy is next-token accuracy)."""
+    return {"test_perplexity": math.exp(test["loss"]),
+            "val_perplexity": None if val["loss"] is None else math.exp(val["loss"])}
 
 
 def _silent(_: str) -> None:
@@ -376,6 +397,7 @@ def run(cfg: RunConfig, run_dir: str | Path, stages: Sequence[str] = STAGES, *,
                           "them; `run` stages after the search derive one network from the masks")
     apply_threads(cfg)  # later stages alone too: threads and subnormal flushing
     data = data or load_data(cfg)
+    check_data_fits_model(cfg, data)
     if not parallel.is_main():
         report = _silent
     logger = None

@@ -27,7 +27,7 @@ from maskednas import parallel
 from maskednas.ops import WidthRounding
 from maskednas.search.penalty import CostPenalty
 from maskednas.supernet.cost_model import ESTIMATORS
-from maskednas.training.losses import cross_entropy
+from maskednas.training.losses import cross_entropy, hits
 
 
 class Architect:
@@ -148,6 +148,6 @@ def _grads(output: torch.Tensor, inputs: list[torch.Tensor]) -> list[torch.Tenso
 
 
 def _stats(logits, y, loss, penalty, figures) -> dict[str, torch.Tensor]:
-    return {"arch_loss": loss.detach(), "arch_correct": (logits.argmax(1) == y).sum(),
+    return {"arch_loss": loss.detach(), "arch_correct": hits(logits, y),
             "penalty": penalty.detach(),
             **{f"penalised_{name}": torch.as_tensor(v).detach() for name, v in figures.items()}}

@@ -24,7 +24,7 @@ from maskednas.search.checkpoint import load_checkpoint, rng_state, save_checkpo
 from maskednas.search.penalty import CostPenalty, bind_targets
 from maskednas.supernet.cost_model import discrete_point, expected_point
 from maskednas.training.autocast import autocast_factory
-from maskednas.training.losses import NonFiniteLossError, cross_entropy, distillation_loss
+from maskednas.training.losses import NonFiniteLossError, cross_entropy, distillation_loss, hits
 from maskednas.training.optimizers import weight_optimizer
 
 
@@ -133,7 +133,7 @@ class Searcher:
         loss.backward(inputs=weights)  # arch parameters get no gradient from this step
         torch.nn.utils.clip_grad_norm_(weights, self.cfg.search.grad_clip)
         self.w_opt.step()
-        return loss.detach(), (logits.argmax(1) == y).sum()
+        return loss.detach(), hits(logits, y)
 
     def arch_step(self, train_batch, arch_batch) -> dict[str, torch.Tensor]:
         return self.architect.step(train_batch, arch_batch, xi=self.w_opt.param_groups[0]["lr"],
@@ -143,7 +143,7 @@ class Searcher:
     @torch.no_grad()
     def _arch_stats(self, x, y) -> tuple[torch.Tensor, torch.Tensor]:
         logits = self.net(x)
-        return self.loss_fn(logits, x, y), (logits.argmax(1) == y).sum()
+        return self.loss_fn(logits, x, y), hits(logits, y)
 
     # -- epochs ---------------------------------------------------------------------------------
     def run_epoch(self, bar: tqdm) -> dict[str, float]:
@@ -164,7 +164,7 @@ class Searcher:
             else:
                 arch_loss, arch_correct = self._arch_stats(*arch_batch)
             loss, correct = self.weight_step(*train_batch)
-            n, nv = len(train_batch[1]), len(arch_batch[1])
+            n, nv = train_batch[1].numel(), arch_batch[1].numel()
             sums += torch.stack([loss * n, correct.float(), arch_loss.float() * nv,
                                  arch_correct.float()])
             counts[0] += n

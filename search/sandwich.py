@@ -20,7 +20,7 @@ from tqdm import tqdm
 from maskednas import parallel
 from maskednas.search.loop import Searcher
 from maskednas.supernet.subnets import SubnetSpace
-from maskednas.training.losses import cross_entropy, distillation_loss
+from maskednas.training.losses import cross_entropy, distillation_loss, hits
 
 
 class SandwichSearcher(Searcher):
@@ -58,7 +58,7 @@ class SandwichSearcher(Searcher):
             # subnets skip ops: their weights get no gradient from this subnet
             loss.backward(inputs=[w for w in weights if w.requires_grad])
             if i < 2:
-                stats += [loss.detach().float() * len(y), (logits.detach().argmax(1) == y).sum().float()]
+                stats += [loss.detach().float() * y.numel(), hits(logits.detach(), y).float()]
         self.net.soft_mask()
         torch.nn.utils.clip_grad_norm_(weights, self.cfg.search.grad_clip)
         self.w_opt.step()
@@ -74,7 +74,7 @@ class SandwichSearcher(Searcher):
         warming_up = self.epoch < s.warmup_epochs
         for x, y in self.train_loader:
             sums += self.sandwich_step(space, x, y, largest_only=warming_up)
-            n += len(y)
+            n += y.numel()
             self.step += 1
             bar.update(1)
             if self.step % self.cfg.log_every == 0:

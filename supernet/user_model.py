@@ -64,7 +64,7 @@ class ModelSpaceConfig:
     # embedding, norms, the classifier's input) is searched too; false leaves it whole
     embedding_width: bool = True
     # hf: sources: the architecture's config fields (hidden_size, num_hidden_layers, ...)
-    hf_config: dict = field(default_factory=dict)
+    hf_config: dict[str, int | float | str | bool | None] = field(default_factory=dict)
 
     @property
     def has_trained_weights(self) -> bool:

@@ -130,8 +130,8 @@ def test_the_dense_and_exported_models_are_timed_in_one_memory_format(tmp_path, 
     monkeypatch.undo()
     passed = []
     real = stages.cpu_latencies
-    monkeypatch.setattr(stages, "cpu_latencies", lambda models, shape, channels_last: passed.append(
-        channels_last) or real(models, shape, channels_last))
+    monkeypatch.setattr(stages, "cpu_latencies", lambda models, shape, channels_last, inputs: passed.append(
+        channels_last) or real(models, shape, channels_last, inputs))
     cfg = load_config("digits", ["search.epochs=1", "search.warmup_epochs=0", "finetune.epochs=0",
                                  "data.batch_size=256"])
     run(cfg, tmp_path / "run", ["search", "derive"], report=lambda line: None)

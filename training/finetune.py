@@ -20,7 +20,7 @@ from tqdm import tqdm
 from maskednas import parallel
 from maskednas.export.compact import set_drop_path
 from maskednas.training.auxiliary import AuxiliaryTap
-from maskednas.training.losses import NonFiniteLossError, cross_entropy, distillation_loss
+from maskednas.training.losses import NonFiniteLossError, cross_entropy, distillation_loss, hits
 from maskednas.training.optimizers import weight_optimizer
 
 
@@ -35,8 +35,8 @@ def evaluate(model: torch.nn.Module, loader, autocast=contextlib.nullcontext) ->
         with autocast():
             logits = model(x)
         sums = sums + torch.stack([cross_entropy(logits, y, reduction="sum"),
-                                   (logits.argmax(1) == y).sum().float()])
-        n += len(y)
+                                   hits(logits, y).float()])
+        n += y.numel()
     model.train(was_training)
     (loss, correct), (n,) = parallel.host_totals(sums, [n])
     return {"loss": loss / n, "acc": correct / n}
@@ -107,9 +107,9 @@ def finetune(model: torch.nn.Module, cfg, train_loader, teacher: torch.nn.Module
             opt.step()
             if ema is not None:
                 ema.update(model)
-            sums += torch.stack([loss.detach() * len(y), (logits.argmax(1) == y).sum().float(),
-                                 aux_loss.detach() * len(y)])
-            n += len(y)
+            sums += torch.stack([loss.detach() * y.numel(), hits(logits, y).float(),
+                                 aux_loss.detach() * y.numel()])
+            n += y.numel()
             bar.update(1)
         (loss_sum, correct, aux_sum), (n,) = parallel.host_totals(sums, [n])  # one sync an epoch
         if not math.isfinite(loss_sum):
