@@ -13,15 +13,19 @@ trains on either, and the test set is read once per final model. Per seed, the d
 (configs/prune_llama_pydoc.yaml's model: 4 layers, hidden 128, 8 query heads on 4 key/value
 heads, MLP 384) trains from scratch for --dense-epochs with AdamW and is saved as safetensors.
 Ours is `train.py` with that config pointed at it: --search-epochs of search toward the target
-(key/value heads with their query heads, MLP widths, whole layers), derivation to the target's
-parameter count, --finetune-epochs of fine-tuning with distillation from the dense network.
+(key/value heads with their query heads, MLP widths, whole layers), derivation to within
+`derive.tolerance` (3%) of the target's parameter count (the baselines: the largest uniform
+fraction at or below it), --finetune-epochs of fine-tuning with distillation from the dense
+network.
 Each baseline prunes the dense network once (every head group and MLP kept at the same fraction,
 as Wanda-sp and FLAP's uniform variant do; calibration: 8 training batches), then fine-tunes
 for search + fine-tune epochs with the same recipe and distillation: every pruned network
 trains as many epochs as ours. "no fine-tune": a baseline right after pruning, ours right after
 its search (whose weight steps are training: its columns are not retraining-free). Torch-
-Pruning's own pruners are not run: its index mapping does not finish on grouped-query attention
-(the magnitude baseline scores groups as its GroupMagnitudeImportance does). Validation and
+Pruning's own pruners are not run: its index mapping does not finish through grouped-query
+attention's `repeat_kv`, and with the attentions opaque to its graph (as this tool builds it) it
+would prune the MLP widths only; the magnitude and Taylor baselines score the same groups as
+its GroupMagnitudeImportance and GroupTaylorImportance do. Validation and
 test perplexity, parameters, MACs (fvcore, per 64-token window) and CPU latency (batch 1, in
 alternation with the dense network) of every final model.
 """

@@ -193,6 +193,9 @@ def load_dataset(name: str, path: str | None = None, download: bool = False,
     data = DATASETS.get(name)(path=path, download=download, image_size=image_size,
                               sequence_length=sequence_length)
     if data.x_train.dim() == 2:  # token windows: every id of the vocabulary is a class
+        if num_classes not in (None, data.num_classes):
+            raise DataError(f"data.num_classes={num_classes}, but {name} is text whose classes are "
+                            f"its {data.num_classes} byte-level tokens: leave data.num_classes unset")
         return data
     if name == "imagefolder" and num_classes is None:  # its folders declare the classes
         num_classes = data.num_classes

@@ -102,6 +102,10 @@ def prune_to_params(net, scores: dict[str, torch.Tensor], params: float, iterati
         keep = uniform_keep(net, scores, fraction)
         return net.architecture(ops, {k: len(v) for k, v in keep.items()}), keep
 
+    smallest = arch_at(0.0)[0].params
+    if smallest > params:
+        raise ValueError(f"a parameter target of {params:,.0f} is below the {smallest:,.0f} "
+                         f"parameters of every group at its smallest width")
     low, high = 0.0, 1.0
     for _ in range(iterations):
         mid = (low + high) / 2

@@ -1,7 +1,9 @@
-"""Hugging Face language models as `model` sources: `hf:<model_type>` (llama, qwen2, qwen3,
-mistral, gpt2, bert, ...) built by `transformers` from a config (random weights; the
-architecture's fields in `model.hf_config`, e.g. hidden_size, num_hidden_layers,
-num_key_value_heads), the vocabulary sized to the data's tokens.
+"""Hugging Face language models as `model` sources: `hf:<model_type>` built by `transformers`
+from a config (random weights; the architecture's fields in `model.hf_config`, e.g.
+hidden_size, num_hidden_layers, num_key_value_heads), the vocabulary sized to the data's
+tokens. Heads are searched where an attention rule covers the model's attention (llama,
+mistral, qwen2, qwen3: ops/attention_rules.py); other causal language models (gpt2, ...) build,
+but only what Torch-Pruning's graph and the layer rules follow is pruned.
 
 `transformers` is an optional extra (`pip install maskednas[hf]`). A causal language model is
 wrapped so that its forward maps token ids [batch, sequence] to logits [batch, sequence,
@@ -118,6 +120,8 @@ def plain_model(model: nn.Module) -> tuple[nn.Module | None, str]:
     import copy
 
     from maskednas.export.pruned_model import SkippedBlock, ZeroBranch
+    if not isinstance(getattr(getattr(model.hf, "model", None), "layers", None), nn.ModuleList):
+        return None, f"{type(model.hf).__name__} is not a decoder of model.layers (LLaMA-like)"
     hf = copy.deepcopy(model.hf)
     config = hf.config
     layers = hf.model.layers
@@ -139,8 +143,7 @@ def plain_model(model: nn.Module) -> tuple[nn.Module | None, str]:
     config.num_hidden_layers = len(kept)
     config.num_attention_heads, config.num_key_value_heads = q_rows // head_dim, kv_rows // head_dim
     config.intermediate_size = mlp
-    if hasattr(config, "head_dim"):
-        config.head_dim = head_dim
+    config.head_dim = head_dim  # else some configs derive it from hidden_size // heads (Qwen2)
     return hf, ""
 
 

@@ -103,7 +103,7 @@ class SearchConfig:
     hessian_eps: float = 0.01  # second order: finite-difference step / |dL_arch/dw'| (DARTS)
     # the registered cost targets (supernet/targets: macs, params, latency_ms, peak_memory_kib)
     # the search penalises, e.g. {macs: {fraction: 0.4}, latency_ms: {value: 0.5}}; derivation
-    # meets the one of the highest priority (latency, peak memory, MACs); null drops one
+    # meets the one of the highest priority (latency, peak memory, MACs, params); null drops one
     targets: dict[str, TargetGoal | None] = field(default_factory=default_targets)
     w_optimizer: str = "sgd"  # the weights' optimizer: sgd | adamw (w_momentum is its beta1)
     w_lr: float = 0.05

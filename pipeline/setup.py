@@ -193,6 +193,9 @@ def check_data_fits_model(cfg: RunConfig, data: ImageData) -> None:
     if language_model and not isinstance(data, TokenData):
         raise ConfigError(f"model.source={source} is a language model: it reads text, "
                           f"data.name=pydoc or textfile, not {cfg.data.name}")
+    if language_model and uses_latency(cfg):
+        raise ConfigError("a latency target on a language model: latency tables and timings of "
+                          "this tool read images; use a macs or params target")
     if language_model and cfg.export.quantize:
         raise ConfigError(f"export.quantize={cfg.export.quantize}: the quantized ONNX artefacts are "
                           f"calibrated and scored on images; a language model exports in fp32 "

@@ -85,15 +85,18 @@ def test_key_value_head_gate_removes_it_with_its_query_heads():
     assert all(net.masks[k].logits.grad.abs().sum() > 0 for k in net.heads)
 
 
-def test_uniform_widths_export_a_plain_hugging_face_folder(tmp_path):
-    """Every kept layer with 2 of 4 key/value heads and 24 MLP channels, the middle layer
+@pytest.mark.parametrize("model_type", sorted(FAMILIES))
+def test_uniform_widths_export_a_plain_hugging_face_folder(model_type, tmp_path):
+    """Every kept layer with half its key/value heads and 24 MLP channels, the middle layer
     skipped: the export rebuilds from the source config at the recorded shapes (no pickle), and
     its hf/ folder loads with `AutoModelForCausalLM.from_pretrained` alone, with the config set
     to the kept widths and layers, computing the same logits; ONNX Runtime agrees too."""
     from transformers import AutoModelForCausalLM
 
-    net = language_model("llama").eval()
-    keep = {k: torch.arange(2) if k in net.heads else torch.arange(24) for k in net.masks}
+    net = language_model(model_type).eval()
+    config = FAMILIES[model_type]
+    kv = config["num_key_value_heads"] // 2
+    keep = {k: torch.arange(kv) if k in net.heads else torch.arange(24) for k in net.masks}
     ops = {b: "skip" if b.endswith(".1") else "keep" for b in net.blocks}
     arch = net.architecture(ops, {k: len(v) for k, v in keep.items()})
     model = net.slim(arch, keep).eval()
@@ -105,9 +108,9 @@ def test_uniform_widths_export_a_plain_hugging_face_folder(tmp_path):
         expected = model(x)
         assert torch.equal(loaded(x), expected)
         assert torch.allclose(hf(input_ids=x).logits, expected, atol=1e-6)
-    config = hf.config
-    assert (config.num_hidden_layers, config.num_attention_heads, config.num_key_value_heads,
-            config.intermediate_size) == (2, 4, 2, 24)
+    queries = config["num_attention_heads"] // config["num_key_value_heads"] * kv
+    assert (hf.config.num_hidden_layers, hf.config.num_attention_heads, hf.config.num_key_value_heads,
+            hf.config.intermediate_size) == (2, queries, kv, 24)
     assert metrics["fvcore_flops"] == arch.macs and metrics["onnx_max_abs_diff"] < 1e-4
     assert "hf_folder" not in metrics
 

@@ -11,8 +11,9 @@ import torch
 pytest.importorskip("transformers")
 
 from maskednas import load_config, run
+from maskednas.datasource import DataError
 from maskednas.datasource.text import decode, encode, token_data, windows
-from maskednas.derive.importance import group_scores, per_weight_scores, prune_to_params
+from maskednas.derive.importance import group_scores, per_weight_scores, prune_to_params, uniform_keep
 from maskednas.export import load
 from maskednas.pipeline.config import ConfigError
 from maskednas.pipeline.setup import load_data
@@ -67,18 +68,21 @@ def test_a_language_model_searches_and_exports_with_perplexity(tmp_path):
     ("digits", ["data.name=pydoc"], "is text"),  # the macro space on text
     ("prune_llama_pydoc", [TINY, "data.name=digits"], "reads text"),  # a language model on images
     ("prune_llama_pydoc", [TINY, "export.quantize=[int8]"], "exports in fp32"),
+    ("prune_llama_pydoc", [TINY, "search.targets={latency_ms: {fraction: 0.5}}"], "use a macs or params target"),
+    ("prune_llama_pydoc", [TINY, "data.num_classes=100"], "leave data.num_classes unset"),
 ])
 def test_text_and_language_models_go_together(config, overrides, message, tmp_path):
     cfg = load_config(config, [*overrides, "search.epochs=1", "search.warmup_epochs=0"])
-    with pytest.raises(ConfigError, match=message):
+    with pytest.raises((ConfigError, DataError), match=message):
         run(cfg, tmp_path / "run", report=lambda line: None)
     assert not (tmp_path / "run").exists()  # refused before anything was written
 
 
 def test_importance_baselines_prune_uniformly_to_the_parameter_target():
     """Magnitude scores are the groups' summed squares (a head: its q, k, v rows and o_proj
-    columns); Taylor and Wanda scores are finite and non-negative; pruning every group by the
-    same fraction meets a parameter target from below and computes as the hard-masked network."""
+    columns); Taylor and Wanda scores are finite and non-negative; every group kept at the same
+    fraction computes as the hard-masked network, and a parameter target is met from below (an
+    unreachable one is refused)."""
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         net = UserModel(ModelSpaceConfig(source="hf:llama", embedding_width=False, hf_config=dict(
@@ -95,7 +99,22 @@ def test_importance_baselines_prune_uniformly_to_the_parameter_target():
     for score in ("taylor", "wanda"):
         s = group_scores(net, per_weight_scores(net, score, batches, cross_entropy))
         assert all(bool(torch.isfinite(v).all() and (v >= 0).all() and v.sum() > 0) for v in s.values())
+    keep = uniform_keep(net, s, 0.5)  # the wanda scores
+    assert {k: len(v) for k, v in keep.items()} == {k: m.channels // 2 for k, m in net.masks.items()}
+    ops = {b: "keep" for b in net.blocks}
+    half = net.slim(net.architecture(ops, {k: len(v) for k, v in keep.items()}), keep).eval()
+    with torch.no_grad(), net.hard_masked(ops, keep):
+        assert torch.allclose(half(x), net(x), atol=1e-5)
     dense = net.dense_architecture().params
     model, arch = prune_to_params(net, scores, 0.7 * dense)
     assert 0.6 * dense < arch.params <= 0.7 * dense
     assert sum(p.numel() for p in model.parameters()) == arch.params
+    with pytest.raises(ValueError, match="below the"):
+        prune_to_params(net, scores, 0.01 * dense)
+
+
+def test_manifest_names_stay_inside_the_export_and_its_hf_folder():
+    from maskednas.export.manifest import listed_name
+    assert listed_name("model.safetensors") and listed_name("hf/config.json")
+    for name in ("hf/../x", "hf/a/b", "other/x", "../x", "/etc/passwd", "hf/", "a\\b", "manifest.json"):
+        assert not listed_name(name), name
