@@ -6,6 +6,8 @@ Taylor and Wanda-sp importance (derive/importance.py), to 20%, 30% and 50% fewer
     python -m benchmarks.prune_language_model --seeds 1      # one part: prune-llama-seed1.json
     python -m benchmarks.prune_language_model --merge        # the parts into prune-llama.{md,json}
     python -m benchmarks.prune_language_model --quick        # tiny epochs, one seed (CI-sized)
+    python -m benchmarks.prune_language_model --seeds 0 --methods --tag=-kdmag \
+        --variant "kd+mag=search.kd_weight=0.5,model.mask_init_from=magnitude"  # settings of ours
 
 Data: `pydoc` (datasource/text.py), byte-level tokens, windows of 64; the test split is the
 text's last 10%, the validation split 10% of the training windows (a fixed draw); nothing
@@ -89,12 +91,13 @@ class Bench:
         save_file({k: v.contiguous() for k, v in model.state_dict().items()}, str(path))
         return model, path, self.measured(model, start)
 
-    def ours(self, fraction: float, params: float, seed: int, checkpoint: Path, workdir: Path):
+    def ours(self, name: str, overrides: list[str], fraction: float, params: float, seed: int,
+             checkpoint: Path, workdir: Path):
         start = time.perf_counter()
         cfg = load_config(CONFIG, [*self.overrides, f"model.checkpoint={checkpoint}", f"seed={seed}",
                                    f"search.targets={{params: {{fraction: {fraction}}}}}",
-                                   f"derive.target={{params: {params}}}"])
-        run_dir = workdir / f"ours-{fraction}-{seed}"
+                                   f"derive.target={{params: {params}}}", *overrides])
+        run_dir = workdir / f"{name}-{fraction}-{seed}"
         metrics = run(cfg, run_dir, data=self.data, report=lambda line: None)
         model = load(run_dir / "export")  # hf: sources need no trust
         return model, self.measured(model, start, no_finetune_val_ppl=metrics["slimmed_val_perplexity"],
@@ -166,24 +169,35 @@ def main(argv=None) -> list[dict]:
     p.add_argument("--dense-epochs", type=int, default=6)
     p.add_argument("--search-epochs", type=int, default=1)
     p.add_argument("--finetune-epochs", type=int, default=1)
-    p.add_argument("--methods", nargs="+", default=["ours", *BASELINES], choices=["ours", *BASELINES])
+    p.add_argument("--methods", nargs="*", default=["ours", *BASELINES], choices=["ours", *BASELINES])
+    p.add_argument("--variant", action="append", default=[],
+                   help="NAME=override,override...: a configuration of ours, run as ours[NAME]")
+    p.add_argument("--tag", default="", help="appended to the results' file names")
     p.add_argument("--merge", action="store_true", help="merge the per-seed parts and stop")
     p.add_argument("--quick", action="store_true", help="1 epoch each, one seed, one target")
     p.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results")
     args = p.parse_args(argv)
     name = "prune-llama"
     if args.merge:
-        parts = sorted(args.out.glob(f"{name}-seed*.json"))
+        parts = sorted(args.out.glob(f"{name}*-seed*.json"), key=lambda p: (len(p.name), p.name))
         if not parts:
-            p.error(f"no {name}-seed*.json parts in {args.out}: run --seeds N first")
-        rows = [r for part in parts for r in json.loads(part.read_text())["rows"]]
-        order = ["dense", "ours", *BASELINES]
+            p.error(f"no {name}*-seed*.json parts in {args.out}: run --seeds N first")
+        rows, seen = [], set()
+        for part in parts:  # a tagged part adds its variants; its dense row is the seed's own
+            for r in json.loads(part.read_text())["rows"]:
+                if (r["seed"], r["fraction"], r["method"]) not in seen:
+                    seen.add((r["seed"], r["fraction"], r["method"]))
+                    rows.append(r)
+        order = list(dict.fromkeys(["dense", "ours", *(r["method"] for r in rows if r["method"].startswith("ours[")),
+                                    *BASELINES]))
         rows.sort(key=lambda r: (-r["fraction"], order.index(r["method"]), r["seed"]))
         write(rows, args, name, part=False)
         return rows
     if args.quick:
         args.seeds, args.fractions = args.seeds[:1], args.fractions[:1]
         args.dense_epochs = args.search_epochs = args.finetune_epochs = 1
+    ours = {"ours": [], **{f"ours[{spec.partition('=')[0]}]": [o for o in spec.partition("=")[2].split(",") if o]
+                            for spec in args.variant}}
     bench, rows = Bench(args), []
     with tempfile.TemporaryDirectory() as tmp:
         for seed in args.seeds:
@@ -192,9 +206,10 @@ def main(argv=None) -> list[dict]:
             models = {"dense": dense}
             for fraction in args.fractions:
                 params = fraction * dense_result["params"]
-                for method in args.methods:
-                    model, result = (bench.ours(fraction, params, seed, checkpoint, Path(tmp)) if method == "ours"
-                                     else bench.baseline(method, params, seed, checkpoint, dense))
+                for method in [*(m for m in ours if m in args.methods or m.startswith("ours[")),
+                               *(m for m in BASELINES if m in args.methods)]:
+                    model, result = (bench.ours(method, ours[method], fraction, params, seed, checkpoint, Path(tmp))
+                                     if method in ours else bench.baseline(method, params, seed, checkpoint, dense))
                     rows.append({"seed": seed, "fraction": fraction, "method": method, **result})
                     models[f"{method}-{fraction}"] = model
                     print(json.dumps(rows[-1]), flush=True)
@@ -206,7 +221,7 @@ def main(argv=None) -> list[dict]:
                     key = "dense" if row["method"] == "dense" else f"{row['method']}-{row['fraction']}"
                     row["ms_b1"], row["dense_ms_b1"] = ms[key], ms["dense"]
     part = not args.quick and len(args.seeds) == 1
-    write(rows, args, f"{name}{'-quick' if args.quick else ''}" + (f"-seed{args.seeds[0]}" if part else ""),
+    write(rows, args, f"{name}{args.tag}{'-quick' if args.quick else ''}" + (f"-seed{args.seeds[0]}" if part else ""),
           part)
     return rows
 
