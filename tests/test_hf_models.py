@@ -140,3 +140,22 @@ def test_layers_of_different_widths_export_without_a_hugging_face_folder(tmp_pat
 def test_bad_hugging_face_sources_are_refused_with_what_is_allowed(source, hf_config, message):
     with pytest.raises(ModelSourceError, match=message):
         UserModel(ModelSpaceConfig(source=source, hf_config=hf_config), 1, TOKENS, SEQUENCE)
+
+
+def test_an_opaque_attention_is_one_layer_to_torch_pruning():
+    """Under grouped-query attention Torch-Pruning's graph sees the attention as one layer: its
+    input channels are q, k and v's columns, its output channels o_proj's rows; pruning them
+    keeps the other columns and rows as they were."""
+    from maskednas.supernet.opaque_attention import attention_pruner, opaque_attentions
+    net = language_model("llama")
+    attention = next(iter(opaque_attentions(net.model)))
+    before = {p: getattr(attention, p).weight.detach().clone() for p in ("q_proj", "k_proj", "v_proj", "o_proj")}
+    pruner = attention_pruner()
+    assert (pruner.get_in_channels(attention), pruner.get_out_channels(attention)) == (32, 32)
+    pruner.prune_in_channels(attention, [0, 5])
+    pruner.prune_out_channels(attention, [3])
+    kept = [i for i in range(32) if i not in (0, 5)]
+    for p in ("q_proj", "k_proj", "v_proj"):
+        assert torch.equal(getattr(attention, p).weight, before[p][:, kept])
+    assert torch.equal(attention.o_proj.weight, before["o_proj"][[i for i in range(32) if i != 3]])
+    assert (pruner.get_in_channels(attention), pruner.get_out_channels(attention)) == (30, 31)
