@@ -302,13 +302,12 @@ def derive_and_export(cfg: RunConfig, run_dir: Path, data: ImageData, searched: 
                             train_loader=train_loader)
     test_metrics, val_metrics = ctx.evaluate(compact), ctx.validate(compact)
 
-    meta = ctx.meta
+    meta, tokens = ctx.meta, isinstance(data, TokenData)
     dense = net.dense_architecture(meta.mean, meta.std)
     dense_cost = dense.cost()
     metrics = {
-        **(perplexities(test_metrics, val_metrics) if isinstance(data, TokenData) else {}),
-        **({f"slimmed_{k}": v for k, v in perplexities(slim_test, slim_val).items()}
-           if isinstance(data, TokenData) else {}),
+        **(perplexities(test_metrics, val_metrics) if tokens else {}),
+        **({f"slimmed_{k}": v for k, v in perplexities(slim_test, slim_val).items()} if tokens else {}),
         "test_acc": test_metrics["acc"], "test_loss": test_metrics["loss"],
         "val_acc": val_metrics["acc"], "val_loss": val_metrics["loss"],
         "slimmed_test_acc": slim_acc, "slimmed_val_acc": slim_val_acc,
@@ -329,7 +328,6 @@ def derive_and_export(cfg: RunConfig, run_dir: Path, data: ImageData, searched: 
     if not parallel.is_main():  # the other ranks are done; rank 0 times, exports and reports
         return metrics
     dense_model = build(dense, trust_source=True)  # the run's own config names the source
-    tokens = isinstance(data, TokenData)
     metrics["cpu_latency_ms"] = cpu_latencies({"dense": dense_model, "slim": compact},
                                               (meta.in_channels, meta.input_size, meta.input_size),
                                               cfg.channels_last,
