@@ -32,7 +32,7 @@ from safetensors.torch import load_file, save as save_safetensors
 
 from maskednas.export.architecture import Architecture
 from maskednas.export.compact import CompactNet, build
-from maskednas.export.hf_models import example_input, plain_model
+from maskednas.export.hf_models import example_input, is_language_model, plain_model
 from maskednas.export.manifest import (ARCH, CONFIG, FLOPS, HF_FOLDER, METRICS, MANIFEST, ONNX, WEIGHTS,
                                        ExportError, files_of, sha256, verify)
 # ONNX Runtime must reproduce PyTorch's logits to this fraction of their largest magnitude (fp32
@@ -114,7 +114,7 @@ def save_export(folder: str | Path, model: CompactNet, config: dict, metrics: di
         if hf is not None:  # a Hugging Face folder that loads without this package
             writing = HF_FOLDER
             hf.save_pretrained(tmp / HF_FOLDER)
-        elif getattr(arch, "source", "").startswith("hf:"):
+        elif is_language_model(getattr(arch, "source", "")):
             metrics["hf_folder"] = f"not written: {why_not}"
         writing = METRICS
         (tmp / METRICS).write_text(json.dumps(metrics, indent=2))

@@ -21,12 +21,17 @@ from torch import nn
 from maskednas.export.model_source import ModelSourceError
 
 _MODEL_TYPE = re.compile(r"^[a-z][a-z0-9_\-]*$")
-# config fields the wrapper sets itself: the data decides the vocabulary, the search needs no cache
+# config fields set from the data, never from model.hf_config
 _SET_HERE = ("vocab_size",)
 
 
 class HFSourceError(ModelSourceError):
     """An `hf:` source or config that cannot be built, with what is allowed."""
+
+
+def is_language_model(source: str) -> bool:
+    """Whether a model source names a Hugging Face language model (token ids in, not images)."""
+    return source.startswith("hf:")
 
 
 def transformers_module():
@@ -67,7 +72,7 @@ def build_hf(model_type: str, vocab_size: int, config: dict | None = None) -> Ca
     fixed = [k for k in _SET_HERE if k in config]
     if fixed:
         raise HFSourceError(f"model.hf_config sets {fixed}: the vocabulary is the data's "
-                            f"(data.vocabulary); leave it out")
+                            f"(its tokens); leave it out")
     from transformers.models.auto.configuration_auto import CONFIG_MAPPING
     if model_type not in CONFIG_MAPPING:
         import difflib
@@ -105,7 +110,7 @@ def token_example(sequence_length: int, batch: int = 1, vocab_size: int | None =
 def example_input(arch, batch: int, generator: torch.Generator | None = None) -> torch.Tensor:
     """A batch for the network an architecture record describes: token ids for a language model
     (`arch.input_size` of them), standard normal images otherwise."""
-    if getattr(arch, "source", "").startswith("hf:"):
+    if is_language_model(getattr(arch, "source", "")):
         return token_example(arch.input_size, batch, arch.num_classes, generator)
     return torch.randn(batch, arch.in_channels, arch.input_size, arch.input_size, generator=generator)
 
@@ -122,17 +127,18 @@ def plain_model(model: nn.Module) -> tuple[nn.Module | None, str]:
     from maskednas.export.pruned_model import SkippedBlock, ZeroBranch
     if not isinstance(getattr(getattr(model.hf, "model", None), "layers", None), nn.ModuleList):
         return None, f"{type(model.hf).__name__} is not a decoder of model.layers (LLaMA-like)"
-    hf = copy.deepcopy(model.hf)
-    config = hf.config
-    layers = hf.model.layers
-    if any(isinstance(m, ZeroBranch) for m in hf.modules()):
+    if any(isinstance(m, ZeroBranch) for m in model.hf.modules()):
         return None, "an attention or MLP branch is removed in some layer but not in others"
-    kept = [layer for layer in layers if not isinstance(layer, SkippedBlock)]
     shapes = {(lay.self_attn.q_proj.out_features, lay.self_attn.k_proj.out_features,
-               lay.mlp.up_proj.out_features) for lay in kept}
+               lay.mlp.up_proj.out_features) for lay in model.hf.model.layers
+              if not isinstance(lay, SkippedBlock)}
     if len(shapes) != 1:
         return None, f"its layers keep different widths (q, k/v rows, MLP width): {sorted(shapes)}"
     (q_rows, kv_rows, mlp), = shapes
+    hf = copy.deepcopy(model.hf)  # checked first: the copy is made only for a folder to write
+    config = hf.config
+    layers = hf.model.layers
+    kept = [layer for layer in layers if not isinstance(layer, SkippedBlock)]
     head_dim = kept[0].self_attn.head_dim
     layer_types = getattr(config, "layer_types", None)
     if layer_types is not None:

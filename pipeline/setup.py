@@ -184,8 +184,9 @@ def preflight(cfg: RunConfig, data: ImageData, run_dir: Path | None = None) -> N
 def check_data_fits_model(cfg: RunConfig, data: ImageData) -> None:
     """Text goes with a language model (an hf: source) and images with every other network."""
     from maskednas.datasource import TokenData
+    from maskednas.export.hf_models import is_language_model
     source = getattr(cfg.space_config, "source", "")
-    language_model = cfg.space == "model" and source.startswith("hf:")
+    language_model = cfg.space == "model" and is_language_model(source)
     if isinstance(data, TokenData) and not language_model:
         raise ConfigError(f"data.name={cfg.data.name} is text (token ids): it trains a language "
                           f"model, space=model with model.source=hf:<model_type>, not "

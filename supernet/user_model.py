@@ -22,7 +22,7 @@ from dataclasses import dataclass, field, replace
 import torch
 from torch import nn
 
-from maskednas.export.hf_models import token_example
+from maskednas.export.hf_models import is_language_model, token_example
 from maskednas.export.model_source import build_source, check_source, load_checkpoint_into
 from maskednas.export.pruned_model import (PrunedArchitecture, changed_layers, remove_blocks,
                                            zero_branches)
@@ -191,7 +191,7 @@ class UserModel(Supernet):
     def reads_tokens(self) -> bool:
         """Whether the network maps token ids (a language model, `input_size` of them) to logits
         over `num_classes` tokens, rather than images to class logits."""
-        return self.space.source.startswith("hf:")
+        return is_language_model(self.space.source)
 
     def random_input(self, batch: int, generator: torch.Generator | None = None,
                      zeros: bool = False) -> torch.Tensor:
